@@ -1,0 +1,17 @@
+"""One root for tickcast's errors; each kind of user mistake has its own type.
+
+The message of every error says what was wrong and how to fix it; the CLI
+prints it as one line and exits non-zero.
+"""
+
+
+class TickcastError(Exception):
+    """Root of every error tickcast raises on purpose."""
+
+
+class BundleError(TickcastError):
+    """A model bundle is missing, damaged, or cannot be served by this build."""
+
+
+class InputDataError(TickcastError):
+    """An input file or table cannot be read as ticks."""

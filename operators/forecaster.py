@@ -1,0 +1,178 @@
+"""The operator: a micro-batch of ticks in, one forecast per valid tick out.
+
+``Forecaster.step`` validates the batch, groups the valid ticks by
+(partition, instrument) in arrival order, gathers those instruments' rows from
+the state table, steps the LSTM once per tick (ragged), scatters the new state
+back, and returns the forecast made from the state *after* each tick.
+
+Because every instrument's state advances only by its own ticks, in its own
+order, the forecasts do not depend on how ticks were cut into micro-batches
+or interleaved with other instruments' ticks (up to float32 rounding of the
+BLAS kernels at different batch shapes).
+
+Session resets and expiry use one rule, on event time: a tick more than
+``reset_gap`` after its instrument's previous tick starts from zero state and
+no previous tick, exactly as a new instrument would. Expiry reclaims rows
+idle for more than ``expire_after`` + ``expiry_grace`` behind the partition's
+newest event time and implies ``reset_gap <= expire_after``, so reclaiming a
+row never changes a forecast unless ticks of one partition arrive more than
+``expiry_grace`` behind each other in event time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from operators.features import compute_features, previous_within_groups
+from operators.lstm import RaggedLSTM
+from operators.model import Bundle
+from operators.state import NO_TS, StateTable
+from operators.validation import RejectReason, TickColumns, out_of_order, validate_values
+
+
+@dataclass(frozen=True)
+class ForecasterConfig:
+    reset_gap_ns: int | None = None  # gap that starts an instrument afresh (None: never)
+    expire_after_ns: int | None = None  # idle time after which a row may be reclaimed
+    expiry_grace_ns: int | None = None  # extra idle time before reclaiming (default: expire_after)
+    initial_capacity: int = 1024
+
+    @property
+    def effective_reset_gap_ns(self) -> int | None:
+        gaps = [g for g in (self.reset_gap_ns, self.expire_after_ns) if g is not None]
+        return min(gaps) if gaps else None
+
+    def check(self) -> None:
+        for name in ("reset_gap_ns", "expire_after_ns", "expiry_grace_ns"):
+            v = getattr(self, name)
+            if v is not None and v <= 0:
+                raise ValueError(f"{name} must be positive, got {v}")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """What one micro-batch produced."""
+
+    rows: np.ndarray  # (m,) batch row of each forecast, ascending
+    forecasts: np.ndarray  # (m,) float64 forecast of the log return over the horizon
+    reasons: np.ndarray  # (n,) uint8 RejectReason per batch row (0 = forecast)
+    n_instruments: int  # distinct (partition, instrument) stepped
+    n_resets: int
+    n_expired: int
+
+    @property
+    def n_rejected(self) -> int:
+        return int(np.count_nonzero(self.reasons))
+
+    def rejected_counts(self) -> dict[RejectReason, int]:
+        codes, counts = np.unique(self.reasons[self.reasons > 0], return_counts=True)
+        return {RejectReason(int(c)): int(n) for c, n in zip(codes, counts)}
+
+
+class Forecaster:
+    """Stateful, batch-invariant streaming forecaster over many instruments."""
+
+    def __init__(self, bundle: Bundle, config: ForecasterConfig | None = None, state: StateTable | None = None):
+        self.bundle = bundle
+        self.config = config or ForecasterConfig()
+        self.config.check()
+        self.kernel = RaggedLSTM(bundle.weights)
+        if state is not None and state.shape != bundle.shape:
+            raise ValueError(f"state table shape {state.shape} does not match the model's {bundle.shape}")
+        self.state = state or StateTable(bundle.shape, self.config.initial_capacity)
+        self._watermark: dict[int, int] = {}
+        self._last_sweep: dict[int, int] = {}
+        self.expired_total = 0
+
+    def step(self, batch: pa.Table | pa.RecordBatch) -> StepResult:
+        cols = TickColumns.from_arrow(batch)
+        reasons = validate_values(cols)
+        valid = np.flatnonzero(reasons == 0)
+        if len(valid) == 0:
+            return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)
+
+        # Group by (partition, instrument), arrival order within each group.
+        n_codes = len(cols.instruments) + 1
+        key = cols.partition[valid].astype(np.int64) * n_codes + cols.instrument_codes[valid]
+        perm = np.argsort(key, kind="stable")
+        order, key = valid[perm], key[perm]
+        starts = np.flatnonzero(np.diff(key, prepend=-1))
+        group_keys = [(int(k // n_codes), cols.instruments[int(k % n_codes)]) for k in key[starts]]
+        st = self.state
+        rows = st.lookup_keys(group_keys)
+        known = rows >= 0
+        last_ts = np.full(len(rows), NO_TS, dtype=np.int64)
+        last_ts[known] = st.column("last_ts")[rows[known]]
+
+        late = out_of_order(cols.ts[order], starts, last_ts)
+        if late.any():
+            reasons[order[late]] = RejectReason.OUT_OF_ORDER
+            gid = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))[~late]
+            order = order[~late]
+            if len(order) == 0:
+                return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)
+            starts = np.flatnonzero(np.diff(gid, prepend=-1))
+            kept = gid[starts]
+            group_keys = [group_keys[g] for g in kept]
+            rows = rows[kept]
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            rows[missing] = st.insert([group_keys[i] for i in missing])
+
+        lengths = np.diff(np.append(starts, len(order)))
+        ends = starts + lengths - 1
+        price, ts = cols.price[order], cols.ts[order]
+        prev_price = previous_within_groups(price, starts, st.column("last_price")[rows])
+        prev_ts = previous_within_groups(ts, starts, st.column("last_ts")[rows])
+        has_prev = np.ones(len(order), dtype=bool)
+        has_prev[starts] = st.column("tick_count")[rows] > 0
+        gap = self.config.effective_reset_gap_ns
+        reset = None
+        n_resets = 0
+        if gap is not None:
+            reset = has_prev & (ts - prev_ts > gap)
+            n_resets = int(np.count_nonzero(reset))
+            has_prev &= ~reset
+        raw = compute_features(
+            price, ts, cols.size[order], cols.bid[order], cols.ask[order],
+            cols.bid_size[order], cols.ask_size[order], prev_price, prev_ts, has_prev,
+        )
+        x = self.bundle.normalisation.apply(raw)
+
+        layers = range(st.shape.layers)
+        h0 = [st.h(layer)[rows] for layer in layers]
+        c0 = [st.c(layer)[rows] for layer in layers]
+        y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset)
+        for layer in layers:
+            st.h(layer)[rows] = h_new[layer]
+            st.c(layer)[rows] = c_new[layer]
+        st.column("last_price")[rows] = price[ends]
+        st.column("last_ts")[rows] = ts[ends]
+        st.column("tick_count")[rows] += lengths
+        offsets = cols.offset[order][ends]
+        st.column("last_offset")[rows] = np.maximum(st.column("last_offset")[rows], offsets)
+
+        norm = self.bundle.normalisation
+        forecast = y.astype(np.float64) * norm.target_std + norm.target_mean
+        back = np.argsort(order, kind="stable")
+        n_expired = self._sweep(cols.partition[order], ts)
+        return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired)
+
+    def _sweep(self, partitions: np.ndarray, ts: np.ndarray) -> int:
+        """Reclaim idle rows, at most once per 1/8 of ``expire_after`` of event time."""
+        expire = self.config.expire_after_ns
+        if expire is None or len(ts) == 0:
+            return 0
+        grace = self.config.expiry_grace_ns if self.config.expiry_grace_ns is not None else expire
+        expired = 0
+        for p in np.unique(partitions).tolist():
+            wm = max(self._watermark.get(p, NO_TS), int(ts[partitions == p].max()))
+            self._watermark[p] = wm
+            if wm - self._last_sweep.get(p, NO_TS) >= max(expire // 8, 1) or p not in self._last_sweep:
+                self._last_sweep[p] = wm
+                expired += self.state.expire(p, wm - expire - grace)
+        self.expired_total += expired
+        return expired

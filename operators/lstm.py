@@ -1,0 +1,183 @@
+"""Ragged stepping of a stacked LSTM over gathered state rows.
+
+The math is Keras' ``LSTMCell`` (gate order i, f, g, o; sigmoid recurrent
+activation, tanh activation), evaluated with NumPy/BLAS on the weights of the
+trained Keras model. Who feeds it which rows is the caller's business: this
+module receives ticks laid out instrument after instrument, the gathered h/c
+rows of those instruments, and returns the outputs after every tick and the
+final h/c of every instrument.
+
+How the ragged batch is stepped: instruments are ranked by how many ticks
+they have in the batch (most first), so at step t the instruments still
+active are a prefix ``[:a_t]`` of the ranked rows ("packed sequence" layout).
+The input projection ``x @ W_x + b`` of all ticks is one GEMM per layer; each
+step then does one small GEMM ``h[:a_t] @ W_h`` and the element-wise gates,
+in place. An instrument with 500 ticks takes 500 steps; one with 1 takes 1.
+
+Sigmoid is evaluated as ``0.5 * tanh(x / 2) + 0.5`` so the four gates need a
+single ``tanh`` call per step; the halving is folded into the weights of the
+i, f, o columns once (exact: scaling by a power of two).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LSTMLayerWeights:
+    kernel: np.ndarray  # (F_in, 4H), Keras column order i, f, g, o
+    recurrent: np.ndarray  # (H, 4H)
+    bias: np.ndarray  # (4H,)
+
+    @property
+    def hidden(self) -> int:
+        return self.recurrent.shape[0]
+
+
+@dataclass(frozen=True)
+class LSTMWeights:
+    layers: tuple[LSTMLayerWeights, ...]
+    dense_kernel: np.ndarray  # (H,)
+    dense_bias: float
+
+    @property
+    def hidden(self) -> int:
+        return self.layers[0].hidden
+
+    @property
+    def n_inputs(self) -> int:
+        return self.layers[0].kernel.shape[0]
+
+
+@dataclass(frozen=True)
+class Packing:
+    """Where each tick goes in the packed (time-major, prefix-active) layout."""
+
+    rank: np.ndarray  # (G,) packed row of each group (instrument)
+    order: np.ndarray  # (G,) group at each packed row = argsort(rank)
+    active: np.ndarray  # (max_len,) a_t = number of groups with more than t ticks
+    offsets: np.ndarray  # (max_len,) first packed tick of step t
+    position: np.ndarray  # (T,) packed position of each tick (ticks in group order)
+
+    @classmethod
+    def build(cls, lengths: np.ndarray) -> "Packing":
+        lengths = np.asarray(lengths, dtype=np.int64)
+        g = len(lengths)
+        order = np.argsort(-lengths, kind="stable")
+        rank = np.empty(g, dtype=np.int64)
+        rank[order] = np.arange(g)
+        max_len = int(lengths.max()) if g else 0
+        counts = np.bincount(lengths, minlength=max_len + 1)
+        active = g - np.cumsum(counts)[:max_len]
+        offsets = np.zeros(max_len, dtype=np.int64)
+        if max_len > 1:
+            offsets[1:] = np.cumsum(active)[:-1]
+        starts = np.zeros(g, dtype=np.int64)
+        if g > 1:
+            starts[1:] = np.cumsum(lengths)[:-1]
+        total = int(lengths.sum())
+        group_of_tick = np.repeat(np.arange(g), lengths)
+        step_of_tick = np.arange(total) - np.repeat(starts, lengths)
+        position = offsets[step_of_tick] + rank[group_of_tick]
+        return cls(rank, order, active, offsets, position)
+
+
+class RaggedLSTM:
+    """A stacked LSTM + dense head that steps ragged per-instrument sequences."""
+
+    def __init__(self, weights: LSTMWeights):
+        self.weights = weights
+        self.hidden = weights.hidden
+        h = self.hidden
+        # Reorder gate columns i, f, g, o -> i, f, o, g so the three sigmoid
+        # gates are contiguous, and halve them (sigmoid via tanh).
+        perm = np.concatenate([np.arange(0, 2 * h), np.arange(3 * h, 4 * h), np.arange(2 * h, 3 * h)])
+        scale = np.ones(4 * h, dtype=np.float32)
+        scale[: 3 * h] = 0.5
+        self._layers = []
+        for lw in weights.layers:
+            wx = np.ascontiguousarray(lw.kernel[:, perm] * scale, dtype=np.float32)
+            wh = np.ascontiguousarray(lw.recurrent[:, perm] * scale, dtype=np.float32)
+            b = np.ascontiguousarray(lw.bias[perm] * scale, dtype=np.float32)
+            self._layers.append((wx, wh, b))
+        self._dense_w = np.asarray(weights.dense_kernel, dtype=np.float32).reshape(h, 1)
+        self._dense_b = np.float32(weights.dense_bias)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self._layers)
+
+    def run(
+        self,
+        x: np.ndarray,
+        lengths: np.ndarray,
+        h0: list[np.ndarray],
+        c0: list[np.ndarray],
+        reset: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """Step every group through its ticks.
+
+        x: (T, F) float32, ticks group after group, in each group's order.
+        lengths: (G,) ticks per group, each >= 1.
+        h0, c0: per layer, (G, H) float32 gathered state rows (not modified).
+        reset: optional (T,) bool; state is zeroed before stepping that tick.
+        Returns (y (T,) float32 head output after each tick, hN, cN per layer).
+        """
+        g = len(lengths)
+        t_total = len(x)
+        if g == 0 or t_total == 0:
+            return np.zeros(0, np.float32), [a.copy() for a in h0], [a.copy() for a in c0]
+        pk = Packing.build(lengths)
+        hidden = self.hidden
+        packed = np.empty((t_total, x.shape[1]), dtype=np.float32)
+        packed[pk.position] = x
+        reset_steps: list[np.ndarray | None] = [None] * len(pk.active)
+        if reset is not None and reset.any():
+            packed_reset = np.zeros(t_total, dtype=bool)
+            packed_reset[pk.position] = reset
+            for t in np.unique(np.searchsorted(pk.offsets, np.flatnonzero(packed_reset), side="right") - 1):
+                s, a = pk.offsets[t], pk.active[t]
+                reset_steps[t] = np.flatnonzero(packed_reset[s : s + a])
+
+        h_out, c_out = [], []
+        layer_in = packed
+        active = pk.active.tolist()
+        offsets = pk.offsets.tolist()
+        for layer, (wx, wh, b) in enumerate(self._layers):
+            gates = layer_in @ wx
+            gates += b
+            h = h0[layer][pk.order].astype(np.float32, copy=True)
+            c = c0[layer][pk.order].astype(np.float32, copy=True)
+            out = np.empty((t_total, hidden), dtype=np.float32)
+            tmp = np.empty((active[0], hidden), dtype=np.float32)
+            for t, (s, a) in enumerate(zip(offsets, active)):
+                hs, cs = h[:a], c[:a]
+                if reset_steps[t] is not None:
+                    hs[reset_steps[t]] = 0.0
+                    cs[reset_steps[t]] = 0.0
+                z = gates[s : s + a]
+                z += hs @ wh
+                np.tanh(z, out=z)
+                ifo = z[:, : 3 * hidden]
+                ifo *= 0.5
+                ifo += 0.5
+                i_g = z[:, :hidden]
+                f_g = z[:, hidden : 2 * hidden]
+                o_g = z[:, 2 * hidden : 3 * hidden]
+                g_g = z[:, 3 * hidden :]
+                cs *= f_g
+                np.multiply(i_g, g_g, out=i_g)
+                cs += i_g
+                ts_ = tmp[:a]
+                np.tanh(cs, out=ts_)
+                np.multiply(o_g, ts_, out=hs)
+                out[s : s + a] = hs
+            # packed row r holds group order[r]; back to group order
+            h_out.append(h[pk.rank])
+            c_out.append(c[pk.rank])
+            layer_in = out
+        y = (layer_in @ self._dense_w).ravel() + self._dense_b
+        return y[pk.position], h_out, c_out

@@ -1,0 +1,230 @@
+"""The Arrow-backed per-instrument state table.
+
+One row per (partition, instrument): the LSTM's h and c for every layer as
+fixed-size float32 vectors, plus what the features need from the previous tick.
+Every column lives in an Arrow buffer; the hot path reads and writes NumPy
+arrays that are zero-copy views of those buffers, and :meth:`StateTable.to_arrow`
+hands the same memory to Arrow (IPC, Parquet) without copying the numbers.
+
+Capacity grows by doubling. Idle rows can be reclaimed (:meth:`expire`); rows
+move when others are reclaimed, so callers hold row numbers only for the
+duration of one micro-batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+NO_TS = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True)
+class StateShape:
+    layers: int
+    hidden: int
+
+    @property
+    def raw_bytes_per_row(self) -> int:
+        """h and c of every layer, float32."""
+        return 2 * self.layers * self.hidden * 4
+
+
+class _ArrowColumn:
+    """A fixed-width column in an Arrow buffer with a writable NumPy view."""
+
+    def __init__(self, dtype: np.dtype, width: int, capacity: int):
+        self.dtype = np.dtype(dtype)
+        self.width = width
+        self._alloc(capacity)
+
+    def _alloc(self, capacity: int) -> None:
+        self.buffer = pa.allocate_buffer(max(capacity, 1) * self.width * self.dtype.itemsize)
+        flat = np.frombuffer(self.buffer, dtype=self.dtype)
+        self.view = flat.reshape(-1, self.width) if self.width > 1 else flat
+
+    def grow(self, capacity: int, n_rows: int) -> None:
+        old = self.view
+        self._alloc(capacity)
+        self.view[:n_rows] = old[:n_rows]
+
+    def to_arrow(self, n_rows: int, arrow_type: pa.DataType) -> pa.Array:
+        nbytes = n_rows * self.width * self.dtype.itemsize
+        values = pa.Array.from_buffers(
+            arrow_type if self.width == 1 else pa.from_numpy_dtype(self.dtype),
+            n_rows * self.width,
+            [None, self.buffer.slice(0, nbytes)],
+        )
+        if self.width == 1:
+            return values
+        return pa.FixedSizeListArray.from_arrays(values, self.width)
+
+
+# Scalar columns: name -> (numpy dtype, arrow type, value of a fresh row)
+_SCALARS: dict[str, tuple[str, pa.DataType, float | int]] = {
+    "partition": ("int32", pa.int32(), 0),
+    "last_price": ("float64", pa.float64(), np.nan),
+    "last_ts": ("int64", pa.int64(), NO_TS),
+    "tick_count": ("int64", pa.int64(), 0),
+    "last_offset": ("int64", pa.int64(), -1),
+}
+
+
+class StateTable:
+    """Per-(partition, instrument) rows of LSTM state and previous-tick values."""
+
+    def __init__(self, shape: StateShape, capacity: int = 1024):
+        self.shape = shape
+        self.capacity = max(int(capacity), 1)
+        self.n_rows = 0
+        self._index: dict[tuple[int, str], int] = {}
+        self._instruments: list[str] = []
+        self._h = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
+        self._c = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
+        self._scalars = {
+            name: _ArrowColumn(np.dtype(dt), 1, self.capacity) for name, (dt, _, _) in _SCALARS.items()
+        }
+
+    # -- views for the hot path ------------------------------------------------
+    def h(self, layer: int) -> np.ndarray:
+        return self._h[layer].view
+
+    def c(self, layer: int) -> np.ndarray:
+        return self._c[layer].view
+
+    def column(self, name: str) -> np.ndarray:
+        return self._scalars[name].view
+
+    @property
+    def instruments(self) -> list[str]:
+        return self._instruments[: self.n_rows]
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    # -- row lookup ------------------------------------------------------------
+    def lookup(self, partition: int, instruments: list[str]) -> np.ndarray:
+        """Row of each instrument, -1 where the table has none."""
+        get = self._index.get
+        return np.fromiter(
+            (get((partition, k), -1) for k in instruments), dtype=np.int64, count=len(instruments)
+        )
+
+    def lookup_keys(self, keys: list[tuple[int, str]]) -> np.ndarray:
+        get = self._index.get
+        return np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+
+    def insert(self, keys: list[tuple[int, str]]) -> np.ndarray:
+        """Append fresh rows (zero state, no previous tick) for new keys."""
+        n_new = len(keys)
+        start = self.n_rows
+        self._reserve(start + n_new)
+        rows = np.arange(start, start + n_new, dtype=np.int64)
+        for i, key in enumerate(keys):
+            self._index[key] = start + i
+        self._instruments.extend(k for _, k in keys)
+        self.n_rows += n_new
+        self._reset_rows(rows)
+        self._scalars["partition"].view[rows] = np.fromiter(
+            (p for p, _ in keys), dtype=np.int32, count=n_new
+        )
+        return rows
+
+    def rows_for(self, keys: list[tuple[int, str]]) -> np.ndarray:
+        """Rows for keys, inserting fresh rows for the ones not present."""
+        rows = self.lookup_keys(keys)
+        missing = np.flatnonzero(rows < 0)
+        if len(missing):
+            rows[missing] = self.insert([keys[i] for i in missing])
+        return rows
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        for layer in range(self.shape.layers):
+            self._h[layer].view[rows] = 0.0
+            self._c[layer].view[rows] = 0.0
+        for name, (_, _, fresh) in _SCALARS.items():
+            if name != "partition":
+                self._scalars[name].view[rows] = fresh
+
+    def _reserve(self, n: int) -> None:
+        if n <= self.capacity:
+            return
+        capacity = self.capacity
+        while capacity < n:
+            capacity *= 2
+        for col in [*self._h, *self._c, *self._scalars.values()]:
+            col.grow(capacity, self.n_rows)
+        self.capacity = capacity
+
+    # -- expiry ----------------------------------------------------------------
+    def expire(self, partition: int, idle_before_ts: int) -> int:
+        """Reclaim rows of ``partition`` whose last tick is older than ``idle_before_ts``.
+
+        Survivors keep their values bit for bit; the last rows move into the
+        holes. Returns the number of rows reclaimed.
+        """
+        n = self.n_rows
+        last_ts = self.column("last_ts")[:n]
+        part = self.column("partition")[:n]
+        dead = np.flatnonzero((part == partition) & (last_ts < idle_before_ts))
+        if len(dead) == 0:
+            return 0
+        keep_mask = np.ones(n, dtype=bool)
+        keep_mask[dead] = False
+        n_keep = n - len(dead)
+        holes = dead[dead < n_keep]
+        movers = np.flatnonzero(keep_mask[n_keep:]) + n_keep
+        for key in [(int(part[r]), self._instruments[r]) for r in dead]:
+            del self._index[key]
+        for col in [*self._h, *self._c, *self._scalars.values()]:
+            col.view[holes] = col.view[movers]
+        for hole, mover in zip(holes.tolist(), movers.tolist()):
+            inst = self._instruments[mover]
+            self._instruments[hole] = inst
+            self._index[(int(self.column("partition")[hole]), inst)] = hole
+        del self._instruments[n_keep:]
+        self.n_rows = n_keep
+        return len(dead)
+
+    # -- Arrow -----------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the table's buffers (allocated capacity)."""
+        cols = [*self._h, *self._c, *self._scalars.values()]
+        return sum(col.buffer.size for col in cols)
+
+    def arrow_schema(self) -> pa.Schema:
+        hidden = pa.list_(pa.float32(), self.shape.hidden)
+        fields = [pa.field("instrument", pa.string())]
+        fields += [pa.field(name, typ) for name, (_, typ, _) in _SCALARS.items()]
+        for layer in range(self.shape.layers):
+            fields += [pa.field(f"h{layer}", hidden), pa.field(f"c{layer}", hidden)]
+        return pa.schema(fields, metadata={"layers": str(self.shape.layers), "hidden": str(self.shape.hidden)})
+
+    def to_arrow(self) -> pa.Table:
+        """The live rows as an Arrow table; numeric columns share memory with the table."""
+        n = self.n_rows
+        arrays = [pa.array(self._instruments[:n], type=pa.string())]
+        arrays += [self._scalars[name].to_arrow(n, typ) for name, (_, typ, _) in _SCALARS.items()]
+        for layer in range(self.shape.layers):
+            arrays += [self._h[layer].to_arrow(n, None), self._c[layer].to_arrow(n, None)]
+        return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
+
+    @classmethod
+    def from_arrow(cls, table: pa.Table) -> "StateTable":
+        meta = table.schema.metadata or {}
+        shape = StateShape(layers=int(meta[b"layers"]), hidden=int(meta[b"hidden"]))
+        state = cls(shape, capacity=max(len(table), 1))
+        n = len(table)
+        instruments = table.column("instrument").to_pylist()
+        partitions = table.column("partition").to_numpy()
+        state.insert(list(zip(partitions.tolist(), instruments)))
+        for name in _SCALARS:
+            state._scalars[name].view[:n] = table.column(name).to_numpy()
+        for layer in range(shape.layers):
+            for prefix, cols in (("h", state._h), ("c", state._c)):
+                flat = table.column(f"{prefix}{layer}").combine_chunks().flatten().to_numpy()
+                cols[layer].view[:n] = flat.reshape(n, shape.hidden)
+        return state

@@ -1,0 +1,193 @@
+"""Tick columns as NumPy arrays, and the vectorised checks that reject bad ticks.
+
+Bad data is not an exception: each tick gets a reason code (0 = valid). A
+rejected tick never reaches the features, the LSTM or the state table: one
+NaN in a state row would poison that instrument for good.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.errors import InputDataError
+
+# Event times outside (0, MAX_TS_NS] are absurd (MAX_TS_NS is 2100-01-01).
+MAX_TS_NS = 4_102_444_800_000_000_000
+REQUIRED_COLUMNS = ("instrument", "ts", "price")
+OPTIONAL_FLOAT_COLUMNS = ("size", "bid", "ask", "bid_size", "ask_size")
+
+
+class RejectReason(IntEnum):
+    """Why a tick was not processed. Values are stable: they go into files and metrics."""
+
+    OK = 0
+    MISSING_INSTRUMENT = 1
+    BAD_TIMESTAMP = 2
+    NON_FINITE_PRICE = 3
+    NON_POSITIVE_PRICE = 4
+    NON_FINITE_SIZE = 5
+    NEGATIVE_SIZE = 6
+    BAD_QUOTE = 7
+    OUT_OF_ORDER = 8
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class TickColumns:
+    """A batch of ticks as arrays. Absent optional values are NaN."""
+
+    instrument_codes: np.ndarray  # (n,) int64 index into `instruments`, -1 for null/empty
+    instruments: list[str]  # distinct instrument names of the batch
+    ts: np.ndarray  # (n,) int64 ns; 0 where null
+    price: np.ndarray  # (n,) float64; NaN where null
+    size: np.ndarray
+    bid: np.ndarray
+    ask: np.ndarray
+    bid_size: np.ndarray
+    ask_size: np.ndarray
+    partition: np.ndarray  # (n,) int32
+    offset: np.ndarray  # (n,) int64; -1 when the source has no offsets
+    ts_null: np.ndarray  # (n,) bool
+    price_null: np.ndarray  # (n,) bool
+    size_null: np.ndarray  # (n,) bool; null size = absent, not invalid
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @classmethod
+    def from_arrow(cls, batch: pa.Table | pa.RecordBatch) -> "TickColumns":
+        names = set(batch.schema.names)
+        missing = [c for c in REQUIRED_COLUMNS if c not in names]
+        if missing:
+            raise InputDataError(
+                f"tick table lacks column(s) {', '.join(missing)}; it has {sorted(names)}; "
+                "map your names with --map (e.g. --map price=last,ts=time)"
+            )
+        n = batch.num_rows
+
+        def col(name: str) -> pa.Array:
+            c = batch.column(name)
+            return c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+
+        inst = col("instrument")
+        if not pa.types.is_string(inst.type) and not pa.types.is_large_string(inst.type):
+            inst = pc.cast(inst, pa.string())
+        enc = pc.dictionary_encode(inst)
+        codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+        instruments = enc.dictionary.to_pylist()
+        empty = [i for i, s in enumerate(instruments) if s == ""]
+        if empty:
+            codes[np.isin(codes, empty)] = -1
+
+        ts_arr = col("ts")
+        if pa.types.is_timestamp(ts_arr.type):
+            ts_arr = pc.cast(ts_arr, pa.timestamp("ns", tz=ts_arr.type.tz)).cast(pa.int64())
+        try:
+            ts_arr = pc.cast(ts_arr, pa.int64())
+        except pa.ArrowInvalid as exc:
+            raise InputDataError(f"column ts must hold integer nanoseconds or timestamps: {exc}") from None
+
+        def floats(name: str) -> tuple[np.ndarray, np.ndarray]:
+            if name not in names:
+                return np.full(n, np.nan), np.ones(n, dtype=bool)
+            a = col(name)
+            try:
+                a = pc.cast(a, pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise InputDataError(f"column {name} must be numeric: {exc}") from None
+            return a.to_numpy(zero_copy_only=False), a.is_null().to_numpy(zero_copy_only=False)
+
+        price, price_null = floats("price")
+        size, size_null = floats("size")
+        opt = {c: floats(c)[0] for c in ("bid", "ask", "bid_size", "ask_size")}
+        part = (
+            pc.cast(col("partition"), pa.int32()).fill_null(0).to_numpy(zero_copy_only=False)
+            if "partition" in names
+            else np.zeros(n, dtype=np.int32)
+        )
+        offset = (
+            pc.cast(col("offset"), pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+            if "offset" in names
+            else np.full(n, -1, dtype=np.int64)
+        )
+        return cls(
+            instrument_codes=codes,
+            instruments=instruments,
+            ts=ts_arr.fill_null(0).to_numpy(zero_copy_only=False),
+            price=price,
+            size=size,
+            bid=opt["bid"],
+            ask=opt["ask"],
+            bid_size=opt["bid_size"],
+            ask_size=opt["ask_size"],
+            partition=part,
+            offset=offset,
+            ts_null=ts_arr.is_null().to_numpy(zero_copy_only=False),
+            price_null=price_null,
+            size_null=size_null,
+        )
+
+
+def validate_values(t: TickColumns) -> np.ndarray:
+    """Per-tick reason codes from the tick's own values (uint8, 0 = valid).
+
+    The first failing check wins. Order within an instrument is checked
+    separately (it needs the state table): see ``Forecaster``.
+    """
+    reasons = np.zeros(len(t), dtype=np.uint8)
+
+    def mark(mask: np.ndarray, reason: RejectReason) -> None:
+        reasons[(reasons == 0) & mask] = reason
+
+    with np.errstate(invalid="ignore"):
+        mark(t.instrument_codes < 0, RejectReason.MISSING_INSTRUMENT)
+        mark(t.ts_null | (t.ts <= 0) | (t.ts > MAX_TS_NS), RejectReason.BAD_TIMESTAMP)
+        mark(t.price_null | ~np.isfinite(t.price), RejectReason.NON_FINITE_PRICE)
+        mark(t.price <= 0, RejectReason.NON_POSITIVE_PRICE)
+        mark(~t.size_null & ~np.isfinite(t.size), RejectReason.NON_FINITE_SIZE)
+        mark(~t.size_null & (t.size < 0), RejectReason.NEGATIVE_SIZE)
+        for q in (t.bid, t.ask, t.bid_size, t.ask_size):
+            # NaN here means "absent" (null in the source): allowed.
+            mark(np.isinf(q) | (q < 0), RejectReason.BAD_QUOTE)
+    return reasons
+
+
+def out_of_order(ts_grouped: np.ndarray, group_starts: np.ndarray, last_ts: np.ndarray) -> np.ndarray:
+    """Ticks (laid out group after group) older than an earlier tick of their group.
+
+    ``last_ts[g]`` is the newest event time the state table holds for group g
+    (int64 min for a new instrument). Equal timestamps are in order. Policy:
+    a late tick is rejected (``OUT_OF_ORDER``); it never rewinds an
+    instrument's state.
+    """
+    n = len(ts_grouped)
+    bad = np.zeros(n, dtype=bool)
+    if n == 0:
+        return bad
+    prev = np.empty(n, dtype=np.int64)
+    prev[1:] = ts_grouped[:-1]
+    prev[group_starts] = last_ts
+    suspect = ts_grouped < prev
+    if not suspect.any():
+        return bad
+    # Rare path: a late tick inside a group needs the running maximum of the
+    # accepted ticks before it; loop only over the groups that have one.
+    ends = np.append(group_starts[1:], n)
+    group_of = np.searchsorted(group_starts, np.flatnonzero(suspect), side="right") - 1
+    for g in np.unique(group_of):
+        s, e = group_starts[g], ends[g]
+        newest = last_ts[g]
+        for i in range(s, e):
+            if ts_grouped[i] < newest:
+                bad[i] = True
+            else:
+                newest = ts_grouped[i]
+    return bad

@@ -1,0 +1,260 @@
+"""The ``tickcast`` command line: parses, builds, calls. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from operators.errors import TickcastError
+from pipeline.config import ConfigError, parse_duration_ns, parse_mapping
+
+
+def _env_default(name: str, default):
+    return os.environ.get(f"TICKCAST_{name}", default)
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input", required=True, help="tick file or directory (Parquet, CSV, or a vendor layout)")
+    p.add_argument("--format", default="auto",
+                   help="input format: auto, parquet, csv, lean-equity, lean-fx, lobster, binance-gz, nautilus "
+                        "(default: auto, from the path)")
+    p.add_argument("--map", default=None, metavar="CANON=SOURCE,...",
+                   help="column mapping for Parquet/CSV, e.g. --map instrument=sym,price=last,ts=time")
+    p.add_argument("--instrument", default=None, help="instrument name for single-instrument files without one")
+    p.add_argument("--price-scale", type=float, default=1.0, help="multiply prices by this (e.g. 0.0001)")
+    p.add_argument("--ts-unit", default="ns", choices=["s", "ms", "us", "ns"],
+                   help="unit of integer timestamps in Parquet/CSV (default: ns)")
+    p.add_argument("--from", dest="time_from", default=None, metavar="TIME",
+                   help="keep ticks at or after this UTC time (ISO 8601, e.g. 2013-10-09)")
+    p.add_argument("--to", dest="time_to", default=None, metavar="TIME",
+                   help="keep ticks before this UTC time (ISO 8601)")
+
+
+def _parse_time_ns(text: str | None, flag: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(np.datetime64(text.rstrip("Z"), "ns").astype(np.int64))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not an ISO 8601 time; write e.g. 2013-10-09 or 2013-10-09T14:30") from None
+
+
+def _load_input(args: argparse.Namespace):
+    import pyarrow.compute as pc  # noqa: PLC0415
+
+    from pipeline.formats import read_ticks  # noqa: PLC0415
+
+    table = read_ticks(args.input, args.format, parse_mapping(args.map), instrument=args.instrument,
+                       price_scale=args.price_scale, ts_unit=args.ts_unit)
+    lo, hi = _parse_time_ns(args.time_from, "--from"), _parse_time_ns(args.time_to, "--to")
+    if lo is not None or hi is not None:
+        ts = table.column("ts")
+        mask = pc.and_(pc.greater_equal(ts, lo if lo is not None else np.iinfo(np.int64).min),
+                       pc.less(ts, hi if hi is not None else np.iinfo(np.int64).max))
+        table = table.filter(pc.fill_null(mask, True))
+    if table.num_rows == 0:
+        raise ConfigError(f"no ticks in {args.input} for the given --from/--to; widen the range")
+    return table
+
+
+def _forecaster_config(args: argparse.Namespace):
+    from operators.forecaster import ForecasterConfig  # noqa: PLC0415
+
+    return ForecasterConfig(
+        reset_gap_ns=parse_duration_ns(args.reset_gap, "--reset-gap") if args.reset_gap else None,
+        expire_after_ns=parse_duration_ns(args.expire_after, "--expire-after") if args.expire_after else None,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from operators.model import TrainConfig, save_bundle, train  # noqa: PLC0415
+
+    cfg = TrainConfig(layers=args.layers, hidden=args.hidden, horizon=args.horizon, epochs=args.epochs,
+                      window=args.window, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                      max_ticks=args.max_ticks, seed=args.seed)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    ticks = _load_input(args)
+    print(f"training on {min(ticks.num_rows, cfg.max_ticks):,} of {ticks.num_rows:,} ticks "
+          f"({cfg.layers} layer(s) x {cfg.hidden}, horizon {cfg.horizon} ticks, {cfg.epochs} epochs)", file=sys.stderr)
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int, logs: dict) -> None:
+        val = f" val_loss={logs['val_loss']:.4f}" if "val_loss" in logs else ""
+        print(f"  epoch {epoch + 1}/{cfg.epochs} loss={logs.get('loss', float('nan')):.4f}{val} "
+              f"({time.perf_counter() - started:.0f}s)", file=sys.stderr)
+
+    bundle = train(ticks, cfg, source=str(args.input), on_epoch=on_epoch)
+    path = save_bundle(bundle, args.out)
+    print(f"model {bundle.model_version} written to {path} in {time.perf_counter() - started:.1f}s "
+          f"({bundle.training['valid_ticks']:,} valid ticks, {bundle.training['instruments']} instruments)")
+    return 0
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from operators.model import load_bundle  # noqa: PLC0415
+    from pipeline.backtest import run_backtest  # noqa: PLC0415
+
+    if args.max_batch_ticks < 1:
+        raise ConfigError(f"--max-batch-ticks must be >= 1, got {args.max_batch_ticks}")
+    config = _forecaster_config(args)
+    bundle = load_bundle(args.model)
+    ticks = _load_input(args)
+    result = run_backtest(ticks, bundle, args.out, max_batch_ticks=args.max_batch_ticks, config=config,
+                          source_name=str(args.input), plots=not args.no_plots, progress=not args.quiet)
+    print(format_summary(result.summary, result.out_dir))
+    return 0
+
+
+def format_summary(s: dict, out_dir: Path) -> str:
+    def f(v, spec=".3e"):
+        return "-" if v is None else format(v, spec)
+
+    m, rw = s["model"], s["random_walk"]
+    rejected = ", ".join(f"{k}={v}" for k, v in s["rejected"].items()) or "none"
+    r2 = s["r2_vs_random_walk"]
+    lines = [
+        f"backtest of model {s['model_version']} on {s['input']}",
+        f"  ticks {s['ticks']:,}  forecasts {s['forecasts']:,}  instruments {s['instruments']:,}  "
+        f"batches {s['batches']:,} (max {s['max_batch_ticks']:,} ticks)",
+        f"  rejected: {rejected}",
+        f"  scored {s['scored']:,} ticks at horizon {s['horizon_ticks']} ticks",
+        f"  {'':14}{'MAE':>11}{'RMSE':>11}{'hit rate':>10}{'IC':>8}",
+        f"  {'model':14}{f(m['mae']):>11}{f(m['rmse']):>11}{f(m['hit_rate'], '.3f'):>10}{f(m['ic'], '.3f'):>8}",
+        f"  {'random walk':14}{f(rw['mae']):>11}{f(rw['rmse']):>11}{'-':>10}{'-':>8}",
+        f"  R^2 vs random walk: {f(r2, '+.4f')}   operator speed: {f(s['operator_ticks_per_second'], ',.0f')} ticks/s",
+        f"  outputs: {out_dir}/forecasts.parquet, summary.json, plots/",
+    ]
+    return "\n".join(lines)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipeline.sinks import write_parquet  # noqa: PLC0415
+    from pipeline.synthetic import generate_ticks  # noqa: PLC0415
+
+    table = generate_ticks(args.instruments, args.ticks, seed=args.seed)
+    write_parquet(table, Path(args.out))
+    print(f"{table.num_rows:,} synthetic ticks over {args.instruments} instruments written to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from operators.model import TrainConfig, save_bundle, train  # noqa: PLC0415
+    from pipeline.backtest import run_backtest  # noqa: PLC0415
+    from pipeline.sinks import write_parquet  # noqa: PLC0415
+    from pipeline.synthetic import generate_ticks  # noqa: PLC0415
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"[1/3] generating {args.ticks:,} synthetic ticks over {args.instruments} instruments", file=sys.stderr)
+    ticks = generate_ticks(args.instruments, args.ticks, seed=7)
+    write_parquet(ticks, work / "ticks.parquet")
+    cut = int(ticks.num_rows * 0.7)
+    train_part, test_part = ticks.slice(0, cut), ticks.slice(cut)
+    print(f"[2/3] training on the first {cut:,} ticks", file=sys.stderr)
+    started = time.perf_counter()
+    bundle = train(train_part, TrainConfig(), source=str(work / "ticks.parquet") + f"[0:{cut}]",
+                   on_epoch=lambda e, logs: print(f"  epoch {e + 1} loss={logs.get('loss', 0):.4f} "
+                                                  f"val_loss={logs.get('val_loss', float('nan')):.4f} "
+                                                  f"({time.perf_counter() - started:.0f}s)", file=sys.stderr))
+    save_bundle(bundle, work / "model")
+    print(f"[3/3] backtesting the last {test_part.num_rows:,} ticks in micro-batches of {args.max_batch_ticks:,}",
+          file=sys.stderr)
+    result = run_backtest(test_part, bundle, work / "backtest", max_batch_ticks=args.max_batch_ticks,
+                          source_name=str(work / "ticks.parquet") + f"[{cut}:]")
+    print(format_summary(result.summary, result.out_dir))
+    print(f"  model bundle: {work / 'model'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from benchmarks.operator import run as bench_operator  # noqa: PLC0415
+
+    if args.what != "operator":
+        raise ConfigError(f"unknown benchmark {args.what!r}; available: operator")
+    results = bench_operator(quick=args.quick, batch_ticks=args.batch_ticks)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        print(f"figures written to {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tickcast", description="Streaming LSTM forecasts over tick data.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model bundle on a tick file")
+    _add_input_args(p)
+    p.add_argument("--out", required=True, help="model bundle directory to write")
+    p.add_argument("--layers", type=int, default=1, help="LSTM layers (default: 1)")
+    p.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default: 32)")
+    p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
+    p.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
+    p.add_argument("--window", type=int, default=128, help="ticks per training sequence (default: 128)")
+    p.add_argument("--batch-size", type=int, default=64, help="sequences per training step (default: 64)")
+    p.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default: 0.002)")
+    p.add_argument("--max-ticks", type=int, default=400_000,
+                   help="train on at most this many ticks, the first in the file (default: 400000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("backtest", help="stream a tick file through the operator and score the forecasts")
+    _add_input_args(p)
+    p.add_argument("--model", required=True, help="model bundle directory (from `tickcast train`)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--max-batch-ticks", type=int, default=int(_env_default("MAX_BATCH_TICKS", 10_000)),
+                   help="ticks per micro-batch [env: TICKCAST_MAX_BATCH_TICKS] (default: 10000)")
+    p.add_argument("--reset-gap", default=None,
+                   help="start an instrument afresh after a gap this long, e.g. 30m (default: never)")
+    p.add_argument("--expire-after", default=None,
+                   help="reclaim instruments idle this long, e.g. 1d; implies --reset-gap <= it (default: never)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("generate", help="write synthetic ticks (Parquet)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--instruments", type=int, default=50)
+    p.add_argument("--ticks", type=int, default=200_000)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("demo", help="generate ticks, train, backtest, print a summary")
+    p.add_argument("--workdir", default=".demo", help="where to put the data, model and outputs (default: .demo)")
+    p.add_argument("--instruments", type=int, default=50)
+    p.add_argument("--ticks", type=int, default=200_000)
+    p.add_argument("--max-batch-ticks", type=int, default=2_000)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmarks that print figures")
+    p.add_argument("what", choices=["operator"], help="which benchmark")
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
+    p.add_argument("--batch-ticks", type=int, default=10_000, help="ticks per micro-batch (default: 10000)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except TickcastError as exc:
+        print(f"tickcast: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tickcast: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Forecast scoring against realised returns, and the backtest plots.
+
+Scores (over ticks whose realised value is known):
+- MAE, RMSE of the forecast log return;
+- direction hit rate: share of ticks where sign(forecast) == sign(realised),
+  over ticks where both are non-zero;
+- information coefficient: Spearman rank correlation of forecast and realised;
+- ``r2_vs_random_walk``: 1 - SSE(model) / SSE(random walk).
+The random walk forecasts a zero return: it has MAE/RMSE but no direction and
+no rank, so its hit rate and IC are reported as null.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from operators.features import log_return_target
+
+
+@dataclass(frozen=True)
+class Score:
+    n: int
+    mae: float | None
+    rmse: float | None
+    hit_rate: float | None
+    ic: float | None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _average_ranks(a: np.ndarray) -> np.ndarray:
+    sorter = np.argsort(a, kind="mergesort")
+    inv = np.empty(len(a), dtype=np.int64)
+    inv[sorter] = np.arange(len(a))
+    s = a[sorter]
+    obs = np.r_[True, s[1:] != s[:-1]]
+    dense = np.cumsum(obs)[inv]
+    count = np.r_[np.flatnonzero(obs), len(obs)]
+    return 0.5 * (count[dense] + count[dense - 1] + 1)
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3:
+        return None
+    rx, ry = _average_ranks(x), _average_ranks(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return None
+    return float(np.mean((rx - rx.mean()) * (ry - ry.mean())) / (sx * sy))
+
+
+def score(forecast: np.ndarray, realized: np.ndarray) -> Score:
+    ok = np.isfinite(forecast) & np.isfinite(realized)
+    f, r = forecast[ok], realized[ok]
+    n = int(len(f))
+    if n == 0:
+        return Score(0, None, None, None, None)
+    err = f - r
+    directional = (f != 0) & (r != 0)
+    hit = float(np.mean(np.sign(f[directional]) == np.sign(r[directional]))) if directional.any() else None
+    return Score(n, float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err**2))), hit, spearman(f, r))
+
+
+def realized_returns(forecasts: pa.Table, horizon: int) -> np.ndarray:
+    """Realised log return over ``horizon`` ticks for each forecast row (NaN at the end).
+
+    Computed over the ticks that were forecast (the valid ones), per
+    instrument (and partition if present) in input order, with the same
+    target function training uses.
+    """
+    n = forecasts.num_rows
+    if n == 0:
+        return np.zeros(0)
+    inst = forecasts.column("instrument").combine_chunks().dictionary_encode().indices.to_numpy(zero_copy_only=False)
+    key = inst.astype(np.int64)
+    if "partition" in forecasts.schema.names:
+        key = key + forecasts.column("partition").to_numpy().astype(np.int64) * (int(inst.max()) + 1)
+    seq = forecasts.column("seq").to_numpy()
+    order = np.lexsort((seq, key))
+    starts = np.flatnonzero(np.diff(key[order], prepend=-1))
+    target = log_return_target(forecasts.column("price").to_numpy()[order], starts, horizon)
+    out = np.empty(n)
+    out[order] = target
+    return out
+
+
+def plot_backtest(forecasts: pa.Table, out_dir: Path, title: str) -> list[Path]:
+    """Cumulative absolute error (model vs random walk) and a forecast/realised scatter."""
+    import matplotlib  # noqa: PLC0415 - plotting only when asked
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    f = forecasts.column("forecast").to_numpy()
+    r = forecasts.column("realized").to_numpy(zero_copy_only=False)
+    ok = np.isfinite(r)
+    f, r = f[ok], r[ok]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    if len(f):
+        step = max(1, len(f) // 4000)
+        x = np.arange(len(f))
+        ax.plot(x[::step], np.cumsum(np.abs(f - r))[::step], label="model")
+        ax.plot(x[::step], np.cumsum(np.abs(r))[::step], label="random walk (zero return)")
+    ax.set_xlabel("scored tick (input order)")
+    ax.set_ylabel("cumulative |forecast - realised|")
+    ax.set_title(f"{title}: cumulative absolute error (lower is better)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out_dir / "cumulative_error.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5.5, 5.5))
+    if len(f):
+        rng = np.random.default_rng(0)
+        pick = rng.choice(len(f), size=min(len(f), 20000), replace=False)
+        ax.scatter(f[pick], r[pick], s=2, alpha=0.3)
+        lim = np.nanpercentile(np.abs(r), 99.5) or 1e-9
+        ax.set_ylim(-lim, lim)
+        flim = np.nanpercentile(np.abs(f), 99.5) or 1e-9
+        ax.set_xlim(-flim, flim)
+    ic = spearman(f, r)
+    ax.set_title(f"forecast vs realised (IC {ic:.3f})" if ic is not None else "forecast vs realised")
+    ax.set_xlabel("forecast log return")
+    ax.set_ylabel("realised log return")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.axvline(0, color="grey", lw=0.5)
+    fig.tight_layout()
+    paths.append(out_dir / "forecast_vs_realized.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
