@@ -1,0 +1,96 @@
+"""Shared fixtures: small trained bundles and the Keras reference for an instrument's sequence."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from operators.model import Bundle, TrainConfig, load_bundle, save_bundle, sequences_from_table, train  # noqa: E402
+from pipeline.synthetic import generate_ticks  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_DATA = REPO.parent / "shared" / "data" / "real"
+
+
+def real_data_or_skip() -> Path:
+    if not REAL_DATA.is_dir():
+        pytest.skip(f"real data sets not present at {REAL_DATA} (they live in ../shared/data/real)")
+    return REAL_DATA
+
+
+def _trained(tmp_path_factory, layers: int, hidden: int) -> Bundle:
+    ticks = generate_ticks(12, 20_000, seed=3, bad_fraction=0.0)
+    bundle = train(ticks, TrainConfig(layers=layers, hidden=hidden, epochs=1, window=64, horizon=5))
+    path = tmp_path_factory.mktemp(f"bundle_{layers}x{hidden}")
+    save_bundle(bundle, path)
+    return load_bundle(path)
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Bundle:
+    """A trained 1-layer bundle, hidden 16, loaded from disk as a user would."""
+    return _trained(tmp_path_factory, 1, 16)
+
+
+@pytest.fixture(scope="session")
+def bundle2(tmp_path_factory) -> Bundle:
+    """A trained 2-layer bundle, hidden 8."""
+    return _trained(tmp_path_factory, 2, 8)
+
+
+class KerasReference:
+    """Each instrument's whole valid sequence, alone, through the bundle's Keras model."""
+
+    def __init__(self, bundle: Bundle):
+        import keras
+
+        self.bundle = bundle
+        self.model = bundle.keras_model
+        # Same weights, with the final states exposed (for state comparisons).
+        inp = keras.Input(shape=(None, len(bundle.feature_spec.names)))
+        x, self._state_layers = inp, []
+        outs = []
+        for layer in range(bundle.shape.layers):
+            lstm = keras.layers.LSTM(bundle.shape.hidden, return_sequences=True, return_state=True)
+            x, h, c = lstm(x)
+            lstm.set_weights(self.model.get_layer(f"lstm_{layer}").get_weights())
+            outs += [h, c]
+        self.state_model = keras.Model(inp, outs)
+
+    def run(self, ticks: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[str, list[np.ndarray]]]:
+        """(rows of valid ticks ascending, forecasts for them, final [h0, c0, h1, c1...] per instrument)."""
+        seq = sequences_from_table(ticks)
+        norm = self.bundle.normalisation
+        x = norm.apply(seq.raw_features)
+        forecasts = np.empty(len(seq.order))
+        states: dict[str, list[np.ndarray]] = {}
+        bounds = np.append(seq.group_starts, len(seq.order))
+        for g, name in enumerate(seq.instruments):
+            s, e = bounds[g], bounds[g + 1]
+            y = np.asarray(self.model(x[None, s:e], training=False)).ravel()
+            forecasts[s:e] = y.astype(np.float64) * norm.target_std + norm.target_mean
+            states[name] = [np.asarray(a)[0] for a in self.state_model(x[None, s:e], training=False)]
+        back = np.argsort(seq.order, kind="stable")
+        return seq.order[back], forecasts[back], states
+
+
+@pytest.fixture(scope="session")
+def reference(bundle) -> KerasReference:
+    return KerasReference(bundle)
+
+
+@pytest.fixture(scope="session")
+def reference2(bundle2) -> KerasReference:
+    return KerasReference(bundle2)
+
+
+def in_target_units(bundle: Bundle, forecasts: np.ndarray) -> np.ndarray:
+    """Forecasts back in the model's normalised output units (where float32 tolerance applies)."""
+    norm = bundle.normalisation
+    return (np.asarray(forecasts) - norm.target_mean) / norm.target_std

@@ -1,0 +1,100 @@
+"""Bundles: round trip, train/serve parity, and refusal of what cannot be served."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from operators.errors import BundleError
+from operators.forecaster import Forecaster
+from operators.model import load_bundle, save_bundle
+from pipeline.synthetic import generate_ticks
+from tests.conftest import in_target_units
+
+
+def test_bundle_holds_what_serving_needs(bundle):
+    meta = json.loads((bundle.path / "bundle.json").read_text())
+    assert meta["target"] == {"kind": "log_return", "horizon_ticks": 5}
+    assert meta["architecture"] == {"layers": 1, "hidden": 16, "n_features": 5}
+    assert len(meta["training"]["sha256"]) == 64 and meta["training"]["valid_ticks"] > 0
+    assert meta["model_version"] == bundle.model_version and len(bundle.model_version) == 16
+
+
+def test_train_serve_parity_full_sequence_vs_random_micro_batches(bundle, reference):
+    """The Keras model over each instrument's full sequence == the operator over random micro-batches."""
+    ticks = generate_ticks(8, 3_000, seed=11, bad_fraction=0.002)
+    _, ref, _ = reference.run(ticks)
+    rng = np.random.default_rng(1)
+    cuts = np.sort(rng.choice(ticks.num_rows, size=40, replace=False))
+    bounds = list(zip(np.r_[0, cuts], np.r_[cuts, ticks.num_rows]))
+    fc = Forecaster(bundle)
+    got = np.concatenate([fc.step(ticks.slice(a, b - a)).forecasts for a, b in bounds])
+    np.testing.assert_allclose(in_target_units(bundle, got), in_target_units(bundle, ref), rtol=1e-5, atol=1e-5)
+
+
+def _copy(bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(bundle.path, dst)
+    return dst
+
+
+def _edit(path, fn):
+    meta = json.loads((path / "bundle.json").read_text())
+    fn(meta)
+    (path / "bundle.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["feature_spec"].update(version=99), "feature spec v99"),
+    (lambda m: m.update(format_version=7), "format version 7"),
+    (lambda m: m["architecture"].update(hidden=32), "units=16"),
+    (lambda m: m["normalisation"].update(mean=[0.0]), "wrong number of features"),
+    (lambda m: m.pop("target"), "incomplete"),
+    (lambda m: m["normalisation"].update(target_std=2.0), "does not match"),
+])
+def test_incompatible_bundles_are_refused_with_a_clear_message(bundle, tmp_path, edit, message):
+    path = _copy(bundle, tmp_path)
+    _edit(path, edit)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path)
+
+
+def test_missing_or_foreign_directories_are_refused(tmp_path):
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nope")
+    with pytest.raises(BundleError, match="not a model bundle"):
+        load_bundle(tmp_path)
+
+
+def test_model_with_code_is_refused_in_safe_mode(bundle, tmp_path):
+    import keras
+
+    inp = keras.Input(shape=(None, 5))
+    out = keras.layers.Lambda(lambda x: x[..., :1] * 2.0)(inp)
+    model = keras.Model(inp, out)
+    path = _copy(bundle, tmp_path)
+    model.save(path / "model.keras")
+    with pytest.raises(BundleError, match="safe mode"):
+        load_bundle(path)
+
+
+def test_unservable_architecture_is_refused(bundle, tmp_path):
+    import keras
+
+    inp = keras.Input(shape=(None, 5))
+    x = keras.layers.LSTM(16, return_sequences=True, activation="relu", name="lstm_0")(inp)
+    model = keras.Model(inp, keras.layers.Dense(1, name="forecast")(x))
+    path = _copy(bundle, tmp_path)
+    model.save(path / "model.keras")
+    with pytest.raises(BundleError, match="activation='relu'"):
+        load_bundle(path)
+
+
+def test_save_load_round_trip_keeps_weights_and_version(bundle, tmp_path):
+    save_bundle(bundle, tmp_path / "again")
+    again = load_bundle(tmp_path / "again")
+    assert again.model_version == bundle.model_version
+    np.testing.assert_array_equal(again.weights.layers[0].kernel, bundle.weights.layers[0].kernel)
