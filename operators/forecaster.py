@@ -100,9 +100,11 @@ class Forecaster:
         perm = np.argsort(key, kind="stable")
         order, key = valid[perm], key[perm]
         starts = np.flatnonzero(np.diff(key, prepend=-1))
-        group_keys = [(int(k // n_codes), cols.instruments[int(k % n_codes)]) for k in key[starts]]
+        group_part = key[starts] // n_codes
+        names = cols.instruments
+        group_names = [names[c] for c in (key[starts] % n_codes).tolist()]
         st = self.state
-        rows = st.lookup_keys(group_keys)
+        rows = st.lookup_many(group_part, group_names)
         known = rows >= 0
         last_ts = np.full(len(rows), NO_TS, dtype=np.int64)
         last_ts[known] = st.column("last_ts")[rows[known]]
@@ -116,12 +118,11 @@ class Forecaster:
                 return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)
             starts = np.flatnonzero(np.diff(gid, prepend=-1))
             kept = gid[starts]
-            group_keys = [group_keys[g] for g in kept]
-            rows = rows[kept]
+            group_part, rows = group_part[kept], rows[kept]
+            group_names = [group_names[g] for g in kept.tolist()]
         missing = np.flatnonzero(rows < 0)
         if len(missing):
-            rows[missing] = st.insert([group_keys[i] for i in missing])
-
+            rows[missing] = st.insert([(int(group_part[i]), group_names[i]) for i in missing.tolist()])
         lengths = np.diff(np.append(starts, len(order)))
         ends = starts + lengths - 1
         price, ts = cols.price[order], cols.ts[order]

@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+_BLOCK_ROWS = 1024
+
 
 @dataclass(frozen=True)
 class LSTMLayerWeights:
@@ -105,6 +107,36 @@ class RaggedLSTM:
             self._layers.append((wx, wh, b))
         self._dense_w = np.asarray(weights.dense_kernel, dtype=np.float32).reshape(h, 1)
         self._dense_b = np.float32(weights.dense_bias)
+        self._scratch: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def _cell(z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, rec: np.ndarray, tc: np.ndarray) -> None:
+        """One LSTM step for a block of rows, in place: z holds x @ W_x + b on entry."""
+        hidden = hs.shape[1]
+        np.matmul(hs, wh, out=rec)
+        z += rec
+        np.tanh(z, out=z)
+        ifo = z[:, : 3 * hidden]
+        ifo *= 0.5  # sigmoid(u) = 0.5 * tanh(u / 2) + 0.5; the halving is in the weights
+        ifo += 0.5
+        i_g = z[:, :hidden]
+        f_g = z[:, hidden : 2 * hidden]
+        o_g = z[:, 2 * hidden : 3 * hidden]
+        g_g = z[:, 3 * hidden :]
+        cs *= f_g
+        np.multiply(i_g, g_g, out=i_g)
+        cs += i_g
+        np.tanh(cs, out=tc)
+        np.multiply(o_g, tc, out=hs)
+
+    def _workspace(self, name: str, shape: tuple[int, int]) -> np.ndarray:
+        """A reusable scratch array: fresh multi-MB temporaries cost page faults on every batch."""
+        need = shape[0] * shape[1]
+        buf = self._scratch.get(name)
+        if buf is None or buf.size < need:
+            buf = np.empty(max(need, 2 * (buf.size if buf is not None else 0)), dtype=np.float32)
+            self._scratch[name] = buf
+        return buf[:need].reshape(shape)
 
     @property
     def n_layers(self) -> int:
@@ -146,35 +178,25 @@ class RaggedLSTM:
         layer_in = packed
         active = pk.active.tolist()
         offsets = pk.offsets.tolist()
+        block = min(active[0], _BLOCK_ROWS)
+        rec_all = self._workspace("rec", (block, 4 * hidden))
+        tmp_all = self._workspace("tmp", (block, hidden))
         for layer, (wx, wh, b) in enumerate(self._layers):
-            gates = layer_in @ wx
+            gates = self._workspace("gates", (t_total, 4 * hidden))
+            np.matmul(layer_in, wx, out=gates)
             gates += b
-            h = h0[layer][pk.order].astype(np.float32, copy=True)
-            c = c0[layer][pk.order].astype(np.float32, copy=True)
-            out = np.empty((t_total, hidden), dtype=np.float32)
-            tmp = np.empty((active[0], hidden), dtype=np.float32)
+            h = np.take(h0[layer], pk.order, axis=0, out=self._workspace("h", (g, hidden)))
+            c = np.take(c0[layer], pk.order, axis=0, out=self._workspace("c", (g, hidden)))
+            out = self._workspace(f"out{layer % 2}", (t_total, hidden))
             for t, (s, a) in enumerate(zip(offsets, active)):
-                hs, cs = h[:a], c[:a]
                 if reset_steps[t] is not None:
-                    hs[reset_steps[t]] = 0.0
-                    cs[reset_steps[t]] = 0.0
-                z = gates[s : s + a]
-                z += hs @ wh
-                np.tanh(z, out=z)
-                ifo = z[:, : 3 * hidden]
-                ifo *= 0.5
-                ifo += 0.5
-                i_g = z[:, :hidden]
-                f_g = z[:, hidden : 2 * hidden]
-                o_g = z[:, 2 * hidden : 3 * hidden]
-                g_g = z[:, 3 * hidden :]
-                cs *= f_g
-                np.multiply(i_g, g_g, out=i_g)
-                cs += i_g
-                ts_ = tmp[:a]
-                np.tanh(cs, out=ts_)
-                np.multiply(o_g, ts_, out=hs)
-                out[s : s + a] = hs
+                    h[reset_steps[t]] = 0.0
+                    c[reset_steps[t]] = 0.0
+                # Row blocks keep each block's gates in L2 across the element-wise passes.
+                for r0 in range(0, a, _BLOCK_ROWS):
+                    r1 = min(a, r0 + _BLOCK_ROWS)
+                    self._cell(gates[s + r0 : s + r1], h[r0:r1], c[r0:r1], wh, rec_all[: r1 - r0], tmp_all[: r1 - r0])
+                out[s : s + a] = h[:a]
             # packed row r holds group order[r]; back to group order
             h_out.append(h[pk.rank])
             c_out.append(c[pk.rank])

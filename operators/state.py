@@ -14,6 +14,7 @@ duration of one micro-batch.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
@@ -79,7 +80,7 @@ class StateTable:
         self.shape = shape
         self.capacity = max(int(capacity), 1)
         self.n_rows = 0
-        self._index: dict[tuple[int, str], int] = {}
+        self._index: dict[int, dict[str, int]] = {}  # partition -> instrument -> row
         self._instruments: list[str] = []
         self._h = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
         self._c = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
@@ -106,38 +107,37 @@ class StateTable:
 
     # -- row lookup ------------------------------------------------------------
     def lookup(self, partition: int, instruments: list[str]) -> np.ndarray:
-        """Row of each instrument, -1 where the table has none."""
-        get = self._index.get
-        return np.fromiter(
-            (get((partition, k), -1) for k in instruments), dtype=np.int64, count=len(instruments)
-        )
+        """Row of each instrument of ``partition``, -1 where the table has none."""
+        index = self._index.get(partition)
+        if index is None:
+            return np.full(len(instruments), -1, dtype=np.int64)
+        return np.fromiter(map(index.get, instruments, repeat(-1)), dtype=np.int64, count=len(instruments))
 
-    def lookup_keys(self, keys: list[tuple[int, str]]) -> np.ndarray:
-        get = self._index.get
-        return np.fromiter((get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+    def lookup_many(self, partitions: np.ndarray, instruments: list[str]) -> np.ndarray:
+        """Rows of (partitions[i], instruments[i]) pairs, -1 where absent."""
+        first = int(partitions[0]) if len(partitions) else 0
+        if len(partitions) == 0 or (partitions == first).all():
+            return self.lookup(first, instruments)
+        rows = np.empty(len(instruments), dtype=np.int64)
+        for p in np.unique(partitions).tolist():
+            idx = np.flatnonzero(partitions == p)
+            rows[idx] = self.lookup(p, [instruments[i] for i in idx])
+        return rows
 
     def insert(self, keys: list[tuple[int, str]]) -> np.ndarray:
-        """Append fresh rows (zero state, no previous tick) for new keys."""
+        """Append fresh rows (zero state, no previous tick) for new (partition, instrument) keys."""
         n_new = len(keys)
         start = self.n_rows
         self._reserve(start + n_new)
         rows = np.arange(start, start + n_new, dtype=np.int64)
-        for i, key in enumerate(keys):
-            self._index[key] = start + i
+        for i, (p, name) in enumerate(keys):
+            self._index.setdefault(p, {})[name] = start + i
         self._instruments.extend(k for _, k in keys)
         self.n_rows += n_new
         self._reset_rows(rows)
         self._scalars["partition"].view[rows] = np.fromiter(
             (p for p, _ in keys), dtype=np.int32, count=n_new
         )
-        return rows
-
-    def rows_for(self, keys: list[tuple[int, str]]) -> np.ndarray:
-        """Rows for keys, inserting fresh rows for the ones not present."""
-        rows = self.lookup_keys(keys)
-        missing = np.flatnonzero(rows < 0)
-        if len(missing):
-            rows[missing] = self.insert([keys[i] for i in missing])
         return rows
 
     def _reset_rows(self, rows: np.ndarray) -> None:
@@ -176,14 +176,14 @@ class StateTable:
         n_keep = n - len(dead)
         holes = dead[dead < n_keep]
         movers = np.flatnonzero(keep_mask[n_keep:]) + n_keep
-        for key in [(int(part[r]), self._instruments[r]) for r in dead]:
-            del self._index[key]
+        for r in dead.tolist():
+            del self._index[int(part[r])][self._instruments[r]]
         for col in [*self._h, *self._c, *self._scalars.values()]:
             col.view[holes] = col.view[movers]
         for hole, mover in zip(holes.tolist(), movers.tolist()):
             inst = self._instruments[mover]
             self._instruments[hole] = inst
-            self._index[(int(self.column("partition")[hole]), inst)] = hole
+            self._index[int(self.column("partition")[hole])][inst] = hole
         del self._instruments[n_keep:]
         self.n_rows = n_keep
         return len(dead)
