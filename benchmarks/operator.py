@@ -1,6 +1,6 @@
 """`tickcast bench operator`: the operator against two baselines, measured in one run.
 
-For 10, 1k and 100k instruments, uniform and Zipf-skewed (s = 1.1) activity,
+For 10, 1k, 10k and 100k instruments, uniform and Zipf-skewed (s = 1.1) activity,
 hidden size 64, 1 and 2 layers:
 1. the operator (``Forecaster.step`` on micro-batches of Arrow ticks: validation,
    grouping, features, gather, ragged LSTM, scatter), ticks/s;
@@ -161,7 +161,7 @@ def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict
 
 
 def run(quick: bool = False, batch_ticks: int = 10_000, printer=print) -> dict:
-    instrument_counts = [10, 1_000, 100_000] if not quick else [10, 1_000]
+    instrument_counts = [10, 1_000, 10_000, 100_000] if not quick else [10, 1_000]
     layer_counts = [1, 2]
     n_batches = 4 if quick else 12
     cell_ticks = 60 if quick else 300

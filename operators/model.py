@@ -44,6 +44,9 @@ META_FILE = "bundle.json"
 
 def _keras():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # oneDNN's reordered float sums make TensorFlow's numbers vary by machine
+    # and thread count; tickcast wants the reference numbers reproducible.
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     import keras  # noqa: PLC0415 - TensorFlow takes seconds to import; only when needed
 

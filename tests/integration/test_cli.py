@@ -1,0 +1,101 @@
+"""The command line, as a user runs it: real processes, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.sinks import write_parquet
+from pipeline.synthetic import generate_ticks
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def tickcast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tickcast {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    write_parquet(generate_ticks(15, 12_000, seed=21), d / "train.parquet")
+    write_parquet(generate_ticks(15, 2_500, seed=22, bad_fraction=0.004), d / "test.parquet")
+    out = tickcast("train", "--input", str(d / "train.parquet"), "--out", str(d / "model"),
+                   "--hidden", "8", "--epochs", "1", "--window", "64", "--horizon", "5")
+    assert "written to" in out.stdout
+    return d
+
+
+def test_backtest_is_the_same_whatever_the_micro_batch_size(trained):
+    results = {}
+    for size in ("1", "7", "100000"):
+        out = trained / f"bt{size}"
+        tickcast("backtest", "--input", str(trained / "test.parquet"), "--model", str(trained / "model"),
+                 "--out", str(out), "--max-batch-ticks", size, "--quiet")
+        results[size] = pq.read_table(out / "forecasts.parquet")
+    base = results["100000"]
+    assert base.num_rows > 2_400
+    for size, table in results.items():
+        for col in ("instrument", "ts", "seq", "price"):
+            assert table.column(col).equals(base.column(col)), (size, col)
+        np.testing.assert_allclose(table.column("forecast").to_numpy(), base.column("forecast").to_numpy(),
+                                   rtol=1e-5, atol=1e-9)
+        np.testing.assert_array_equal(table.column("realized").to_numpy(zero_copy_only=False),
+                                      base.column("realized").to_numpy(zero_copy_only=False))
+
+
+def test_backtest_writes_summary_rejects_and_plots(trained):
+    out = trained / "bt100000"
+    if not out.exists():
+        tickcast("backtest", "--input", str(trained / "test.parquet"), "--model", str(trained / "model"),
+                 "--out", str(out), "--max-batch-ticks", "100000", "--quiet")
+    summary = json.loads((out / "summary.json").read_text())
+    for who in ("model", "random_walk"):
+        assert set(summary[who]) == {"n", "mae", "rmse", "hit_rate", "ic"}
+    assert summary["random_walk"]["hit_rate"] is None
+    rejected = pq.read_table(out / "rejected.parquet")
+    assert sum(summary["rejected"].values()) == rejected.num_rows > 0
+    assert summary["forecasts"] + rejected.num_rows == summary["ticks"] == 2_500
+    assert (out / "plots" / "cumulative_error.png").stat().st_size > 10_000
+    assert (out / "plots" / "forecast_vs_realized.png").stat().st_size > 10_000
+
+
+def test_backtest_twice_gives_byte_identical_forecasts(trained):
+    paths = []
+    for run in ("a", "b"):
+        out = trained / f"det_{run}"
+        tickcast("backtest", "--input", str(trained / "test.parquet"), "--model", str(trained / "model"),
+                 "--out", str(out), "--quiet", "--no-plots")
+        paths.append(out / "forecasts.parquet")
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["backtest", "--input", "X.parquet", "--model", "nowhere", "--out", "o"], "does not exist"),
+    (["backtest", "--input", "{d}/test.parquet", "--model", "{d}/model", "--out", "{d}/o", "--max-batch-ticks", "0"],
+     "--max-batch-ticks must be >= 1"),
+    (["backtest", "--input", "{d}/test.parquet", "--model", "{d}/model", "--out", "{d}/o", "--reset-gap", "soon"],
+     "is not a duration"),
+    (["train", "--input", "{d}/test.parquet", "--out", "{d}/m2", "--hidden", "0"], "--hidden must be >= 1"),
+    (["train", "--input", "{d}/test.parquet", "--out", "{d}/m2", "--map", "price"], "canonical=source"),
+    (["backtest", "--input", "{d}/test.parquet", "--model", "{d}/model", "--out", "{d}/o", "--from", "yesterday"],
+     "ISO 8601"),
+])
+def test_bad_flags_get_one_line_not_a_traceback(trained, args, message):
+    proc = tickcast(*[a.format(d=trained) for a in args], check=False)
+    assert proc.returncode == 2
+    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("tickcast: error:"), proc.stderr
+    assert message in lines[0]
+    assert "Traceback" not in proc.stderr
