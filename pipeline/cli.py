@@ -187,6 +187,118 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_config_args(p: argparse.ArgumentParser) -> None:
+    from dataclasses import MISSING, fields  # noqa: PLC0415
+
+    from pipeline.config import RunConfig  # noqa: PLC0415
+
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML config file; environment variables override it, flags override both")
+    for f in fields(RunConfig):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        shown = ",".join(default) if isinstance(default, list) else default
+        if f.metadata.get("secret"):
+            shown = "unset"
+        choices = f.metadata.get("choices")
+        extra = f" {{{', '.join(c for c in choices if c)}}}" if choices else ""
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
+                       help=f"{f.metadata['help']}{extra} [env: TICKCAST_{f.name.upper()}] (default: {shown!r})")
+
+
+def _run_config(args: argparse.Namespace):
+    from dataclasses import fields  # noqa: PLC0415
+
+    from pipeline.config import RunConfig  # noqa: PLC0415
+
+    flags = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
+    return RunConfig.load(args.config, flags=flags)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from operators.model import load_bundle  # noqa: PLC0415
+    from pipeline import logs  # noqa: PLC0415
+    from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
+    from pipeline.runner import Runner  # noqa: PLC0415
+
+    cfg = _run_config(args)
+    logs.configure(cfg.log_format, cfg.log_level)
+    bundle = load_bundle(cfg.model)
+    metrics = Metrics()
+    try:
+        server = MetricsServer(metrics, cfg.metrics_address).start()
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on metrics_address {cfg.metrics_address}: {exc.strerror}; "
+                          "pick another port with --metrics-address") from None
+    log = logs.get("cli")
+    log.info("starting", extra={"model_version": bundle.model_version, "metrics": f"http://{server.address}/metrics",
+                                **{k: v for k, v in cfg.redacted().items() if k in
+                                   ("bootstrap_servers", "group_id", "output_topic", "dead_letter_topic",
+                                    "max_batch_ticks", "max_batch_ms", "output_mode", "processing")}})
+    runner = Runner(cfg, bundle, metrics)
+    runner.install_signal_handlers()
+    try:
+        code = runner.run()
+    finally:
+        server.stop()
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    s = runner.summary()
+    print(f"tickcast run: {s['ticks']:,} ticks, {s['forecasts']:,} forecasts, {s['dead_letters']:,} dead letters "
+          f"in {s['elapsed_s']} s; latency p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms", file=sys.stderr)
+    return code
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    from pipeline.config import RunConfig  # noqa: PLC0415
+
+    cfg = RunConfig.load(args.file, env={} if args.ignore_env else None)
+    print(f"{args.file}: OK")
+    for k, v in cfg.redacted().items():
+        print(f"  {k} = {json.dumps(v)}")
+    return 0
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with EmbeddedBroker(port=args.port, host=args.host) as broker:
+        if args.topics:
+            create_topics(broker.bootstrap, {t: args.partitions for t in args.topics.split(",")})
+        print(broker.bootstrap, flush=True)
+        print(f"embedded broker listening on {broker.bootstrap} (in memory; Ctrl-C stops it)", file=sys.stderr)
+        stop.wait()
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from kafka import KafkaProducer  # noqa: PLC0415
+    from kafka.errors import KafkaError  # noqa: PLC0415
+
+    from pipeline.replay import replay  # noqa: PLC0415
+
+    if args.speed < 0:
+        raise ConfigError(f"--speed must be >= 0 (0 = as fast as possible), got {args.speed}")
+    ticks = _load_input(args)
+    try:
+        producer = KafkaProducer(bootstrap_servers=args.bootstrap_servers.split(","), acks="all", linger_ms=5,
+                                 batch_size=256 * 1024)
+    except KafkaError as exc:
+        raise ConfigError(f"cannot reach Kafka at {args.bootstrap_servers}: {exc}; is the broker running?") from None
+    try:
+        stats = replay(ticks, args.topic, producer, speed=args.speed, progress=not args.quiet)
+    finally:
+        producer.close(timeout=10)
+    print(f"{stats.messages:,} ticks published to {args.topic} in {stats.seconds:.1f}s "
+          f"({stats.messages / max(stats.seconds, 1e-9):,.0f}/s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickcast", description="Streaming LSTM forecasts over tick data.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -219,6 +331,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("run", help="the long-running consumer: ticks from Kafka in, forecasts out",
+                       description="Consume ticks from Kafka, publish forecasts, serve metrics. Every option can "
+                                   "come from the config file, the environment or a flag (flags win).")
+    _add_run_config_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("config", help="configuration tools")
+    csub = p.add_subparsers(dest="config_command", required=True)
+    pc = csub.add_parser("check", help="validate a TOML config file and print it (secrets masked)")
+    pc.add_argument("file")
+    pc.add_argument("--ignore-env", action="store_true", help="check the file alone, without TICKCAST_* variables")
+    pc.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (for demos and tests)")
+    p.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--topics", default=None, help="topics to create, comma-separated")
+    p.add_argument("--partitions", type=int, default=1, help="partitions per created topic (default: 1)")
+    p.set_defaults(func=cmd_broker)
+
+    p = sub.add_parser("replay", help="publish a tick file to a topic, paced by event time")
+    _add_input_args(p)
+    p.add_argument("--topic", required=True)
+    p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
+                   help="Kafka bootstrap servers [env: TICKCAST_BOOTSTRAP_SERVERS] (default: localhost:9092)")
+    p.add_argument("--speed", type=float, default=1.0,
+                   help="replay gaps X times faster than real time; 0 = as fast as possible (default: 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("generate", help="write synthetic ticks (Parquet)")
     p.add_argument("--out", required=True)

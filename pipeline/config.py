@@ -1,8 +1,22 @@
-"""Parsing of user-facing values (durations, column mappings) with one-line errors."""
+"""One typed configuration for `tickcast run`: TOML file, then environment, then flags.
+
+Precedence, lowest to highest: defaults < config file (TOML) < environment
+variables (``TICKCAST_<KEY>``, upper case) < command-line flags. Unknown keys
+are refused with the nearest known key; every value is checked, and a bad one
+is reported in one line that names the key, the source and how to fix it.
+Secrets (passwords) are never printed: :meth:`RunConfig.redacted` masks them.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import os
 import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 from operators.errors import TickcastError
 
@@ -38,3 +52,178 @@ def parse_mapping(text: str | None) -> dict[str, str]:
         k, v = part.split("=", 1)
         out[k.strip()] = v.strip()
     return out
+
+
+def _opt(default: Any, help: str, *, secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
+    meta = {"help": help, "secret": secret, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Every key of `tickcast run`; the help text is what `--help` prints."""
+
+    model: str = _opt("", "model bundle directory (from `tickcast train`)")
+    bootstrap_servers: str = _opt("localhost:9092", "Kafka bootstrap servers, comma-separated host:port")
+    input_topics: list[str] = _opt(["ticks"], "topic(s) to read ticks from, comma-separated")
+    output_topic: str = _opt("forecasts", "topic to publish forecasts to")
+    dead_letter_topic: str = _opt("ticks.dlq", "topic for messages that are not valid ticks")
+    group_id: str = _opt("tickcast", "Kafka consumer group id")
+    auto_offset_reset: str = _opt("earliest", "where a new group starts", choices=("earliest", "latest"))
+    max_batch_ticks: int = _opt(5000, "a micro-batch closes at this many ticks ...")
+    max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first")
+    output_mode: str = _opt("every_tick", "publish a forecast for every tick, or only the last per instrument "
+                            "per batch", choices=("every_tick", "last_per_instrument"))
+    processing: str = _opt("at_least_once", "delivery guarantee", choices=("at_least_once",))
+    reset_gap: str = _opt("", "start an instrument afresh after an event-time gap this long, e.g. 30m (empty: never)")
+    expire_after: str = _opt("", "reclaim instruments idle this long, e.g. 1d (empty: never)")
+    metrics_address: str = _opt("127.0.0.1:9108", "host:port for /metrics, /healthz, /readyz (port 0: any free)")
+    status_interval_s: float = _opt(5.0, "seconds between one-line status reports (0: off)")
+    log_format: str = _opt("text", "log lines as key=value text or JSON", choices=("text", "json"))
+    log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
+    shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, give up flushing after this many seconds")
+    fetch_max_bytes: int = _opt(16 * 1024 * 1024, "bound on bytes the consumer fetches ahead (memory cap)")
+    request_timeout_ms: int = _opt(30000, "Kafka request timeout")
+    security_protocol: str = _opt("PLAINTEXT", "Kafka security protocol",
+                                  choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
+    sasl_mechanism: str = _opt("", "SASL mechanism", choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
+    sasl_username: str = _opt("", "SASL user name")
+    sasl_password: str = _opt("", "SASL password (prefer TICKCAST_SASL_PASSWORD or sasl_password_file)", secret=True)
+    sasl_password_file: str = _opt("", "file holding the SASL password")
+    ssl_cafile: str = _opt("", "CA bundle to verify the brokers")
+    ssl_certfile: str = _opt("", "client certificate (mutual TLS)")
+    ssl_keyfile: str = _opt("", "client private key (mutual TLS)")
+    ssl_password: str = _opt("", "password of the client key", secret=True)
+
+    # -- loading ------------------------------------------------------------------
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def load(cls, file: str | Path | None = None, env: dict[str, str] | None = None,
+             flags: dict[str, Any] | None = None) -> "RunConfig":
+        values: dict[str, tuple[Any, str]] = {}
+        if file:
+            for k, v in _read_toml(Path(file)).items():
+                values[k] = (v, f"{file}")
+        env = os.environ if env is None else env
+        for k in cls.keys():
+            name = f"TICKCAST_{k.upper()}"
+            if name in env:
+                values[k] = (env[name], f"env {name}")
+        for k, v in (flags or {}).items():
+            if v is not None:
+                values[k] = (v, f"--{k.replace('_', '-')}")
+        kwargs = {}
+        types = {f.name: f for f in fields(cls)}
+        for k, (v, source) in values.items():
+            if k not in types:
+                near = difflib.get_close_matches(k, cls.keys(), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else ""
+                raise ConfigError(f"unknown config key {k!r} in {source}{hint}")
+            kwargs[k] = _coerce(types[k], v, source)
+        cfg = cls(**kwargs)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            choices = f.metadata.get("choices")
+            if choices and value not in choices:
+                raise ConfigError(f"{f.name} = {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+        if not self.model:
+            raise ConfigError("no model bundle given; set --model DIR (or model = \"DIR\" in the config file)")
+        if not self.input_topics or any(not t for t in self.input_topics):
+            raise ConfigError("input_topics is empty; name at least one topic, e.g. --input-topics ticks")
+        if self.output_topic in self.input_topics or self.dead_letter_topic in self.input_topics:
+            raise ConfigError("output_topic and dead_letter_topic must differ from the input topics")
+        for name in ("max_batch_ticks", "max_batch_ms", "fetch_max_bytes", "request_timeout_ms"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.shutdown_timeout_s <= 0:
+            raise ConfigError("shutdown_timeout_s must be > 0")
+        for name in ("reset_gap", "expire_after"):
+            if getattr(self, name):
+                parse_duration_ns(getattr(self, name), name)
+        host, _, port = self.metrics_address.rpartition(":")
+        if not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"metrics_address {self.metrics_address!r} is not host:port, e.g. 127.0.0.1:9108")
+        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
+            raise ConfigError(f"security_protocol {self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256 "
+                              "or SCRAM-SHA-512)")
+        if self.sasl_password and self.sasl_password_file:
+            raise ConfigError("give sasl_password or sasl_password_file, not both")
+        for name in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigError(f"{name} {path!r} does not exist or is not a file")
+
+    def redacted(self) -> dict[str, Any]:
+        """The config as a dict, with secrets masked (for logs and `config check`)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "***" if f.metadata.get("secret") and value else value
+        return out
+
+    # -- what the Kafka clients get -------------------------------------------------
+    def kafka_security(self) -> dict[str, Any]:
+        """Security settings passed through to both consumer and producer."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            password = self.sasl_password
+            if self.sasl_password_file:
+                password = Path(self.sasl_password_file).read_text().strip()
+            opts.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                        sasl_plain_password=password)
+        if self.security_protocol in ("SSL", "SASL_SSL"):
+            for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+                if getattr(self, key):
+                    opts[key] = getattr(self, key)
+        return opts
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    # Accept keys at the top level or under a [tickcast] table.
+    if isinstance(data.get("tickcast"), dict):
+        data = {**{k: v for k, v in data.items() if k != "tickcast"}, **data["tickcast"]}
+    return data
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "list[str]":
+            if isinstance(value, str):
+                return [v.strip() for v in value.split(",") if v.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return value
+            raise ValueError
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        shown = "***" if f.metadata.get("secret") else repr(value)
+        raise ConfigError(f"{f.name} from {source} must be {kind.replace('list[str]', 'a list of strings')}, "
+                          f"got {shown}") from None

@@ -1,0 +1,148 @@
+"""Every metric tickcast exports, defined in one place, and the HTTP endpoint.
+
+Prometheus conventions: prefix ``tickcast_``, base units (seconds, bytes),
+``_total`` for counters, histograms for latencies and batch sizes, no
+per-instrument labels (labels are at most ``partition``, ``reason``, ``topic``).
+Each ``Metrics`` owns its registry (tests build a fresh one each), with the
+process and platform collectors of prometheus-client.
+
+``/metrics`` serves the registry; ``/healthz`` answers 200 while the process's
+loop is alive (it has made progress or polled within ``stall_s``);
+``/readyz`` answers 200 once the consumer has its assignment and the broker
+is reachable, 503 otherwise.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
+)
+
+# Step and batch latencies run from ~100 us to seconds.
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0, 10.0)
+_SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        ns = "tickcast"
+        self.ticks_received = Counter("ticks_received", "Messages consumed from the input topics",
+                                      ["partition"], namespace=ns, registry=r)
+        self.forecasts_published = Counter("forecasts_published", "Forecasts acknowledged by the broker",
+                                           namespace=ns, registry=r)
+        self.dead_letters = Counter("dead_letters", "Messages sent to the dead-letter topic, by reason",
+                                    ["reason"], namespace=ns, registry=r)
+        self.batch_ticks = Histogram("batch_ticks", "Ticks per micro-batch", namespace=ns, registry=r,
+                                     buckets=_SIZE_BUCKETS)
+        self.batch_instruments = Histogram("batch_instruments", "Distinct instruments per micro-batch",
+                                           namespace=ns, registry=r, buckets=_SIZE_BUCKETS)
+        self.step_seconds = Histogram("step_duration_seconds", "Operator step time per micro-batch",
+                                      namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self.batch_seconds = Histogram("batch_duration_seconds",
+                                       "Decode + step + publish + commit time per micro-batch",
+                                       namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self.e2e_seconds = Histogram("end_to_end_latency_seconds",
+                                     "From a tick's receipt by the consumer to its forecast acknowledged",
+                                     namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self.lag = Gauge("consumer_lag_records", "Fetch high-watermark minus position, per partition",
+                         ["topic", "partition"], namespace=ns, registry=r)
+        self.state_rows = Gauge("state_rows", "Instruments held in the state table", namespace=ns, registry=r)
+        self.state_bytes = Gauge("state_bytes", "Bytes held by the state table's buffers",
+                                 namespace=ns, registry=r)
+        self.expired_rows = Counter("state_expired_rows", "Idle instrument rows reclaimed",
+                                    namespace=ns, registry=r)
+        self.session_resets = Counter("session_resets", "Instrument states restarted after a long gap",
+                                      namespace=ns, registry=r)
+        self.commits = Counter("offset_commits", "Offset commits after acknowledged publishes",
+                               namespace=ns, registry=r)
+        self.broker_errors = Counter("broker_errors", "Failed broker operations (will be retried), by operation",
+                                     ["operation"], namespace=ns, registry=r)
+        self.broker_up = Gauge("broker_up", "1 when the last broker operation succeeded", namespace=ns, registry=r)
+        self.assigned_partitions = Gauge("assigned_partitions", "Input partitions assigned to this process",
+                                         namespace=ns, registry=r)
+        self.rebalances = Counter("rebalances", "Partition assignment changes", namespace=ns, registry=r)
+        self.last_progress = Gauge("last_progress_timestamp_seconds", "Unix time of the last processed batch",
+                                   namespace=ns, registry=r)
+        self.forecast_abs_error = Counter("forecast_abs_error", "Sum of |forecast - realised| over matured forecasts",
+                                          namespace=ns, registry=r)
+        self.random_walk_abs_error = Counter("random_walk_abs_error",
+                                             "Sum of |realised| (the zero-return forecast's error), same ticks",
+                                             namespace=ns, registry=r)
+        self.forecasts_scored = Counter("forecasts_scored", "Forecasts whose realised value has arrived",
+                                        namespace=ns, registry=r)
+        self.model_info = Info("model", "The model bundle being served", namespace=ns, registry=r)
+        self.start_time = Gauge("start_time_seconds", "Unix time the run started", namespace=ns, registry=r)
+        self.start_time.set_to_current_time()
+        self.broker_up.set(0)
+        self.ready = False
+        self.alive_at = time.monotonic()
+        self.stall_s = 120.0
+
+    def beat(self) -> None:
+        """The loop is alive (called every poll)."""
+        self.alive_at = time.monotonic()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - signature from the stdlib
+        pass
+
+
+class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class MetricsServer:
+    """Serves /metrics, /healthz and /readyz on a background thread."""
+
+    def __init__(self, metrics: Metrics, address: str):
+        host, _, port = address.rpartition(":")
+        metrics_app = make_wsgi_app(metrics.registry)
+        self.metrics = metrics
+
+        def app(environ, start_response):
+            path = environ.get("PATH_INFO", "/")
+            if path == "/healthz":
+                ok = time.monotonic() - metrics.alive_at < metrics.stall_s
+                return _plain(start_response, ok, "ok\n" if ok else "stalled\n")
+            if path == "/readyz":
+                return _plain(start_response, metrics.ready, "ready\n" if metrics.ready else "not ready\n")
+            if path in ("/metrics", "/"):
+                return metrics_app(environ, start_response)
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"not found: try /metrics, /healthz or /readyz\n"]
+
+        self._server = make_server(host.strip("[]"), int(port), app, server_class=_ThreadingWSGIServer,
+                                   handler_class=_QuietHandler)
+        self.address = f"{host}:{self._server.server_port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+
+    def start(self) -> "MetricsServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def _plain(start_response, ok: bool, body: str):
+    start_response("200 OK" if ok else "503 Service Unavailable", [("Content-Type", "text/plain")])
+    return [body.encode()]

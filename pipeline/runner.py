@@ -1,0 +1,471 @@
+"""The live loop: poll -> micro-batch -> decode -> operator -> publish -> commit.
+
+Order of one batch (at-least-once), written down because it is the contract:
+
+1. collect records until ``max_batch_ticks`` or ``max_batch_ms`` after the first;
+2. decode the batch into columns; messages that are not ticks get a reason;
+3. ``Forecaster.step`` on the valid ticks; ticks it refuses get a reason;
+4. send every forecast to the output topic and every refused message, with its
+   original key and value and the reason in headers, to the dead-letter topic;
+5. flush the producer and check every send was acknowledged (retry until it is,
+   or until shutdown gives up: then nothing is committed and the batch is
+   processed again after restart);
+6. commit the offsets after the batch's last records.
+
+A restart (or a partition moving to another process) resumes at the committed
+offsets. State is not yet durable: a partition this process starts to own
+begins with empty state, and the log says so.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+from operators.forecaster import Forecaster, ForecasterConfig
+from operators.model import Bundle
+from operators.validation import RejectReason
+from pipeline import logs
+from pipeline.config import RunConfig, parse_duration_ns
+from pipeline.metrics import Metrics
+from pipeline.scoring import OnlineScorer
+from pipeline.ticks import decode_batch
+
+log = logs.get("run")
+_OPERATOR_LABELS = {int(r): r.label for r in RejectReason}
+_TICK_COLUMNS = ("instrument", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size")
+# Partition ids in the state table: topic index in the high bits, so two input
+# topics' partition 0 never share state rows.
+_TOPIC_SHIFT = 20
+
+
+@dataclass
+class RunStats:
+    ticks: int = 0
+    forecasts: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    commits: int = 0
+    started: float = field(default_factory=time.monotonic)
+    latencies: deque = field(default_factory=lambda: deque(maxlen=200_000))
+
+    def percentiles(self) -> dict[str, float | None]:
+        if not self.latencies:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        a = np.fromiter(self.latencies, dtype=np.float64)
+        return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3),
+                "max_ms": float(a.max() * 1e3)}
+
+
+class PublishTimeout(Exception):
+    """Forecasts could not be acknowledged before shutdown gave up."""
+
+
+class Runner:
+    def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics):
+        self.cfg = config
+        self.bundle = bundle
+        self.metrics = metrics
+        self.forecaster = Forecaster(bundle, ForecasterConfig(
+            reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
+            expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
+        ))
+        self.scorer = OnlineScorer(bundle.horizon)
+        self.stats = RunStats()
+        self.stop_event = threading.Event()
+        self._stop_requested_at: float | None = None
+        self.consumer = None
+        self.producer = None
+        self._assigned: set = set()
+        self._revoked: set = set()
+        self._json_names: dict[str, str] = {}
+        metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
+                                 "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden)})
+
+    # -- lifecycle --------------------------------------------------------------------
+    def request_stop(self, *_args) -> None:
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+            log.info("stop requested; finishing the current batch")
+        self.stop_event.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Run until stopped. Returns the process exit code."""
+        if not self._connect():
+            return 0 if self.stop_event.is_set() else 1
+        last_status = time.monotonic()
+        code = 0
+        try:
+            while not self.stop_event.is_set():
+                records, received_at = self._collect()
+                if records:
+                    self._process(records, received_at)
+                now = time.monotonic()
+                if self.cfg.status_interval_s and now - last_status >= self.cfg.status_interval_s:
+                    self._report_status()
+                    last_status = now
+        except PublishTimeout as exc:
+            log.error("shutdown gave up on unacknowledged forecasts; nothing committed for them",
+                      extra={"detail": str(exc)})
+            code = 1
+        finally:
+            self._close()
+        log.info("stopped", extra=self.summary())
+        return code
+
+    def summary(self) -> dict:
+        elapsed = time.monotonic() - self.stats.started
+        return {"ticks": self.stats.ticks, "forecasts": self.stats.forecasts,
+                "dead_letters": self.stats.dead_letters, "batches": self.stats.batches,
+                "elapsed_s": round(elapsed, 1), **{k: (round(v, 2) if v is not None else None)
+                                                   for k, v in self.stats.percentiles().items()}}
+
+    # -- Kafka clients ----------------------------------------------------------------
+    def _client_options(self) -> dict:
+        return {"bootstrap_servers": self.cfg.bootstrap_servers.split(","),
+                "request_timeout_ms": self.cfg.request_timeout_ms, "client_id": "tickcast",
+                **self.cfg.kafka_security()}
+
+    def _connect(self) -> bool:
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                opts = self._client_options()
+                self.producer = KafkaProducer(acks="all", linger_ms=2, retries=5,
+                                              max_in_flight_requests_per_connection=1,
+                                              batch_size=256 * 1024, **opts)
+                self.consumer = KafkaConsumer(
+                    group_id=self.cfg.group_id, enable_auto_commit=False,
+                    auto_offset_reset=self.cfg.auto_offset_reset, max_poll_records=self.cfg.max_batch_ticks,
+                    fetch_max_bytes=self.cfg.fetch_max_bytes,
+                    max_partition_fetch_bytes=min(self.cfg.fetch_max_bytes, 4 * 1024 * 1024),
+                    session_timeout_ms=10_000, heartbeat_interval_ms=3_000, **opts)
+                self.consumer.subscribe(self.cfg.input_topics, listener=_Listener(self))
+                self.metrics.broker_up.set(1)
+                log.info("connected", extra={"bootstrap": self.cfg.bootstrap_servers, "group": self.cfg.group_id,
+                                             "topics": ",".join(self.cfg.input_topics)})
+                return True
+            except KafkaError as exc:
+                self.metrics.broker_up.set(0)
+                self.metrics.broker_errors.labels("connect").inc()
+                log.warning("broker unreachable; retrying", extra={"bootstrap": self.cfg.bootstrap_servers,
+                                                                  "retry_in_s": backoff, "error": repr(exc)})
+                self._close()
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+        return False
+
+    def _close(self) -> None:
+        if self.consumer is not None:
+            try:
+                self.consumer.close(autocommit=False)
+            except Exception as exc:  # noqa: BLE001 - closing must not mask the exit path
+                log.warning("consumer close failed", extra={"error": repr(exc)})
+            self.consumer = None
+        if self.producer is not None:
+            try:
+                self.producer.close(timeout=5)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("producer close failed", extra={"error": repr(exc)})
+            self.producer = None
+        self.metrics.ready = False
+
+    # -- assignment ---------------------------------------------------------------------
+    def on_revoked(self, partitions) -> None:
+        self._revoked |= set(partitions)
+        for tp in partitions:
+            pid = self._partition_id(tp.topic, tp.partition)
+            self.forecaster.state.expire(pid, np.iinfo(np.int64).max)
+            self.scorer.drop_partition(pid)
+        self._assigned -= set(partitions)
+        self.metrics.assigned_partitions.set(len(self._assigned))
+        self.metrics.rebalances.inc()
+        log.info("partitions revoked", extra={"partitions": _tps(partitions)})
+
+    def on_assigned(self, partitions) -> None:
+        self._assigned |= set(partitions)
+        self._revoked -= set(partitions)
+        self.metrics.assigned_partitions.set(len(self._assigned))
+        self.metrics.ready = True
+        if partitions:
+            log.warning("partitions assigned with EMPTY state: instruments warm up from zero state "
+                        "(durable checkpoints are not enabled in this version)",
+                        extra={"partitions": _tps(partitions)})
+
+    def _partition_id(self, topic: str, partition: int) -> int:
+        return (self.cfg.input_topics.index(topic) << _TOPIC_SHIFT) | partition
+
+    # -- the loop ---------------------------------------------------------------------
+    def _collect(self) -> tuple[list, list[float]]:
+        """Records of one micro-batch, with the time each poll returned them."""
+        records: list = []
+        received: list[float] = []
+        deadline = None
+        limit = self.cfg.max_batch_ticks
+        while len(records) < limit and not self.stop_event.is_set():
+            wait_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            try:
+                polled = self.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(records))
+                self.metrics.broker_up.set(1)
+            except Exception as exc:  # noqa: BLE001 - kafka-python raises many kinds; all retried
+                self.metrics.broker_errors.labels("poll").inc()
+                self.metrics.broker_up.set(0)
+                log.warning("poll failed; retrying", extra={"error": repr(exc)})
+                self.stop_event.wait(1.0)
+                continue
+            self.metrics.beat()
+            now = time.monotonic()
+            if self._revoked:
+                records = [r for r in records if _tp(r) not in self._revoked]
+                self._revoked.clear()
+            for recs in polled.values():
+                records.extend(recs)
+                received.extend([now] * len(recs))
+            if records and deadline is None:
+                deadline = now + self.cfg.max_batch_ms / 1000
+            if not records or (deadline is not None and time.monotonic() >= deadline):
+                break
+        if len(received) != len(records):  # some were dropped on revoke
+            received = received[-len(records):] if records else []
+        return records, received
+
+    def _process(self, records: list, received_at: list[float]) -> None:
+        t_batch = time.perf_counter()
+        n = len(records)
+        keys = [r.key for r in records]
+        values = [r.value for r in records]
+        topics = [r.topic for r in records]
+        part = np.fromiter((r.partition for r in records), dtype=np.int64, count=n)
+        offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
+        topic_idx = np.fromiter((self.cfg.input_topics.index(t) for t in topics), dtype=np.int64, count=n) \
+            if len(self.cfg.input_topics) > 1 else np.zeros(n, dtype=np.int64)
+        pid = (topic_idx << _TOPIC_SHIFT) | part
+        for p, c in zip(*np.unique(part, return_counts=True)):
+            self.metrics.ticks_received.labels(str(p)).inc(int(c))
+
+        decoded = decode_batch(keys, values)
+        idx = decoded.ticks.column("index").to_numpy()
+        ticks = decoded.ticks.select(list(_TICK_COLUMNS))
+        ticks = ticks.append_column("partition", pa.array(pid[idx].astype(np.int32)))
+        ticks = ticks.append_column("offset", pa.array(offs[idx]))
+        t_step = time.perf_counter()
+        result = self.forecaster.step(ticks)
+        self.metrics.step_seconds.observe(time.perf_counter() - t_step)
+
+        # Dead letters: decode failures and operator refusals, with the original bytes.
+        dead = [(i, reason.value, detail) for i, reason, detail in decoded.rejected]
+        bad_rows = np.flatnonzero(result.reasons)
+        dead += [(int(idx[r]), _OPERATOR_LABELS[int(result.reasons[r])], "") for r in bad_rows.tolist()]
+
+        # Forecasts.
+        rows = result.rows
+        if self.cfg.output_mode == "last_per_instrument" and len(rows):
+            keep = _last_per_group(ticks, rows)
+        else:
+            keep = np.arange(len(rows))
+        out_rows = rows[keep]
+        msg_index = idx[out_rows]
+        messages = self._encode_forecasts(ticks, out_rows, result.forecasts[keep], msg_index, topics, part, offs)
+        self._publish(messages, dead, records)
+        self._commit(records)
+
+        # Metrics and online scoring.
+        now = time.monotonic()
+        lat = now - np.asarray(received_at)[msg_index] if len(msg_index) else np.zeros(0)
+        for v in lat.tolist():
+            self.metrics.e2e_seconds.observe(v)
+        self.stats.latencies.extend(lat.tolist())
+        self._score(ticks, rows, result.forecasts)
+        self.stats.ticks += n
+        self.stats.forecasts += len(messages)
+        self.stats.dead_letters += len(dead)
+        self.stats.batches += 1
+        for _, reason, _ in dead:
+            self.metrics.dead_letters.labels(reason).inc()
+        self.metrics.forecasts_published.inc(len(messages))
+        self.metrics.batch_ticks.observe(n)
+        self.metrics.batch_instruments.observe(result.n_instruments)
+        self.metrics.session_resets.inc(result.n_resets)
+        self.metrics.expired_rows.inc(result.n_expired)
+        self.metrics.state_rows.set(len(self.forecaster.state))
+        self.metrics.state_bytes.set(self.forecaster.state.nbytes)
+        self.metrics.batch_seconds.observe(time.perf_counter() - t_batch)
+        self.metrics.last_progress.set_to_current_time()
+        self._update_lag()
+
+    def _encode_forecasts(self, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray, msg_index: np.ndarray,
+                          topics: list[str], part: np.ndarray, offs: np.ndarray) -> list[tuple[bytes, bytes]]:
+        if len(rows) == 0:
+            return []
+        take = pa.array(rows)
+        names = ticks.column("instrument").take(take).to_pylist()
+        ts = ticks.column("ts").take(take).to_pylist()
+        cache = self._json_names
+        for nm in set(names) - cache.keys():
+            cache[nm] = json.dumps(nm)
+        head = f'{{"v":1,"model_version":"{self.bundle.model_version}","horizon_ticks":{self.bundle.horizon},'
+        return [
+            (nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
+                          f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode())
+            for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
+                                         part[msg_index].tolist(), offs[msg_index].tolist())
+        ]
+
+    def _publish(self, messages: list[tuple[bytes, bytes]], dead: list[tuple[int, str, str]], records: list) -> None:
+        """Send and wait for every acknowledgement; retry failures; never return with a send missing."""
+        pending = [(self.cfg.output_topic, k, v, None) for k, v in messages]
+        for i, reason, detail in dead:
+            r = records[i]
+            headers = [("tickcast.reason", reason.encode()), ("tickcast.detail", detail.encode()[:512]),
+                       ("tickcast.source", f"{r.topic}/{r.partition}/{r.offset}".encode())]
+            pending.append((self.cfg.dead_letter_topic, r.key, r.value if r.value is not None else b"", headers))
+        backoff = 0.5
+        while pending:
+            futures = [(msg, self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3])) for msg in pending]
+            try:
+                self.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
+            except Exception as exc:  # noqa: BLE001 - flush timeout: check futures below
+                log.warning("flush incomplete", extra={"error": repr(exc)})
+            failed = []
+            for msg, fut in futures:
+                if not fut.is_done or fut.failed():
+                    failed.append(msg)
+            if not failed:
+                self.metrics.broker_up.set(1)
+                return
+            self.metrics.broker_up.set(0)
+            self.metrics.broker_errors.labels("publish").inc()
+            if self._stop_requested_at is not None and \
+                    time.monotonic() - self._stop_requested_at > self.cfg.shutdown_timeout_s:
+                raise PublishTimeout(f"{len(failed)} messages unacknowledged")
+            log.warning("publish not acknowledged; resending (at-least-once: duplicates possible)",
+                        extra={"unacknowledged": len(failed), "retry_in_s": backoff})
+            time.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+            pending = failed
+
+    def _commit(self, records: list) -> None:
+        last: dict = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            if r.offset >= last.get(tp, -1):
+                last[tp] = r.offset
+        offsets = {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items() if tp in self._assigned}
+        if not offsets:
+            return
+        backoff = 0.5
+        while True:
+            try:
+                self.consumer.commit(offsets)
+                self.stats.commits += 1
+                self.metrics.commits.inc()
+                return
+            except Exception as exc:  # noqa: BLE001
+                self.metrics.broker_errors.labels("commit").inc()
+                if isinstance(exc, CommitFailedError):
+                    log.warning("commit refused after a rebalance; the new owner reprocesses these records",
+                                extra={"error": repr(exc)})
+                    return
+                if self.stop_event.is_set() and self._stop_requested_at is not None and \
+                        time.monotonic() - self._stop_requested_at > self.cfg.shutdown_timeout_s:
+                    log.error("commit failed at shutdown; records will be reprocessed", extra={"error": repr(exc)})
+                    return
+                log.warning("commit failed; retrying", extra={"error": repr(exc), "retry_in_s": backoff})
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    def _score(self, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray) -> None:
+        if len(rows) == 0:
+            return
+        take = pa.array(rows)
+        names = ticks.column("instrument").take(take)
+        parts = ticks.column("partition").take(take).to_numpy()
+        enc = names.combine_chunks().dictionary_encode() if isinstance(names, pa.ChunkedArray) \
+            else names.dictionary_encode()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        n_codes = len(enc.dictionary)
+        composite = parts.astype(np.int64) * n_codes + codes
+        uniq, group = np.unique(composite, return_inverse=True)
+        dictionary = enc.dictionary.to_pylist()
+        keys = [(int(u // n_codes), dictionary[int(u % n_codes)]) for u in uniq]
+        price = ticks.column("price").take(take).to_numpy()
+        m = self.scorer.update(keys, group, price, forecasts)
+        if m.count:
+            self.metrics.forecast_abs_error.inc(m.abs_error)
+            self.metrics.random_walk_abs_error.inc(m.random_walk_abs_error)
+            self.metrics.forecasts_scored.inc(m.count)
+
+    def _update_lag(self) -> None:
+        for tp in list(self._assigned):
+            hw = self.consumer.highwater(tp)
+            if hw is None:
+                continue
+            try:
+                pos = self.consumer.position(tp, timeout_ms=100)
+            except Exception:  # noqa: BLE001 - lag is best effort
+                continue
+            if pos is not None:
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(hw - pos, 0))
+
+    def _report_status(self) -> None:
+        s = self.stats
+        elapsed = max(time.monotonic() - s.started, 1e-9)
+        pct = s.percentiles()
+        lag = sum(self.consumer.highwater(tp) - (self.consumer.position(tp, timeout_ms=100) or 0)
+                  for tp in self._assigned if self.consumer.highwater(tp) is not None) if self.consumer else 0
+        p99 = f"{pct['p99_ms']:.1f}ms" if pct["p99_ms"] is not None else "-"
+        line = (f"ticks {s.ticks:,} ({s.ticks / elapsed:,.0f}/s)  forecasts {s.forecasts:,}  "
+                f"dead letters {s.dead_letters:,}  lag {lag:,}  p99 {p99}  "
+                f"instruments {len(self.forecaster.state):,}  partitions {len(self._assigned)}")
+        if sys.stderr.isatty():
+            print(f"\r\x1b[2K{line}", end="", file=sys.stderr, flush=True)
+        else:
+            log.info("status", extra={"ticks": s.ticks, "forecasts": s.forecasts, "dead_letters": s.dead_letters,
+                                      "lag": lag, "p99_ms": pct["p99_ms"], "instruments": len(self.forecaster.state)})
+
+
+def _tp(record) -> TopicPartition:
+    return TopicPartition(record.topic, record.partition)
+
+
+def _last_per_group(ticks: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """Positions in ``rows`` of the last tick of each (partition, instrument)."""
+    take = pa.array(rows)
+    codes = ticks.column("instrument").take(take).combine_chunks().dictionary_encode().indices
+    codes = codes.to_numpy(zero_copy_only=False).astype(np.int64)
+    parts = ticks.column("partition").take(take).to_numpy().astype(np.int64)
+    composite = parts * (int(codes.max()) + 1) + codes
+    _, first_in_reversed = np.unique(composite[::-1], return_index=True)
+    return np.sort(len(rows) - 1 - first_in_reversed)
+
+
+def _tps(partitions) -> str:
+    return ",".join(f"{tp.topic}/{tp.partition}" for tp in sorted(partitions))
+
+
+class _Listener(ConsumerRebalanceListener):
+    """kafka-python rebalance callbacks, forwarded to the runner."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+
+    def on_partitions_revoked(self, revoked):
+        self.runner.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        self.runner.on_assigned(assigned)
