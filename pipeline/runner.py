@@ -58,6 +58,8 @@ class RunStats:
     batches: int = 0
     commits: int = 0
     started: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None  # monotonic time the first batch's records arrived
+    last_batch_done: float | None = None
     latencies: deque = field(default_factory=lambda: deque(maxlen=200_000))
 
     def percentiles(self) -> dict[str, float | None]:
@@ -295,6 +297,9 @@ class Runner:
         self.stats.forecasts += len(messages)
         self.stats.dead_letters += len(dead)
         self.stats.batches += 1
+        if self.stats.first_batch_at is None:
+            self.stats.first_batch_at = min(received_at)
+        self.stats.last_batch_done = now
         for _, reason, _ in dead:
             self.metrics.dead_letters.labels(reason).inc()
         self.metrics.forecasts_published.inc(len(messages))

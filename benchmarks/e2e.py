@@ -1,0 +1,182 @@
+"""`tickcast bench e2e`: the full pipeline against the client's own ceiling, one run, one broker.
+
+1. ceiling: a bare kafka-python consumer that only polls and decodes the same
+   JSON ticks (manual assignment, same decoder), ticks/s;
+2. pipeline: ``Runner`` (consume, decode, step, publish, commit) draining the
+   same backlog, ticks/s, for both output modes;
+3. latency: ticks produced at 50 % of the measured pipeline rate; p50/p99 of
+   receipt-by-consumer -> forecast-acknowledged;
+4. memory: RSS sampled every second while the pipeline drains a backlog.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+
+import numpy as np
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.structs import TopicPartition
+
+from operators.model import Bundle
+from pipeline.broker import EmbeddedBroker, create_topics
+from pipeline.config import RunConfig
+from pipeline.metrics import Metrics
+from pipeline.replay import encode_ticks
+from pipeline.runner import Runner
+from pipeline.synthetic import generate_ticks
+from pipeline.ticks import decode_batch
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None) -> None:
+    p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=512 * 1024, acks=1)
+    started = time.monotonic()
+    for i, (k, v, ts) in enumerate(messages):
+        if stop is not None and stop.is_set():
+            break
+        if rate:
+            delay = started + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+        p.send(topic, key=k, value=v, timestamp_ms=ts)
+    p.flush()
+    p.close()
+
+
+def measure_ceiling(bootstrap: str, topic: str, n: int, batch: int) -> float:
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                      max_poll_records=batch, fetch_max_bytes=16 * 1024 * 1024)
+    tp = TopicPartition(topic, 0)
+    c.assign([tp])
+    c.seek_to_beginning(tp)
+    got = 0
+    started = None
+    while got < n:
+        polled = c.poll(timeout_ms=500, max_records=batch)
+        recs = [r for rs in polled.values() for r in rs]
+        if not recs:
+            continue
+        if started is None:
+            started = time.perf_counter()
+        decode_batch([r.key for r in recs], [r.value for r in recs])
+        got += len(recs)
+    elapsed = time.perf_counter() - started
+    c.close()
+    return n / elapsed
+
+
+def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode: str, batch: int) -> Runner:
+    cfg = RunConfig.load(env={}, flags=dict(
+        model=str(bundle.path or "bench"), bootstrap_servers=bootstrap, input_topics=tin, output_topic=tout,
+        dead_letter_topic=dlq, group_id=f"bench-{uuid.uuid4().hex[:8]}", status_interval_s=0,
+        max_batch_ticks=batch, max_batch_ms=20, output_mode=mode))
+    return Runner(cfg, bundle, Metrics())
+
+
+def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch: int,
+                     rss_samples: list | None = None) -> dict:
+    runner = _runner(bundle, bootstrap, tin, tout, dlq, mode, batch)
+
+    def watch():
+        while runner.stats.ticks < n and not runner.stop_event.is_set():
+            if rss_samples is not None:
+                rss_samples.append((time.monotonic(), _rss()))
+            time.sleep(0.2 if rss_samples is None else 1.0)
+        runner.request_stop()
+
+    threading.Thread(target=watch, daemon=True).start()
+    runner.run()
+    s = runner.stats
+    elapsed = s.last_batch_done - s.first_batch_at
+    return {"ticks_per_second": s.ticks / elapsed, "forecasts": s.forecasts, "batches": s.batches,
+            "seconds": elapsed}
+
+
+def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: float, instruments: int,
+                    mode: str, batch: int) -> dict:
+    n = int(rate * seconds)
+    ticks = generate_ticks(instruments, n, seed=3, bad_fraction=0.0)
+    messages = encode_ticks(ticks)
+    runner = _runner(bundle, bootstrap, tin, tout, dlq, mode, batch)
+    t = threading.Thread(target=runner.run, daemon=True)
+    t.start()
+    while not runner.metrics.ready:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    _produce(bootstrap, tin, messages, rate=rate)
+    deadline = time.monotonic() + 60
+    while runner.stats.ticks < n and time.monotonic() < deadline:
+        time.sleep(0.1)
+    runner.request_stop()
+    t.join(timeout=30)
+    pct = runner.stats.percentiles()
+    return {"rate_ticks_per_second": rate, "ticks": runner.stats.ticks, **pct}
+
+
+def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None, drain_minutes: float = 0.0,
+        bootstrap: str | None = None, bundle: Bundle | None = None, printer=print) -> dict:
+    from benchmarks.operator import _bundle  # noqa: PLC0415
+
+    n = n_ticks or (30_000 if quick else 150_000)
+    batch = 5000
+    bundle = bundle or _bundle(1, 32)
+    broker = None
+    if bootstrap is None:
+        broker = EmbeddedBroker()
+        bootstrap = broker.start()
+    try:
+        u = uuid.uuid4().hex[:6]
+        tin, tout, dlq = f"bench-in-{u}", f"bench-out-{u}", f"bench-dlq-{u}"
+        create_topics(bootstrap, {tin: 1, tout: 1, dlq: 1})
+        printer(f"e2e benchmark: {n:,} ticks over {instruments:,} instruments, broker {bootstrap}, "
+                f"micro-batches <= {batch:,} ticks")
+        ticks = generate_ticks(instruments, n, seed=1, bad_fraction=0.0)
+        _produce(bootstrap, tin, encode_ticks(ticks))
+        ceiling = measure_ceiling(bootstrap, tin, n, batch)
+        printer(f"  ceiling (kafka-python poll + decode):            {ceiling:>10,.0f} ticks/s")
+        results = {"ceiling_ticks_per_second": ceiling, "ticks": n, "instruments": instruments, "modes": {}}
+        for mode in ("every_tick", "last_per_instrument"):
+            p = measure_pipeline(bundle, bootstrap, tin, tout, dlq, n, mode, batch)
+            p["fraction_of_ceiling"] = p["ticks_per_second"] / ceiling
+            results["modes"][mode] = p
+            printer(f"  pipeline, {mode:<20} {p['ticks_per_second']:>10,.0f} ticks/s "
+                    f"({100 * p['fraction_of_ceiling']:.0f}% of ceiling, {p['forecasts']:,} forecasts)")
+        for mode in ("every_tick", "last_per_instrument"):
+            rate = 0.5 * results["modes"][mode]["ticks_per_second"]
+            lt = f"lat-{uuid.uuid4().hex[:6]}"
+            create_topics(bootstrap, {lt: 1})
+            lat = measure_latency(bundle, bootstrap, lt, tout, dlq, rate, 5 if quick else 15, instruments, mode,
+                                  batch)
+            results["modes"][mode]["latency_at_half_max"] = lat
+            printer(f"  latency at {rate:,.0f} ticks/s ({mode}): p50 {lat['p50_ms']:.1f} ms, "
+                    f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms")
+        if drain_minutes > 0:
+            rate = results["modes"]["every_tick"]["ticks_per_second"]
+            n_drain = int(rate * drain_minutes * 60)
+            dt = f"drain-{uuid.uuid4().hex[:6]}"
+            create_topics(bootstrap, {dt: 1})
+            printer(f"  producing a backlog of {n_drain:,} ticks for a {drain_minutes:g}-minute drain ...")
+            _produce(bootstrap, dt, encode_ticks(generate_ticks(instruments, n_drain, seed=2, bad_fraction=0.0)))
+            samples: list = []
+            measure_pipeline(bundle, bootstrap, dt, tout, dlq, n_drain, "every_tick", batch, rss_samples=samples)
+            t = np.array([s[0] for s in samples]) - samples[0][0]
+            rss = np.array([s[1] for s in samples]) / 2**20
+            half = len(rss) // 2
+            results["drain"] = {"minutes": drain_minutes, "ticks": n_drain, "rss_mib_first_half_max": float(rss[:half].max()),
+                                "rss_mib_second_half_max": float(rss[half:].max()), "rss_mib_min": float(rss.min()),
+                                "rss_mib_max": float(rss.max()),
+                                "rss_slope_mib_per_minute_second_half": float(np.polyfit(t[half:], rss[half:], 1)[0] * 60)}
+            d = results["drain"]
+            printer(f"  RSS over the drain: min {d['rss_mib_min']:.0f} MiB, max {d['rss_mib_max']:.0f} MiB, "
+                    f"second-half slope {d['rss_slope_mib_per_minute_second_half']:+.2f} MiB/min")
+        return results
+    finally:
+        if broker is not None:
+            broker.stop()

@@ -1,0 +1,36 @@
+"""A real Kafka-protocol broker for the session: external (KAFKA_BOOTSTRAP_SERVERS) or embedded."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap():
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    from pipeline.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker()
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def topic_factory(kafka_bootstrap):
+    from pipeline.broker import create_topics
+
+    def make(partitions: int = 1, prefix: str = "t") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        create_topics(kafka_bootstrap, {name: partitions})
+        return name
+
+    return make
