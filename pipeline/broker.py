@@ -131,7 +131,7 @@ def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, 
                 pass
     finally:
         admin.close()
-    probe = KafkaConsumer(bootstrap_servers=bootstrap)
+    probe = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

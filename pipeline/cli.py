@@ -147,32 +147,118 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from operators.model import TrainConfig, save_bundle, train  # noqa: PLC0415
+    from operators.errors import BundleError  # noqa: PLC0415
+    from operators.model import TrainConfig, load_bundle, save_bundle, train  # noqa: PLC0415
     from pipeline.backtest import run_backtest  # noqa: PLC0415
     from pipeline.sinks import write_parquet  # noqa: PLC0415
     from pipeline.synthetic import generate_ticks  # noqa: PLC0415
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    print(f"[1/3] generating {args.ticks:,} synthetic ticks over {args.instruments} instruments", file=sys.stderr)
+    steps = 3 if args.files_only else 5
+    say = lambda i, text: print(f"[{i}/{steps}] {text}", file=sys.stderr, flush=True)  # noqa: E731
+    say(1, f"generating {args.ticks:,} synthetic ticks over {args.instruments} instruments")
     ticks = generate_ticks(args.instruments, args.ticks, seed=7)
     write_parquet(ticks, work / "ticks.parquet")
     cut = int(ticks.num_rows * 0.7)
     train_part, test_part = ticks.slice(0, cut), ticks.slice(cut)
-    print(f"[2/3] training on the first {cut:,} ticks", file=sys.stderr)
-    started = time.perf_counter()
-    bundle = train(train_part, TrainConfig(), source=str(work / "ticks.parquet") + f"[0:{cut}]",
-                   on_epoch=lambda e, logs: print(f"  epoch {e + 1} loss={logs.get('loss', 0):.4f} "
-                                                  f"val_loss={logs.get('val_loss', float('nan')):.4f} "
-                                                  f"({time.perf_counter() - started:.0f}s)", file=sys.stderr))
-    save_bundle(bundle, work / "model")
-    print(f"[3/3] backtesting the last {test_part.num_rows:,} ticks in micro-batches of {args.max_batch_ticks:,}",
-          file=sys.stderr)
+    bundle = None
+    if (work / "model").exists() and not args.retrain:
+        try:
+            bundle = load_bundle(work / "model")
+            say(2, f"using the model in {work / 'model'} (version {bundle.model_version}; --retrain to train anew)")
+        except BundleError:
+            bundle = None
+    if bundle is None:
+        say(2, f"training on the first {cut:,} ticks")
+        started = time.perf_counter()
+        bundle = train(train_part, TrainConfig(), source=str(work / "ticks.parquet") + f"[0:{cut}]",
+                       on_epoch=lambda e, logs: print(f"  epoch {e + 1} loss={logs.get('loss', 0):.4f} "
+                                                      f"val_loss={logs.get('val_loss', float('nan')):.4f} "
+                                                      f"({time.perf_counter() - started:.0f}s)", file=sys.stderr))
+        save_bundle(bundle, work / "model")
+        bundle = load_bundle(work / "model")
+    say(3, f"backtesting the last {test_part.num_rows:,} ticks from the file, micro-batches of {args.max_batch_ticks:,}")
     result = run_backtest(test_part, bundle, work / "backtest", max_batch_ticks=args.max_batch_ticks,
                           source_name=str(work / "ticks.parquet") + f"[{cut}:]")
     print(format_summary(result.summary, result.out_dir))
-    print(f"  model bundle: {work / 'model'}")
-    return 0
+    if args.files_only:
+        return 0
+    return _demo_live(args, bundle, test_part, say)
+
+
+def _demo_live(args: argparse.Namespace, bundle, ticks, say) -> int:
+    import signal  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from kafka import KafkaProducer  # noqa: PLC0415
+
+    from pipeline import logs  # noqa: PLC0415
+    from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
+    from pipeline.config import RunConfig  # noqa: PLC0415
+    from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
+    from pipeline.replay import replay  # noqa: PLC0415
+    from pipeline.runner import Runner  # noqa: PLC0415
+
+    logs.configure("text", "warning")
+    with EmbeddedBroker() as broker:
+        create_topics(broker.bootstrap, {"ticks": 2, "forecasts": 2, "ticks.dlq": 1})
+        say(4, f"embedded Kafka-protocol broker on {broker.bootstrap}; topics ticks (2 partitions), forecasts, "
+               "ticks.dlq")
+        cfg = RunConfig.load(env={}, flags=dict(model=str(bundle.path), bootstrap_servers=broker.bootstrap,
+                                                group_id="tickcast-demo", metrics_address=args.metrics_address,
+                                                status_interval_s=1, max_batch_ms=20))
+        metrics = Metrics()
+        server = MetricsServer(metrics, cfg.metrics_address).start()
+        runner = Runner(cfg, bundle, metrics)
+        span_s = (ticks.column("ts")[-1].as_py() - ticks.column("ts")[0].as_py()) / 1e9
+        speed = max(span_s / args.live_seconds, 1e-9)
+        say(5, f"replaying {ticks.num_rows:,} ticks at {speed:.1f}x real time (~{args.live_seconds:g} s) into "
+               f"`ticks`; tickcast run consumes; metrics at http://{server.address}/metrics")
+        stop = threading.Event()
+
+        def feed():
+            producer = KafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+            try:
+                replay(ticks, "ticks", producer, speed=speed, progress=False, stop=stop)
+            finally:
+                producer.close()
+            deadline = time.monotonic() + 30
+            while runner.stats.ticks < ticks.num_rows and time.monotonic() < deadline and not stop.is_set():
+                time.sleep(0.1)
+            runner.request_stop()
+
+        def interrupt(*_):
+            stop.set()
+            runner.request_stop()
+
+        signal.signal(signal.SIGINT, interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        code = runner.run()
+        server.stop()
+        feeder.join(timeout=5)
+    s = runner.summary()
+    rejected = ", ".join(f"{k}" for k in sorted({k for k in _dead_reasons(metrics)})) or "none"
+    print(file=sys.stderr)
+    print(f"live: {s['ticks']:,} ticks consumed, {s['forecasts']:,} forecasts published, "
+          f"{s['dead_letters']:,} dead letters ({rejected}) in {s['elapsed_s']} s")
+    print(f"  latency tick received -> forecast acknowledged: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
+          f"max {s['max_ms']} ms")
+    print(f"  where to look: forecasts and dead letters were on topics `forecasts` and `ticks.dlq` of the "
+          f"embedded broker (in memory, now stopped); files in {args.workdir}/; run it yourself with "
+          "`tickcast broker`, `tickcast run --help`, `tickcast replay --help`")
+    return code
+
+
+def _dead_reasons(metrics) -> list[str]:
+    out = []
+    for metric in metrics.dead_letters.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total") and sample.value > 0:
+                out.append(sample.labels["reason"])
+    return out
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -374,6 +460,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instruments", type=int, default=50)
     p.add_argument("--ticks", type=int, default=200_000)
     p.add_argument("--max-batch-ticks", type=int, default=2_000)
+    p.add_argument("--files-only", action="store_true", help="stop after the file backtest (no broker)")
+    p.add_argument("--retrain", action="store_true", help="train a new model even if one is in --workdir")
+    p.add_argument("--live-seconds", type=float, default=20.0, help="how long the live replay lasts (default: 20)")
+    p.add_argument("--metrics-address", default="127.0.0.1:9108",
+                   help="where the demo serves /metrics (default: 127.0.0.1:9108)")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")

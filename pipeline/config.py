@@ -86,6 +86,7 @@ class RunConfig:
     shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, give up flushing after this many seconds")
     fetch_max_bytes: int = _opt(16 * 1024 * 1024, "bound on bytes the consumer fetches ahead (memory cap)")
     request_timeout_ms: int = _opt(30000, "Kafka request timeout")
+    fetch_max_wait_ms: int = _opt(10, "longest the broker holds a fetch waiting for new ticks (latency bound)")
     security_protocol: str = _opt("PLAINTEXT", "Kafka security protocol",
                                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
     sasl_mechanism: str = _opt("", "SASL mechanism", choices=("", "PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"))
@@ -141,7 +142,7 @@ class RunConfig:
             raise ConfigError("input_topics is empty; name at least one topic, e.g. --input-topics ticks")
         if self.output_topic in self.input_topics or self.dead_letter_topic in self.input_topics:
             raise ConfigError("output_topic and dead_letter_topic must differ from the input topics")
-        for name in ("max_batch_ticks", "max_batch_ms", "fetch_max_bytes", "request_timeout_ms"):
+        for name in ("max_batch_ticks", "max_batch_ms", "fetch_max_bytes", "request_timeout_ms", "fetch_max_wait_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.shutdown_timeout_s <= 0:

@@ -41,6 +41,9 @@ def configure(fmt: str = "text", level: str = "info") -> None:
     # kafka-python is chatty at INFO (every connection); its warnings still show.
     logging.getLogger("kafka").setLevel(logging.WARNING)
     logging.getLogger("kafka").handlers[:] = [handler]
+    logging.getLogger("kafka").propagate = False
+    # Its event loop warns whenever a task (e.g. checksumming a large fetch) takes over 100 ms.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR)
 
 
 def get(name: str) -> logging.Logger:

@@ -156,7 +156,8 @@ class Runner:
                     auto_offset_reset=self.cfg.auto_offset_reset, max_poll_records=self.cfg.max_batch_ticks,
                     fetch_max_bytes=self.cfg.fetch_max_bytes,
                     max_partition_fetch_bytes=min(self.cfg.fetch_max_bytes, 4 * 1024 * 1024),
-                    session_timeout_ms=10_000, heartbeat_interval_ms=3_000, **opts)
+                    session_timeout_ms=10_000, heartbeat_interval_ms=3_000, fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
+                    **opts)
                 self.consumer.subscribe(self.cfg.input_topics, listener=_Listener(self))
                 self.metrics.broker_up.set(1)
                 log.info("connected", extra={"bootstrap": self.cfg.bootstrap_servers, "group": self.cfg.group_id,
