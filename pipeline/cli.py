@@ -262,11 +262,17 @@ def _dead_reasons(metrics) -> list[str]:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.operator import run as bench_operator  # noqa: PLC0415
+    if args.what == "operator":
+        from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
-    if args.what != "operator":
-        raise ConfigError(f"unknown benchmark {args.what!r}; available: operator")
-    results = bench_operator(quick=args.quick, batch_ticks=args.batch_ticks)
+        results = bench_operator(quick=args.quick, batch_ticks=args.batch_ticks)
+    else:
+        from benchmarks.e2e import run as bench_e2e  # noqa: PLC0415
+        from pipeline import logs  # noqa: PLC0415
+
+        logs.configure("text", "warning")
+        results = bench_e2e(quick=args.quick, instruments=args.instruments, drain_minutes=args.drain_minutes,
+                            bootstrap=args.bootstrap_servers)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.json}")
@@ -468,10 +474,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator"], help="which benchmark")
+    p.add_argument("what", choices=["operator", "e2e"], help="which benchmark")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
-    p.add_argument("--batch-ticks", type=int, default=10_000, help="ticks per micro-batch (default: 10000)")
+    p.add_argument("--batch-ticks", type=int, default=10_000,
+                   help="operator: ticks per micro-batch (default: 10000)")
+    p.add_argument("--instruments", type=int, default=1_000, help="e2e: instruments (default: 1000)")
+    p.add_argument("--drain-minutes", type=float, default=0.0,
+                   help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
+    p.add_argument("--bootstrap-servers", default=None,
+                   help="e2e: use this Kafka instead of the embedded broker")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -102,16 +102,19 @@ def plot_backtest(forecasts: pa.Table, out_dir: Path, title: str) -> list[Path]:
     f, r = f[ok], r[ok]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    if len(f):
-        step = max(1, len(f) // 4000)
-        x = np.arange(len(f))
-        ax.plot(x[::step], np.cumsum(np.abs(f - r))[::step], label="model")
-        ax.plot(x[::step], np.cumsum(np.abs(r))[::step], label="random walk (zero return)")
-    ax.set_xlabel("scored tick (input order)")
-    ax.set_ylabel("cumulative |forecast - realised|")
-    ax.set_title(f"{title}: cumulative absolute error (lower is better)")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    short = "/".join(Path(title).parts[-2:]) if "/" in title else title
+    for ax, (label, fn) in zip(axes, [("absolute", np.abs), ("squared", np.square)]):
+        if len(f):
+            step = max(1, len(f) // 4000)
+            x = np.arange(len(f))
+            ax.plot(x[::step], np.cumsum(fn(f - r))[::step], label="model")
+            ax.plot(x[::step], np.cumsum(fn(r))[::step], label="random walk (zero return)")
+        ax.set_xlabel("scored tick (input order)")
+        ax.set_ylabel(f"cumulative {label} error")
+        ax.set_title(f"cumulative {label} error (lower is better)")
+        ax.legend()
+    fig.suptitle(short)
     fig.tight_layout()
     paths.append(out_dir / "cumulative_error.png")
     fig.savefig(paths[-1], dpi=110)

@@ -1,0 +1,87 @@
+"""`tickcast run` configuration: precedence, validation, secrets."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import ConfigError, RunConfig
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "tickcast.toml"
+    path.write_text(text)
+    return path
+
+
+def test_file_then_env_then_flags(tmp_path):
+    path = write(tmp_path, 'model = "m"\nmax_batch_ticks = 100\nmax_batch_ms = 7\ngroup_id = "from-file"\n'
+                           'input_topics = ["a", "b"]\n')
+    cfg = RunConfig.load(path, env={"TICKCAST_MAX_BATCH_MS": "9", "TICKCAST_GROUP_ID": "from-env"},
+                         flags={"group_id": "from-flag"})
+    assert (cfg.max_batch_ticks, cfg.max_batch_ms, cfg.group_id) == (100, 9, "from-flag")
+    assert cfg.input_topics == ["a", "b"]
+
+
+def test_tickcast_table_is_accepted(tmp_path):
+    cfg = RunConfig.load(write(tmp_path, '[tickcast]\nmodel = "m"\noutput_mode = "last_per_instrument"\n'), env={})
+    assert cfg.output_mode == "last_per_instrument"
+
+
+@pytest.mark.parametrize("text, message", [
+    ('model = "m"\nmax_batch_tick = 5\n', "did you mean 'max_batch_ticks'"),
+    ('model = "m"\nmax_batch_ticks = "many"\n', "max_batch_ticks from"),
+    ('model = "m"\nmax_batch_ticks = 0\n', "max_batch_ticks must be >= 1"),
+    ('model = "m"\noutput_mode = "sometimes"\n', "output_mode = 'sometimes' is not one of"),
+    ('model = "m"\nreset_gap = "soon"\n', "is not a duration"),
+    ('model = "m"\nmetrics_address = "9108"\n', "is not host:port"),
+    ('model = "m"\nsecurity_protocol = "SASL_SSL"\n', "needs sasl_mechanism"),
+    ('model = "m"\ninput_topics = ["t"]\noutput_topic = "t"\n', "must differ"),
+    ("model = \n", "not valid TOML"),
+    ('input_topics = ["t"]\n', "no model bundle given"),
+])
+def test_mistakes_are_named_in_one_line(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message) as err:
+        RunConfig.load(write(tmp_path, text), env={})
+    assert "\n" not in str(err.value)
+
+
+def test_secrets_are_masked_and_never_echoed(tmp_path):
+    secret = "hunter2-do-not-print"
+    cfg = RunConfig.load(write(tmp_path, f'model = "m"\nsecurity_protocol = "SASL_PLAINTEXT"\n'
+                                         f'sasl_mechanism = "PLAIN"\nsasl_username = "u"\nsasl_password = "{secret}"\n'),
+                         env={})
+    assert cfg.kafka_security()["sasl_plain_password"] == secret
+    assert secret not in str(cfg.redacted()) and cfg.redacted()["sasl_password"] == "***"
+    with pytest.raises(ConfigError) as err:
+        RunConfig.load(write(tmp_path, 'model = "m"\nsasl_password = ["12345"]\n'), env={})
+    assert "12345" not in str(err.value)
+
+
+def test_password_file(tmp_path):
+    (tmp_path / "pw").write_text("s3cret\n")
+    cfg = RunConfig.load(env={}, flags={"model": "m", "security_protocol": "SASL_SSL", "sasl_mechanism":
+                                        "SCRAM-SHA-512", "sasl_password_file": str(tmp_path / "pw")})
+    assert cfg.kafka_security()["sasl_plain_password"] == "s3cret"
+
+
+def test_config_check_command(tmp_path):
+    good = write(tmp_path, 'model = "m"\nsasl_password = "topsecret"\n')
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(good), "--ignore-env"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0 and "OK" in out.stdout and "topsecret" not in out.stdout + out.stderr
+    bad = tmp_path / "bad.toml"
+    bad.write_text('model = "m"\nmax_batch_ms = -1\n')
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(bad), "--ignore-env"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "tickcast: error: max_batch_ms must be >= 1, got -1"
+
+
+def test_run_help_documents_every_option():
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--help"], capture_output=True, text=True)
+    text = " ".join(out.stdout.split())
+    for key in RunConfig.keys():
+        assert f"--{key.replace('_', '-')}" in text and f"TICKCAST_{key.upper()}" in text, key

@@ -1,0 +1,60 @@
+"""Decoding tick messages: a whole batch at once, bad ones isolated with reasons."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.ticks import DecodeReason, decode_batch
+
+
+def msg(**fields) -> bytes:
+    return json.dumps({"v": 1, "ts": 1_700_000_000_000_000_000, "price": 10.0, **fields}).encode()
+
+
+def test_good_batch_decodes_on_the_fast_path():
+    keys = [b"A", b"B", None]
+    values = [msg(instrument="A"), msg(size=3), msg(instrument="C", bid=9.9, ask=10.1)]
+    out = decode_batch(keys, values)
+    assert out.rejected == []
+    assert out.ticks.column("instrument").to_pylist() == ["A", "B", "C"]
+    assert out.ticks.column("index").to_pylist() == [0, 1, 2]
+    assert out.ticks.column("size").to_pylist() == [None, 3.0, None]
+
+
+def test_each_bad_kind_gets_its_reason_and_the_rest_survive():
+    cases = [
+        (b"A", b"\xff{}", DecodeReason.BAD_UTF8),
+        (b"A", b"{nope", DecodeReason.BAD_JSON),
+        (b"A", b'"just a string"', DecodeReason.NOT_AN_OBJECT),
+        (b"A", json.dumps({"ts": 1}).encode(), DecodeReason.MISSING_FIELD),
+        (b"A", json.dumps({"ts": "x", "price": 1.0}).encode(), DecodeReason.WRONG_TYPE),
+        (b"A", msg(v=2), DecodeReason.UNKNOWN_SCHEMA_VERSION),
+        (b"B", msg(instrument="A"), DecodeReason.KEY_MISMATCH),
+        (b"K" * 1000, msg(), DecodeReason.OVERSIZED_KEY),
+        (b"A", b" " * 5000, DecodeReason.OVERSIZED_VALUE),
+        (b"\xff", msg(), DecodeReason.BAD_UTF8),
+        (None, msg(), DecodeReason.MISSING_FIELD),
+    ]
+    keys, values = [b"G"], [msg()]
+    for k, v, _ in cases:
+        keys += [k, b"G"]
+        values += [v, msg()]
+    out = decode_batch(keys, values)
+    assert [(i, r) for i, r, _ in out.rejected] == [(2 * j + 1, reason) for j, (_, _, reason) in enumerate(cases)]
+    assert out.ticks.column("index").to_pylist() == list(range(0, len(values), 2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.none(), st.binary(max_size=20)), st.one_of(st.none(), st.binary(max_size=60))),
+                max_size=30))
+def test_any_bytes_are_either_a_tick_or_a_reason_never_an_exception(messages):
+    keys = [k for k, _ in messages]
+    values = [v for _, v in messages]
+    out = decode_batch(keys, values)
+    decoded = set(out.ticks.column("index").to_pylist())
+    rejected = [i for i, _, _ in out.rejected]
+    assert len(rejected) == len(set(rejected))
+    assert decoded.isdisjoint(rejected) and decoded | set(rejected) == set(range(len(messages)))
