@@ -162,6 +162,35 @@ class Forecaster:
         n_expired = self._sweep(cols.partition[order], ts)
         return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired)
 
+    # -- one partition's state, for checkpoints and hand-over ----------------------------
+    def export_partition(self, partition: int) -> pa.Table:
+        """A snapshot of everything the operator holds for ``partition``: state rows plus, in the
+        schema metadata, the expiry clock (newest event time, last sweep). ``import_partition`` of
+        it into any Forecaster of the same bundle continues exactly where this one stands."""
+        table = self.state.partition_to_arrow(partition)
+        meta = dict(table.schema.metadata or {})
+        meta[b"tickcast.watermark_ns"] = str(self._watermark.get(partition, NO_TS)).encode()
+        meta[b"tickcast.last_sweep_ns"] = str(self._last_sweep.get(partition, NO_TS)).encode()
+        return table.replace_schema_metadata(meta)
+
+    def import_partition(self, partition: int, table: pa.Table) -> int:
+        """Replace ``partition``'s state with a snapshot from :meth:`export_partition`; returns rows."""
+        n = self.state.load_partition(table, partition)
+        meta = table.schema.metadata or {}
+        for key, clock in ((b"tickcast.watermark_ns", self._watermark), (b"tickcast.last_sweep_ns", self._last_sweep)):
+            value = int(meta.get(key, NO_TS))
+            if value == NO_TS:
+                clock.pop(partition, None)
+            else:
+                clock[partition] = value
+        return n
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget ``partition`` (its rows and expiry clock); returns rows dropped."""
+        self._watermark.pop(partition, None)
+        self._last_sweep.pop(partition, None)
+        return self.state.drop_partition(partition)
+
     def _sweep(self, partitions: np.ndarray, ts: np.ndarray) -> int:
         """Reclaim idle rows, at most once per 1/8 of ``expire_after`` of event time."""
         expire = self.config.expire_after_ns

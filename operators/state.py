@@ -212,8 +212,38 @@ class StateTable:
             arrays += [self._h[layer].to_arrow(n, None), self._c[layer].to_arrow(n, None)]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
 
+    def partition_to_arrow(self, partition: int) -> pa.Table:
+        """A copy of one partition's rows as an Arrow table (a snapshot: later steps do not change it)."""
+        n = self.n_rows
+        take = np.flatnonzero(self.column("partition")[:n] == partition)
+        return self.to_arrow().take(pa.array(take, type=pa.int64()))
+
+    def drop_partition(self, partition: int) -> int:
+        """Remove every row of ``partition``; returns how many."""
+        return self.expire(partition, np.iinfo(np.int64).max) if partition in self._index else 0
+
+    def load_partition(self, table: pa.Table, partition: int) -> int:
+        """Replace ``partition``'s rows with ``table``'s (as written by :meth:`partition_to_arrow`).
+
+        The rows are relabelled to ``partition`` whatever id they had when written.
+        """
+        meta = table.schema.metadata or {}
+        shape = StateShape(layers=int(meta[b"layers"]), hidden=int(meta[b"hidden"]))
+        if shape != self.shape:
+            raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units; "
+                             f"this table holds {self.shape.layers} x {self.shape.hidden}")
+        self.drop_partition(partition)
+        n = len(table)
+        if n == 0:
+            return 0
+        names = table.column("instrument").to_pylist()
+        rows = self.insert([(partition, name) for name in names])
+        self._fill(rows, table)
+        return n
+
     @classmethod
     def from_arrow(cls, table: pa.Table) -> "StateTable":
+        """A table holding exactly ``table``'s rows, in the same order."""
         meta = table.schema.metadata or {}
         shape = StateShape(layers=int(meta[b"layers"]), hidden=int(meta[b"hidden"]))
         state = cls(shape, capacity=max(len(table), 1))
@@ -221,10 +251,15 @@ class StateTable:
         instruments = table.column("instrument").to_pylist()
         partitions = table.column("partition").to_numpy()
         state.insert(list(zip(partitions.tolist(), instruments)))
-        for name in _SCALARS:
-            state._scalars[name].view[:n] = table.column(name).to_numpy()
-        for layer in range(shape.layers):
-            for prefix, cols in (("h", state._h), ("c", state._c)):
-                flat = table.column(f"{prefix}{layer}").combine_chunks().flatten().to_numpy()
-                cols[layer].view[:n] = flat.reshape(n, shape.hidden)
+        state._fill(np.arange(n), table)
         return state
+
+    def _fill(self, rows: np.ndarray, table: pa.Table) -> None:
+        n = len(rows)
+        for name in _SCALARS:
+            if name != "partition":
+                self._scalars[name].view[rows] = table.column(name).to_numpy()
+        for layer in range(self.shape.layers):
+            for prefix, cols in (("h", self._h), ("c", self._c)):
+                flat = table.column(f"{prefix}{layer}").combine_chunks().flatten().to_numpy()
+                cols[layer].view[rows] = flat.reshape(n, self.shape.hidden)

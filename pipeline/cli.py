@@ -350,6 +350,52 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state_inspect(args: argparse.Namespace) -> int:
+    from pipeline.checkpoint import CheckpointStore  # noqa: PLC0415
+
+    store = CheckpointStore(args.dir)
+    inventory = store.inventory()
+    if not inventory:
+        print(f"{args.dir}: no checkpoints (expected <dir>/<group>/<topic>/<partition>/*.json)")
+        return 1
+    now = time.time()
+    by_folder: dict[str, list] = {}
+    for path, manifest, problem in inventory:
+        by_folder.setdefault(path.rsplit("/", 1)[0], []).append((path, manifest, problem))
+    rows, bad = [], 0
+    for folder, items in sorted(by_folder.items()):
+        good = [m for _, m, p in items if m is not None]
+        problems = [(path, p) for path, m, p in items if p is not None]
+        bad += len(problems)
+        where = folder[len(store.root):].strip("/") if folder.startswith(store.root) else folder
+        newest = max(good, key=lambda m: (m.offset, m.created_at)) if good else None
+        rows.append({"partition": where, "checkpoints": len(items), "unusable": len(problems),
+                     "offset": newest.offset if newest else None, "rows": newest.rows if newest else None,
+                     "bytes": newest.bytes if newest else None,
+                     "model_version": newest.model_version if newest else None,
+                     "age_s": round(now - newest.created_at, 1) if newest else None,
+                     "state": f"{newest.layers}x{newest.hidden}" if newest else None,
+                     "problems": [f"{path.rsplit('/', 1)[1]}: {p}" for path, p in problems]})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0 if not bad else 1
+
+    def age(s):
+        return "-" if s is None else (f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
+
+    print(f"{'group/topic/partition':<44} {'offset':>12} {'rows':>10} {'size':>10} {'age':>7} {'model':<18} kept")
+    for r in rows:
+        size = "-" if r["bytes"] is None else f"{r['bytes'] / 2**20:.1f}MiB"
+        print(f"{r['partition']:<44} {r['offset'] if r['offset'] is not None else '-':>12} "
+              f"{r['rows'] if r['rows'] is not None else '-':>10} {size:>10} {age(r['age_s']):>7} "
+              f"{r['model_version'] or '-':<18} {r['checkpoints']}")
+        for problem in r["problems"]:
+            print(f"    UNUSABLE {problem}")
+    print(f"{len(rows)} partition(s), {sum(r['checkpoints'] for r in rows)} checkpoint(s), {bad} unusable"
+          + ("; recovery skips unusable ones and falls back to the next older" if bad else ""))
+    return 0 if not bad else 1
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
@@ -436,6 +482,14 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("file")
     pc.add_argument("--ignore-env", action="store_true", help="check the file alone, without TICKCAST_* variables")
     pc.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("state", help="state checkpoint tools")
+    ssub = p.add_subparsers(dest="state_command", required=True)
+    ps = ssub.add_parser("inspect", help="what a checkpoint store holds: per partition the newest valid checkpoint's "
+                         "offset, rows, size, age, model version; unusable ones and why (exit 1 if any)")
+    ps.add_argument("dir", help="checkpoint_uri of the run (a directory or pyarrow.fs URI), or a group's folder in it")
+    ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ps.set_defaults(func=cmd_state_inspect)
 
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (for demos and tests)")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")

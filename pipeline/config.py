@@ -76,7 +76,22 @@ class RunConfig:
     max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first")
     output_mode: str = _opt("every_tick", "publish a forecast for every tick, or only the last per instrument "
                             "per batch", choices=("every_tick", "last_per_instrument"))
-    processing: str = _opt("at_least_once", "delivery guarantee", choices=("at_least_once",))
+    processing: str = _opt("at_least_once", "delivery guarantee: at_least_once (publish, then commit) or "
+                           "exactly_once (forecasts and offsets in one Kafka transaction per batch)",
+                           choices=("at_least_once", "exactly_once"))
+    transactional_id: str = _opt("", "exactly_once: this process's stable transactional id (empty: "
+                                 "<group_id>-<hostname>); keep it across restarts, unique per process")
+    checkpoint_uri: str = _opt("checkpoints", "where partition state checkpoints go: a directory or a pyarrow.fs "
+                               "URI (s3://bucket/prefix, file:///path); empty: no checkpoints")
+    checkpoint_interval_s: float = _opt(60.0, "write checkpoints at least this often, in seconds (0: only on "
+                                        "revoke and shutdown, and every checkpoint_every_batches)")
+    checkpoint_every_batches: int = _opt(0, "also write checkpoints every this many batches (0: off)")
+    checkpoint_keep: int = _opt(3, "checkpoints kept per partition")
+    on_model_change: str = _opt("refuse", "a checkpoint from another model version: refuse to start, or "
+                                "warmup (rebuild state by replaying warmup_window of input silently)",
+                                choices=("refuse", "warmup"))
+    warmup: str = _opt("", "for partitions without a usable checkpoint: replay this much input before the "
+                       "committed offset silently to build state, e.g. 30m (empty: start from zero state)")
     reset_gap: str = _opt("", "start an instrument afresh after an event-time gap this long, e.g. 30m (empty: never)")
     expire_after: str = _opt("", "reclaim instruments idle this long, e.g. 1d (empty: never)")
     metrics_address: str = _opt("127.0.0.1:9108", "host:port for /metrics, /healthz, /readyz (port 0: any free)")
@@ -86,6 +101,7 @@ class RunConfig:
     shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, give up flushing after this many seconds")
     fetch_max_bytes: int = _opt(16 * 1024 * 1024, "bound on bytes the consumer fetches ahead (memory cap)")
     request_timeout_ms: int = _opt(30000, "Kafka request timeout")
+    session_timeout_ms: int = _opt(10000, "consumer group session timeout: how soon a dead member's partitions move")
     fetch_max_wait_ms: int = _opt(10, "longest the broker holds a fetch waiting for new ticks (latency bound)")
     security_protocol: str = _opt("PLAINTEXT", "Kafka security protocol",
                                   choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"))
@@ -142,12 +158,22 @@ class RunConfig:
             raise ConfigError("input_topics is empty; name at least one topic, e.g. --input-topics ticks")
         if self.output_topic in self.input_topics or self.dead_letter_topic in self.input_topics:
             raise ConfigError("output_topic and dead_letter_topic must differ from the input topics")
-        for name in ("max_batch_ticks", "max_batch_ms", "fetch_max_bytes", "request_timeout_ms", "fetch_max_wait_ms"):
+        for name in ("max_batch_ticks", "max_batch_ms", "fetch_max_bytes", "request_timeout_ms", "fetch_max_wait_ms",
+                     "session_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.shutdown_timeout_s <= 0:
             raise ConfigError("shutdown_timeout_s must be > 0")
-        for name in ("reset_gap", "expire_after"):
+        if self.checkpoint_interval_s < 0 or self.checkpoint_every_batches < 0:
+            raise ConfigError("checkpoint_interval_s and checkpoint_every_batches must be >= 0")
+        if self.checkpoint_keep < 1:
+            raise ConfigError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
+        if self.processing == "exactly_once" and not self.checkpoint_uri:
+            raise ConfigError("processing = exactly_once needs checkpoint_uri (state must survive a restart for "
+                              "replayed forecasts to equal the first ones)")
+        if self.on_model_change == "warmup" and not self.warmup:
+            raise ConfigError("on_model_change = warmup needs warmup = DURATION (how much input to replay), e.g. 30m")
+        for name in ("reset_gap", "expire_after", "warmup"):
             if getattr(self, name):
                 parse_duration_ns(getattr(self, name), name)
         host, _, port = self.metrics_address.rpartition(":")

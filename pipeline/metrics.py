@@ -87,6 +87,27 @@ class Metrics:
                                              namespace=ns, registry=r)
         self.forecasts_scored = Counter("forecasts_scored", "Forecasts whose realised value has arrived",
                                         namespace=ns, registry=r)
+        self.checkpoint_writes = Counter("checkpoint_writes", "Partition checkpoints written, by result (ok, failed)",
+                                         ["result"], namespace=ns, registry=r)
+        self.checkpoint_seconds = Histogram("checkpoint_write_duration_seconds",
+                                            "Time to serialise and store one partition checkpoint", namespace=ns,
+                                            registry=r, buckets=_LATENCY_BUCKETS)
+        self.checkpoint_bytes = Gauge("checkpoint_last_bytes", "Size of the last checkpoint written", namespace=ns,
+                                      registry=r)
+        self.checkpoint_last_success = Gauge("checkpoint_last_success_timestamp_seconds",
+                                             "Unix time of the last successful checkpoint write", namespace=ns,
+                                             registry=r)
+        self.checkpoint_load_failures = Counter("checkpoint_load_failures",
+                                                "Checkpoints skipped at restore as corrupt, truncated or unreadable",
+                                                namespace=ns, registry=r)
+        self.restores = Counter("partition_restores", "Partition assignments, by where the state came from "
+                                "(checkpoint, warmup, replay_from_start, empty)", ["source"], namespace=ns, registry=r)
+        self.restore_seconds = Histogram("restore_duration_seconds", "Time to load a partition's checkpoint",
+                                         namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self.replayed_ticks = Counter("replayed_ticks", "Ticks stepped silently to rebuild state (no output)",
+                                      namespace=ns, registry=r)
+        self.transactions = Counter("transactions", "exactly_once: Kafka transactions, by result", ["result"],
+                                    namespace=ns, registry=r)
         self.model_info = Info("model", "The model bundle being served", namespace=ns, registry=r)
         self.start_time = Gauge("start_time_seconds", "Unix time the run started", namespace=ns, registry=r)
         self.start_time.set_to_current_time()

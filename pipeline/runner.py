@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import sys
 import threading
 import time
@@ -30,7 +31,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from kafka.errors import CommitFailedError, KafkaError, ProducerFencedError
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -38,7 +41,8 @@ from operators.forecaster import Forecaster, ForecasterConfig
 from operators.model import Bundle
 from operators.validation import RejectReason
 from pipeline import logs
-from pipeline.config import RunConfig, parse_duration_ns
+from pipeline.checkpoint import CheckpointError, CheckpointStore, Problem
+from pipeline.config import ConfigError, RunConfig, parse_duration_ns
 from pipeline.metrics import Metrics
 from pipeline.scoring import OnlineScorer
 from pipeline.ticks import decode_batch
@@ -82,6 +86,9 @@ class RunStats:
     dead_letters: int = 0
     batches: int = 0
     commits: int = 0
+    replayed: int = 0  # ticks stepped silently to rebuild state (recovery, warm-up)
+    checkpoints: int = 0
+    checkpoint_failures: int = 0
     started: float = field(default_factory=time.monotonic)
     first_batch_at: float | None = None  # monotonic time the first batch's records arrived
     last_batch_done: float | None = None
@@ -97,6 +104,10 @@ class RunStats:
 
 class PublishTimeout(Exception):
     """Forecasts could not be acknowledged before shutdown gave up."""
+
+
+class FatalError(Exception):
+    """The run cannot go on (fenced producer, incompatible checkpoint); the message says why."""
 
 
 class Runner:
@@ -117,6 +128,20 @@ class Runner:
         self._assigned: set = set()
         self._revoked: set = set()
         self._json_names: dict[str, str] = {}
+        self._to_restore: set = set()
+        # Durability: where each assigned partition's state stands, and what is replayed silently.
+        self.store = (CheckpointStore(f"{config.checkpoint_uri.rstrip('/')}/{config.group_id}", config.checkpoint_keep)
+                      if config.checkpoint_uri else None)
+        self._next_offset: dict[TopicPartition, int] = {}  # the state reflects every record before this
+        self._checkpointed: dict[TopicPartition, int] = {}  # offset of the last checkpoint written or restored
+        self._replay_until: dict[TopicPartition, int] = {}  # records before this offset: step, do not emit
+        self._dirty = False  # state stepped past the committed offsets (between step and commit)
+        self._fatal: str | None = None
+        self._last_checkpoint = time.monotonic()
+        self._batches_since_checkpoint = 0
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") if self.store else None
+        self._pending_write: Future | None = None
+        self._transactional = config.processing == "exactly_once"
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
                                  "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden)})
 
@@ -140,8 +165,11 @@ class Runner:
         try:
             while not self.stop_event.is_set():
                 records, received_at = self._collect()
+                if self._fatal:
+                    raise FatalError(self._fatal)
                 if records:
                     self._process(records, received_at)
+                    self._maybe_checkpoint()
                 now = time.monotonic()
                 if self.cfg.status_interval_s and now - last_status >= self.cfg.status_interval_s:
                     self._report_status()
@@ -150,8 +178,15 @@ class Runner:
             log.error("shutdown gave up on unacknowledged forecasts; nothing committed for them",
                       extra={"detail": str(exc)})
             code = 1
+        except FatalError as exc:
+            log.error("stopping", extra={"reason": str(exc)})
+            code = 2
         finally:
+            if code == 0:
+                self._checkpoint_now(self._assigned, "shutdown")
             self._close()
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
         log.info("stopped", extra=self.summary())
         return code
 
@@ -173,16 +208,26 @@ class Runner:
         while not self.stop_event.is_set():
             try:
                 opts = self._client_options()
-                self.producer = KafkaProducer(acks="all", linger_ms=2, retries=5,
-                                              max_in_flight_requests_per_connection=1,
-                                              partitioner=CachingPartitioner(),
-                                              batch_size=256 * 1024, **opts)
+                if self._transactional:
+                    tid = self.cfg.transactional_id or f"{self.cfg.group_id}-{socket.gethostname()}"
+                    self.producer = KafkaProducer(acks="all", linger_ms=2, enable_idempotence=True,
+                                                  transactional_id=tid, transaction_timeout_ms=15_000,
+                                                  partitioner=CachingPartitioner(), batch_size=256 * 1024, **opts)
+                    self.producer.init_transactions()  # fences an earlier incarnation, aborts its open transaction
+                    log.info("transactional producer ready", extra={"transactional_id": tid})
+                else:
+                    self.producer = KafkaProducer(acks="all", linger_ms=2, retries=5,
+                                                  max_in_flight_requests_per_connection=1,
+                                                  partitioner=CachingPartitioner(),
+                                                  batch_size=256 * 1024, **opts)
                 self.consumer = KafkaConsumer(
                     group_id=self.cfg.group_id, enable_auto_commit=False,
+                    isolation_level="read_committed" if self._transactional else "read_uncommitted",
                     auto_offset_reset=self.cfg.auto_offset_reset, max_poll_records=self.cfg.max_batch_ticks,
                     fetch_max_bytes=self.cfg.fetch_max_bytes,
                     max_partition_fetch_bytes=min(self.cfg.fetch_max_bytes, 4 * 1024 * 1024),
-                    session_timeout_ms=10_000, heartbeat_interval_ms=3_000, fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
+                    session_timeout_ms=self.cfg.session_timeout_ms,
+                    heartbeat_interval_ms=max(100, self.cfg.session_timeout_ms // 3), fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
                     **opts)
                 self.consumer.subscribe(self.cfg.input_topics, listener=_Listener(self))
                 self.metrics.broker_up.set(1)
@@ -216,25 +261,130 @@ class Runner:
 
     # -- assignment ---------------------------------------------------------------------
     def on_revoked(self, partitions) -> None:
+        """Before another member takes them: checkpoint what we hold (committed already), then forget it."""
+        mine = [tp for tp in partitions if tp in self._assigned]
+        if mine:
+            self._checkpoint_now(mine, "revoke")
         self._revoked |= set(partitions)
         for tp in partitions:
             pid = self._partition_id(tp.topic, tp.partition)
-            self.forecaster.state.expire(pid, np.iinfo(np.int64).max)
+            self.forecaster.drop_partition(pid)
             self.scorer.drop_partition(pid)
+            self._next_offset.pop(tp, None)
+            self._replay_until.pop(tp, None)
+            self._checkpointed.pop(tp, None)
         self._assigned -= set(partitions)
         self.metrics.assigned_partitions.set(len(self._assigned))
         self.metrics.rebalances.inc()
         log.info("partitions revoked", extra={"partitions": _tps(partitions)})
 
     def on_assigned(self, partitions) -> None:
+        # Runs on kafka-python's I/O thread, where blocking consumer calls are not allowed: the
+        # restore (committed offsets, seek) happens on the loop's thread right after this poll.
         self._assigned |= set(partitions)
         self._revoked -= set(partitions)
+        self._to_restore |= set(partitions)
         self.metrics.assigned_partitions.set(len(self._assigned))
+
+    def _restore_assigned(self) -> None:
+        pending, self._to_restore = sorted(self._to_restore & self._assigned), set()
+        for tp in pending:
+            try:
+                self._restore(tp)
+            except FatalError as exc:
+                self._fatal = str(exc)
+                self.stop_event.set()
+                return
         self.metrics.ready = True
-        if partitions:
-            log.warning("partitions assigned with EMPTY state: instruments warm up from zero state "
-                        "(durable checkpoints are not enabled in this version)",
-                        extra={"partitions": _tps(partitions)})
+
+    # -- recovery -------------------------------------------------------------------------
+    def _restore(self, tp: TopicPartition) -> None:
+        """State for a newly assigned partition: newest valid checkpoint at or before the committed offset,
+        then a silent replay from the checkpoint's offset up to the committed one; or a warm-up window;
+        or, loudly, empty state."""
+        started = time.perf_counter()
+        pid = self._partition_id(tp.topic, tp.partition)
+        self.forecaster.drop_partition(pid)
+        committed = self.consumer.committed(tp)
+        loaded = None
+        if self.store is not None:
+            problems: list[Problem] = []
+            loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems)
+            for _ in problems:
+                self.metrics.checkpoint_load_failures.inc()
+            if loaded is not None and loaded.manifest.model_version != self.bundle.model_version:
+                if self.cfg.on_model_change == "refuse":
+                    raise FatalError(
+                        f"the checkpoint of {tp.topic}/{tp.partition} was written by model version "
+                        f"{loaded.manifest.model_version}, this run serves {self.bundle.model_version}; serve that "
+                        f"model, or set on_model_change = warmup (with warmup = DURATION) to rebuild state from "
+                        f"input, or point checkpoint_uri elsewhere")
+                log.warning("checkpoint from another model version ignored; warming up from input instead",
+                            extra={"partition": f"{tp.topic}/{tp.partition}",
+                                   "checkpoint_model": loaded.manifest.model_version})
+                loaded = None
+        if loaded is not None:
+            rows = self.forecaster.import_partition(pid, loaded.state)
+            start = loaded.manifest.offset
+            self._checkpointed[tp] = start
+            self._seek(tp, start, committed)
+            self.metrics.restores.labels("checkpoint").inc()
+            self.metrics.restore_seconds.observe(time.perf_counter() - started)
+            log.info("partition restored from checkpoint",
+                     extra={"partition": f"{tp.topic}/{tp.partition}", "rows": rows, "checkpoint_offset": start,
+                            "committed": committed, "replay": max(0, (committed or start) - start),
+                            "age_s": round(time.time() - loaded.manifest.created_at, 1)})
+            return
+        window = self._warmup_start(tp, committed) if self.cfg.warmup else None
+        if window is not None:
+            start, emit_from = window
+            self._seek(tp, start, emit_from)
+            self.metrics.restores.labels("warmup").inc()
+            log.info("partition warming up from input", extra={"partition": f"{tp.topic}/{tp.partition}",
+                                                               "from_offset": start, "emit_from": emit_from})
+            return
+        if self.store is not None and committed:
+            # No checkpoint yet (a kill before the first one): rebuild from the start of the partition.
+            start = self.consumer.beginning_offsets([tp]).get(tp, 0)
+            if start < committed:
+                self._seek(tp, start, committed)
+                self.metrics.restores.labels("replay_from_start").inc()
+                log.warning("no usable checkpoint; rebuilding state by replaying the partition from its start",
+                            extra={"partition": f"{tp.topic}/{tp.partition}", "from_offset": start,
+                                   "emit_from": committed})
+                return
+        # Position explicitly: records this poll already returned for the partition were dropped.
+        if committed is not None:
+            self.consumer.seek(tp, committed)
+        elif self.cfg.auto_offset_reset == "earliest":
+            self.consumer.seek_to_beginning(tp)
+        else:
+            self.consumer.seek_to_end(tp)
+        self.metrics.restores.labels("empty").inc()
+        log.warning("partition assigned with EMPTY state: its instruments start from zero state",
+                    extra={"partition": f"{tp.topic}/{tp.partition}", "committed": committed,
+                           "why": "no usable checkpoint" if self.store else "checkpoints are off (checkpoint_uri)"})
+
+    def _seek(self, tp: TopicPartition, start: int, emit_from: int | None) -> None:
+        """Read from ``start``; records before ``emit_from`` only update state."""
+        self.consumer.seek(tp, start)
+        self._next_offset[tp] = start
+        if emit_from is not None and emit_from > start:
+            self._replay_until[tp] = emit_from
+
+    def _warmup_start(self, tp: TopicPartition, committed: int | None) -> tuple[int, int] | None:
+        """(first offset of the warm-up window, offset to emit from), or None when there is nothing to replay."""
+        emit_from = committed
+        if emit_from is None:  # a fresh group: warm up to the end of the partition as it is now
+            emit_from = self.consumer.end_offsets([tp]).get(tp)
+        if not emit_from:
+            return None
+        window_ms = parse_duration_ns(self.cfg.warmup, "warmup") // 1_000_000
+        found = self.consumer.offsets_for_times({tp: int(time.time() * 1000) - window_ms}).get(tp)
+        # Past the end some brokers answer timestamp -1 instead of "no offset": nothing to warm up from.
+        if found is None or found.timestamp == -1 or found.offset >= emit_from:
+            return None
+        return found.offset, emit_from
 
     def _partition_id(self, topic: str, partition: int) -> int:
         return (self.cfg.input_topics.index(topic) << _TOPIC_SHIFT) | partition
@@ -259,18 +409,22 @@ class Runner:
                 continue
             self.metrics.beat()
             now = time.monotonic()
-            if self._revoked:
-                records = [r for r in records if _tp(r) not in self._revoked]
-                self._revoked.clear()
             for recs in polled.values():
                 records.extend(recs)
                 received.extend([now] * len(recs))
+            drop = self._revoked | self._to_restore
+            if drop and records:  # fetched before a rebalance: the new owner (or the restore's seek) reads them again
+                kept = [(r, t) for r, t in zip(records, received) if _tp(r) not in drop]
+                records, received = [r for r, _ in kept], [t for _, t in kept]
+            self._revoked.clear()
+            if self._to_restore:
+                self._restore_assigned()
+                if self._fatal:
+                    break
             if records and deadline is None:
                 deadline = now + self.cfg.max_batch_ms / 1000
             if not records or (deadline is not None and time.monotonic() >= deadline):
                 break
-        if len(received) != len(records):  # some were dropped on revoke
-            received = received[-len(records):] if records else []
         return records, received
 
     def _process(self, records: list, received_at: list[float]) -> None:
@@ -292,9 +446,13 @@ class Runner:
         ticks = decoded.ticks.select(list(_TICK_COLUMNS))
         ticks = ticks.append_column("partition", pa.array(pid[idx].astype(np.int32)))
         ticks = ticks.append_column("offset", pa.array(offs[idx]))
+        # Records a recovery replays (before the committed offset) update state and emit nothing.
+        silent = self._silent_mask(topics, part, offs)
         t_step = time.perf_counter()
+        self._dirty = True
         result = self.forecaster.step(ticks)
         self.metrics.step_seconds.observe(time.perf_counter() - t_step)
+        self._advance(topics, part, offs)
 
         # Dead letters: decode failures and operator refusals, with the original bytes.
         dead = [(i, reason.value, detail) for i, reason, detail in decoded.rejected]
@@ -302,16 +460,34 @@ class Runner:
         dead += [(int(idx[r]), _OPERATOR_LABELS[int(result.reasons[r])], "") for r in bad_rows.tolist()]
 
         # Forecasts.
-        rows = result.rows
+        rows, forecasts = result.rows, result.forecasts
+        if silent is not None:
+            loud = ~silent[idx[rows]]
+            rows, forecasts = rows[loud], forecasts[loud]
+            dead = [d for d in dead if not silent[d[0]]]
+            n_silent = int(silent.sum())
+            self.stats.replayed += n_silent
+            self.metrics.replayed_ticks.inc(n_silent)
+            commit_records = [r for r, quiet in zip(records, silent.tolist()) if not quiet]
+        else:
+            commit_records = records
         if self.cfg.output_mode == "last_per_instrument" and len(rows):
             keep = _last_per_group(ticks, rows)
         else:
             keep = np.arange(len(rows))
         out_rows = rows[keep]
         msg_index = idx[out_rows]
-        messages = self._encode_forecasts(ticks, out_rows, result.forecasts[keep], msg_index, topics, part, offs)
-        self._publish(messages, dead, records)
-        self._commit(records)
+        messages = self._encode_forecasts(ticks, out_rows, forecasts[keep], msg_index, topics, part, offs)
+        if self._transactional:
+            if not self._publish_transaction(messages, dead, records, commit_records):
+                return  # aborted and rewound: these records come again
+        else:
+            self._publish(messages, dead, records)
+            self._commit(commit_records)
+        self._dirty = False
+        self._batches_since_checkpoint += 1
+        if silent is not None:
+            self._end_replays()
 
         # Metrics and online scoring.
         now = time.monotonic()
@@ -319,7 +495,7 @@ class Runner:
         for v in lat.tolist():
             self.metrics.e2e_seconds.observe(v)
         self.stats.latencies.extend(lat.tolist())
-        self._score(ticks, rows, result.forecasts)
+        self._score(ticks, rows, forecasts)
         self.stats.ticks += n
         self.stats.forecasts += len(messages)
         self.stats.dead_letters += len(dead)
@@ -358,14 +534,20 @@ class Runner:
                                          part[msg_index].tolist(), offs[msg_index].tolist())
         ]
 
-    def _publish(self, messages: list[tuple[bytes, bytes]], dead: list[tuple[int, str, str]], records: list) -> None:
-        """Send and wait for every acknowledgement; retry failures; never return with a send missing."""
-        pending = [(self.cfg.output_topic, k, v, None) for k, v in messages]
+    def _outgoing(self, messages: list[tuple[bytes, bytes]], dead: list[tuple[int, str, str]],
+                  records: list) -> list[tuple]:
+        """(topic, key, value, headers) of every forecast, then every dead letter (original bytes, reason)."""
+        out = [(self.cfg.output_topic, k, v, None) for k, v in messages]
         for i, reason, detail in dead:
             r = records[i]
             headers = [("tickcast.reason", reason.encode()), ("tickcast.detail", detail.encode()[:512]),
                        ("tickcast.source", f"{r.topic}/{r.partition}/{r.offset}".encode())]
-            pending.append((self.cfg.dead_letter_topic, r.key, r.value if r.value is not None else b"", headers))
+            out.append((self.cfg.dead_letter_topic, r.key, r.value if r.value is not None else b"", headers))
+        return out
+
+    def _publish(self, messages: list[tuple[bytes, bytes]], dead: list[tuple[int, str, str]], records: list) -> None:
+        """Send and wait for every acknowledgement; retry failures; never return with a send missing."""
+        pending = self._outgoing(messages, dead, records)
         backoff = 0.5
         while pending:
             futures = [(msg, self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3])) for msg in pending]
@@ -391,13 +573,146 @@ class Runner:
             backoff = min(backoff * 2, 10.0)
             pending = failed
 
-    def _commit(self, records: list) -> None:
+    # -- replay bookkeeping ---------------------------------------------------------------
+    def _silent_mask(self, topics: list[str], part: np.ndarray, offs: np.ndarray) -> np.ndarray | None:
+        if not self._replay_until:
+            return None
+        until = np.fromiter((self._replay_until.get(TopicPartition(t, int(p)), -1) for t, p in zip(topics, part)),
+                            dtype=np.int64, count=len(topics))
+        silent = offs < until
+        return silent if silent.any() else None
+
+    def _advance(self, topics: list[str], part: np.ndarray, offs: np.ndarray) -> None:
+        for t, p, o in zip(topics, part.tolist(), offs.tolist()):
+            tp = TopicPartition(t, p)
+            if o + 1 > self._next_offset.get(tp, -1):
+                self._next_offset[tp] = o + 1
+
+    def _end_replays(self) -> None:
+        for tp, until in list(self._replay_until.items()):
+            if self._next_offset.get(tp, -1) >= until:
+                del self._replay_until[tp]
+                log.info("replay done; emitting", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": until})
+
+    @staticmethod
+    def _offsets(records: list, assigned: set) -> dict:
         last: dict = {}
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
             if r.offset >= last.get(tp, -1):
                 last[tp] = r.offset
-        offsets = {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items() if tp in self._assigned}
+        return {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items() if tp in assigned}
+
+    # -- exactly-once -------------------------------------------------------------------------
+    def _publish_transaction(self, messages: list[tuple[bytes, bytes]], dead: list, records: list,
+                             commit_records: list) -> bool:
+        """Forecasts, dead letters and the input offsets in one transaction. False: aborted (state rewound)."""
+        offsets = self._offsets(commit_records, self._assigned)
+        if not messages and not dead and not offsets:
+            return True
+        try:
+            self.producer.begin_transaction()
+            for topic, key, value, headers in self._outgoing(messages, dead, records):
+                self.producer.send(topic, key=key, value=value, headers=headers)
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+            self.producer.commit_transaction()
+        except ProducerFencedError:
+            raise FatalError("another process with the same transactional_id took over (fenced); give every "
+                             "process its own transactional_id") from None
+        except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
+            self.metrics.transactions.labels("aborted").inc()
+            self.metrics.broker_up.set(0)
+            log.warning("transaction failed; aborting and rewinding to the committed offsets",
+                        extra={"error": repr(exc)})
+            try:
+                self.producer.abort_transaction()
+            except Exception as abort_exc:  # noqa: BLE001
+                log.warning("abort failed", extra={"error": repr(abort_exc)})
+            self.stop_event.wait(1.0)
+            self._rewind()
+            return False
+        self.metrics.transactions.labels("committed").inc()
+        self.metrics.broker_up.set(1)
+        self.stats.commits += 1
+        self.metrics.commits.inc()
+        return True
+
+    def _rewind(self) -> None:
+        """Back to the committed offsets with the state that goes with them (checkpoint + silent replay)."""
+        self._dirty = False
+        for tp in sorted(self._assigned):
+            try:
+                self._restore(tp)
+            except FatalError as exc:
+                self._fatal = str(exc)
+                self.stop_event.set()
+                return
+            except Exception as exc:  # noqa: BLE001 - broker still away: stop; the restart restores
+                self._fatal = f"could not rewind {tp.topic}/{tp.partition} after a failed transaction: {exc!r}"
+                self.stop_event.set()
+                return
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _maybe_checkpoint(self) -> None:
+        if self.store is None or self._dirty:
+            return
+        due = (self.cfg.checkpoint_interval_s and time.monotonic() - self._last_checkpoint >= self.cfg.checkpoint_interval_s) \
+            or (self.cfg.checkpoint_every_batches and self._batches_since_checkpoint >= self.cfg.checkpoint_every_batches)
+        if not due:
+            return
+        if self._pending_write is not None and not self._pending_write.done():
+            return  # the previous round is still writing; try after the next batch
+        snapshots = self._snapshots(self._assigned)
+        self._last_checkpoint = time.monotonic()
+        self._batches_since_checkpoint = 0
+        self._pending_write = self._writer.submit(self._write_snapshots, snapshots, "periodic")
+
+    def _checkpoint_now(self, partitions, why: str) -> None:
+        """Synchronous checkpoint (revoke, shutdown) of partitions whose state matches their committed offsets."""
+        if self.store is None or not partitions:
+            return
+        if self._dirty:
+            log.warning("not checkpointing: the last batch was not committed", extra={"why": why})
+            return
+        if self._pending_write is not None:
+            self._pending_write.result()
+        self._write_snapshots(self._snapshots(partitions), why)
+
+    def _snapshots(self, partitions) -> list[tuple[TopicPartition, pa.Table, int]]:
+        """Copies of the state of partitions that moved since their last checkpoint (not mid-replay)."""
+        out = []
+        for tp in sorted(partitions):
+            if tp in self._next_offset and tp not in self._replay_until \
+                    and self._checkpointed.get(tp) != self._next_offset[tp]:
+                out.append((tp, self.forecaster.export_partition(self._partition_id(tp.topic, tp.partition)),
+                            self._next_offset[tp]))
+        return out
+
+    def _write_snapshots(self, snapshots, why: str) -> None:
+        spec = self.bundle.feature_spec.to_dict()
+        for tp, table, offset in snapshots:
+            started = time.perf_counter()
+            try:
+                m = self.store.write(tp.topic, tp.partition, table, offset, self.bundle.model_version, spec)
+            except CheckpointError as exc:
+                self.stats.checkpoint_failures += 1
+                self.metrics.checkpoint_writes.labels("failed").inc()
+                log.error("checkpoint failed; processing goes on, recovery would replay from an older one",
+                          extra={"why": why, "error": str(exc)})
+                continue
+            self._checkpointed[tp] = offset
+            self.stats.checkpoints += 1
+            self.metrics.checkpoint_writes.labels("ok").inc()
+            self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+            self.metrics.checkpoint_bytes.set(m.bytes)
+            self.metrics.checkpoint_last_success.set_to_current_time()
+            log.debug("checkpoint written", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset,
+                                                   "rows": m.rows, "bytes": m.bytes, "why": why})
+
+    # -- at-least-once ------------------------------------------------------------------------
+    def _commit(self, records: list) -> None:
+        offsets = self._offsets(records, self._assigned)
         if not offsets:
             return
         backoff = 0.5

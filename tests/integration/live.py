@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.request
@@ -32,6 +33,8 @@ class RunProcess:
                 "--input-topics", topic, "--output-topic", out, "--dead-letter-topic", dlq, "--group-id", group,
                 "--metrics-address", "127.0.0.1:0", "--status-interval-s", "1", "--log-format", "json",
                 "--max-batch-ms", "20", *extra]
+        if "--checkpoint-uri" not in extra:  # never litter the working directory
+            args += ["--checkpoint-uri", tempfile.mkdtemp(prefix="tickcast-ckpt-")]
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
         rp = cls(proc)
         threading.Thread(target=rp._pump, daemon=True).start()
@@ -56,6 +59,17 @@ class RunProcess:
                 break
             time.sleep(0.05)
         raise AssertionError(f"no {event!r} log line within {timeout}s; stderr:\n{''.join(self.raw)[-4000:]}")
+
+    def wait_for_any(self, events, timeout: float = 60.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                if line.get("event") in events:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"none of {events} within {timeout}s; stderr:\n{''.join(self.raw)[-4000:]}")
 
     @property
     def metrics_url(self) -> str:

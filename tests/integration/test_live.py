@@ -41,6 +41,16 @@ def _offline_forecasts(bundle, ticks: pa.Table) -> dict[int, float]:
     return dict(zip(res.rows.tolist(), res.forecasts.tolist()))
 
 
+def _assert_equal_to_offline(bundle, ticks: pa.Table, messages) -> None:
+    """Each forecast (input on one partition, so offset = row) equals the one-process file backtest's."""
+    expected = _offline_forecasts(bundle, ticks)
+    scale = bundle.normalisation.target_std
+    got = {json.loads(m.value())["offset"]: json.loads(m.value())["forecast"] for m in messages}
+    assert got.keys() == expected.keys()
+    for row, value in got.items():
+        assert value / scale == pytest.approx(expected[row] / scale, rel=1e-5, abs=1e-5), row
+
+
 @pytest.mark.parametrize("max_batch_ticks, n_ticks", [(1, 300), (37, 2000), (5000, 2000)])
 def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics, bundle, max_batch_ticks, n_ticks):
     tin, tout, dlq, group = topics("e2e")
@@ -124,11 +134,13 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_ticks_around_it_are_f
     assert counts == expected
 
 
-def test_sigterm_commits_what_was_published_and_a_restart_resumes_there(kafka_bootstrap, topics, bundle):
+def test_sigterm_commits_what_was_published_and_a_restart_resumes_there(kafka_bootstrap, topics, bundle, tmp_path):
+    """Checkpoint on shutdown, restore on start: the restarted process continues the same state."""
     tin, tout, dlq, group = topics("resume")
     ticks = generate_ticks(5, 1200, seed=5, bad_fraction=0.0)
     msgs = tick_messages(ticks)
-    first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group)
+    store = ["--checkpoint-uri", str(tmp_path / "ckpt")]
+    first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *store)
     try:
         produce(kafka_bootstrap, tin, msgs[:700], partition=0)
         assert len(consume_all(kafka_bootstrap, tout, 700)) == 700
@@ -138,11 +150,11 @@ def test_sigterm_commits_what_was_published_and_a_restart_resumes_there(kafka_bo
         assert time.monotonic() - started < 25
     stopped = first.wait_for("stopped")
     assert stopped["ticks"] == 700
-    second = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group)
+    second = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *store)
     try:
-        warn = second.wait_for("partitions assigned with EMPTY state: instruments warm up from zero state "
-                               "(durable checkpoints are not enabled in this version)")
-        assert warn["level"] == "warning"
+        restored = second.wait_for("partition restored from checkpoint")
+        assert (restored["checkpoint_offset"], restored["committed"], restored["replay"]) == (700, 700, 0)
+        assert restored["rows"] == 5
         produce(kafka_bootstrap, tin, msgs[700:], partition=0)
         out = consume_all(kafka_bootstrap, tout, 1200, timeout=60)
     finally:
@@ -150,6 +162,29 @@ def test_sigterm_commits_what_was_published_and_a_restart_resumes_there(kafka_bo
     offsets = sorted(json.loads(m.value())["offset"] for m in out)
     assert offsets == list(range(1200)), "no gaps and no tick forecast twice across the restart"
     assert second.wait_for("stopped")["ticks"] == 500
+    _assert_equal_to_offline(bundle, ticks, out)
+
+
+def test_without_checkpoints_a_restart_says_loudly_that_state_is_empty(kafka_bootstrap, topics, bundle):
+    tin, tout, dlq, group = topics("nockpt")
+    msgs = tick_messages(generate_ticks(5, 300, seed=6, bad_fraction=0.0))
+    off = ["--checkpoint-uri", ""]
+    first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *off)
+    try:
+        produce(kafka_bootstrap, tin, msgs[:200], partition=0)
+        assert len(consume_all(kafka_bootstrap, tout, 200)) == 200
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+    second = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *off)
+    try:
+        warn = second.wait_for("partition assigned with EMPTY state: its instruments start from zero state")
+        assert warn["level"] == "warning" and warn["committed"] == 200
+        assert "checkpoints are off" in warn["why"]
+        produce(kafka_bootstrap, tin, msgs[200:], partition=0)
+        out = consume_all(kafka_bootstrap, tout, 300, timeout=60)
+    finally:
+        assert second.stop(signal.SIGINT) == 0
+    assert sorted(json.loads(m.value())["offset"] for m in out) == list(range(300))
 
 
 def test_two_consumers_in_one_group_split_the_partitions(kafka_bootstrap, topics, bundle):

@@ -1,0 +1,244 @@
+"""Durability under faults: real broker, real `tickcast run` processes, real signals.
+
+The reference for every test is the undisturbed answer: the operator stepping
+each input partition's ticks once, in offset order (the live path equals it:
+see test_live.py). Forecasts are read back with read_committed by an
+independent client (confluent-kafka).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from operators.forecaster import Forecaster
+from pipeline.broker import create_topics
+from pipeline.checkpoint import CheckpointStore
+from pipeline.synthetic import generate_ticks
+from pipeline.ticks import decode_batch
+from tests.integration.live import RunProcess, produce, tick_messages
+
+PARTITIONS = 2
+RESTORE_EVENTS = ("partition restored from checkpoint", "partition assigned with EMPTY state: its instruments start "
+                  "from zero state", "no usable checkpoint; rebuilding state by replaying the partition from its start",
+                  "partition warming up from input")
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, committed_only: bool = True, timeout: float = 10.0):
+    """Every record of a topic (all partitions, from the start), as read_committed sees it."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False,
+                  "isolation.level": "read_committed" if committed_only else "read_uncommitted"})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, idle_since = [], time.monotonic()
+    while time.monotonic() - idle_since < timeout:
+        msg = c.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        out.append(msg)
+        idle_since = time.monotonic()
+    c.close()
+    return out
+
+
+def reference(bundle, inputs) -> tuple[dict, dict[int, pa.Table], int]:
+    """Undisturbed forecasts by (partition, offset), final state per partition, and the dead-letter count."""
+    forecasts, states, dead = {}, {}, 0
+    for p in range(PARTITIONS):
+        msgs = sorted((m for m in inputs if m.partition() == p), key=lambda m: m.offset())
+        decoded = decode_batch([m.key() for m in msgs], [m.value() for m in msgs])
+        dead += len(decoded.rejected)
+        idx = decoded.ticks.column("index").to_numpy()
+        fc = Forecaster(bundle)
+        res = fc.step(decoded.ticks)
+        dead += int((res.reasons != 0).sum())
+        for row, value in zip(res.rows.tolist(), res.forecasts.tolist()):
+            forecasts[(p, msgs[idx[row]].offset())] = value
+        states[p] = fc.export_partition(0)
+    return forecasts, states, dead
+
+
+def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, group, forecasts_ref, states_ref,
+                                 dead_ref):
+    out = read_topic(bootstrap, tout, 1)
+    keys = [(json.loads(m.value())["partition"], json.loads(m.value())["offset"]) for m in out]
+    assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} forecasts published twice"
+    missing = set(forecasts_ref) - set(keys)
+    assert not missing, f"{len(missing)} forecasts missing, e.g. {sorted(missing)[:5]}"
+    assert set(keys) == set(forecasts_ref)
+    scale = bundle.normalisation.target_std
+    for m, key in zip(out, keys):
+        got = json.loads(m.value())["forecast"] / scale
+        assert got == pytest.approx(forecasts_ref[key] / scale, rel=1e-5, abs=1e-5), key
+    assert len(read_topic(bootstrap, dlq, 1, timeout=3)) == dead_ref
+    store = CheckpointStore(str(Path(store_dir) / group))
+    for p in range(PARTITIONS):
+        final = store.latest(tin, p)
+        assert final is not None, f"no checkpoint for partition {p}"
+        a = final.state.sort_by("instrument")
+        b = states_ref[p].sort_by("instrument")
+        assert a.column("instrument").equals(b.column("instrument"))
+        for name in ("tick_count", "last_ts", "last_price"):
+            assert a.column(name).equals(b.column(name)), name
+        for layer in range(bundle.shape.layers):
+            for prefix in ("h", "c"):
+                col = f"{prefix}{layer}"
+                np.testing.assert_allclose(a.column(col).combine_chunks().flatten().to_numpy(),
+                                           b.column(col).combine_chunks().flatten().to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+class Feeder(threading.Thread):
+    """Produces the ticks over ``seconds``, keyed by instrument, from an independent client."""
+
+    def __init__(self, bootstrap: str, topic: str, messages, seconds: float):
+        super().__init__(daemon=True)
+        self.args = (bootstrap, topic, messages, seconds)
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        bootstrap, topic, messages, seconds = self.args
+        chunks = np.array_split(np.arange(len(messages)), max(1, int(seconds * 4)))
+        try:
+            for chunk in chunks:
+                produce(bootstrap, topic, [messages[i] for i in chunk])
+                time.sleep(0.25)
+        except BaseException as exc:  # noqa: BLE001 - reported by the test
+            self.error = exc
+
+
+def _run_args(store_dir, tid: str, *extra: str) -> list[str]:
+    return ["--processing", "exactly_once", "--checkpoint-uri", str(store_dir), "--transactional-id", tid,
+            "--checkpoint-every-batches", "3", "--checkpoint-interval-s", "0", "--max-batch-ticks", "150",
+            "--session-timeout-ms", "6000", *extra]
+
+
+def _wait_drained(bootstrap, tout, expected: int, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(read_topic(bootstrap, tout, 1, timeout=2)) >= expected:
+            return
+        time.sleep(1)
+    raise AssertionError(f"forecasts did not reach {expected} within {timeout}s")
+
+
+@pytest.mark.parametrize("kills", [pytest.param(3, id="3-kills"),
+                                   pytest.param(20, id="20-kills", marks=pytest.mark.slow)])
+def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap, bundle, tmp_path, kills):
+    u = uuid.uuid4().hex[:8]
+    tin, tout, dlq, group = f"crash-in-{u}", f"crash-out-{u}", f"crash-dlq-{u}", f"crash-g-{u}"
+    create_topics(kafka_bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
+    ticks = generate_ticks(16, 400 * kills + 1500, seed=kills, bad_fraction=0.01)
+    messages = tick_messages(ticks)
+    store = tmp_path / "ckpt"
+    args = _run_args(store, f"tx-{u}")
+    rng = random.Random(kills)
+    feeder = Feeder(kafka_bootstrap, tin, messages, seconds=10.0 * kills)
+    feeder.start()
+    sources = []
+    for _ in range(kills):
+        run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
+        # Once it holds partitions (restoring, replaying or forecasting), kill it at a random moment.
+        sources.append(run.wait_for_any(RESTORE_EVENTS, timeout=60)["event"])
+        time.sleep(rng.uniform(0.0, 3.0))
+        run.kill()
+    feeder.join()
+    assert feeder.error is None, feeder.error
+    final = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
+    try:
+        inputs = read_topic(kafka_bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
+        assert len(inputs) == len(messages)
+        forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
+        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref))
+        time.sleep(2)  # a duplicate would be published by now
+    finally:
+        assert final.stop(signal.SIGTERM) == 0
+    assert sources.count("partition restored from checkpoint") >= kills // 2, \
+        f"too few restarts found a checkpoint to recover from ({sources}); the test proved little"
+    assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
+                                 dead_ref)
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "truncate", "delete"])
+def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundle, tmp_path, damage):
+    u = uuid.uuid4().hex[:8]
+    tin, tout, dlq, group = f"dmg-in-{u}", f"dmg-out-{u}", f"dmg-dlq-{u}", f"dmg-g-{u}"
+    create_topics(kafka_bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
+    messages = tick_messages(generate_ticks(10, 1800, seed=11, bad_fraction=0.0))
+    store = tmp_path / "ckpt"
+    args = _run_args(store, f"tx-{u}", "--checkpoint-every-batches", "1")
+    first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
+    try:
+        # Two waves, each drained: every partition gets checkpoints at two different offsets.
+        produce(kafka_bootstrap, tin, messages[:600])
+        _wait_drained(kafka_bootstrap, tout, 600, timeout=90)
+        produce(kafka_bootstrap, tin, messages[600:1200])
+        _wait_drained(kafka_bootstrap, tout, 1200, timeout=90)
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+    # Damage the newest checkpoint of every partition (the one written at shutdown).
+    for p in range(PARTITIONS):
+        folder = store / group / tin / str(p)
+        newest = sorted(folder.glob("*.arrow"))[-1]
+        if damage == "corrupt":
+            raw = bytearray(newest.read_bytes())
+            raw[len(raw) // 3] ^= 0x5A
+            newest.write_bytes(bytes(raw))
+        elif damage == "truncate":
+            newest.write_bytes(newest.read_bytes()[: len(newest.read_bytes()) // 2])
+        else:
+            newest.unlink()
+    second = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
+    try:
+        restored = [second.wait_for("partition restored from checkpoint", partition=f"{tin}/{p}")
+                    for p in range(PARTITIONS)]
+        assert all(r["replay"] > 0 for r in restored), "fell back to an older checkpoint and replayed"
+        produce(kafka_bootstrap, tin, messages[1200:])
+        inputs = read_topic(kafka_bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
+        forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
+        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
+        assert second.metric("tickcast_checkpoint_load_failures_total") == PARTITIONS
+    finally:
+        assert second.stop(signal.SIGTERM) == 0
+    assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
+                                 dead_ref)
+
+
+def test_unwritable_store_keeps_processing_and_recovers(kafka_bootstrap, bundle, tmp_path):
+    """A store path under a regular file cannot be created (even by root): checkpoints fail, ticks flow,
+    a metric and a log line say so; once the path is writable again the next checkpoint succeeds."""
+    u = uuid.uuid4().hex[:8]
+    tin, tout, dlq, group = f"ro-in-{u}", f"ro-out-{u}", f"ro-dlq-{u}", f"ro-g-{u}"
+    create_topics(kafka_bootstrap, {tin: 1, tout: 1, dlq: 1})
+    messages = tick_messages(generate_ticks(6, 900, seed=12, bad_fraction=0.0))
+    blocker = tmp_path / "store"
+    blocker.write_text("a file where the checkpoint directory should be")
+    run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
+                           *_run_args(blocker / "ckpt", f"tx-{u}"))
+    try:
+        produce(kafka_bootstrap, tin, messages[:450], partition=0)
+        _wait_drained(kafka_bootstrap, tout, 450, timeout=90)
+        failed = run.wait_for("checkpoint failed; processing goes on, recovery would replay from an older one")
+        assert failed["level"] == "error" and "cannot write checkpoint" in failed["error"]
+        assert run.metric("tickcast_checkpoint_writes_total", result="failed") >= 1
+        assert run.metric("tickcast_checkpoint_writes_total", result="ok") == 0
+        blocker.unlink()
+        produce(kafka_bootstrap, tin, messages[450:], partition=0)
+        _wait_drained(kafka_bootstrap, tout, 900, timeout=90)
+        deadline = time.monotonic() + 30
+        while run.metric("tickcast_checkpoint_writes_total", result="ok") == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert run.metric("tickcast_checkpoint_writes_total", result="ok") >= 1
+        assert run.metric("tickcast_checkpoint_last_success_timestamp_seconds") > 0
+    finally:
+        assert run.stop(signal.SIGTERM) == 0
+    assert CheckpointStore(str(blocker / "ckpt" / group)).latest(tin, 0).manifest.offset == 900
