@@ -135,6 +135,8 @@ class Runner:
         self._next_offset: dict[TopicPartition, int] = {}  # the state reflects every record before this
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of the last checkpoint written or restored
         self._replay_until: dict[TopicPartition, int] = {}  # records before this offset: step, do not emit
+        self._replay_until_ts: dict[TopicPartition, int] = {}  # fresh warm-up: records stamped before this (ms)
+        self._started_ms = int(time.time() * 1000)
         self._dirty = False  # state stepped past the committed offsets (between step and commit)
         self._fatal: str | None = None
         self._last_checkpoint = time.monotonic()
@@ -272,6 +274,7 @@ class Runner:
             self.scorer.drop_partition(pid)
             self._next_offset.pop(tp, None)
             self._replay_until.pop(tp, None)
+            self._replay_until_ts.pop(tp, None)
             self._checkpointed.pop(tp, None)
         self._assigned -= set(partitions)
         self.metrics.assigned_partitions.set(len(self._assigned))
@@ -305,6 +308,8 @@ class Runner:
         started = time.perf_counter()
         pid = self._partition_id(tp.topic, tp.partition)
         self.forecaster.drop_partition(pid)
+        self._replay_until.pop(tp, None)
+        self._replay_until_ts.pop(tp, None)
         committed = self.consumer.committed(tp)
         loaded = None
         if self.store is not None:
@@ -339,9 +344,12 @@ class Runner:
         if window is not None:
             start, emit_from = window
             self._seek(tp, start, emit_from)
+            if emit_from is None:  # a fresh group: silent up to the records produced before this run started
+                self._replay_until_ts[tp] = self._started_ms
             self.metrics.restores.labels("warmup").inc()
-            log.info("partition warming up from input", extra={"partition": f"{tp.topic}/{tp.partition}",
-                                                               "from_offset": start, "emit_from": emit_from})
+            log.info("partition warming up from input", extra={
+                "partition": f"{tp.topic}/{tp.partition}", "from_offset": start,
+                "emit_from": emit_from if emit_from is not None else f"record timestamp {self._started_ms} ms"})
             return
         if self.store is not None and committed:
             # No checkpoint yet (a kill before the first one): rebuild from the start of the partition.
@@ -372,19 +380,19 @@ class Runner:
         if emit_from is not None and emit_from > start:
             self._replay_until[tp] = emit_from
 
-    def _warmup_start(self, tp: TopicPartition, committed: int | None) -> tuple[int, int] | None:
-        """(first offset of the warm-up window, offset to emit from), or None when there is nothing to replay."""
-        emit_from = committed
-        if emit_from is None:  # a fresh group: warm up to the end of the partition as it is now
-            emit_from = self.consumer.end_offsets([tp]).get(tp)
-        if not emit_from:
+    def _warmup_start(self, tp: TopicPartition, committed: int | None) -> tuple[int, int | None] | None:
+        """(first offset of the warm-up window, offset to emit from), or None when there is nothing to replay.
+
+        A fresh group has no committed offset: it emits from the records produced after this run started
+        (None), judged by record timestamp rather than by the end offset, which some brokers report late."""
+        if committed == 0:
             return None
         window_ms = parse_duration_ns(self.cfg.warmup, "warmup") // 1_000_000
-        found = self.consumer.offsets_for_times({tp: int(time.time() * 1000) - window_ms}).get(tp)
+        found = self.consumer.offsets_for_times({tp: self._started_ms - window_ms}).get(tp)
         # Past the end some brokers answer timestamp -1 instead of "no offset": nothing to warm up from.
-        if found is None or found.timestamp == -1 or found.offset >= emit_from:
+        if found is None or found.timestamp == -1 or (committed is not None and found.offset >= committed):
             return None
-        return found.offset, emit_from
+        return found.offset, committed
 
     def _partition_id(self, topic: str, partition: int) -> int:
         return (self.cfg.input_topics.index(topic) << _TOPIC_SHIFT) | partition
@@ -447,7 +455,9 @@ class Runner:
         ticks = ticks.append_column("partition", pa.array(pid[idx].astype(np.int32)))
         ticks = ticks.append_column("offset", pa.array(offs[idx]))
         # Records a recovery replays (before the committed offset) update state and emit nothing.
-        silent = self._silent_mask(topics, part, offs)
+        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n) \
+            if self._replay_until_ts else None
+        silent = self._silent_mask(topics, part, offs, stamps)
         t_step = time.perf_counter()
         self._dirty = True
         result = self.forecaster.step(ticks)
@@ -574,12 +584,19 @@ class Runner:
             pending = failed
 
     # -- replay bookkeeping ---------------------------------------------------------------
-    def _silent_mask(self, topics: list[str], part: np.ndarray, offs: np.ndarray) -> np.ndarray | None:
-        if not self._replay_until:
+    def _silent_mask(self, topics: list[str], part: np.ndarray, offs: np.ndarray,
+                     stamps: np.ndarray) -> np.ndarray | None:
+        if not self._replay_until and not self._replay_until_ts:
             return None
-        until = np.fromiter((self._replay_until.get(TopicPartition(t, int(p)), -1) for t, p in zip(topics, part)),
-                            dtype=np.int64, count=len(topics))
+        keys = [TopicPartition(t, int(p)) for t, p in zip(topics, part)]
+        until = np.fromiter((self._replay_until.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
         silent = offs < until
+        if self._replay_until_ts:
+            until_ts = np.fromiter((self._replay_until_ts.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
+            silent |= stamps < until_ts
+            for k in {k for k, quiet in zip(keys, silent.tolist()) if not quiet and k in self._replay_until_ts}:
+                del self._replay_until_ts[k]  # the first record of the live era ends the warm-up
+                log.info("warm-up done; emitting", extra={"partition": f"{k.topic}/{k.partition}"})
         return silent if silent.any() else None
 
     def _advance(self, topics: list[str], part: np.ndarray, offs: np.ndarray) -> None:
@@ -683,7 +700,7 @@ class Runner:
         """Copies of the state of partitions that moved since their last checkpoint (not mid-replay)."""
         out = []
         for tp in sorted(partitions):
-            if tp in self._next_offset and tp not in self._replay_until \
+            if tp in self._next_offset and tp not in self._replay_until and tp not in self._replay_until_ts \
                     and self._checkpointed.get(tp) != self._next_offset[tp]:
                 out.append((tp, self.forecaster.export_partition(self._partition_id(tp.topic, tp.partition)),
                             self._next_offset[tp]))

@@ -99,3 +99,32 @@ def test_bad_flags_get_one_line_not_a_traceback(trained, args, message):
     assert len(lines) == 1 and lines[0].startswith("tickcast: error:"), proc.stderr
     assert message in lines[0]
     assert "Traceback" not in proc.stderr
+
+
+def test_state_inspect_reports_partitions_and_unusable_checkpoints(tmp_path, bundle):
+    from operators.forecaster import Forecaster
+    from pipeline.checkpoint import CheckpointStore
+
+    fc = Forecaster(bundle)
+    fc.step(generate_ticks(7, 500, seed=3, bad_fraction=0.0))
+    store = CheckpointStore(str(tmp_path / "grp"))
+    for offset in (100, 500):
+        store.write("ticks", 0, fc.export_partition(0), offset, bundle.model_version, {})
+    store.write("ticks", 1, fc.export_partition(1), 42, bundle.model_version, {})
+
+    out = tickcast("state", "inspect", str(tmp_path)).stdout
+    lines = out.splitlines()
+    assert lines[1].split()[:3] == ["grp/ticks/0", "500", "7"] and lines[1].split()[-1] == "2"
+    assert lines[2].split()[:3] == ["grp/ticks/1", "42", "0"]
+    assert "2 partition(s), 3 checkpoint(s), 0 unusable" in lines[-1]
+
+    newest = sorted((tmp_path / "grp" / "ticks" / "0").glob("*.arrow"))[-1]
+    newest.write_bytes(newest.read_bytes()[:50])
+    proc = tickcast("state", "inspect", str(tmp_path), "--json", check=False)
+    assert proc.returncode == 1
+    rows = json.loads(proc.stdout)
+    assert rows[0]["offset"] == 100 and rows[0]["unusable"] == 1 and "truncated" in rows[0]["problems"][0]
+    assert rows[0]["model_version"] == bundle.model_version and rows[0]["age_s"] >= 0
+
+    empty = tickcast("state", "inspect", str(tmp_path / "nothing"), check=False)
+    assert empty.returncode == 1 and "no checkpoints" in empty.stdout

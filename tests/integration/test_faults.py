@@ -242,3 +242,53 @@ def test_unwritable_store_keeps_processing_and_recovers(kafka_bootstrap, bundle,
     finally:
         assert run.stop(signal.SIGTERM) == 0
     assert CheckpointStore(str(blocker / "ckpt" / group)).latest(tin, 0).manifest.offset == 900
+
+
+def test_checkpoint_of_another_model_is_refused_with_a_clear_message(kafka_bootstrap, bundle, bundle2, tmp_path):
+    u = uuid.uuid4().hex[:8]
+    tin, tout, dlq, group = f"mv-in-{u}", f"mv-out-{u}", f"mv-dlq-{u}", f"mv-g-{u}"
+    create_topics(kafka_bootstrap, {tin: 1, tout: 1, dlq: 1})
+    store = ["--checkpoint-uri", str(tmp_path / "ckpt")]
+    first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *store)
+    try:
+        produce(kafka_bootstrap, tin, tick_messages(generate_ticks(4, 200, seed=2, bad_fraction=0.0)), partition=0)
+        _wait_drained(kafka_bootstrap, tout, 200, timeout=90)
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+    second = RunProcess.start(kafka_bootstrap, str(bundle2.path), tin, tout, dlq, group, *store)
+    assert second.proc.wait(timeout=90) == 2
+    err = second.wait_for("stopping")
+    assert err["level"] == "error"
+    assert f"written by model version {bundle.model_version}, this run serves {bundle2.model_version}" in err["reason"]
+    assert "on_model_change = warmup" in err["reason"]
+
+
+def test_warmup_of_a_fresh_deployment_builds_state_silently(kafka_bootstrap, bundle, tmp_path):
+    """--warmup 30m on a new group: the recent input is replayed without output, then forecasts continue
+    from that state (equal to the operator over all the ticks)."""
+    u = uuid.uuid4().hex[:8]
+    tin, tout, dlq, group = f"wu-in-{u}", f"wu-out-{u}", f"wu-dlq-{u}", f"wu-g-{u}"
+    create_topics(kafka_bootstrap, {tin: 1, tout: 1, dlq: 1})
+    ticks = generate_ticks(5, 700, seed=21, bad_fraction=0.0)
+    messages = tick_messages(ticks)
+    produce(kafka_bootstrap, tin, messages[:400], partition=0)
+    time.sleep(1.5)  # record timestamps (produce time) of the history are now before the run starts
+    run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, "--warmup", "30m",
+                           "--checkpoint-uri", str(tmp_path / "ckpt"))
+    try:
+        line = run.wait_for("partition warming up from input")
+        assert line["from_offset"] == 0
+        produce(kafka_bootstrap, tin, messages[400:], partition=0)
+        _wait_drained(kafka_bootstrap, tout, 300, timeout=90)
+        time.sleep(1)
+        assert run.metric("tickcast_replayed_ticks_total") == 400
+    finally:
+        assert run.stop(signal.SIGTERM) == 0
+    out = read_topic(kafka_bootstrap, tout, 1, timeout=3)
+    got = {json.loads(m.value())["offset"]: json.loads(m.value())["forecast"] for m in out}
+    assert sorted(got) == list(range(400, 700)), "history is silent, every new tick is forecast once"
+    res = Forecaster(bundle).step(ticks)
+    expected = dict(zip(res.rows.tolist(), res.forecasts.tolist()))
+    scale = bundle.normalisation.target_std
+    for offset, value in got.items():
+        assert value / scale == pytest.approx(expected[offset] / scale, rel=1e-5, abs=1e-5), offset
