@@ -266,6 +266,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
         results = bench_operator(quick=args.quick, batch_ticks=args.batch_ticks)
+    elif args.what == "checkpoint":
+        from benchmarks.checkpoint import exactly_once_cost  # noqa: PLC0415
+        from benchmarks.checkpoint import run as bench_checkpoint  # noqa: PLC0415
+        from pipeline import logs  # noqa: PLC0415
+
+        logs.configure("text", "warning")
+        sizes = (10_000, 100_000) if args.quick else (10_000, 100_000, 1_000_000)
+        results = bench_checkpoint(sizes)
+        results["exactly_once"] = exactly_once_cost(20_000 if args.quick else 60_000)
     else:
         from benchmarks.e2e import run as bench_e2e  # noqa: PLC0415
         from pipeline import logs  # noqa: PLC0415
@@ -528,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator", "e2e"], help="which benchmark")
+    p.add_argument("what", choices=["operator", "e2e", "checkpoint"], help="which benchmark")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
     p.add_argument("--batch-ticks", type=int, default=10_000,
