@@ -96,7 +96,7 @@ def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode:
     cfg = RunConfig.load(env={}, flags=dict(
         model=str(bundle.path or "bench"), bootstrap_servers=bootstrap, input_topics=tin, output_topic=tout,
         dead_letter_topic=dlq, group_id=f"bench-{uuid.uuid4().hex[:8]}", status_interval_s=0,
-        max_batch_ticks=batch, max_batch_ms=20, output_mode=mode))
+        max_batch_ticks=batch, max_batch_ms=20, output_mode=mode, checkpoint_uri=""))
     return Runner(cfg, bundle, Metrics())
 
 

@@ -61,8 +61,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class EmbeddedBroker:
     """Tansu as a child process on ``host:port`` (a free port when none is given), in-memory storage."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None):
+    def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None,
+                 advertised: str | None = None):
         self.host = host
+        self.advertised = advertised  # host:port clients are told to use (a proxy in front), default our own
         self._auto_port = not port
         self.port = port or free_port(host)
         if log_path is None:
@@ -113,8 +115,9 @@ class EmbeddedBroker:
 
     def _spawn(self, binary: Path) -> None:
         url = f"tcp://{self.host}:{self.port}"
+        advertised = f"tcp://{self.advertised}" if self.advertised else url
         cmd = [str(binary), "broker", "--cluster-id", self.cluster_id, "--listener-url", url,
-               "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+               "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"]
         env = {k: v for k, v in os.environ.items() if k not in ("SCHEMA_REGISTRY", "OTEL_EXPORTER_OTLP_ENDPOINT")}
         env["NO_COLOR"] = "1"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -188,6 +188,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _demo_live(args: argparse.Namespace, bundle, ticks, say) -> int:
+    import shutil  # noqa: PLC0415
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
@@ -201,13 +202,17 @@ def _demo_live(args: argparse.Namespace, bundle, ticks, say) -> int:
     from pipeline.runner import Runner  # noqa: PLC0415
 
     logs.configure("text", "warning")
+    # The embedded broker starts empty every time: checkpoints of an earlier demo belong to offsets that no
+    # longer exist.
+    shutil.rmtree(Path(args.workdir) / "checkpoints", ignore_errors=True)
     with EmbeddedBroker() as broker:
         create_topics(broker.bootstrap, {"ticks": 2, "forecasts": 2, "ticks.dlq": 1})
         say(4, f"embedded Kafka-protocol broker on {broker.bootstrap}; topics ticks (2 partitions), forecasts, "
                "ticks.dlq")
         cfg = RunConfig.load(env={}, flags=dict(model=str(bundle.path), bootstrap_servers=broker.bootstrap,
                                                 group_id="tickcast-demo", metrics_address=args.metrics_address,
-                                                status_interval_s=1, max_batch_ms=20))
+                                                status_interval_s=1, max_batch_ms=20,
+                                                checkpoint_uri=str(Path(args.workdir) / "checkpoints")))
         metrics = Metrics()
         server = MetricsServer(metrics, cfg.metrics_address).start()
         runner = Runner(cfg, bundle, metrics)
@@ -247,7 +252,8 @@ def _demo_live(args: argparse.Namespace, bundle, ticks, say) -> int:
     print(f"  latency tick received -> forecast acknowledged: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
           f"max {s['max_ms']} ms")
     print(f"  where to look: forecasts and dead letters were on topics `forecasts` and `ticks.dlq` of the "
-          f"embedded broker (in memory, now stopped); files in {args.workdir}/; run it yourself with "
+          f"embedded broker (in memory, now stopped); files in {args.workdir}/; state checkpoints: "
+          f"`tickcast state inspect {Path(args.workdir) / 'checkpoints'}`; run it yourself with "
           "`tickcast broker`, `tickcast run --help`, `tickcast replay --help`")
     return code
 

@@ -210,18 +210,7 @@ class Runner:
         while not self.stop_event.is_set():
             try:
                 opts = self._client_options()
-                if self._transactional:
-                    tid = self.cfg.transactional_id or f"{self.cfg.group_id}-{socket.gethostname()}"
-                    self.producer = KafkaProducer(acks="all", linger_ms=2, enable_idempotence=True,
-                                                  transactional_id=tid, transaction_timeout_ms=15_000,
-                                                  partitioner=CachingPartitioner(), batch_size=256 * 1024, **opts)
-                    self.producer.init_transactions()  # fences an earlier incarnation, aborts its open transaction
-                    log.info("transactional producer ready", extra={"transactional_id": tid})
-                else:
-                    self.producer = KafkaProducer(acks="all", linger_ms=2, retries=5,
-                                                  max_in_flight_requests_per_connection=1,
-                                                  partitioner=CachingPartitioner(),
-                                                  batch_size=256 * 1024, **opts)
+                self.producer = self._make_producer()
                 self.consumer = KafkaConsumer(
                     group_id=self.cfg.group_id, enable_auto_commit=False,
                     isolation_level="read_committed" if self._transactional else "read_uncommitted",
@@ -245,6 +234,23 @@ class Runner:
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 30.0)
         return False
+
+    def _make_producer(self) -> KafkaProducer:
+        opts = self._client_options()
+        if not self._transactional:
+            return KafkaProducer(acks="all", linger_ms=2, retries=5, max_in_flight_requests_per_connection=1,
+                                 partitioner=CachingPartitioner(), batch_size=256 * 1024, **opts)
+        tid = self.cfg.transactional_id or f"{self.cfg.group_id}-{socket.gethostname()}"
+        producer = KafkaProducer(acks="all", linger_ms=2, enable_idempotence=True, transactional_id=tid,
+                                 transaction_timeout_ms=15_000, partitioner=CachingPartitioner(),
+                                 batch_size=256 * 1024, **opts)
+        try:
+            producer.init_transactions()  # fences an earlier incarnation, aborts its open transaction
+        except BaseException:
+            producer.close(timeout=0)
+            raise
+        log.info("transactional producer ready", extra={"transactional_id": tid})
+        return producer
 
     def _close(self) -> None:
         if self.consumer is not None:
@@ -312,7 +318,12 @@ class Runner:
         self._replay_until_ts.pop(tp, None)
         committed = self.consumer.committed(tp)
         loaded = None
-        if self.store is not None:
+        if self.store is not None and committed is None:
+            # Checkpoints belong to committed offsets: without any (a new group, expired offsets, a recreated
+            # topic) they cannot be placed, so the partition starts per auto_offset_reset (or warm-up).
+            log.info("group has no committed offset for this partition; not using checkpoints",
+                     extra={"partition": f"{tp.topic}/{tp.partition}"})
+        elif self.store is not None:
             problems: list[Problem] = []
             loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems)
             for _ in problems:
@@ -644,9 +655,9 @@ class Runner:
                         extra={"error": repr(exc)})
             try:
                 self.producer.abort_transaction()
-            except Exception as abort_exc:  # noqa: BLE001
-                log.warning("abort failed", extra={"error": repr(abort_exc)})
-            self.stop_event.wait(1.0)
+            except Exception as abort_exc:  # noqa: BLE001 - a fresh producer fences this one below
+                log.warning("abort failed; replacing the producer", extra={"error": repr(abort_exc)})
+                self._replace_producer()
             self._rewind()
             return False
         self.metrics.transactions.labels("committed").inc()
@@ -655,20 +666,51 @@ class Runner:
         self.metrics.commits.inc()
         return True
 
+    def _replace_producer(self) -> None:
+        """A new transactional producer (same id: it fences the old one); retried until the broker answers."""
+        try:
+            self.producer.close(timeout=0)
+        except Exception:  # noqa: BLE001
+            pass
+        self.producer = None
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                self.producer = self._make_producer()
+                return
+            except ProducerFencedError:
+                raise FatalError("another process with the same transactional_id took over (fenced); give every "
+                                 "process its own transactional_id") from None
+            except Exception as exc:  # noqa: BLE001 - broker away: keep trying
+                self.metrics.broker_errors.labels("producer").inc()
+                log.warning("cannot create the transactional producer; retrying",
+                            extra={"error": repr(exc), "retry_in_s": backoff})
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+
     def _rewind(self) -> None:
-        """Back to the committed offsets with the state that goes with them (checkpoint + silent replay)."""
+        """Back to the committed offsets with the state that goes with them (checkpoint + silent replay).
+        Retried until the broker answers; never gives up while the process runs."""
         self._dirty = False
-        for tp in sorted(self._assigned):
+        backoff = 0.5
+        pending = sorted(self._assigned)
+        while pending and not self.stop_event.is_set():
+            tp = pending[0]
             try:
                 self._restore(tp)
+                pending.pop(0)
             except FatalError as exc:
                 self._fatal = str(exc)
                 self.stop_event.set()
                 return
-            except Exception as exc:  # noqa: BLE001 - broker still away: stop; the restart restores
-                self._fatal = f"could not rewind {tp.topic}/{tp.partition} after a failed transaction: {exc!r}"
-                self.stop_event.set()
-                return
+            except Exception as exc:  # noqa: BLE001 - broker still away: wait and retry
+                self.metrics.broker_errors.labels("rewind").inc()
+                log.warning("cannot rewind yet; retrying", extra={"partition": f"{tp.topic}/{tp.partition}",
+                                                                  "error": repr(exc), "retry_in_s": backoff})
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
+        if pending:  # stopping before the rewind finished: the state does not match; never checkpoint it
+            self._dirty = True
 
     # -- checkpoints ------------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:

@@ -51,10 +51,10 @@ def read_topic(bootstrap: str, topic: str, partitions: int, committed_only: bool
     return out
 
 
-def reference(bundle, inputs) -> tuple[dict, dict[int, pa.Table], int]:
+def reference(bundle, inputs, partitions: int = PARTITIONS) -> tuple[dict, dict[int, pa.Table], int]:
     """Undisturbed forecasts by (partition, offset), final state per partition, and the dead-letter count."""
     forecasts, states, dead = {}, {}, 0
-    for p in range(PARTITIONS):
+    for p in range(partitions):
         msgs = sorted((m for m in inputs if m.partition() == p), key=lambda m: m.offset())
         decoded = decode_batch([m.key() for m in msgs], [m.value() for m in msgs])
         dead += len(decoded.rejected)
@@ -69,7 +69,7 @@ def reference(bundle, inputs) -> tuple[dict, dict[int, pa.Table], int]:
 
 
 def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, group, forecasts_ref, states_ref,
-                                 dead_ref):
+                                 dead_ref, partitions: int = PARTITIONS):
     out = read_topic(bootstrap, tout, 1)
     keys = [(json.loads(m.value())["partition"], json.loads(m.value())["offset"]) for m in out]
     assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} forecasts published twice"
@@ -82,7 +82,7 @@ def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, g
         assert got == pytest.approx(forecasts_ref[key] / scale, rel=1e-5, abs=1e-5), key
     assert len(read_topic(bootstrap, dlq, 1, timeout=3)) == dead_ref
     store = CheckpointStore(str(Path(store_dir) / group))
-    for p in range(PARTITIONS):
+    for p in range(partitions):
         final = store.latest(tin, p)
         assert final is not None, f"no checkpoint for partition {p}"
         a = final.state.sort_by("instrument")
@@ -292,3 +292,88 @@ def test_warmup_of_a_fresh_deployment_builds_state_silently(kafka_bootstrap, bun
     scale = bundle.normalisation.target_std
     for offset, value in got.items():
         assert value / scale == pytest.approx(expected[offset] / scale, rel=1e-5, abs=1e-5), offset
+
+
+@pytest.mark.slow
+def test_rebalance_one_of_three_killed_and_one_added(kafka_bootstrap, bundle, tmp_path):
+    """Three processes share four partitions; one is SIGKILLed and a fourth joins while ticks flow."""
+    u = uuid.uuid4().hex[:8]
+    tin, tout, dlq, group = f"rb-in-{u}", f"rb-out-{u}", f"rb-dlq-{u}", f"rb-g-{u}"
+    parts = 4
+    create_topics(kafka_bootstrap, {tin: parts, tout: 1, dlq: 1})
+    messages = tick_messages(generate_ticks(24, 5000, seed=31, bad_fraction=0.005))
+    store = tmp_path / "ckpt"
+
+    def start(name: str) -> RunProcess:
+        return RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
+                                *_run_args(store, f"tx-{u}-{name}"))
+
+    procs = {name: start(name) for name in ("a", "b", "c")}
+    deadline = time.monotonic() + 90
+    while sum(p.metric("tickcast_assigned_partitions") for p in procs.values()) != parts:
+        assert time.monotonic() < deadline, "the group never settled"
+        time.sleep(0.5)
+    feeder = Feeder(kafka_bootstrap, tin, messages, seconds=40)
+    feeder.start()
+    try:
+        time.sleep(10)
+        procs.pop("b").kill()
+        time.sleep(12)
+        procs["d"] = start("d")
+        feeder.join()
+        assert feeder.error is None, feeder.error
+        inputs = read_topic(kafka_bootstrap, tin, parts, committed_only=False, timeout=3)
+        assert len(inputs) == len(messages)
+        forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, parts)
+        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=180)
+        time.sleep(2)
+        assert procs["d"].metric("tickcast_assigned_partitions") >= 1, "the added process got no partition"
+    finally:
+        for p in procs.values():
+            p.stop(signal.SIGTERM)
+    assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
+                                 dead_ref, parts)
+
+
+@pytest.mark.slow
+def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path):
+    """Every client reaches the broker through a proxy (the broker advertises it); the test cuts all
+    connections for 30 s while a wave of ticks is being processed."""
+    from pipeline.broker import EmbeddedBroker, free_port
+    from tests.integration.proxy import TcpProxy
+
+    broker_port = free_port()
+    proxy = TcpProxy("127.0.0.1", broker_port)
+    broker = EmbeddedBroker(port=broker_port, advertised=proxy.address)
+    broker.start()
+    try:
+        bootstrap = proxy.address
+        u = uuid.uuid4().hex[:8]
+        tin, tout, dlq, group = f"cut-in-{u}", f"cut-out-{u}", f"cut-dlq-{u}", f"cut-g-{u}"
+        create_topics(bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
+        messages = tick_messages(generate_ticks(12, 3000, seed=41, bad_fraction=0.005))
+        store = tmp_path / "ckpt"
+        run = RunProcess.start(bootstrap, str(bundle.path), tin, tout, dlq, group, *_run_args(store, f"tx-{u}"),
+                               "--request-timeout-ms", "5000")
+        try:
+            produce(bootstrap, tin, messages[:1000])
+            _wait_drained(bootstrap, tout, 900, timeout=90)
+            produce(bootstrap, tin, messages[1000:2000])
+            proxy.sever()
+            time.sleep(30)
+            proxy.heal()
+            produce(bootstrap, tin, messages[2000:])
+            inputs = read_topic(bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
+            assert len(inputs) == len(messages)
+            forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
+            _wait_drained(bootstrap, tout, len(forecasts_ref), timeout=180)
+            time.sleep(2)
+            assert run.proc.poll() is None, "the operator exited instead of riding out the outage"
+            assert run.metric("tickcast_broker_errors_total") > 0, "the outage went unnoticed"
+        finally:
+            assert run.stop(signal.SIGTERM) == 0
+        assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
+                                     dead_ref)
+    finally:
+        broker.stop()
+        proxy.close()
