@@ -106,6 +106,52 @@ class PublishTimeout(Exception):
     """Forecasts could not be acknowledged before shutdown gave up."""
 
 
+class StallWatch:
+    """Says so, in a log line and in metrics, when a broker call has been waiting longer than ``after_s``.
+
+    kafka-python retries through an outage inside a blocking call (flush, commit, transaction commit), so the
+    outage would otherwise be silent until the call returns.
+    """
+
+    def __init__(self, metrics: Metrics, after_s: float = 5.0):
+        self.metrics = metrics
+        self.after_s = after_s
+        self._op: str | None = None
+        self._since = 0.0
+        self._flagged = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watch, daemon=True, name="stall-watch").start()
+
+    def __call__(self, operation: str) -> "StallWatch":
+        with self._lock:
+            self._op, self._since, self._flagged = operation, time.monotonic(), False
+        return self
+
+    def __enter__(self) -> "StallWatch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            op, flagged, waited = self._op, self._flagged, time.monotonic() - self._since
+            self._op = None
+        if flagged:
+            log.warning("broker answering again", extra={"operation": op, "waited_s": round(waited, 1)})
+            self.metrics.broker_up.set(1 if exc[0] is None else 0)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self._lock:
+                op, since, flagged = self._op, self._since, self._flagged
+                if op is None or flagged or time.monotonic() - since < self.after_s:
+                    continue
+                self._flagged = True
+            self.metrics.broker_up.set(0)
+            self.metrics.broker_errors.labels(f"{op}_stalled").inc()
+            log.warning("broker not answering; still waiting, nothing is skipped",
+                        extra={"operation": op, "waiting_s": round(time.monotonic() - since, 1)})
+
+
 class FatalError(Exception):
     """The run cannot go on (fenced producer, incompatible checkpoint); the message says why."""
 
@@ -144,6 +190,7 @@ class Runner:
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") if self.store else None
         self._pending_write: Future | None = None
         self._transactional = config.processing == "exactly_once"
+        self._stall = StallWatch(metrics)
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
                                  "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden)})
 
@@ -573,7 +620,8 @@ class Runner:
         while pending:
             futures = [(msg, self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3])) for msg in pending]
             try:
-                self.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
+                with self._stall("publish"):
+                    self.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
             except Exception as exc:  # noqa: BLE001 - flush timeout: check futures below
                 log.warning("flush incomplete", extra={"error": repr(exc)})
             failed = []
@@ -639,12 +687,13 @@ class Runner:
         if not messages and not dead and not offsets:
             return True
         try:
-            self.producer.begin_transaction()
-            for topic, key, value, headers in self._outgoing(messages, dead, records):
-                self.producer.send(topic, key=key, value=value, headers=headers)
-            if offsets:
-                self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-            self.producer.commit_transaction()
+            with self._stall("transaction"):
+                self.producer.begin_transaction()
+                for topic, key, value, headers in self._outgoing(messages, dead, records):
+                    self.producer.send(topic, key=key, value=value, headers=headers)
+                if offsets:
+                    self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
+                self.producer.commit_transaction()
         except ProducerFencedError:
             raise FatalError("another process with the same transactional_id took over (fenced); give every "
                              "process its own transactional_id") from None
@@ -777,7 +826,8 @@ class Runner:
         backoff = 0.5
         while True:
             try:
-                self.consumer.commit(offsets)
+                with self._stall("commit"):
+                    self.consumer.commit(offsets)
                 self.stats.commits += 1
                 self.metrics.commits.inc()
                 return

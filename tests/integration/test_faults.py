@@ -370,6 +370,7 @@ def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path
             time.sleep(2)
             assert run.proc.poll() is None, "the operator exited instead of riding out the outage"
             assert run.metric("tickcast_broker_errors_total") > 0, "the outage went unnoticed"
+            assert any(ln.get("event") == "broker not answering; still waiting, nothing is skipped" for ln in run.lines)
         finally:
             assert run.stop(signal.SIGTERM) == 0
         assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
