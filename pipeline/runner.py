@@ -427,9 +427,12 @@ class Runner:
         else:
             self.consumer.seek_to_end(tp)
         self.metrics.restores.labels("empty").inc()
-        log.warning("partition assigned with EMPTY state: its instruments start from zero state",
-                    extra={"partition": f"{tp.topic}/{tp.partition}", "committed": committed,
-                           "why": "no usable checkpoint" if self.store else "checkpoints are off (checkpoint_uri)"})
+        # Loud when state is lost (a restart or rebalance without a checkpoint); a new group starts empty anyway.
+        (log.warning if committed is not None else log.info)(
+            "partition assigned with EMPTY state: its instruments start from zero state",
+            extra={"partition": f"{tp.topic}/{tp.partition}", "committed": committed,
+                   "why": ("new group" if committed is None else
+                           "no usable checkpoint" if self.store else "checkpoints are off (checkpoint_uri)")})
 
     def _seek(self, tp: TopicPartition, start: int, emit_from: int | None) -> None:
         """Read from ``start``; records before ``emit_from`` only update state."""
