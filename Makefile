@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench setup clean
+.PHONY: demo test test-fast bench setup clean lock
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,14 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/tickcast bench operator --json docs/bench-operator.json
+
+# Re-pin the image's runtime dependencies (deploy/requirements.lock) from a clean virtualenv.
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv && .lockvenv/bin/pip install --quiet .
+	{ printf '# Pinned runtime dependencies of the tickcast image (deploy/Dockerfile), Python 3.11, linux x86_64.\n'; \
+	  printf '# Refresh: make lock   (a clean venv, pip install ., pip freeze; review the diff, then rebuild the image)\n'; \
+	  .lockvenv/bin/pip freeze --exclude tickcast; } > deploy/requirements.lock
+	rm -rf .lockvenv
 
 clean:
 	rm -rf .demo .pytest_cache .hypothesis

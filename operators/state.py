@@ -18,6 +18,7 @@ from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 
 NO_TS = np.iinfo(np.int64).min
 
@@ -217,6 +218,22 @@ class StateTable:
         n = self.n_rows
         take = np.flatnonzero(self.column("partition")[:n] == partition)
         return self.to_arrow().take(pa.array(take, type=pa.int64()))
+
+    def check_rows(self, table: pa.Table) -> None:
+        """Raise ValueError unless ``table`` has exactly this table's columns, types and state shape."""
+        want = self.arrow_schema()
+        got = table.schema
+        if [(f.name, f.type) for f in got] != [(f.name, f.type) for f in want]:
+            raise ValueError(f"state columns {[f'{f.name}:{f.type}' for f in got]} do not match this model's "
+                             f"{[f'{f.name}:{f.type}' for f in want]}")
+        meta = got.metadata or {}
+        for key in (b"layers", b"hidden"):
+            if meta.get(key) != want.metadata[key]:
+                raise ValueError(f"state {key.decode()} {meta.get(key)!r} does not match this model's "
+                                 f"{want.metadata[key]!r}")
+        names = table.column("instrument")
+        if names.null_count or len(pa.compute.unique(names)) != len(names):
+            raise ValueError("state rows have missing or repeated instruments")
 
     def drop_partition(self, partition: int) -> int:
         """Remove every row of ``partition``; returns how many."""

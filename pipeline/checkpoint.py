@@ -192,14 +192,17 @@ class CheckpointStore:
         return Loaded(manifest, state)
 
     def latest(self, topic: str, partition: int, max_offset: int | None = None,
-               problems: list[Problem] | None = None) -> Loaded | None:
+               problems: list[Problem] | None = None, validate=None) -> Loaded | None:
         """The newest valid checkpoint of a partition (at most ``max_offset``), or None.
 
-        Unusable checkpoints on the way are logged and appended to ``problems``.
+        ``validate(table)`` may refuse a checkpoint's contents by raising ValueError (e.g. a schema this
+        build cannot serve). Unusable checkpoints on the way are logged and appended to ``problems``.
         """
         for path in reversed(self._manifest_paths(self._dir(topic, partition))):
             try:
                 loaded = self.load(path)
+                if validate is not None:
+                    validate(loaded.state)
             except ValueError as exc:
                 log.warning("skipping unusable checkpoint", extra={"path": path, "reason": str(exc)})
                 if problems is not None:

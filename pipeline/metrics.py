@@ -108,6 +108,18 @@ class Metrics:
                                       namespace=ns, registry=r)
         self.transactions = Counter("transactions", "exactly_once: Kafka transactions, by result", ["result"],
                                     namespace=ns, registry=r)
+        # Known label values start at 0, so rate() and the dashboard see a series before the first event.
+        from operators.validation import RejectReason  # noqa: PLC0415
+        from pipeline.ticks import DecodeReason  # noqa: PLC0415
+
+        for reason in [r.value for r in DecodeReason] + [r.label for r in RejectReason if r != RejectReason.OK]:
+            self.dead_letters.labels(reason)
+        for result in ("ok", "failed"):
+            self.checkpoint_writes.labels(result)
+        for result in ("committed", "aborted"):
+            self.transactions.labels(result)
+        for source in ("checkpoint", "warmup", "replay_from_start", "empty"):
+            self.restores.labels(source)
         self.model_info = Info("model", "The model bundle being served", namespace=ns, registry=r)
         self.start_time = Gauge("start_time_seconds", "Unix time the run started", namespace=ns, registry=r)
         self.start_time.set_to_current_time()

@@ -341,6 +341,8 @@ class Runner:
         self._revoked -= set(partitions)
         self._to_restore |= set(partitions)
         self.metrics.assigned_partitions.set(len(self._assigned))
+        if not self._to_restore:  # nothing to restore (an idle member of a group with few partitions): ready
+            self.metrics.ready = True
 
     def _restore_assigned(self) -> None:
         pending, self._to_restore = sorted(self._to_restore & self._assigned), set()
@@ -372,7 +374,8 @@ class Runner:
                      extra={"partition": f"{tp.topic}/{tp.partition}"})
         elif self.store is not None:
             problems: list[Problem] = []
-            loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems)
+            loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems,
+                                       validate=self.forecaster.state.check_rows)
             for _ in problems:
                 self.metrics.checkpoint_load_failures.inc()
             if loaded is not None and loaded.manifest.model_version != self.bundle.model_version:

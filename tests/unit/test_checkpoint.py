@@ -155,3 +155,23 @@ def test_bad_uri_and_keep_are_one_line_errors():
         CheckpointStore("/tmp/x", keep=0)
     with pytest.raises(CheckpointError, match="nosuchscheme"):
         CheckpointStore("nosuchscheme://bucket/x")
+
+
+def test_tampered_checkpoint_with_a_valid_checksum_is_refused_not_used(tmp_path, bundle, bundle2, state):
+    """Someone rewrites a checkpoint and its manifest consistently, but the rows do not fit the model:
+    the schema check refuses it and recovery falls back to the older good one."""
+    from operators.state import StateTable
+
+    store = CheckpointStore(str(tmp_path))
+    _write(store, state, 100)
+    other = Forecaster(bundle2)
+    other.step(generate_ticks(5, 300, seed=1, bad_fraction=0.0))
+    _write(store, other.export_partition(0), 200)  # 2 layers: not this 1-layer model's state
+    renamed = state.rename_columns([c if c != "h0" else "payload" for c in state.column_names])
+    _write(store, renamed, 300)
+
+    check = StateTable(Forecaster(bundle).state.shape).check_rows
+    problems: list[Problem] = []
+    got = store.latest("ticks", 0, problems=problems, validate=check)
+    assert got.manifest.offset == 100
+    assert len(problems) == 2 and all("do not match this model" in p.reason for p in problems)

