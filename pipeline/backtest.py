@@ -45,7 +45,11 @@ def run_backtest(
     source_name: str = "",
     plots: bool = True,
     progress: bool = True,
+    undecodable: pa.Table | None = None,
 ) -> BacktestResult:
+    """``ticks`` may carry ``partition`` and ``offset`` (a topic backtest): the state is kept per partition as
+    live, and both columns are copied into forecasts.parquet. ``undecodable``: messages of a topic that were
+    not ticks (partition, offset, reason, detail), counted and written to undecodable.parquet."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     forecaster = Forecaster(bundle, config)
@@ -67,6 +71,13 @@ def run_backtest(
             sink.add(batch.ticks, batch.first_seq, result.rows, result.forecasts, bad, labels)
             bar.update(batch.ticks.num_rows)
     forecasts = sink.forecasts()
+    for name in ("partition", "offset"):
+        if name in ticks.column_names:
+            forecasts = forecasts.append_column(name, ticks.column(name).take(forecasts.column("seq")))
+    if undecodable is not None:
+        for reason in undecodable.column("reason").to_pylist():
+            rejected[reason] = rejected.get(reason, 0) + 1
+        write_parquet(undecodable, out / "undecodable.parquet")
     realized = realized_returns(forecasts, bundle.horizon)
     forecasts = forecasts.append_column("realized", pa.array(realized, type=pa.float64(), from_pandas=True))
     write_parquet(forecasts, out / "forecasts.parquet")

@@ -19,8 +19,15 @@ def _env_default(name: str, default):
     return os.environ.get(f"TICKCAST_{name}", default)
 
 
-def _add_input_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--input", required=True, help="tick file or directory (Parquet, CSV, or a vendor layout)")
+def _add_input_args(p: argparse.ArgumentParser, topic: bool = True) -> None:
+    p.add_argument("--input", default=None, required=not topic,
+                   help="tick file or directory (Parquet, CSV, or a vendor layout)")
+    if topic:
+        p.add_argument("--topic", default=None,
+                       help="read ticks from this Kafka topic instead (manual assignment: no group, no commits); "
+                            "--from/--to select by record timestamp")
+        p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
+                       help="Kafka for --topic [env: TICKCAST_BOOTSTRAP_SERVERS] (default: localhost:9092)")
     p.add_argument("--format", default="auto",
                    help="input format: auto, parquet, csv, lean-equity, lean-fx, lobster, binance-gz, nautilus "
                         "(default: auto, from the path)")
@@ -50,6 +57,11 @@ def _load_input(args: argparse.Namespace):
 
     from pipeline.formats import read_ticks  # noqa: PLC0415
 
+    if getattr(args, "source_is_topic", True) and (args.input is None) == (getattr(args, "topic", None) is None):
+        raise ConfigError("give exactly one of --input FILE and --topic TOPIC")
+    if getattr(args, "source_is_topic", True) and args.topic is not None:
+        return _load_topic(args)
+
     table = read_ticks(args.input, args.format, parse_mapping(args.map), instrument=args.instrument,
                        price_scale=args.price_scale, ts_unit=args.ts_unit)
     lo, hi = _parse_time_ns(args.time_from, "--from"), _parse_time_ns(args.time_to, "--to")
@@ -61,6 +73,27 @@ def _load_input(args: argparse.Namespace):
     if table.num_rows == 0:
         raise ConfigError(f"no ticks in {args.input} for the given --from/--to; widen the range")
     return table
+
+
+def _load_topic(args: argparse.Namespace):
+    from kafka.errors import KafkaError  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from pipeline.topics import read_topic_range  # noqa: PLC0415
+
+    lo, hi = _parse_time_ns(args.time_from, "--from"), _parse_time_ns(args.time_to, "--to")
+    with tqdm(unit="msg", unit_scale=True, desc=f"reading {args.topic}", disable=getattr(args, "quiet", False),
+              mininterval=0.5) as bar:
+        try:
+            got = read_topic_range(args.bootstrap_servers, args.topic, None if lo is None else lo // 1_000_000,
+                                   None if hi is None else hi // 1_000_000, progress=bar.update)
+        except KafkaError as exc:
+            raise ConfigError(f"cannot read {args.topic} from {args.bootstrap_servers}: {exc}; is Kafka "
+                              "running and the address right?") from None
+    if got.ticks.num_rows == 0 and got.rejected.num_rows == 0:
+        raise ConfigError(f"no records in {args.topic} for the given --from/--to; widen the range")
+    args.topic_rejected = got.rejected
+    return got.ticks
 
 
 def _forecaster_config(args: argparse.Namespace):
@@ -108,8 +141,11 @@ def cmd_backtest(args: argparse.Namespace) -> int:
     config = _forecaster_config(args)
     bundle = load_bundle(args.model)
     ticks = _load_input(args)
+    source = str(args.input) if args.input else f"kafka://{args.bootstrap_servers}/{args.topic}" + (
+        f"[{args.time_from or ''}, {args.time_to or ''})" if args.time_from or args.time_to else "")
     result = run_backtest(ticks, bundle, args.out, max_batch_ticks=args.max_batch_ticks, config=config,
-                          source_name=str(args.input), plots=not args.no_plots, progress=not args.quiet)
+                          source_name=source, plots=not args.no_plots, progress=not args.quiet,
+                          undecodable=getattr(args, "topic_rejected", None))
     print(format_summary(result.summary, result.out_dir))
     return 0
 
@@ -514,8 +550,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("replay", help="publish a tick file to a topic, paced by event time")
-    _add_input_args(p)
-    p.add_argument("--topic", required=True)
+    _add_input_args(p, topic=False)
+    p.add_argument("--topic", required=True, help="topic to publish to")
+    p.set_defaults(source_is_topic=False)
     p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
                    help="Kafka bootstrap servers [env: TICKCAST_BOOTSTRAP_SERVERS] (default: localhost:9092)")
     p.add_argument("--speed", type=float, default=1.0,

@@ -46,6 +46,7 @@ from pipeline.config import ConfigError, RunConfig, parse_duration_ns
 from pipeline.metrics import Metrics
 from pipeline.scoring import OnlineScorer
 from pipeline.ticks import decode_batch
+from pipeline.topics import first_offsets_at
 
 log = logs.get("run")
 _OPERATOR_LABELS = {int(r): r.label for r in RejectReason}
@@ -452,11 +453,14 @@ class Runner:
         if committed == 0:
             return None
         window_ms = parse_duration_ns(self.cfg.warmup, "warmup") // 1_000_000
-        found = self.consumer.offsets_for_times({tp: self._started_ms - window_ms}).get(tp)
-        # Past the end some brokers answer timestamp -1 instead of "no offset": nothing to warm up from.
-        if found is None or found.timestamp == -1 or (committed is not None and found.offset >= committed):
+        probe = KafkaConsumer(group_id=None, enable_auto_commit=False, **self._client_options())
+        try:  # a separate consumer: the group's own cannot be assigned partitions by hand
+            found = first_offsets_at(probe, [tp], self._started_ms - window_ms).get(tp)
+        finally:
+            probe.close(autocommit=False)
+        if found is None or (committed is not None and found >= committed):
             return None
-        return found.offset, committed
+        return found, committed
 
     def _partition_id(self, topic: str, partition: int) -> int:
         return (self.cfg.input_topics.index(topic) << _TOPIC_SHIFT) | partition
