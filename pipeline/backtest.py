@@ -4,6 +4,8 @@ Outputs in ``OUT_DIR``:
 - ``forecasts.parquet``: instrument, ts, seq, price, forecast, realized
 - ``rejected.parquet``: seq, reason (ticks the operator refused)
 - ``summary.json``: scores of the model and of the random walk (see ``pipeline.report``)
+- ``per_instrument.parquet``, ``per_hour.parquet``: the same scores broken down
+- ``report.html``: headline table with bootstrap intervals, plots, breakdowns (see ``pipeline.analysis``)
 - ``plots/*.png``
 """
 
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.model import Bundle
 from operators.validation import RejectReason
+from pipeline.analysis import bootstrap_scores, breakdown, write_report
 from pipeline.report import plot_backtest, realized_returns, score
 from pipeline.sinks import ForecastCollector, write_parquet
 from pipeline.sources import TableSource
@@ -106,8 +109,12 @@ def run_backtest(
         "r2_vs_random_walk": r2,
         "elapsed_seconds": round(elapsed, 3),
         "operator_ticks_per_second": round(ticks.num_rows / step_seconds, 1) if step_seconds else None,
+        "confidence": bootstrap_scores(f, realized),
     }
+    write_parquet(breakdown(forecasts, "instrument"), out / "per_instrument.parquet")
+    write_parquet(breakdown(forecasts, "hour"), out / "per_hour.parquet")
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if plots:
         plot_backtest(forecasts, out / "plots", title=source_name or "backtest")
+        write_report(out)
     return BacktestResult(out, summary, forecasts)

@@ -125,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"  epoch {epoch + 1}/{cfg.epochs} loss={logs.get('loss', float('nan')):.4f}{val} "
               f"({time.perf_counter() - started:.0f}s)", file=sys.stderr)
 
-    bundle = train(ticks, cfg, source=str(args.input), on_epoch=on_epoch)
+    source = str(args.input) if args.input else f"kafka://{args.bootstrap_servers}/{args.topic}"
+    bundle = train(ticks, cfg, source=source, on_epoch=on_epoch)
     path = save_bundle(bundle, args.out)
     print(f"model {bundle.model_version} written to {path} in {time.perf_counter() - started:.1f}s "
           f"({bundle.training['valid_ticks']:,} valid ticks, {bundle.training['instruments']} instruments)")
@@ -167,7 +168,7 @@ def format_summary(s: dict, out_dir: Path) -> str:
         f"  {'model':14}{f(m['mae']):>11}{f(m['rmse']):>11}{f(m['hit_rate'], '.3f'):>10}{f(m['ic'], '.3f'):>8}",
         f"  {'random walk':14}{f(rw['mae']):>11}{f(rw['rmse']):>11}{'-':>10}{'-':>8}",
         f"  R^2 vs random walk: {f(r2, '+.4f')}   operator speed: {f(s['operator_ticks_per_second'], ',.0f')} ticks/s",
-        f"  outputs: {out_dir}/forecasts.parquet, summary.json, plots/",
+        f"  outputs: {out_dir}/report.html, forecasts.parquet, summary.json, per_instrument.parquet, plots/",
     ]
     return "\n".join(lines)
 
@@ -401,6 +402,44 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq  # noqa: PLC0415
+
+    from pipeline.analysis import compare  # noqa: PLC0415
+
+    runs = []
+    for d in (args.run_a, args.run_b):
+        path = Path(d) / "forecasts.parquet"
+        if not path.is_file():
+            raise ConfigError(f"{d} holds no forecasts.parquet; give two `tickcast backtest --out` directories")
+        runs.append((pq.read_table(path), json.loads((Path(d) / "summary.json").read_text())))
+    try:
+        c = compare(runs[0][0], runs[1][0])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    result = {"a": {"dir": args.run_a, "model_version": runs[0][1].get("model_version")},
+              "b": {"dir": args.run_b, "model_version": runs[1][1].get("model_version")}, **c.to_dict()}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"A: {args.run_a} (model {result['a']['model_version']})")
+    print(f"B: {args.run_b} (model {result['b']['model_version']})")
+    print(f"  {c.n:,} ticks scored by both; paired, moving-block bootstrap ({c.block_ticks} ticks per block)")
+    print(f"  MAE A {c.mae_a:.4e}   MAE B {c.mae_b:.4e}")
+    print(f"  MAE(B) - MAE(A) = {c.diff:+.3e}, 95% interval [{c.ci95[0]:+.3e}, {c.ci95[1]:+.3e}], p = {c.p_value:.4f}")
+    print(f"  {c.verdict}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from pipeline.analysis import write_report  # noqa: PLC0415
+
+    if not (Path(args.dir) / "forecasts.parquet").is_file():
+        raise ConfigError(f"{args.dir} holds no forecasts.parquet; give a `tickcast backtest --out` directory")
+    print(write_report(Path(args.dir)))
+    return 0
+
+
 def cmd_state_inspect(args: argparse.Namespace) -> int:
     from pipeline.checkpoint import CheckpointStore  # noqa: PLC0415
 
@@ -533,6 +572,17 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("file")
     pc.add_argument("--ignore-env", action="store_true", help="check the file alone, without TICKCAST_* variables")
     pc.set_defaults(func=cmd_config_check)
+
+    p = sub.add_parser("compare", help="two backtests of the same input side by side, with the significance of "
+                       "the difference (candidate model vs the live one)")
+    p.add_argument("run_a", help="backtest directory A (e.g. the live model)")
+    p.add_argument("run_b", help="backtest directory B (e.g. the candidate)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="(re)build report.html of a backtest directory from its Parquet outputs")
+    p.add_argument("dir")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("state", help="state checkpoint tools")
     ssub = p.add_subparsers(dest="state_command", required=True)
