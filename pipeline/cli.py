@@ -108,13 +108,7 @@ def _forecaster_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from operators.model import TrainConfig, save_bundle, train  # noqa: PLC0415
 
-    cfg = TrainConfig(layers=args.layers, hidden=args.hidden, horizon=args.horizon, epochs=args.epochs,
-                      window=args.window, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      max_ticks=args.max_ticks, seed=args.seed)
-    try:
-        cfg.check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    cfg = _train_config(args)
     ticks = _load_input(args)
     print(f"training on {min(ticks.num_rows, cfg.max_ticks):,} of {ticks.num_rows:,} ticks "
           f"({cfg.layers} layer(s) x {cfg.hidden}, horizon {cfg.horizon} ticks, {cfg.epochs} epochs)", file=sys.stderr)
@@ -402,6 +396,49 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_config(args: argparse.Namespace):
+    from operators.model import TrainConfig  # noqa: PLC0415
+
+    cfg = TrainConfig(layers=args.layers, hidden=args.hidden, horizon=args.horizon, epochs=args.epochs,
+                      window=args.window, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                      max_ticks=args.max_ticks, seed=args.seed)
+    try:
+        cfg.check()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return cfg
+
+
+def cmd_walkforward(args: argparse.Namespace) -> int:
+    from pipeline.walkforward import run_walkforward  # noqa: PLC0415
+
+    cfg = _train_config(args)
+    if args.folds < 1:
+        raise ConfigError(f"--folds must be >= 1, got {args.folds}")
+    ticks = _load_input(args)
+    source = str(args.input) if args.input else f"kafka://{args.bootstrap_servers}/{args.topic}"
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    try:
+        s = run_walkforward(ticks, args.folds, cfg, args.out, max_batch_ticks=args.max_batch_ticks,
+                            source_name=source, say=say)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    c = s["confidence"]
+
+    def ci(key, spec=".3e"):
+        v = c[key]
+        return f"{v['value']:{spec}} [{v['ci95'][0]:{spec}}, {v['ci95'][1]:{spec}}]" if v["ci95"] else "-"
+
+    print(f"walk-forward over {args.folds} fold(s), {s['scored']:,} out-of-sample ticks scored")
+    print(f"  MAE model          {ci('mae')}")
+    print(f"  MAE random walk    {ci('mae_random_walk')}")
+    print(f"  MAE model - rw     {ci('mae_minus_random_walk', '+.3e')}")
+    print(f"  R^2 vs random walk {ci('r2_vs_random_walk', '+.4f')}")
+    print(f"  hit rate           {ci('hit_rate', '.4f')}   IC {c['ic']['value']:.4f}")
+    print(f"  report: {Path(args.out) / 'report.html'}; per fold: {Path(args.out) / 'folds.parquet'}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
@@ -531,9 +568,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tickcast", description="Streaming LSTM forecasts over tick data.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a model bundle on a tick file")
+    p = sub.add_parser("train", help="train a model bundle on a tick file or a topic's time range")
     _add_input_args(p)
     p.add_argument("--out", required=True, help="model bundle directory to write")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("walkforward", help="train on window k, backtest on window k+1, roll; one report")
+    _add_input_args(p)
+    p.add_argument("--out", required=True, help="output directory (a model and a backtest per fold, pooled report)")
+    p.add_argument("--folds", type=int, default=3, help="test windows; the data is cut into folds+1 equal time "
+                   "windows (default: 3)")
+    p.add_argument("--max-batch-ticks", type=int, default=10_000, help="ticks per micro-batch (default: 10000)")
+    _add_train_args(p)
+    p.set_defaults(func=cmd_walkforward)
+    _add_later_parsers(sub)
+    return parser
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int, default=1, help="LSTM layers (default: 1)")
     p.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default: 32)")
     p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
@@ -544,8 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-ticks", type=int, default=400_000,
                    help="train on at most this many ticks, the first in the file (default: 400000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.set_defaults(func=cmd_train)
 
+
+def _add_later_parsers(sub) -> None:
     p = sub.add_parser("backtest", help="stream a tick file through the operator and score the forecasts")
     _add_input_args(p)
     p.add_argument("--model", required=True, help="model bundle directory (from `tickcast train`)")
@@ -641,7 +695,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bootstrap-servers", default=None,
                    help="e2e: use this Kafka instead of the embedded broker")
     p.set_defaults(func=cmd_bench)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

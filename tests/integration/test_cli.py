@@ -128,3 +128,35 @@ def test_state_inspect_reports_partitions_and_unusable_checkpoints(tmp_path, bun
 
     empty = tickcast("state", "inspect", str(tmp_path / "nothing"), check=False)
     assert empty.returncode == 1 and "no checkpoints" in empty.stdout
+
+
+def test_walkforward_and_compare(tmp_path):
+    ticks = tmp_path / "ticks.parquet"
+    write_parquet(generate_ticks(6, 9000, seed=8, bad_fraction=0.0), ticks)
+    wf = tmp_path / "wf"
+    out = tickcast("walkforward", "--input", str(ticks), "--folds", "2", "--epochs", "1", "--hidden", "8",
+                   "--out", str(wf)).stdout
+    assert "walk-forward over 2 fold(s)" in out and "MAE model - rw" in out
+    folds = pq.read_table(wf / "folds.parquet").to_pylist()
+    assert [f["fold"] for f in folds] == [1, 2] and all(f["test_ticks"] > 0 for f in folds)
+    assert folds[0]["test_from_ns"] == folds[1]["train_from_ns"], "fold 2 trains on fold 1's test window"
+    pooled = pq.read_table(wf / "forecasts.parquet")
+    assert sorted(set(pooled.column("fold").to_pylist())) == [1, 2]
+    assert pooled.num_rows == sum(pq.read_table(wf / f"fold{k}" / "forecasts.parquet").num_rows for k in (1, 2))
+    assert (wf / "report.html").stat().st_size > 10_000
+
+    # The two folds' models on the same test window: compare says something, in one line per fact.
+    test = tmp_path / "test.parquet"
+    write_parquet(generate_ticks(6, 3000, seed=9, bad_fraction=0.0), test)
+    runs = []
+    for k in (1, 2):
+        runs.append(tmp_path / f"bt{k}")
+        tickcast("backtest", "--input", str(test), "--model", str(wf / f"fold{k}" / "model"), "--out", str(runs[-1]),
+                 "--quiet", "--no-plots")
+    res = json.loads(tickcast("compare", str(runs[0]), str(runs[1]), "--json").stdout)
+    assert res["n"] > 2000 and res["ci95"][0] <= res["mae_b_minus_a"] <= res["ci95"][1]
+    assert res["verdict"].split()[0] in ("A", "B", "no")
+    same = json.loads(tickcast("compare", str(runs[0]), str(runs[0]), "--json").stdout)
+    assert same["mae_b_minus_a"] == 0 and same["verdict"].startswith("no significant")
+    bad = tickcast("compare", str(runs[0]), str(tmp_path), check=False)
+    assert bad.returncode == 2 and "holds no forecasts.parquet" in bad.stderr
