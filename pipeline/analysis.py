@@ -98,17 +98,24 @@ def breakdown(forecasts: pa.Table, by: str) -> pa.Table:
     """Scores per instrument (``by="instrument"``) or per UTC hour of day (``by="hour"``)."""
     t = _scored(forecasts)
     if by == "hour":
-        keys = (t.column("ts").to_numpy() // 3_600_000_000_000) % 24
+        codes = (t.column("ts").to_numpy() // 3_600_000_000_000) % 24
+        labels = None
     else:
-        keys = np.asarray(t.column(by).to_pylist(), dtype=object)
+        enc = t.column(by).combine_chunks().dictionary_encode()
+        codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        labels = enc.dictionary.to_pylist()
     f, r = t.column("forecast").to_numpy(), t.column("realized").to_numpy()
+    order = np.argsort(codes, kind="stable")  # groups become contiguous slices, input order kept inside
+    codes, f, r = codes[order], f[order], r[order]
+    bounds = np.flatnonzero(np.diff(codes, prepend=-1, append=-2))
     rows = []
-    for key in sorted(set(keys.tolist())):
-        m = keys == key
-        s, rw = score(f[m], r[m]), score(np.zeros(int(m.sum())), r[m])
+    for a, b in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        s, rw = score(f[a:b], r[a:b]), score(np.zeros(b - a), r[a:b])
+        key = int(codes[a]) if labels is None else labels[codes[a]]
         rows.append({by: key, "n": s.n, "mae": s.mae, "mae_random_walk": rw.mae,
                      "mae_ratio": (s.mae / rw.mae) if s.mae is not None and rw.mae else None,
                      "rmse": s.rmse, "rmse_random_walk": rw.rmse, "hit_rate": s.hit_rate, "ic": s.ic})
+    rows.sort(key=lambda row: row[by])
     return pa.Table.from_pylist(rows)
 
 

@@ -303,6 +303,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
         results = bench_operator(quick=args.quick, batch_ticks=args.batch_ticks)
+    elif args.what == "backtest":
+        from benchmarks.backtest import run as bench_backtest  # noqa: PLC0415
+        from pipeline import logs  # noqa: PLC0415
+
+        logs.configure("text", "warning")
+        results = bench_backtest(100_000 if args.quick else 300_000)
     elif args.what == "checkpoint":
         from benchmarks.checkpoint import exactly_once_cost  # noqa: PLC0415
         from benchmarks.checkpoint import run as bench_checkpoint  # noqa: PLC0415
@@ -684,7 +690,7 @@ def _add_later_parsers(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator", "e2e", "checkpoint"], help="which benchmark")
+    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest"], help="which benchmark")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
     p.add_argument("--batch-ticks", type=int, default=10_000,
