@@ -105,3 +105,13 @@ def test_topic_backtest_equals_the_live_pipeline_and_leaves_its_group_alone(kafk
     tickcast("backtest", "--topic", topic, "--bootstrap-servers", kafka_bootstrap, "--model", str(bundle.path),
              "--out", str(again), "--no-plots", "--quiet", "--max-batch-ticks", "50")
     assert (again / "forecasts.parquet").read_bytes() == (runs[0] / "forecasts.parquet").read_bytes()
+
+
+def test_train_from_a_topics_time_range(kafka_bootstrap, three_days, tmp_path):
+    topic, _ = three_days
+    out = tmp_path / "model"
+    proc = tickcast("train", "--topic", topic, "--bootstrap-servers", kafka_bootstrap, "--from", "2026-03-02",
+                    "--to", "2026-03-03", "--epochs", "1", "--hidden", "8", "--window", "32", "--out", str(out))
+    assert "training on 800 of 800 ticks" in proc.stderr
+    meta = json.loads((out / "bundle.json").read_text())
+    assert f"kafka://{kafka_bootstrap}/{topic}" in json.dumps(meta)
