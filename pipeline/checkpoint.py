@@ -195,14 +195,14 @@ class CheckpointStore:
                problems: list[Problem] | None = None, validate=None) -> Loaded | None:
         """The newest valid checkpoint of a partition (at most ``max_offset``), or None.
 
-        ``validate(table)`` may refuse a checkpoint's contents by raising ValueError (e.g. a schema this
-        build cannot serve). Unusable checkpoints on the way are logged and appended to ``problems``.
+        ``validate(loaded)`` may refuse a checkpoint by raising ValueError (e.g. rows this model cannot
+        serve). Unusable checkpoints on the way are logged and appended to ``problems``.
         """
         for path in reversed(self._manifest_paths(self._dir(topic, partition))):
             try:
                 loaded = self.load(path)
                 if validate is not None:
-                    validate(loaded.state)
+                    validate(loaded)
             except ValueError as exc:
                 log.warning("skipping unusable checkpoint", extra={"path": path, "reason": str(exc)})
                 if problems is not None:

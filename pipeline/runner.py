@@ -376,7 +376,7 @@ class Runner:
         elif self.store is not None:
             problems: list[Problem] = []
             loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems,
-                                       validate=self.forecaster.state.check_rows)
+                                       validate=self._usable)
             for _ in problems:
                 self.metrics.checkpoint_load_failures.inc()
             if loaded is not None and loaded.manifest.model_version != self.bundle.model_version:
@@ -437,6 +437,12 @@ class Runner:
             extra={"partition": f"{tp.topic}/{tp.partition}", "committed": committed,
                    "why": ("new group" if committed is None else
                            "no usable checkpoint" if self.store else "checkpoints are off (checkpoint_uri)")})
+
+    def _usable(self, loaded) -> None:
+        """Rows this model can serve. Another model's checkpoint passes here: the caller refuses it by name
+        (on_model_change) instead of silently skipping it."""
+        if loaded.manifest.model_version == self.bundle.model_version:
+            self.forecaster.state.check_rows(loaded.state)
 
     def _seek(self, tp: TopicPartition, start: int, emit_from: int | None) -> None:
         """Read from ``start``; records before ``emit_from`` only update state."""

@@ -170,7 +170,11 @@ def test_tampered_checkpoint_with_a_valid_checksum_is_refused_not_used(tmp_path,
     renamed = state.rename_columns([c if c != "h0" else "payload" for c in state.column_names])
     _write(store, renamed, 300)
 
-    check = StateTable(Forecaster(bundle).state.shape).check_rows
+    table = StateTable(Forecaster(bundle).state.shape)
+
+    def check(loaded):
+        table.check_rows(loaded.state)
+
     problems: list[Problem] = []
     got = store.latest("ticks", 0, problems=problems, validate=check)
     assert got.manifest.offset == 100
