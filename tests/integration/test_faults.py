@@ -168,12 +168,16 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap,
                                  dead_ref)
 
 
-@pytest.mark.parametrize("damage", ["corrupt", "truncate", "delete"])
-def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundle, tmp_path, damage):
+DAMAGES = ("corrupt", "truncate", "delete")  # one per partition, all in one run
+
+
+def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundle, tmp_path):
+    """Partition p's newest checkpoint is corrupted, truncated or deleted (DAMAGES[p]); each falls back."""
     u = uuid.uuid4().hex[:8]
+    parts = len(DAMAGES)
     tin, tout, dlq, group = f"dmg-in-{u}", f"dmg-out-{u}", f"dmg-dlq-{u}", f"dmg-g-{u}"
-    create_topics(kafka_bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
-    messages = tick_messages(generate_ticks(10, 1800, seed=11, bad_fraction=0.0))
+    create_topics(kafka_bootstrap, {tin: parts, tout: 1, dlq: 1})
+    messages = tick_messages(generate_ticks(15, 1800, seed=11, bad_fraction=0.0))
     store = tmp_path / "ckpt"
     args = _run_args(store, f"tx-{u}", "--checkpoint-every-batches", "1")
     first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
@@ -186,8 +190,9 @@ def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundl
     finally:
         assert first.stop(signal.SIGTERM) == 0
     # Damage the newest checkpoint of every partition (the one written at shutdown).
-    for p in range(PARTITIONS):
+    for p, damage in enumerate(DAMAGES):
         folder = store / group / tin / str(p)
+        assert len({f.name.split("-")[0] for f in folder.glob("*.arrow")}) >= 2, f"partition {p}: one checkpoint"
         newest = sorted(folder.glob("*.arrow"))[-1]
         if damage == "corrupt":
             raw = bytearray(newest.read_bytes())
@@ -200,17 +205,17 @@ def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundl
     second = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
     try:
         restored = [second.wait_for("partition restored from checkpoint", partition=f"{tin}/{p}")
-                    for p in range(PARTITIONS)]
+                    for p in range(parts)]
         assert all(r["replay"] > 0 for r in restored), "fell back to an older checkpoint and replayed"
         produce(kafka_bootstrap, tin, messages[1200:])
-        inputs = read_topic(kafka_bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
-        forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
+        inputs = read_topic(kafka_bootstrap, tin, parts, committed_only=False, timeout=3)
+        forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, parts)
         _wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
-        assert second.metric("tickcast_checkpoint_load_failures_total") == PARTITIONS
+        assert second.metric("tickcast_checkpoint_load_failures_total") == parts
     finally:
         assert second.stop(signal.SIGTERM) == 0
     assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
-                                 dead_ref)
+                                 dead_ref, parts)
 
 
 def test_unwritable_store_keeps_processing_and_recovers(kafka_bootstrap, bundle, tmp_path):
