@@ -51,7 +51,7 @@ def run(sizes=(10_000, 100_000, 1_000_000), printer=print) -> dict:
     from benchmarks.operator import _bundle  # noqa: PLC0415
 
     bundle = _bundle(1, 64)
-    printer(f"checkpoint benchmark: hidden 64, 1 layer, one partition, local directory, best of 3")
+    printer("checkpoint benchmark: hidden 64, 1 layer, one partition, local directory, best of 3")
     printer(f"{'instruments':>12} {'snapshot':>10} {'write':>10} {'load':>10} {'import':>10} {'size':>10} "
             f"{'B/instr':>8}")
     rows = []

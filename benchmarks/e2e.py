@@ -75,21 +75,9 @@ def measure_ceiling(bootstrap: str, topic: str, n: int, batch: int) -> float:
 
 def measure_producer(bootstrap: str, topic: str, n: int) -> float:
     """kafka-python's own send+acknowledge rate for forecast-sized messages, producer set up as the runner's."""
-    from pipeline.runner import CachingPartitioner  # noqa: PLC0415
+    from benchmarks.producers import _messages, kafka_python  # noqa: PLC0415
 
-    p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, max_in_flight_requests_per_connection=1,
-                      batch_size=256 * 1024, partitioner=CachingPartitioner())
-    msgs = [(f"SYM{i % 1000:04d}".encode(),
-             (f'{{"v":1,"model_version":"0123456789ab","horizon_ticks":10,"instrument":"SYM{i % 1000:04d}",'
-              f'"ts":{1_700_000_000_000_000_000 + i},"forecast":{1.2345e-5 * (i % 7)!r},"topic":"in",'
-              f'"partition":0,"offset":{i}}}').encode()) for i in range(n)]
-    started = time.perf_counter()
-    for k, v in msgs:
-        p.send(topic, key=k, value=v)
-    p.flush()
-    elapsed = time.perf_counter() - started
-    p.close()
-    return n / elapsed
+    return 1.0 / kafka_python(bootstrap, topic, _messages(n))
 
 
 def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode: str, batch: int) -> Runner:

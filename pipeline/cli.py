@@ -106,7 +106,7 @@ def _forecaster_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from operators.model import TrainConfig, save_bundle, train  # noqa: PLC0415
+    from operators.model import save_bundle, train  # noqa: PLC0415
 
     cfg = _train_config(args)
     ticks = _load_input(args)

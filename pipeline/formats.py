@@ -78,7 +78,6 @@ def combine(tables: list[pa.Table]) -> pa.Table:
 
 def detect_format(path: str | Path) -> str:
     p = Path(path)
-    text = str(p).lower()
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file())
         for f in files:

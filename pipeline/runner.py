@@ -28,11 +28,11 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from concurrent.futures import Future, ThreadPoolExecutor
+
 import numpy as np
 import pyarrow as pa
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from concurrent.futures import Future, ThreadPoolExecutor
-
 from kafka.errors import CommitFailedError, KafkaError, ProducerFencedError
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -42,7 +42,7 @@ from operators.model import Bundle
 from operators.validation import RejectReason
 from pipeline import logs
 from pipeline.checkpoint import CheckpointError, CheckpointStore, Problem
-from pipeline.config import ConfigError, RunConfig, parse_duration_ns
+from pipeline.config import RunConfig, parse_duration_ns
 from pipeline.metrics import Metrics
 from pipeline.scoring import OnlineScorer
 from pipeline.ticks import decode_batch
@@ -244,6 +244,8 @@ class Runner:
         elapsed = time.monotonic() - self.stats.started
         return {"ticks": self.stats.ticks, "forecasts": self.stats.forecasts,
                 "dead_letters": self.stats.dead_letters, "batches": self.stats.batches,
+                "replayed": self.stats.replayed, "checkpoints": self.stats.checkpoints,
+                "checkpoint_failures": self.stats.checkpoint_failures,
                 "elapsed_s": round(elapsed, 1), **{k: (round(v, 2) if v is not None else None)
                                                    for k, v in self.stats.percentiles().items()}}
 
@@ -531,12 +533,13 @@ class Runner:
         # Records a recovery replays (before the committed offset) update state and emit nothing.
         stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n) \
             if self._replay_until_ts else None
-        silent = self._silent_mask(topics, part, offs, stamps)
+        silent = self._silent_mask(pid, offs, stamps)
         t_step = time.perf_counter()
         self._dirty = True
         result = self.forecaster.step(ticks)
         self.metrics.step_seconds.observe(time.perf_counter() - t_step)
-        self._advance(topics, part, offs)
+        for tp, last in self._last_offsets(pid, offs).items():
+            self._next_offset[tp] = max(self._next_offset.get(tp, -1), last + 1)
 
         # Dead letters: decode failures and operator refusals, with the original bytes.
         dead = [(i, reason.value, detail) for i, reason, detail in decoded.rejected]
@@ -552,9 +555,7 @@ class Runner:
             n_silent = int(silent.sum())
             self.stats.replayed += n_silent
             self.metrics.replayed_ticks.inc(n_silent)
-            commit_records = [r for r, quiet in zip(records, silent.tolist()) if not quiet]
-        else:
-            commit_records = records
+        commits = self._commit_offsets(pid, offs, None if silent is None else ~silent)
         if self.cfg.output_mode == "last_per_instrument" and len(rows):
             keep = _last_per_group(ticks, rows)
         else:
@@ -563,11 +564,11 @@ class Runner:
         msg_index = idx[out_rows]
         messages = self._encode_forecasts(ticks, out_rows, forecasts[keep], msg_index, topics, part, offs)
         if self._transactional:
-            if not self._publish_transaction(messages, dead, records, commit_records):
+            if not self._publish_transaction(messages, dead, records, commits):
                 return  # aborted and rewound: these records come again
         else:
             self._publish(messages, dead, records)
-            self._commit(commit_records)
+            self._commit(commits)
         self._dirty = False
         self._batches_since_checkpoint += 1
         if silent is not None:
@@ -659,26 +660,40 @@ class Runner:
             pending = failed
 
     # -- replay bookkeeping ---------------------------------------------------------------
-    def _silent_mask(self, topics: list[str], part: np.ndarray, offs: np.ndarray,
-                     stamps: np.ndarray) -> np.ndarray | None:
+    def _tp_of(self, pid: int) -> TopicPartition:
+        return TopicPartition(self.cfg.input_topics[pid >> _TOPIC_SHIFT], pid & ((1 << _TOPIC_SHIFT) - 1))
+
+    def _silent_mask(self, pid: np.ndarray, offs: np.ndarray, stamps: np.ndarray | None) -> np.ndarray | None:
+        """Records a recovery or warm-up replays: they update state and emit nothing."""
         if not self._replay_until and not self._replay_until_ts:
             return None
-        keys = [TopicPartition(t, int(p)) for t, p in zip(topics, part)]
-        until = np.fromiter((self._replay_until.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
-        silent = offs < until
-        if self._replay_until_ts:
-            until_ts = np.fromiter((self._replay_until_ts.get(k, -1) for k in keys), dtype=np.int64, count=len(keys))
-            silent |= stamps < until_ts
-            for k in {k for k, quiet in zip(keys, silent.tolist()) if not quiet and k in self._replay_until_ts}:
-                del self._replay_until_ts[k]  # the first record of the live era ends the warm-up
-                log.info("warm-up done; emitting", extra={"partition": f"{k.topic}/{k.partition}"})
+        silent = np.zeros(len(pid), dtype=bool)
+        for p in np.unique(pid).tolist():
+            tp = self._tp_of(p)
+            mine = pid == p
+            if tp in self._replay_until:
+                silent[mine] = offs[mine] < self._replay_until[tp]
+            elif tp in self._replay_until_ts:
+                silent[mine] = stamps[mine] < self._replay_until_ts[tp]
+                if not silent[mine].all():  # the first record of the live era ends the warm-up
+                    del self._replay_until_ts[tp]
+                    log.info("warm-up done; emitting", extra={"partition": f"{tp.topic}/{tp.partition}"})
         return silent if silent.any() else None
 
-    def _advance(self, topics: list[str], part: np.ndarray, offs: np.ndarray) -> None:
-        for t, p, o in zip(topics, part.tolist(), offs.tolist()):
-            tp = TopicPartition(t, p)
-            if o + 1 > self._next_offset.get(tp, -1):
-                self._next_offset[tp] = o + 1
+    def _last_offsets(self, pid: np.ndarray, offs: np.ndarray) -> dict[TopicPartition, int]:
+        """Highest offset per input partition among these records."""
+        if len(pid) == 0:
+            return {}
+        order = np.lexsort((offs, pid))
+        last = np.flatnonzero(np.diff(pid[order], append=-1))
+        return {self._tp_of(int(p)): int(o) for p, o in zip(pid[order][last], offs[order][last])}
+
+    def _commit_offsets(self, pid: np.ndarray, offs: np.ndarray, mask: np.ndarray | None) -> dict:
+        """Offsets to commit (next to read) for the assigned partitions of the records in ``mask``."""
+        if mask is not None:
+            pid, offs = pid[mask], offs[mask]
+        return {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in self._last_offsets(pid, offs).items()
+                if tp in self._assigned}
 
     def _end_replays(self) -> None:
         for tp, until in list(self._replay_until.items()):
@@ -686,20 +701,10 @@ class Runner:
                 del self._replay_until[tp]
                 log.info("replay done; emitting", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": until})
 
-    @staticmethod
-    def _offsets(records: list, assigned: set) -> dict:
-        last: dict = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if r.offset >= last.get(tp, -1):
-                last[tp] = r.offset
-        return {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in last.items() if tp in assigned}
-
     # -- exactly-once -------------------------------------------------------------------------
     def _publish_transaction(self, messages: list[tuple[bytes, bytes]], dead: list, records: list,
-                             commit_records: list) -> bool:
+                             offsets: dict) -> bool:
         """Forecasts, dead letters and the input offsets in one transaction. False: aborted (state rewound)."""
-        offsets = self._offsets(commit_records, self._assigned)
         if not messages and not dead and not offsets:
             return True
         try:
@@ -835,8 +840,7 @@ class Runner:
                                                    "rows": m.rows, "bytes": m.bytes, "why": why})
 
     # -- at-least-once ------------------------------------------------------------------------
-    def _commit(self, records: list) -> None:
-        offsets = self._offsets(records, self._assigned)
+    def _commit(self, offsets: dict) -> None:
         if not offsets:
             return
         backoff = 0.5

@@ -4,7 +4,6 @@ Kubernetes manifests, the compose file, the systemd unit, the image recipe, and 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import signal

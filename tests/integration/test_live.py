@@ -9,7 +9,6 @@ import subprocess
 import time
 import uuid
 
-import numpy as np
 import pyarrow as pa
 import pytest
 
