@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError, ProducerFencedError
+from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError, ProducerFencedError
 from kafka.partitioner import DefaultPartitioner
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
@@ -349,14 +349,8 @@ class Runner:
 
     def _restore_assigned(self) -> None:
         pending, self._to_restore = sorted(self._to_restore & self._assigned), set()
-        for tp in pending:
-            try:
-                self._restore(tp)
-            except FatalError as exc:
-                self._fatal = str(exc)
-                self.stop_event.set()
-                return
-        self.metrics.ready = True
+        if self._restore_with_retry(pending):
+            self.metrics.ready = True
 
     # -- recovery -------------------------------------------------------------------------
     def _restore(self, tp: TopicPartition) -> None:
@@ -368,7 +362,7 @@ class Runner:
         self.forecaster.drop_partition(pid)
         self._replay_until.pop(tp, None)
         self._replay_until_ts.pop(tp, None)
-        committed = self.consumer.committed(tp)
+        committed = self.consumer.committed(tp, timeout_ms=self.cfg.request_timeout_ms)
         loaded = None
         if self.store is not None and committed is None:
             # Checkpoints belong to committed offsets: without any (a new group, expired offsets, a recreated
@@ -713,8 +707,8 @@ class Runner:
                 for topic, key, value, headers in self._outgoing(messages, dead, records):
                     self.producer.send(topic, key=key, value=value, headers=headers)
                 if offsets:
-                    self.producer.send_offsets_to_transaction(offsets, self.consumer.group_metadata())
-                self.producer.commit_transaction()
+                    self._bounded(self.producer.send_offsets_to_transaction, offsets, self.consumer.group_metadata())
+                self._bounded(self.producer.commit_transaction)
         except ProducerFencedError:
             raise FatalError("another process with the same transactional_id took over (fenced); give every "
                              "process its own transactional_id") from None
@@ -724,7 +718,7 @@ class Runner:
             log.warning("transaction failed; aborting and rewinding to the committed offsets",
                         extra={"error": repr(exc)})
             try:
-                self.producer.abort_transaction()
+                self._bounded(self.producer.abort_transaction)
             except Exception as abort_exc:  # noqa: BLE001 - a fresh producer fences this one below
                 log.warning("abort failed; replacing the producer", extra={"error": repr(abort_exc)})
                 self._replace_producer()
@@ -735,6 +729,27 @@ class Runner:
         self.stats.commits += 1
         self.metrics.commits.inc()
         return True
+
+    def _bounded(self, call, *args):
+        """kafka-python waits for transaction results without a timeout; a response lost in a broken
+        connection would block forever. Wait at most twice the request timeout, then fail (the caller
+        aborts, replaces the producer, which fences the stuck one, and rewinds)."""
+        done, box = threading.Event(), {}
+
+        def run():
+            try:
+                box["result"] = call(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
+                box["error"] = exc
+            finally:
+                done.set()
+
+        threading.Thread(target=run, daemon=True, name=f"tx-{call.__name__}").start()
+        if not done.wait(2 * self.cfg.request_timeout_ms / 1000):
+            raise KafkaTimeoutError(f"{call.__name__} got no answer within {2 * self.cfg.request_timeout_ms} ms")
+        if "error" in box:
+            raise box["error"]
+        return box.get("result")
 
     def _replace_producer(self) -> None:
         """A new transactional producer (same id: it fences the old one); retried until the broker answers."""
@@ -759,11 +774,15 @@ class Runner:
                 backoff = min(backoff * 2, 10.0)
 
     def _rewind(self) -> None:
-        """Back to the committed offsets with the state that goes with them (checkpoint + silent replay).
-        Retried until the broker answers; never gives up while the process runs."""
+        """Back to the committed offsets with the state that goes with them (checkpoint + silent replay)."""
         self._dirty = False
+        if not self._restore_with_retry(sorted(self._assigned)):
+            self._dirty = True  # stopping before the rewind finished: the state does not match; never checkpoint it
+
+    def _restore_with_retry(self, pending: list) -> bool:
+        """Restore each partition, retrying while the broker is away; False if stopped or fatal first."""
         backoff = 0.5
-        pending = sorted(self._assigned)
+        pending = list(pending)
         while pending and not self.stop_event.is_set():
             tp = pending[0]
             try:
@@ -772,15 +791,14 @@ class Runner:
             except FatalError as exc:
                 self._fatal = str(exc)
                 self.stop_event.set()
-                return
+                return False
             except Exception as exc:  # noqa: BLE001 - broker still away: wait and retry
                 self.metrics.broker_errors.labels("rewind").inc()
                 log.warning("cannot rewind yet; retrying", extra={"partition": f"{tp.topic}/{tp.partition}",
                                                                   "error": repr(exc), "retry_in_s": backoff})
                 self.stop_event.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
-        if pending:  # stopping before the rewind finished: the state does not match; never checkpoint it
-            self._dirty = True
+        return not pending
 
     # -- checkpoints ------------------------------------------------------------------------
     def _maybe_checkpoint(self) -> None:
