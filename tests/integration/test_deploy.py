@@ -100,12 +100,16 @@ def test_prometheus_scrapes_a_run_and_the_no_progress_alert_fires_when_input_sto
                             stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "w"))
     base = f"http://127.0.0.1:{prom_port}"
     try:
-        msgs = tick_messages(generate_ticks(8, 3000, seed=4, bad_fraction=0.0))
-        deadline = time.monotonic() + 60
+        msgs = tick_messages(generate_ticks(8, 30000, seed=4, bad_fraction=0.0))
+        deadline = time.monotonic() + 90
         i = 0
         received = 0.0
-        # Ticks flow for a while: the scrape sees them and the alert stays quiet.
-        while time.monotonic() < deadline and (received < 1000 or i < len(msgs) // 2):
+        steady_until = None
+        # Ticks flow: once Prometheus has scraped the run processing them, they keep flowing for longer than
+        # the shortened rule's threshold + `for` (6 s + 2 s). The run's start-up (TensorFlow import, group join)
+        # may exceed 6 s and make the rule pending or firing on the start time, as it should; steady progress
+        # must resolve it and keep it quiet.
+        while time.monotonic() < deadline and i < len(msgs):
             produce(kafka_bootstrap, tin, msgs[i:i + 100], partition=0)
             i += 100
             time.sleep(0.3)
@@ -115,7 +119,12 @@ def test_prometheus_scrapes_a_run_and_the_no_progress_alert_fires_when_input_sto
             except OSError:
                 continue
             received = float(res[0]["value"][1]) if res else 0.0
+            if steady_until is None and received >= 1000:
+                steady_until = time.monotonic() + 12
+            if steady_until is not None and time.monotonic() >= steady_until:
+                break
         assert received >= 1000, "Prometheus never scraped the run's counters"
+        assert steady_until is not None and time.monotonic() >= steady_until, "ticks ran out before steady state"
         firing = [a for a in _prom_query(base, "/api/v1/alerts")["alerts"] if a["labels"]["alertname"] ==
                   "TickcastNoProgress" and a["state"] == "firing"]
         assert not firing, "no-progress fired while ticks were flowing"
