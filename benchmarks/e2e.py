@@ -3,7 +3,7 @@
 1. ceiling: a bare kafka-python consumer that only polls and decodes the same
    JSON ticks (manual assignment, same decoder), ticks/s;
 2. pipeline: ``Runner`` (consume, decode, step, publish, commit) draining the
-   same backlog, ticks/s, for both output modes;
+   same backlog, ticks/s, for both output modes in JSON and for every tick in Arrow;
 3. latency: ticks produced at 50 % of the measured pipeline rate; p50/p99 of
    receipt-by-consumer -> forecast-acknowledged;
 4. memory: RSS sampled every second while the pipeline drains a backlog.
@@ -80,11 +80,18 @@ def measure_producer(bootstrap: str, topic: str, n: int) -> float:
     return 1.0 / kafka_python(bootstrap, topic, _messages(n))
 
 
+# Benchmark modes: name -> (output_mode, output_format).
+MODES = {"every_tick": ("every_tick", "json"), "last_per_instrument": ("last_per_instrument", "json"),
+         "every_tick_arrow": ("every_tick", "arrow")}
+
+
 def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode: str, batch: int) -> Runner:
+    output_mode, output_format = MODES[mode]
     cfg = RunConfig.load(env={}, flags=dict(
         model=str(bundle.path or "bench"), bootstrap_servers=bootstrap, input_topics=tin, output_topic=tout,
         dead_letter_topic=dlq, group_id=f"bench-{uuid.uuid4().hex[:8]}", status_interval_s=0,
-        max_batch_ticks=batch, max_batch_ms=20, output_mode=mode, checkpoint_uri=""))
+        max_batch_ticks=batch, max_batch_ms=20, output_mode=output_mode,
+        output_format=output_format, checkpoint_uri=""))
     return Runner(cfg, bundle, Metrics())
 
 
@@ -161,7 +168,7 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
         results = {"ceiling_ticks_per_second": ceiling, "producer_messages_per_second": prod,
                    "consume_plus_produce_bound_ticks_per_second": bound,
                    "ticks": n, "instruments": instruments, "modes": {}}
-        for mode in ("every_tick", "last_per_instrument"):
+        for mode in MODES:
             p = measure_pipeline(bundle, bootstrap, tin, tout, dlq, n, mode, batch)
             p["fraction_of_ceiling"] = p["ticks_per_second"] / ceiling
             results["modes"][mode] = p
@@ -170,6 +177,7 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
         # At half the measured maximum (the target), and at a light 2,000 ticks/s for comparison.
         for mode, key, rate in (("every_tick", "latency_at_half_max", None),
                                 ("last_per_instrument", "latency_at_half_max", None),
+                                ("every_tick_arrow", "latency_at_half_max", None),
                                 ("every_tick", "latency_at_2000_per_second", 2000.0)):
             rate = rate or 0.5 * results["modes"][mode]["ticks_per_second"]
             lt = f"lat-{uuid.uuid4().hex[:6]}"

@@ -76,6 +76,9 @@ class RunConfig:
     max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first")
     output_mode: str = _opt("every_tick", "publish a forecast for every tick, or only the last per instrument "
                             "per batch", choices=("every_tick", "last_per_instrument"))
+    output_format: str = _opt("json", "forecast messages: json (one per forecast, keyed by instrument) or arrow "
+                              "(a batch's forecasts per output partition as one Arrow IPC stream; far fewer "
+                              "messages, the same partition for each instrument)", choices=("json", "arrow"))
     processing: str = _opt("at_least_once", "delivery guarantee: at_least_once (publish, then commit) or "
                            "exactly_once (forecasts and offsets in one Kafka transaction per batch)",
                            choices=("at_least_once", "exactly_once"))

@@ -32,9 +32,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
 from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError, ProducerFencedError
 from kafka.partitioner import DefaultPartitioner
+from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from operators.forecaster import Forecaster, ForecasterConfig
@@ -45,6 +47,7 @@ from pipeline.checkpoint import CheckpointError, CheckpointStore, Problem
 from pipeline.config import RunConfig, parse_duration_ns
 from pipeline.metrics import Metrics
 from pipeline.scoring import OnlineScorer
+from pipeline.sinks import ARROW_CONTENT_TYPE, encode_forecast_batch
 from pipeline.ticks import decode_batch
 from pipeline.topics import first_offsets_at
 
@@ -54,6 +57,11 @@ _TICK_COLUMNS = ("instrument", "ts", "price", "size", "bid", "ask", "bid_size", 
 # Partition ids in the state table: topic index in the high bits, so two input
 # topics' partition 0 never share state rows.
 _TOPIC_SHIFT = 20
+_PARTITION_MASK = (1 << _TOPIC_SHIFT) - 1
+# Arrow output: rows per message (~45 B a row: well under the producer's 1 MiB max_request_size).
+_ARROW_ROWS_PER_MESSAGE = 8192
+# An outgoing forecast message: key, value, partition (None: by key), headers.
+Message = tuple[bytes | None, bytes, int | None, list | None]
 
 
 class CachingPartitioner(DefaultPartitioner):
@@ -67,13 +75,17 @@ class CachingPartitioner(DefaultPartitioner):
         self._max_keys = max_keys
 
     def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
-        if serialized_key is None:
+        parts = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+        if not parts:  # no key (random pick) or an unknown topic (the library's error)
             return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
-        parts = cluster.partitions_for_topic(topic)
-        n = len(parts) if parts else 0
+        return self.of_key(topic, serialized_key, parts)
+
+    def of_key(self, topic: str, serialized_key: bytes, partitions) -> int:
+        """The partition for this key among the topic's partition ids (DefaultPartitioner's rule)."""
+        n = len(partitions)
         hit = self._cache.get((topic, serialized_key, n))
         if hit is None:
-            hit = super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+            hit = sorted(partitions)[(murmur2(serialized_key) & 0x7FFFFFFF) % n]
             if len(self._cache) >= self._max_keys:
                 self._cache.clear()
             self._cache[(topic, serialized_key, n)] = hit
@@ -175,6 +187,7 @@ class Runner:
         self._assigned: set = set()
         self._revoked: set = set()
         self._json_names: dict[str, str] = {}
+        self._partitioner = CachingPartitioner()  # shared by every producer this run makes
         self._to_restore: set = set()
         # Durability: where each assigned partition's state stands, and what is replayed silently.
         self.store = (CheckpointStore(f"{config.checkpoint_uri.rstrip('/')}/{config.group_id}", config.checkpoint_keep)
@@ -289,10 +302,10 @@ class Runner:
         opts = self._client_options()
         if not self._transactional:
             return KafkaProducer(acks="all", linger_ms=2, retries=5, max_in_flight_requests_per_connection=1,
-                                 partitioner=CachingPartitioner(), batch_size=256 * 1024, **opts)
+                                 partitioner=self._partitioner, batch_size=256 * 1024, **opts)
         tid = self.cfg.transactional_id or f"{self.cfg.group_id}-{socket.gethostname()}"
         producer = KafkaProducer(acks="all", linger_ms=2, enable_idempotence=True, transactional_id=tid,
-                                 transaction_timeout_ms=15_000, partitioner=CachingPartitioner(),
+                                 transaction_timeout_ms=15_000, partitioner=self._partitioner,
                                  batch_size=256 * 1024, **opts)
         try:
             producer.init_transactions()  # fences an earlier incarnation, aborts its open transaction
@@ -556,7 +569,8 @@ class Runner:
             keep = np.arange(len(rows))
         out_rows = rows[keep]
         msg_index = idx[out_rows]
-        messages = self._encode_forecasts(ticks, out_rows, forecasts[keep], msg_index, topics, part, offs)
+        encode = self._encode_forecasts_arrow if self.cfg.output_format == "arrow" else self._encode_forecasts
+        messages = encode(ticks, out_rows, forecasts[keep], msg_index, topics, pid, offs)
         if self._transactional:
             if not self._publish_transaction(messages, dead, records, commits):
                 return  # aborted and rewound: these records come again
@@ -576,7 +590,7 @@ class Runner:
         self.stats.latencies.extend(lat.tolist())
         self._score(ticks, rows, forecasts)
         self.stats.ticks += n
-        self.stats.forecasts += len(messages)
+        self.stats.forecasts += len(out_rows)
         self.stats.dead_letters += len(dead)
         self.stats.batches += 1
         if self.stats.first_batch_at is None:
@@ -584,7 +598,7 @@ class Runner:
         self.stats.last_batch_done = now
         for _, reason, _ in dead:
             self.metrics.dead_letters.labels(reason).inc()
-        self.metrics.forecasts_published.inc(len(messages))
+        self.metrics.forecasts_published.inc(len(out_rows))
         self.metrics.batch_ticks.observe(n)
         self.metrics.batch_instruments.observe(result.n_instruments)
         self.metrics.session_resets.inc(result.n_resets)
@@ -596,9 +610,11 @@ class Runner:
         self._update_lag()
 
     def _encode_forecasts(self, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray, msg_index: np.ndarray,
-                          topics: list[str], part: np.ndarray, offs: np.ndarray) -> list[tuple[bytes, bytes]]:
+                          topics: list[str], pid: np.ndarray, offs: np.ndarray) -> list[Message]:
+        """One JSON message per forecast, keyed by instrument (the producer's partitioner places it)."""
         if len(rows) == 0:
             return []
+        part = pid & _PARTITION_MASK
         take = pa.array(rows)
         names = ticks.column("instrument").take(take).to_pylist()
         ts = ticks.column("ts").take(take).to_pylist()
@@ -608,28 +624,65 @@ class Runner:
         head = f'{{"v":1,"model_version":"{self.bundle.model_version}","horizon_ticks":{self.bundle.horizon},'
         return [
             (nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
-                          f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode())
+                          f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode(), None, None)
             for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
                                          part[msg_index].tolist(), offs[msg_index].tolist())
         ]
 
-    def _outgoing(self, messages: list[tuple[bytes, bytes]], dead: list[tuple[int, str, str]],
-                  records: list) -> list[tuple]:
-        """(topic, key, value, headers) of every forecast, then every dead letter (original bytes, reason)."""
-        out = [(self.cfg.output_topic, k, v, None) for k, v in messages]
+    def _encode_forecasts_arrow(self, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray,
+                                msg_index: np.ndarray, topics: list[str], pid: np.ndarray,
+                                offs: np.ndarray) -> list[Message]:
+        """The batch's forecasts as Arrow IPC streams, one message per output partition (at most
+        ``_ARROW_ROWS_PER_MESSAGE`` rows each). Each instrument's rows go to the partition its key would
+        pick as a JSON message, so a reader of one partition sees the same instruments, in order, either way."""
+        if len(rows) == 0:
+            return []
+        topic = self.cfg.output_topic
+        names = ticks.column("instrument").take(pa.array(rows)).combine_chunks()
+        enc = pc.dictionary_encode(names)
+        partitions = self.producer.partitions_for(topic)
+        of_key = self._partitioner.of_key
+        p_of_name = np.array([of_key(topic, nm.encode(), partitions) for nm in enc.dictionary.to_pylist()],
+                             dtype=np.int32)
+        out_part = p_of_name[enc.indices.to_numpy(zero_copy_only=False)]
+        src = pid[msg_index]
+        table = pa.table({
+            "instrument": names,
+            "ts": ticks.column("ts").take(pa.array(rows)),
+            "forecast": pa.array(forecasts, type=pa.float64()),
+            "topic": pa.DictionaryArray.from_arrays(pa.array(src >> _TOPIC_SHIFT, type=pa.int32()),
+                                                    pa.array(self.cfg.input_topics, type=pa.string())),
+            "partition": pa.array(src & _PARTITION_MASK, type=pa.int32()),
+            "offset": pa.array(offs[msg_index], type=pa.int64()),
+        })
+        meta = {"v": "1", "model_version": self.bundle.model_version, "horizon_ticks": str(self.bundle.horizon)}
+        headers = [("content-type", ARROW_CONTENT_TYPE)]
+        out = []
+        for p in np.unique(out_part).tolist():
+            mine = table.filter(pa.array(out_part == p)) if len(partitions) > 1 else table
+            for start in range(0, mine.num_rows, _ARROW_ROWS_PER_MESSAGE):
+                chunk = mine.slice(start, _ARROW_ROWS_PER_MESSAGE)
+                out.append((None, encode_forecast_batch(chunk, meta), p, headers))
+        return out
+
+    def _outgoing(self, messages: list[Message], dead: list[tuple[int, str, str]], records: list) -> list[tuple]:
+        """(topic, key, value, headers, partition) of every forecast message, then every dead letter
+        (original bytes, reason; partition None: by key)."""
+        out = [(self.cfg.output_topic, k, v, h, p) for k, v, p, h in messages]
         for i, reason, detail in dead:
             r = records[i]
             headers = [("tickcast.reason", reason.encode()), ("tickcast.detail", detail.encode()[:512]),
                        ("tickcast.source", f"{r.topic}/{r.partition}/{r.offset}".encode())]
-            out.append((self.cfg.dead_letter_topic, r.key, r.value if r.value is not None else b"", headers))
+            out.append((self.cfg.dead_letter_topic, r.key, r.value if r.value is not None else b"", headers, None))
         return out
 
-    def _publish(self, messages: list[tuple[bytes, bytes]], dead: list[tuple[int, str, str]], records: list) -> None:
+    def _publish(self, messages: list[Message], dead: list[tuple[int, str, str]], records: list) -> None:
         """Send and wait for every acknowledgement; retry failures; never return with a send missing."""
         pending = self._outgoing(messages, dead, records)
         backoff = 0.5
         while pending:
-            futures = [(msg, self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3])) for msg in pending]
+            futures = [(msg, self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3], partition=msg[4]))
+                       for msg in pending]
             try:
                 with self._stall("publish"):
                     self.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
@@ -655,7 +708,7 @@ class Runner:
 
     # -- replay bookkeeping ---------------------------------------------------------------
     def _tp_of(self, pid: int) -> TopicPartition:
-        return TopicPartition(self.cfg.input_topics[pid >> _TOPIC_SHIFT], pid & ((1 << _TOPIC_SHIFT) - 1))
+        return TopicPartition(self.cfg.input_topics[pid >> _TOPIC_SHIFT], pid & _PARTITION_MASK)
 
     def _silent_mask(self, pid: np.ndarray, offs: np.ndarray, stamps: np.ndarray | None) -> np.ndarray | None:
         """Records a recovery or warm-up replays: they update state and emit nothing."""
@@ -696,7 +749,7 @@ class Runner:
                 log.info("replay done; emitting", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": until})
 
     # -- exactly-once -------------------------------------------------------------------------
-    def _publish_transaction(self, messages: list[tuple[bytes, bytes]], dead: list, records: list,
+    def _publish_transaction(self, messages: list[Message], dead: list, records: list,
                              offsets: dict) -> bool:
         """Forecasts, dead letters and the input offsets in one transaction. False: aborted (state rewound)."""
         if not messages and not dead and not offsets:
@@ -704,8 +757,8 @@ class Runner:
         try:
             with self._stall("transaction"):
                 self.producer.begin_transaction()
-                for topic, key, value, headers in self._outgoing(messages, dead, records):
-                    self.producer.send(topic, key=key, value=value, headers=headers)
+                for topic, key, value, headers, partition in self._outgoing(messages, dead, records):
+                    self.producer.send(topic, key=key, value=value, headers=headers, partition=partition)
                 if offsets:
                     self._bounded(self.producer.send_offsets_to_transaction, offsets, self.consumer.group_metadata())
                 self._bounded(self.producer.commit_transaction)

@@ -1,4 +1,4 @@
-"""Sinks take what the operator produced; the file sink writes Parquet."""
+"""Sinks take what the operator produced: the file sink writes Parquet; forecast messages in Arrow IPC."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 FORECAST_SCHEMA = pa.schema([
@@ -19,6 +20,31 @@ REJECT_SCHEMA = pa.schema([
     pa.field("seq", pa.int64()),
     pa.field("reason", pa.string()),
 ])
+
+# `output_format = "arrow"`: a message's value is an Arrow IPC stream of forecasts with this schema (its
+# metadata carries v, model_version, horizon_ticks), announced by a `content-type` header.
+ARROW_CONTENT_TYPE = b"application/vnd.apache.arrow.stream"
+FORECAST_MESSAGE_SCHEMA = pa.schema([
+    pa.field("instrument", pa.string()),
+    pa.field("ts", pa.int64()),  # event time of the tick, ns since the epoch (UTC)
+    pa.field("forecast", pa.float64()),
+    pa.field("topic", pa.dictionary(pa.int32(), pa.string())),  # where the tick was read
+    pa.field("partition", pa.int32()),
+    pa.field("offset", pa.int64()),
+])
+
+
+def encode_forecast_batch(table: pa.Table, metadata: dict[str, str]) -> bytes:
+    """One forecast message: the rows of ``table`` (FORECAST_MESSAGE_SCHEMA) as an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema.with_metadata(metadata)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_forecast_message(value: bytes) -> pa.Table:
+    """The forecasts of one `output_format = "arrow"` message (metadata in ``table.schema.metadata``)."""
+    return ipc.open_stream(value).read_all()
 
 
 class ForecastCollector:

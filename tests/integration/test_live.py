@@ -12,7 +12,10 @@ import uuid
 import pyarrow as pa
 import pytest
 
+from kafka.partitioner.default import murmur2
+
 from operators.forecaster import Forecaster
+from pipeline.sinks import decode_forecast_message
 from pipeline.synthetic import generate_ticks
 from tests.integration.live import RunProcess, consume_all, produce, tick_messages
 
@@ -73,6 +76,70 @@ def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics
         assert body["instrument"] == ticks.column("instrument")[row].as_py()
         assert abs(body["forecast"] - expected[row]) <= 1e-5 * scale, (row, body["forecast"], expected[row])
     assert sorted(json.loads(m.value())["offset"] for m in got) == list(range(n_ticks))
+
+
+def _read_arrow_forecasts(bootstrap: str, topic: str, partitions: int, expected: int, timeout: float = 90.0):
+    """(partition, headers, table) of every Arrow forecast message until ``expected`` forecasts (read_committed)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
+                  "enable.auto.commit": False, "isolation.level": "read_committed"})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, rows = [], 0
+    deadline = time.monotonic() + timeout
+    try:
+        while rows < expected and time.monotonic() < deadline:
+            msg = c.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            table = decode_forecast_message(msg.value())
+            out.append((msg.partition(), dict(msg.headers() or []), table))
+            rows += table.num_rows
+    finally:
+        c.close()
+    return out
+
+
+@pytest.mark.parametrize("processing", ["at_least_once", "exactly_once"])
+def test_arrow_output_carries_every_forecast_on_its_instruments_partition(kafka_bootstrap, bundle, processing):
+    from pipeline.broker import create_topics
+
+    tin, tout, dlq, group = _names("arrow")
+    create_topics(kafka_bootstrap, {tin: 1, tout: 3, dlq: 1})
+    n = 3000
+    ticks = generate_ticks(12, n, seed=11, bad_fraction=0.0)
+    run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, "--output-format", "arrow",
+                           "--processing", processing, "--max-batch-ticks", "400")
+    try:
+        produce(kafka_bootstrap, tin, tick_messages(ticks), partition=0)
+        got = _read_arrow_forecasts(kafka_bootstrap, tout, 3, n)
+    finally:
+        assert run.stop() == 0
+    assert len(got) < n / 50, "a message carries a batch's forecasts, not one each"
+    for _, headers, table in got:
+        assert headers["content-type"] == b"application/vnd.apache.arrow.stream"
+        meta = table.schema.metadata
+        assert meta[b"model_version"].decode() == bundle.model_version
+        assert int(meta[b"horizon_ticks"]) == bundle.horizon and meta[b"v"] == b"1"
+    everything = pa.concat_tables([t.append_column("out_partition", pa.array([p] * t.num_rows, pa.int32()))
+                                   for p, _, t in got]).to_pylist()
+    assert sorted(r["offset"] for r in everything) == list(range(n)), "each tick's forecast once"
+    expected = _offline_forecasts(bundle, ticks)
+    scale = bundle.normalisation.target_std
+    placed: dict[str, set] = {}
+    last_offset: dict[str, int] = {}
+    for r in everything:  # messages in partition order as read: each instrument's rows stay in tick order
+        row = r["offset"]
+        assert (r["instrument"], r["ts"], r["topic"], r["partition"]) == (
+            ticks.column("instrument")[row].as_py(), ticks.column("ts")[row].as_py(), tin, 0)
+        assert abs(r["forecast"] - expected[row]) <= 1e-5 * scale, (row, r["forecast"], expected[row])
+        placed.setdefault(r["instrument"], set()).add(r["out_partition"])
+        assert row > last_offset.get(r["instrument"], -1), "an instrument's forecasts in tick order"
+        last_offset[r["instrument"]] = row
+    # The partition a JSON message keyed by the instrument goes to (the Java client's murmur2).
+    for name, parts in placed.items():
+        assert parts == {(murmur2(name.encode()) & 0x7FFFFFFF) % 3}, (name, parts)
+    assert len({next(iter(v)) for v in placed.values()}) > 1, "12 instruments spread over the 3 partitions"
 
 
 BAD_MESSAGES = [

@@ -31,6 +31,7 @@ def test_same_partition_as_default_before_and_after_a_partition_count_change(key
         for k in keys + keys:
             want = default.partition("out", None, k, None, None, cluster)
             assert cached.partition("out", None, k, None, None, cluster) == want
+            assert cached.of_key("out", k, cluster.partitions_for_topic("out")) == want  # Arrow output's placement
 
 
 # Apache Kafka's UtilsTest.testMurmur2 vectors (signed 32-bit murmur2 of the key bytes).
