@@ -47,7 +47,7 @@ from pipeline.checkpoint import CheckpointError, CheckpointStore, Problem
 from pipeline.config import RunConfig, parse_duration_ns
 from pipeline.metrics import Metrics
 from pipeline.scoring import OnlineScorer
-from pipeline.sinks import ARROW_CONTENT_TYPE, encode_forecast_batch
+from pipeline.sinks import ARROW_CONTENT_TYPE, FORECAST_MESSAGE_SCHEMA, encode_forecast_batch
 from pipeline.ticks import decode_batch
 from pipeline.topics import first_offsets_at
 
@@ -646,15 +646,15 @@ class Runner:
                              dtype=np.int32)
         out_part = p_of_name[enc.indices.to_numpy(zero_copy_only=False)]
         src = pid[msg_index]
-        table = pa.table({
-            "instrument": names,
-            "ts": ticks.column("ts").take(pa.array(rows)),
-            "forecast": pa.array(forecasts, type=pa.float64()),
-            "topic": pa.DictionaryArray.from_arrays(pa.array(src >> _TOPIC_SHIFT, type=pa.int32()),
-                                                    pa.array(self.cfg.input_topics, type=pa.string())),
-            "partition": pa.array(src & _PARTITION_MASK, type=pa.int32()),
-            "offset": pa.array(offs[msg_index], type=pa.int64()),
-        })
+        table = pa.Table.from_arrays([
+            names.cast(pa.string()),
+            ticks.column("ts").take(pa.array(rows)).cast(pa.int64()),
+            pa.array(forecasts, type=pa.float64()),
+            pa.DictionaryArray.from_arrays(pa.array(src >> _TOPIC_SHIFT, type=pa.int32()),
+                                           pa.array(self.cfg.input_topics, type=pa.string())),
+            pa.array(src & _PARTITION_MASK, type=pa.int32()),
+            pa.array(offs[msg_index], type=pa.int64()),
+        ], schema=FORECAST_MESSAGE_SCHEMA)  # the documented contract, whatever types the decoder produced
         meta = {"v": "1", "model_version": self.bundle.model_version, "horizon_ticks": str(self.bundle.horizon)}
         headers = [("content-type", ARROW_CONTENT_TYPE)]
         out = []

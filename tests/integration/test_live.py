@@ -15,7 +15,7 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from operators.forecaster import Forecaster
-from pipeline.sinks import decode_forecast_message
+from pipeline.sinks import FORECAST_MESSAGE_SCHEMA, decode_forecast_message
 from pipeline.synthetic import generate_ticks
 from tests.integration.live import RunProcess, consume_all, produce, tick_messages
 
@@ -118,6 +118,7 @@ def test_arrow_output_carries_every_forecast_on_its_instruments_partition(kafka_
     assert len(got) < n / 50, "a message carries a batch's forecasts, not one each"
     for _, headers, table in got:
         assert headers["content-type"] == b"application/vnd.apache.arrow.stream"
+        assert table.schema.remove_metadata() == FORECAST_MESSAGE_SCHEMA
         meta = table.schema.metadata
         assert meta[b"model_version"].decode() == bundle.model_version
         assert int(meta[b"horizon_ticks"]) == bundle.horizon and meta[b"v"] == b"1"
