@@ -1,31 +1,51 @@
 """Tick messages on Kafka: the JSON schema, batch decoding into columns, and reasons.
 
-Message schema, version 1 (one JSON object per Kafka message, UTF-8; the
-message key is the instrument, UTF-8)::
+Message schema, version 1 (one JSON object per Kafka message; the message key
+is the instrument, UTF-8)::
 
     {"v": 1, "instrument": "AAPL", "ts": 1700000000123456789,
      "price": 189.52, "size": 100,
      "bid": 189.51, "ask": 189.53, "bid_size": 300, "ask_size": 200}
 
 - ``v`` (int, optional, default 1): schema version; other versions are refused.
-- ``instrument`` (string, optional): must equal the key when both are given;
-  when absent, the key names the instrument.
+- ``instrument`` (string, optional, at most 256 bytes of UTF-8 like the key):
+  must equal the key when both are given; when absent, the key names the
+  instrument.
 - ``ts`` (int): event time, nanoseconds since the Unix epoch (UTC).
 - ``price`` (number), ``size`` (number, optional), ``bid``, ``ask``,
-  ``bid_size``, ``ask_size`` (numbers, optional). Unknown fields are ignored.
+  ``bid_size``, ``ask_size`` (numbers, optional). ``null`` is the same as
+  absent. Unknown fields are ignored.
 
-A whole batch is decoded at once: the message values are joined into one
-newline-delimited buffer and parsed by Arrow's JSON reader into columns. Only
-when that fails (a malformed message somewhere in the batch) does the batch
-fall back to decoding message by message, to find the bad ones and keep the
-rest. The per-message Python work on the fast path is one list comprehension
-over the records the Kafka client hands us.
+What a message must be (one spec, whichever path decodes it): the value is at
+most 4096 bytes of UTF-8 without a BOM holding one strict RFC 8259 JSON text
+whose top level is an object. So ``NaN``, ``Infinity``, comments, trailing
+commas, single quotes, leading zeros and raw control characters in strings are
+``bad_json``; so are a tick field given twice (``{"ts": 1, "ts": 2}``; names
+of ignored fields are not checked), a ``\\u`` escape of an unpaired UTF-16
+surrogate anywhere in the text (I-JSON, RFC 7493) and nesting deeper than
+``MAX_DEPTH``. ``v`` and ``ts`` must be integer literals in int64 range
+(``1.0`` and ``1e3`` are ``wrong_type``); the other numbers are rounded to the
+nearest float64 and one too large for it becomes +/-inf (which the operator
+then rejects like any non-finite value). ``true``/``false`` are not numbers.
+
+The verdict on a message (a tick with these values, or a reason) depends on
+its key and value alone, never on the other messages of its batch. Two paths
+implement it. The fast path parses many messages at once with Arrow's JSON
+reader; it takes only messages whose bytes make the readers provably agree:
+printable ASCII without backslashes, a single flat object (``{`` first, ``}``
+last, no other brace or bracket outside strings) and, outside strings, only
+the characters of numbers, ``true``/``false``/``null`` and the punctuation of
+an object. Everything else, and any group of messages Arrow refuses (halved
+until the refused message stands alone), goes message by message through
+Python's ``json`` with the checks above. The fast-path filter is a few NumPy
+passes over the joined bytes; the per-message Python work on it is the join
+and two length comprehensions.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 from dataclasses import dataclass
 from enum import Enum
 
@@ -36,13 +56,17 @@ import pyarrow.json as pajson
 
 SCHEMA_VERSION = 1
 MAX_KEY_BYTES = 256
+MAX_INSTRUMENT_BYTES = MAX_KEY_BYTES
 MAX_VALUE_BYTES = 4096
+MAX_DEPTH = 32  # nesting of objects/arrays; deeper messages are bad_json (a bound, not the stack's limit)
 
 _NUMERIC = ("price", "size", "bid", "ask", "bid_size", "ask_size")
+_FIELDS = frozenset(("v", "instrument", "ts") + _NUMERIC)
 MESSAGE_SCHEMA = pa.schema(
     [pa.field("v", pa.int64()), pa.field("instrument", pa.string()), pa.field("ts", pa.int64())]
     + [pa.field(name, pa.float64()) for name in _NUMERIC]
 )
+_INT64 = (-(2**63), 2**63)
 
 
 class DecodeReason(str, Enum):
@@ -57,109 +81,222 @@ class DecodeReason(str, Enum):
     KEY_MISMATCH = "key_mismatch"
     OVERSIZED_KEY = "oversized_key"
     OVERSIZED_VALUE = "oversized_value"
+    OVERSIZED_INSTRUMENT = "oversized_instrument"
 
 
 @dataclass(frozen=True)
 class DecodedBatch:
     """Canonical tick columns for the messages that decoded, and reasons for the rest."""
 
-    ticks: pa.Table  # canonical columns + `index` (position of the message in the batch)
-    rejected: list[tuple[int, DecodeReason, str]]  # (message index, reason, detail)
+    # canonical columns + `record_ts` (the record's timestamp in ns, null when it has none)
+    # + `index` (position of the message in the batch)
+    ticks: pa.Table
+    rejected: list[tuple[int, DecodeReason, str]]  # (message index, reason, detail), by index
 
 
-def decode_batch(keys: list[bytes | None], values: list[bytes | None]) -> DecodedBatch:
-    """Decode the values (and keys) of one poll's messages into a tick table."""
+def decode_batch(keys: list[bytes | None], values: list[bytes | None],
+                 timestamps_ms: list[int] | np.ndarray | None = None) -> DecodedBatch:
+    """Decode one poll's messages into a tick table; every message is a tick or a rejection.
+
+    ``timestamps_ms`` are the records' own timestamps (Kafka's, in ms; negative
+    = none); they become the ``record_ts`` column the operator's timestamp
+    policy uses as "now". Without them ``record_ts`` is null.
+    """
     n = len(values)
     rejected: list[tuple[int, DecodeReason, str]] = []
-    ok = np.ones(n, dtype=bool)
-    for i, (k, v) in enumerate(zip(keys, values)):
-        # Cheap byte checks; a value with a newline cannot be framed as NDJSON,
-        # so it takes the slow path (it may still be valid JSON).
-        if v is None or len(v) > MAX_VALUE_BYTES:
-            reason = DecodeReason.OVERSIZED_VALUE if v is not None else DecodeReason.BAD_JSON
-            rejected.append((i, reason, f"{len(v)} bytes" if v is not None else "empty message (no value)"))
-            ok[i] = False
-        elif k is not None and len(k) > MAX_KEY_BYTES:
-            rejected.append((i, DecodeReason.OVERSIZED_KEY, f"{len(k)} bytes"))
-            ok[i] = False
-    idx = np.flatnonzero(ok)
-    fast = [i for i in idx.tolist() if b"\n" not in values[i] and b"\r" not in values[i]]
-    slow = sorted(set(idx.tolist()) - set(fast))
-    table = None
-    if fast:
-        try:
-            buf = b"\n".join(values[i] for i in fast)
-            table = pajson.read_json(
-                pa.BufferReader(buf),
-                read_options=pajson.ReadOptions(block_size=max(1 << 20, len(buf) + 1)),
-                parse_options=pajson.ParseOptions(explicit_schema=MESSAGE_SCHEMA,
-                                                  unexpected_field_behavior="ignore"),
-            )
-            if table.num_rows != len(fast):  # blank or multi-object lines: not one tick per message
-                table = None
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            table = None
-        if table is None:
-            slow = sorted(set(slow) | set(fast))
-            fast = []
-    parts = []
-    if fast:
-        parts.append(_finish(table, np.asarray(fast, dtype=np.int64), keys, rejected))
+    vlen = np.fromiter((-1 if v is None else len(v) for v in values), dtype=np.int64, count=n)
+    klen = np.fromiter((-1 if k is None else len(k) for k in keys), dtype=np.int64, count=n)
+    framed = (vlen >= 0) & (vlen <= MAX_VALUE_BYTES) & (klen <= MAX_KEY_BYTES)
+    for i in np.flatnonzero(~framed).tolist():
+        if vlen[i] < 0:
+            rejected.append((i, DecodeReason.BAD_JSON, "empty message (no value)"))
+        elif vlen[i] > MAX_VALUE_BYTES:
+            rejected.append((i, DecodeReason.OVERSIZED_VALUE, f"{vlen[i]} bytes"))
+        else:
+            rejected.append((i, DecodeReason.OVERSIZED_KEY, f"{klen[i]} bytes"))
+    candidates = np.flatnonzero(framed)
+    simple, joined = _flat_ascii_objects([values[i] for i in candidates.tolist()], vlen[candidates])
+    slow = candidates[~simple].tolist()
+    parts = _parse_fast(values, candidates[simple], slow, joined if simple.all() else None)
     if slow:
-        parts.append(_finish(*_decode_slowly(slow, values, rejected), keys, rejected))
-    if parts:
-        ticks = pa.concat_tables(parts).sort_by("index") if len(parts) > 1 else parts[0]
+        slow.sort()
+        parts.append(_decode_slowly(slow, values, rejected))
+    tables = [_finish(table, index, keys, rejected) for table, index in parts]
+    if not tables:
+        tables = [_finish(MESSAGE_SCHEMA.empty_table(), np.zeros(0, np.int64), keys, rejected)]
+    ticks = pa.concat_tables(tables).sort_by("index") if len(tables) > 1 else tables[0]
+    index = ticks.column("index").to_numpy()
+    if timestamps_ms is None:
+        record_ts = pa.nulls(len(index), pa.int64())
     else:
-        ticks = _finish(MESSAGE_SCHEMA.empty_table(), np.zeros(0, np.int64), keys, rejected)
+        ms = np.asarray(timestamps_ms, dtype=np.int64)[index]
+        none = (ms < 0) | (ms > np.iinfo(np.int64).max // 1_000_000)
+        record_ts = pa.array(np.where(none, 0, ms) * 1_000_000, pa.int64(), mask=none)
+    ticks = ticks.add_column(ticks.num_columns - 1, "record_ts", record_ts)
     rejected.sort(key=lambda r: r[0])
     return DecodedBatch(ticks, rejected)
+
+
+def _flat_ascii_objects(vals: list[bytes], lens: np.ndarray) -> tuple[np.ndarray, bytes]:
+    """Which messages Arrow's reader and the strict parser provably read alike (see module doc).
+
+    Arrow's reader is a strict parser except for NaN/Infinity/Inf literals (hence no
+    ``N`` or ``I`` outside strings) and that it skips nested values of ignored fields
+    unchecked (hence flat objects only). A message left out only costs time (the slow
+    path gives the same verdict), so a message after one with an odd number of quotes
+    is simply left out too. Sparse positions only: no per-byte running sums.
+    """
+    m = len(vals)
+    joined = b"\n".join(vals)
+    if len(joined) == 0:
+        return np.zeros(m, dtype=bool), joined
+    buf = np.frombuffer(joined, dtype=np.uint8)
+    starts = np.zeros(m, dtype=np.int64)
+    starts[1:] = np.cumsum(lens[:-1] + 1)
+    ends = starts + lens
+
+    def per_message(pos: np.ndarray) -> np.ndarray:
+        return np.bincount(np.searchsorted(starts, pos, side="right") - 1, minlength=m)
+
+    # Non-ASCII, control bytes and backslashes (each separator counts once for the message before it).
+    rare = per_message(np.flatnonzero((buf < 0x20) | (buf > 0x7E) | (buf == 0x5C)))
+    rare[:-1] -= 1
+    folded = buf | 0x20  # [ and ] fold onto { and }
+    braces = per_message(np.flatnonzero((folded == 0x7B) | (folded == 0x7D)))
+    quotes = np.flatnonzero(buf == 0x22)
+    q_start, q_end = np.searchsorted(quotes, starts), np.searchsorted(quotes, ends)
+    ni = np.flatnonzero((buf == 0x4E) | (buf == 0x49))
+    ni_outside = per_message(ni[np.searchsorted(quotes, ni) % 2 == 0])
+    last = np.maximum(ends - 1, 0)
+    ok = ((lens > 0) & (rare == 0) & (braces == 2) & (ni_outside == 0) & (q_start % 2 == 0) & (q_end % 2 == 0)
+          & (buf[np.minimum(starts, len(buf) - 1)] == 0x7B) & (buf[last] == 0x7D))
+    return ok, joined
+
+
+def _parse_fast(values: list[bytes], index: np.ndarray, refused: list[int],
+                joined: bytes | None = None) -> list[tuple[pa.Table, np.ndarray]]:
+    """Arrow's reader over the messages at ``index``; a refused group is halved until the
+    message Arrow refuses stands alone, and that one goes to ``refused`` (the slow path)."""
+    if len(index) == 0:
+        return []
+    buf = joined if joined is not None else b"\n".join(values[i] for i in index.tolist())
+    try:
+        table = pajson.read_json(
+            pa.BufferReader(buf),
+            read_options=pajson.ReadOptions(block_size=max(1 << 20, len(buf) + 1)),
+            parse_options=pajson.ParseOptions(explicit_schema=MESSAGE_SCHEMA, unexpected_field_behavior="ignore"),
+        )
+        if table.num_rows == len(index):  # always, for flat objects; checked, not assumed
+            return [(table, index)]
+    except pa.ArrowException:
+        pass
+    if len(index) == 1:
+        refused.append(int(index[0]))
+        return []
+    half = len(index) // 2
+    return _parse_fast(values, index[:half], refused) + _parse_fast(values, index[half:], refused)
+
+
+class _Object(dict):
+    """A JSON object that remembers which of its names were given more than once."""
+
+    __slots__ = ("repeated",)
+
+
+def _object(pairs: list[tuple[str, object]]) -> _Object:
+    obj = _Object(pairs)
+    obj.repeated = set()
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for k, _ in pairs:
+            if k in seen:
+                obj.repeated.add(k)
+            seen.add(k)
+    return obj
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _too_deep(text: str) -> bool:
+    if text.count("{") + text.count("[") <= MAX_DEPTH:
+        return False
+    a = np.frombuffer(_STRING.sub("", text).encode(), dtype=np.uint8)
+    step = ((a == ord("{")) | (a == ord("["))).astype(np.int32) - ((a == ord("}")) | (a == ord("]")))
+    return bool(np.cumsum(step).max() > MAX_DEPTH)
+
+
+def _decode_one(raw: bytes) -> tuple[dict | None, DecodeReason | None, str]:
+    """The strict spec, one message: (row, None, "") or (None, reason, detail)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, DecodeReason.BAD_UTF8, str(exc)[:120]
+    if _too_deep(text):
+        return None, DecodeReason.BAD_JSON, f"nested deeper than {MAX_DEPTH}"
+    try:  # a BOM, NaN/Infinity, bad syntax: all ValueError (JSONDecodeError is one)
+        obj = json.loads(text, object_pairs_hook=_object, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        return None, DecodeReason.BAD_JSON, str(exc)[:120]
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, DecodeReason.BAD_JSON, "unpaired surrogate escape in a string"
+    if not isinstance(obj, dict):
+        return None, DecodeReason.NOT_AN_OBJECT, type(obj).__name__
+    twice = sorted(obj.repeated & _FIELDS)
+    if twice:
+        return None, DecodeReason.BAD_JSON, f"field {twice[0]!r} given more than once"
+    row: dict = {}
+    for name in ("v", "ts"):
+        x = obj.get(name)
+        if x is not None and type(x) is not int:
+            return None, DecodeReason.WRONG_TYPE, f"{name} must be an integer, got {_json_type(x)}"
+        if x is not None and not _INT64[0] <= x < _INT64[1]:
+            return None, DecodeReason.WRONG_TYPE, f"{name} out of int64 range"
+        row[name] = x
+    inst = obj.get("instrument")
+    if inst is not None and type(inst) is not str:
+        return None, DecodeReason.WRONG_TYPE, f"instrument must be a string, got {_json_type(inst)}"
+    row["instrument"] = inst
+    for name in _NUMERIC:
+        x = obj.get(name)
+        if x is not None and type(x) not in (int, float):
+            return None, DecodeReason.WRONG_TYPE, f"{name} must be a number, got {_json_type(x)}"
+        row[name] = _to_float(x) if type(x) is int else x
+    return row, None, ""
+
+
+def _json_type(x: object) -> str:
+    return {bool: "boolean", int: "number", float: "number", str: "string", list: "array"}.get(type(x), "object")
+
+
+def _to_float(x: int) -> float:
+    """An integer literal as float64, rounded to nearest; beyond float64's range, +/-inf (as Arrow reads it)."""
+    try:
+        return float(x)
+    except OverflowError:
+        return float("inf") if x > 0 else float("-inf")
 
 
 def _decode_slowly(indices: list[int], values: list[bytes], rejected: list) -> tuple[pa.Table, np.ndarray]:
     rows: dict[str, list] = {f.name: [] for f in MESSAGE_SCHEMA}
     kept = []
     for i in indices:
-        try:
-            text = values[i].decode("utf-8")
-        except UnicodeDecodeError as exc:
-            rejected.append((i, DecodeReason.BAD_UTF8, str(exc)[:120]))
+        row, reason, detail = _decode_one(values[i])
+        if row is None:
+            rejected.append((i, reason, detail))
             continue
-        try:
-            obj = json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            rejected.append((i, DecodeReason.BAD_JSON, str(exc)[:120]))
-            continue
-        if not isinstance(obj, dict):
-            rejected.append((i, DecodeReason.NOT_AN_OBJECT, type(obj).__name__))
-            continue
-        problem = _check_types(obj)
-        if problem:
-            rejected.append((i, DecodeReason.WRONG_TYPE, problem))
-            continue
-        for f in MESSAGE_SCHEMA:
-            value = obj.get(f.name)
-            rows[f.name].append(float(value) if f.name in _NUMERIC and value is not None else value)
+        for name in rows:
+            rows[name].append(row[name])
         kept.append(i)
     return pa.Table.from_pydict(rows, schema=MESSAGE_SCHEMA), np.asarray(kept, dtype=np.int64)
-
-
-def _check_types(obj: dict) -> str | None:
-    for name in ("v", "ts"):
-        v = obj.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
-            return f"{name} must be an integer, got {type(v).__name__}"
-        if isinstance(v, int) and not -(2**63) <= v < 2**63:
-            return f"{name} out of int64 range"
-    inst = obj.get("instrument")
-    if inst is not None and not isinstance(inst, str):
-        return f"instrument must be a string, got {type(inst).__name__}"
-    for name in _NUMERIC:
-        v = obj.get(name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-            return f"{name} must be a number, got {type(v).__name__}"
-        if isinstance(v, int) and not math.isfinite(float(v)):
-            return f"{name} out of range"
-    return None
 
 
 def _keys_as_text(keys: list[bytes | None], index: np.ndarray, rejected: list) -> tuple[pa.Array, np.ndarray]:
@@ -192,8 +329,12 @@ def _finish(table: pa.Table, index: np.ndarray, keys: list[bytes | None], reject
     ts_null = table.column("ts").is_null().to_numpy(zero_copy_only=False)
     price_null = table.column("price").is_null().to_numpy(zero_copy_only=False)
     no_name = name.is_null().to_numpy(zero_copy_only=False)
+    long_name = pc.fill_null(pc.greater(pc.binary_length(inst), MAX_INSTRUMENT_BYTES), False) \
+        .to_numpy(zero_copy_only=False)
     checks = [
         (version != SCHEMA_VERSION, DecodeReason.UNKNOWN_SCHEMA_VERSION, lambda j: f"v={int(version[j])}"),
+        (long_name, DecodeReason.OVERSIZED_INSTRUMENT,
+         lambda j: f"instrument is {len(inst[j].as_py().encode())} bytes (at most {MAX_INSTRUMENT_BYTES})"),
         (mismatch, DecodeReason.KEY_MISMATCH,
          lambda j: f"key {key_text[j].as_py()!r} != instrument {inst[j].as_py()!r}"),
         (no_name, DecodeReason.MISSING_FIELD, lambda j: "no instrument in key or value"),
