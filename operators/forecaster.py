@@ -21,6 +21,7 @@ row never changes a forecast unless ticks of one partition arrive more than
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +31,8 @@ from operators.features import compute_features, previous_within_groups
 from operators.lstm import RaggedLSTM
 from operators.model import Bundle
 from operators.state import NO_TS, StateTable
-from operators.validation import RejectReason, TickColumns, out_of_order, validate_values
+from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, RejectReason, TickColumns,
+                                  TimestampPolicy, out_of_order, validate_values)
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class ForecasterConfig:
     expire_after_ns: int | None = None  # idle time after which a row may be reclaimed
     expiry_grace_ns: int | None = None  # extra idle time before reclaiming (default: expire_after)
     initial_capacity: int = 1024
+    # Timestamp policy (see operators.validation.TimestampPolicy): event times before the floor or more
+    # than max_ts_ahead after the record's timestamp are refused; `now_ns` is "now" for ticks without a
+    # record timestamp (files); None: the wall clock when the Forecaster is built, fixed for its life.
+    ts_floor_ns: int = DEFAULT_TS_FLOOR_NS
+    max_ts_ahead_ns: int = DEFAULT_MAX_TS_AHEAD_NS
+    now_ns: int | None = None
 
     @property
     def effective_reset_gap_ns(self) -> int | None:
@@ -46,7 +54,7 @@ class ForecasterConfig:
         return min(gaps) if gaps else None
 
     def check(self) -> None:
-        for name in ("reset_gap_ns", "expire_after_ns", "expiry_grace_ns"):
+        for name in ("reset_gap_ns", "expire_after_ns", "expiry_grace_ns", "ts_floor_ns", "max_ts_ahead_ns"):
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
@@ -83,13 +91,15 @@ class Forecaster:
         if state is not None and state.shape != bundle.shape:
             raise ValueError(f"state table shape {state.shape} does not match the model's {bundle.shape}")
         self.state = state or StateTable(bundle.shape, self.config.initial_capacity)
+        self.timestamps = TimestampPolicy(self.config.ts_floor_ns, self.config.max_ts_ahead_ns,
+                                          self.config.now_ns if self.config.now_ns is not None else time.time_ns())
         self._watermark: dict[int, int] = {}
         self._last_sweep: dict[int, int] = {}
         self.expired_total = 0
 
     def step(self, batch: pa.Table | pa.RecordBatch) -> StepResult:
         cols = TickColumns.from_arrow(batch)
-        reasons = validate_values(cols)
+        reasons = validate_values(cols, self.timestamps)
         valid = np.flatnonzero(reasons == 0)
         if len(valid) == 0:
             return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)

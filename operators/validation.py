@@ -16,8 +16,10 @@ import pyarrow.compute as pc
 
 from operators.errors import InputDataError
 
-# Event times outside (0, MAX_TS_NS] are absurd (MAX_TS_NS is 2100-01-01).
+# Event times after MAX_TS_NS (2100-01-01) are absurd whatever "now" is.
 MAX_TS_NS = 4_102_444_800_000_000_000
+DEFAULT_TS_FLOOR_NS = 631_152_000_000_000_000  # 1990-01-01T00:00:00Z
+DEFAULT_MAX_TS_AHEAD_NS = 300_000_000_000  # 5 minutes
 REQUIRED_COLUMNS = ("instrument", "ts", "price")
 OPTIONAL_FLOAT_COLUMNS = ("size", "bid", "ask", "bid_size", "ask_size")
 
@@ -34,6 +36,10 @@ class RejectReason(IntEnum):
     NEGATIVE_SIZE = 6
     BAD_QUOTE = 7
     OUT_OF_ORDER = 8
+    TS_AHEAD = 9  # event time more than the allowed skew after the record's own timestamp
+    TS_UNIT_S = 10  # below the floor, but a plausible time in seconds
+    TS_UNIT_MS = 11  # ... in milliseconds
+    TS_UNIT_US = 12  # ... in microseconds
 
     @property
     def label(self) -> str:
@@ -58,6 +64,7 @@ class TickColumns:
     ts_null: np.ndarray  # (n,) bool
     price_null: np.ndarray  # (n,) bool
     size_null: np.ndarray  # (n,) bool; null size = absent, not invalid
+    record_ts: np.ndarray | None = None  # (n,) int64 ns, the record's own timestamp; -1 where it has none
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -118,7 +125,13 @@ class TickColumns:
             if "offset" in names
             else np.full(n, -1, dtype=np.int64)
         )
+        record_ts = (
+            pc.cast(col("record_ts"), pa.int64()).fill_null(-1).to_numpy(zero_copy_only=False)
+            if "record_ts" in names
+            else np.full(n, -1, dtype=np.int64)
+        )
         return cls(
+            record_ts=record_ts,
             instrument_codes=codes,
             instruments=instruments,
             ts=ts_arr.fill_null(0).to_numpy(zero_copy_only=False),
@@ -136,7 +149,45 @@ class TickColumns:
         )
 
 
-def validate_values(t: TickColumns) -> np.ndarray:
+@dataclass(frozen=True)
+class TimestampPolicy:
+    """Which event times are believable; a function of the tick alone, so a replay agrees.
+
+    "Now" is the record's own timestamp (Kafka's, set by the producer or the
+    broker), never a clock read while processing: a tick refused as too far
+    ahead live is refused again on replay. A tick without one (a file) uses
+    ``fallback_now_ns``, fixed for the run. Event times must lie in
+    [``floor_ns``, now + ``max_ahead_ns``] (and never past 2100). Below the
+    floor, a value that is a believable time in s, ms or µs gets a reason
+    that names the unit.
+    """
+
+    floor_ns: int = DEFAULT_TS_FLOOR_NS
+    max_ahead_ns: int = DEFAULT_MAX_TS_AHEAD_NS
+    fallback_now_ns: int = MAX_TS_NS  # default: no "ahead" check for ticks without a record timestamp
+
+
+def check_timestamps(t: TickColumns, policy: TimestampPolicy) -> np.ndarray:
+    """Reason codes (0 = believable) for the event times of ``t`` under ``policy``."""
+    ts = t.ts
+    now = np.full(len(t), policy.fallback_now_ns, dtype=np.int64)
+    if t.record_ts is not None:
+        has = t.record_ts >= 0
+        now[has] = t.record_ts[has]
+    ceiling = np.minimum(np.minimum(now, MAX_TS_NS) + policy.max_ahead_ns, MAX_TS_NS)
+    reasons = np.zeros(len(t), dtype=np.uint8)
+    below = ~t.ts_null & (ts < policy.floor_ns)
+    for scale, reason in ((1_000_000_000, RejectReason.TS_UNIT_S), (1_000_000, RejectReason.TS_UNIT_MS),
+                          (1_000, RejectReason.TS_UNIT_US)):
+        # ts * scale would overflow int64: compare against the bounds divided instead.
+        lo, hi = -(-policy.floor_ns // scale), ceiling // scale
+        reasons[(reasons == 0) & below & (ts >= lo) & (ts <= hi)] = reason
+    reasons[(reasons == 0) & (t.ts_null | below)] = RejectReason.BAD_TIMESTAMP
+    reasons[(reasons == 0) & ~t.ts_null & (ts > ceiling)] = RejectReason.TS_AHEAD
+    return reasons
+
+
+def validate_values(t: TickColumns, timestamps: TimestampPolicy | None = None) -> np.ndarray:
     """Per-tick reason codes from the tick's own values (uint8, 0 = valid).
 
     The first failing check wins. Order within an instrument is checked
@@ -149,13 +200,16 @@ def validate_values(t: TickColumns) -> np.ndarray:
 
     with np.errstate(invalid="ignore"):
         mark(t.instrument_codes < 0, RejectReason.MISSING_INSTRUMENT)
-        mark(t.ts_null | (t.ts <= 0) | (t.ts > MAX_TS_NS), RejectReason.BAD_TIMESTAMP)
+        ts_reasons = check_timestamps(t, timestamps or TimestampPolicy())
+        take = (reasons == 0) & (ts_reasons > 0)
+        reasons[take] = ts_reasons[take]
         mark(t.price_null | ~np.isfinite(t.price), RejectReason.NON_FINITE_PRICE)
         mark(t.price <= 0, RejectReason.NON_POSITIVE_PRICE)
         mark(~t.size_null & ~np.isfinite(t.size), RejectReason.NON_FINITE_SIZE)
         mark(~t.size_null & (t.size < 0), RejectReason.NEGATIVE_SIZE)
         for q in (t.bid, t.ask, t.bid_size, t.ask_size):
-            # NaN here means "absent" (null in the source): allowed.
+            # NaN here means "absent": null in the source, or NaN in a file's quote column (pandas'
+            # marker for a missing value). A JSON message cannot carry NaN (it is not JSON).
             mark(np.isinf(q) | (q < 0), RejectReason.BAD_QUOTE)
     return reasons
 
