@@ -41,6 +41,20 @@ def parse_duration_ns(text: str, what: str = "duration") -> int:
     return int(value)
 
 
+def parse_date_ns(text: str, what: str = "date") -> int:
+    """'1990-01-01' (UTC midnight) -> nanoseconds since the epoch."""
+    import datetime as dt
+
+    try:
+        day = dt.date.fromisoformat(str(text).strip())
+    except ValueError:
+        raise ConfigError(f"{what} {text!r} is not a date; write YYYY-MM-DD (UTC), e.g. 1990-01-01") from None
+    ns = (day - dt.date(1970, 1, 1)).days * 86_400_000_000_000
+    if ns <= 0:
+        raise ConfigError(f"{what} must be after 1970-01-01, got {text!r}")
+    return ns
+
+
 def parse_mapping(text: str | None) -> dict[str, str]:
     """'price=last,ts=time' -> {'price': 'last', 'ts': 'time'} (canonical name = source name)."""
     if not text:
@@ -97,6 +111,10 @@ class RunConfig:
                        "committed offset silently to build state, e.g. 30m (empty: start from zero state)")
     reset_gap: str = _opt("", "start an instrument afresh after an event-time gap this long, e.g. 30m (empty: never)")
     expire_after: str = _opt("", "reclaim instruments idle this long, e.g. 1d (empty: never)")
+    ts_floor: str = _opt("1990-01-01", "refuse ticks with an event time before this UTC date (bad_timestamp, or "
+                         "ts_unit_s/_ms/_us when the value is a time in that unit)")
+    max_ts_ahead: str = _opt("5m", "refuse ticks whose event time is more than this after the record's own "
+                             "Kafka timestamp (ts_ahead)")
     metrics_address: str = _opt("127.0.0.1:9108", "host:port for /metrics, /healthz, /readyz (port 0: any free)")
     status_interval_s: float = _opt(5.0, "seconds between one-line status reports (0: off)")
     log_format: str = _opt("text", "log lines as key=value text or JSON", choices=("text", "json"))
@@ -176,9 +194,10 @@ class RunConfig:
                               "replayed forecasts to equal the first ones)")
         if self.on_model_change == "warmup" and not self.warmup:
             raise ConfigError("on_model_change = warmup needs warmup = DURATION (how much input to replay), e.g. 30m")
-        for name in ("reset_gap", "expire_after", "warmup"):
+        for name in ("reset_gap", "expire_after", "warmup", "max_ts_ahead"):
             if getattr(self, name):
                 parse_duration_ns(getattr(self, name), name)
+        parse_date_ns(self.ts_floor, "ts_floor")
         host, _, port = self.metrics_address.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"metrics_address {self.metrics_address!r} is not host:port, e.g. 127.0.0.1:9108")

@@ -46,7 +46,7 @@ from operators.model import Bundle
 from operators.validation import RejectReason
 from pipeline import logs
 from pipeline.checkpoint import CheckpointError, CheckpointStore, Problem
-from pipeline.config import RunConfig, parse_duration_ns
+from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.metrics import Metrics
 from pipeline.scoring import OnlineScorer
 from pipeline.sinks import ARROW_CONTENT_TYPE, FORECAST_MESSAGE_SCHEMA, encode_forecast_batch
@@ -179,6 +179,7 @@ class Runner:
         self.forecaster = Forecaster(bundle, ForecasterConfig(
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
+            ts_floor_ns=parse_date_ns(config.ts_floor), max_ts_ahead_ns=parse_duration_ns(config.max_ts_ahead),
         ))
         self.scorer = OnlineScorer(bundle.horizon)
         self.stats = RunStats()
@@ -534,15 +535,14 @@ class Runner:
         for p, c in zip(*np.unique(part, return_counts=True)):
             self.metrics.ticks_received.labels(str(p)).inc(int(c))
 
-        decoded = decode_batch(keys, values)
+        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
+        decoded = decode_batch(keys, values, stamps)  # the record timestamp is "now" for the timestamp policy
         idx = decoded.ticks.column("index").to_numpy()
-        ticks = decoded.ticks.select(list(_TICK_COLUMNS))
+        ticks = decoded.ticks.select(list(_TICK_COLUMNS) + ["record_ts"])
         ticks = ticks.append_column("partition", pa.array(pid[idx].astype(np.int32)))
         ticks = ticks.append_column("offset", pa.array(offs[idx]))
         # Records a recovery replays (before the committed offset) update state and emit nothing.
-        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n) \
-            if self._replay_until_ts else None
-        silent = self._silent_mask(pid, offs, stamps)
+        silent = self._silent_mask(pid, offs, stamps if self._replay_until_ts else None)
         t_step = time.perf_counter()
         self._dirty = True
         result = self.forecaster.step(ticks)

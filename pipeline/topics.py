@@ -60,7 +60,7 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
         consumer.assign(list(wanted))
         for tp, off in wanted.items():
             consumer.seek(tp, off)
-        keys, values, partitions, offsets = [], [], [], []
+        keys, values, partitions, offsets, stamps = [], [], [], [], []
         done: dict[TopicPartition, int] = {}
         read: dict[int, tuple[int, int]] = {}
         deadline = time.monotonic() + timeout_s
@@ -82,6 +82,7 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
                     values.append(r.value)
                     partitions.append(tp.partition)
                     offsets.append(r.offset)
+                    stamps.append(r.timestamp)
                     got += 1
             if progress is not None and got:
                 progress(got)
@@ -103,7 +104,8 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
                         read[tp.partition] = (wanted[tp], end)
     finally:
         consumer.close(autocommit=False)
-    return _decode(keys, values, np.array(partitions, dtype=np.int32), np.array(offsets, dtype=np.int64), read)
+    return _decode(keys, values, np.array(partitions, dtype=np.int32), np.array(offsets, dtype=np.int64), read,
+                   np.array(stamps, dtype=np.int64))
 
 
 def _offsets_at(consumer: KafkaConsumer, tps: list[TopicPartition], at_ms: int | None,
@@ -176,10 +178,11 @@ def _end_for(consumer: KafkaConsumer, tp: TopicPartition, ends: dict) -> int | N
     return consumer.highwater(tp)
 
 
-def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray, read: dict) -> TopicRange:
-    decoded = decode_batch(keys, values)
+def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray, read: dict,
+            stamps: np.ndarray | None = None) -> TopicRange:
+    decoded = decode_batch(keys, values, stamps)  # record timestamps: the same timestamp verdicts as live
     idx = decoded.ticks.column("index").to_numpy()
-    ticks = decoded.ticks.select(list(TICK_COLUMNS))
+    ticks = decoded.ticks.select(list(TICK_COLUMNS) + ["record_ts"])
     ticks = ticks.append_column("partition", pa.array(partitions[idx], pa.int32()))
     ticks = ticks.append_column("offset", pa.array(offsets[idx], pa.int64()))
     bad = [i for i, _, _ in decoded.rejected]
