@@ -153,12 +153,15 @@ BAD_MESSAGES = [
     ("key_mismatch", b"B", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": 10.0}'),
     ("oversized_key", b"K" * 300, b'{"v": 1, "ts": 1700000000000000000, "price": 10.0}'),
     ("oversized_value", b"A", b'{"v": 1, "pad": "' + b"x" * 5000 + b'"}'),
-    ("non_finite_price", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": NaN}'),
-    ("non_finite_price", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": Infinity}'),
+    ("bad_json", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": NaN}'),  # not JSON
+    ("bad_json", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": Infinity}'),
+    ("non_finite_price", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": 1e400}'),
     ("non_positive_price", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": -3.5}'),
     ("negative_size", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000000000, "price": 1.0, "size": -1}'),
     ("bad_timestamp", b"A", b'{"v": 1, "instrument": "A", "ts": -5, "price": 10.0}'),
-    ("bad_timestamp", b"A", b'{"v": 1, "instrument": "A", "ts": 9000000000000000000, "price": 10.0}'),
+    ("ts_ahead", b"A", b'{"v": 1, "instrument": "A", "ts": 9000000000000000000, "price": 10.0}'),
+    ("ts_ahead", b"A", b'{"v": 1, "instrument": "A", "ts": 4070908800000000000, "price": 10.0}'),  # 2099
+    ("ts_unit_ms", b"A", b'{"v": 1, "instrument": "A", "ts": 1700000000000, "price": 10.0}'),
     ("out_of_order", b"A", b'{"v": 1, "instrument": "A", "ts": 1600000000000000000, "price": 10.0}'),
     ("bad_json", b"A", None),
 ]
