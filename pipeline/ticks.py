@@ -31,15 +31,16 @@ then rejects like any non-finite value). ``true``/``false`` are not numbers.
 The verdict on a message (a tick with these values, or a reason) depends on
 its key and value alone, never on the other messages of its batch. Two paths
 implement it. The fast path parses many messages at once with Arrow's JSON
-reader; it takes only messages whose bytes make the readers provably agree:
-printable ASCII without backslashes, a single flat object (``{`` first, ``}``
-last, no other brace or bracket outside strings) and, outside strings, only
-the characters of numbers, ``true``/``false``/``null`` and the punctuation of
-an object. Everything else, and any group of messages Arrow refuses (halved
-until the refused message stands alone), goes message by message through
-Python's ``json`` with the checks above. The fast-path filter is a few NumPy
-passes over the joined bytes; the per-message Python work on it is the join
-and two length comprehensions.
+reader, which is strict except that it accepts NaN/Inf/Infinity literals
+and skips nested values of ignored fields unchecked; so it takes only
+messages where neither can happen: printable ASCII without backslashes, one
+flat object (``{`` first, ``}`` last, no other brace or bracket anywhere) and
+no ``N`` or ``I`` outside strings. Everything else, and any group of messages
+Arrow refuses (halved until the refused message stands alone), goes message
+by message through Python's ``json`` with the checks above; the hypothesis
+properties in tests/property/test_decode.py hold the two paths to the same
+verdicts. The fast-path filter is a few NumPy passes over the joined bytes;
+the per-message Python work on it is the join and two length comprehensions.
 """
 
 from __future__ import annotations
