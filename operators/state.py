@@ -187,12 +187,13 @@ class StateTable:
             self._index_peak[partition] = len(index)
 
     # -- expiry ----------------------------------------------------------------
-    def expire(self, partition: int, idle_before_ts: int) -> int:
+    def expire(self, partition: int, idle_before_ts: int, removed: list[tuple[int, str]] | None = None) -> int:
         """Reclaim rows of ``partition`` whose last tick is older than ``idle_before_ts``.
 
         Survivors keep their values bit for bit; the last rows move into the
         holes, and the table shrinks if it is mostly empty. Returns the number of
-        rows reclaimed.
+        rows reclaimed; their (partition, instrument) keys are appended to
+        ``removed`` if given (for side tables that must forget them too).
         """
         n = self.n_rows
         last_ts = self.column("last_ts")[:n]
@@ -205,8 +206,12 @@ class StateTable:
         n_keep = n - len(dead)
         holes = dead[dead < n_keep]
         movers = np.flatnonzero(keep_mask[n_keep:]) + n_keep
-        for r in dead.tolist():
-            del self._index[int(part[r])][self._instruments[r]]
+        index = self._index[partition]
+        names = [self._instruments[r] for r in dead.tolist()]
+        for name in names:
+            del index[name]
+        if removed is not None:
+            removed.extend(zip(repeat(partition), names))
         for col in [*self._h, *self._c, *self._scalars.values()]:
             col.view[holes] = col.view[movers]
         for hole, mover in zip(holes.tolist(), movers.tolist()):

@@ -34,6 +34,7 @@ class RejectReason(IntEnum):
     NEGATIVE_SIZE = 6
     BAD_QUOTE = 7
     OUT_OF_ORDER = 8
+    INSTRUMENT_LIMIT = 13  # a new instrument while the process holds max_instruments (see Forecaster)
 
     @property
     def label(self) -> str:
