@@ -110,3 +110,45 @@ def test_capacity_shrinks_after_instruments_leave_and_grows_again():
     # Rows are reused: a fresh instrument scores like a new one.
     m = scorer.update(survivors[:1], np.zeros(H + 1, dtype=np.int64), np.full(H + 1, 10.0), np.zeros(H + 1))
     assert m.count == 1 and len(scorer) == 1
+
+
+# -- the runner's side tables (no broker needed) -----------------------------------------------------
+def test_json_name_cache_is_bounded_and_always_answers():
+    import json
+
+    from pipeline.runner import JsonNames
+
+    cache = JsonNames(max_size=100)
+    for b in range(300):
+        names = [f"ORDER-{b}-{i}" for i in range(30)] + ["AAPL", 'we"ird\\ud800']
+        got = cache.lookup(names)
+        assert all(got[nm] == json.dumps(nm) for nm in names)
+        assert len(cache) <= 100
+
+
+def test_runner_scorer_follows_the_state_table_through_expiry(bundle):
+    import pyarrow as pa
+
+    from pipeline.config import RunConfig
+    from pipeline.metrics import Metrics
+    from pipeline.runner import Runner
+
+    sec = 1_000_000_000
+    t0 = 1_700_000_000_000_000_000
+    metrics = Metrics()
+    runner = Runner(RunConfig(model="unused", checkpoint_uri="", expire_after="60s", max_instruments=50),
+                    bundle, metrics)
+    assert metrics.registry.get_sample_value("tickcast_state_rows_limit") == 50
+    for b in range(40):  # 10 new instruments a batch, each ticking for 3 batches, event time 30 s a batch
+        names = [f"N{b - age}-{i}" for age in range(3) if b - age >= 0 for i in range(10)]
+        n = len(names)
+        ticks = pa.table({"instrument": pa.array(names), "ts": pa.array([t0 + b * 30 * sec] * n, pa.int64()),
+                          "price": pa.array(100.0 + np.arange(n)), "size": pa.array([1.0] * n),
+                          "partition": pa.array([b % 2] * n, pa.int32())})
+        res = runner.forecaster.step(ticks)
+        runner._score(ticks, res.rows, res.forecasts, res.expired)
+        held = {(p, nm) for p, nm in zip(runner.forecaster.state.column("partition")[: len(runner.forecaster.state)]
+                                             .tolist(), runner.forecaster.state.instruments)}
+        assert set(runner.scorer._keys) == held  # every instrument stepped was scored; none expired stays
+    assert runner.forecaster.expired_total > 0
+    assert len(runner.forecaster.state) <= 50
