@@ -101,6 +101,22 @@ def run_one(mode: str, names_total: int, new_per_batch: int, name_length: int, e
                   f"{s['scorer_capacity']:>9,} {s['name_cache']:>9,} {refused:>11,} {s['rss_bytes'] / 2**20:>8.0f}",
                   flush=True)
     elapsed = time.perf_counter() - t_start
+    drained = None
+    if mode == "expire":
+        # The flood stops: one tick per partition, well past expiry, lets the sweeps reclaim everything.
+        late = T0 + (n_batches + 4 * expire_batches) * SEC
+        ticks = pa.table({"instrument": pa.array([f"AFTER-{p}" for p in range(partitions)]),
+                          "ts": pa.array(np.full(partitions, late, dtype=np.int64)),
+                          "price": pa.array(np.full(partitions, 100.0)), "size": pa.array(np.ones(partitions)),
+                          "partition": pa.array(np.arange(partitions, dtype=np.int32))})
+        res = fc.step(ticks)
+        runner._score(ticks, res.rows, res.forecasts, res.expired)
+        gc.collect()
+        drained = {"rows": len(fc.state), "capacity": fc.state.capacity, "scorer_rows": len(scorer),
+                   "scorer_capacity": scorer.capacity, "rss_bytes": rss_bytes()}
+        print(f"[{mode}] after the flood stops: state rows {drained['rows']:,}, capacity {drained['capacity']:,}, "
+              f"scorer rows {drained['scorer_rows']:,}, scorer capacity {drained['scorer_capacity']:,}, "
+              f"RSS {drained['rss_bytes'] / 2**20:.0f} MB")
 
     def at(frac: float) -> dict:
         want = frac * names_total
@@ -114,7 +130,7 @@ def run_one(mode: str, names_total: int, new_per_batch: int, name_length: int, e
         "rows_end": len(fc.state), "capacity_end": fc.state.capacity,
         "rows_max": max(s["rows"] for s in samples), "capacity_max": max(s["capacity"] for s in samples),
         "scorer_rows_end": len(scorer), "expired_rows": fc.expired_total, "refused_ticks": refused,
-        "samples": samples,
+        "drained": drained, "samples": samples,
     }
     print(f"[{mode}] RSS MB at 10 % / 50 % / 100 % of the names: {summary['rss_10pct_mb']} / "
           f"{summary['rss_50pct_mb']} / {summary['rss_end_mb']} (max {summary['rss_max_mb']}, start "
