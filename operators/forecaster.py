@@ -17,12 +17,26 @@ idle for more than ``expire_after`` + ``expiry_grace`` behind the partition's
 newest event time and implies ``reset_gap <= expire_after``, so reclaiming a
 row never changes a forecast unless ticks of one partition arrive more than
 ``expiry_grace`` behind each other in event time.
+
+Instrument limit (``max_instruments``): the state table holds at most that
+many rows. Instruments it holds are always served. A *new* instrument is given
+a row only while rows are free; the free rows of a batch go to its new
+instruments in the order of their first valid tick, and every tick of a new
+instrument that gets none is refused with ``INSTRUMENT_LIMIT`` (the whole
+batch's ticks of that instrument share one verdict). The verdict is a function
+of the state table and the ticks alone, so for one partition's stream it does
+not depend on batch boundaries: the first ``max_instruments`` distinct
+instruments are served, later ones refused, until expiry frees rows (which
+happens at sweeps, at most ``expire_after``/8 of event time apart; a row
+counts as held until its sweep). Rows restored from checkpoints are loaded
+whole even above the limit (dropping them would change forecasts); new
+instruments then wait until expiry brings the table under it.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -47,6 +61,7 @@ class ForecasterConfig:
     ts_floor_ns: int = DEFAULT_TS_FLOOR_NS
     max_ts_ahead_ns: int = DEFAULT_MAX_TS_AHEAD_NS
     now_ns: int | None = None
+    max_instruments: int | None = None  # rows the state table may hold; new instruments beyond are refused
 
     @property
     def effective_reset_gap_ns(self) -> int | None:
@@ -58,6 +73,8 @@ class ForecasterConfig:
             v = getattr(self, name)
             if v is not None and v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
+        if self.max_instruments is not None and self.max_instruments < 1:
+            raise ValueError(f"max_instruments must be at least 1 (or None for no limit), got {self.max_instruments}")
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,7 @@ class StepResult:
     n_instruments: int  # distinct (partition, instrument) stepped
     n_resets: int
     n_expired: int
+    expired: list[tuple[int, str]] = field(default_factory=list)  # (partition, instrument) rows reclaimed
 
     @property
     def n_rejected(self) -> int:
@@ -115,6 +133,29 @@ class Forecaster:
         group_names = [names[c] for c in (key[starts] % n_codes).tolist()]
         st = self.state
         rows = st.lookup_many(group_part, group_names)
+        limit = self.config.max_instruments
+        refused_rows = np.zeros(0, dtype=np.int64)  # valid ticks refused by the limit: they still move the clock
+        if limit is not None:
+            new = np.flatnonzero(rows < 0)
+            free = max(limit - len(st), 0)
+            if len(new) > free:
+                # First come, first served: by the batch row of each new instrument's first valid tick.
+                refused = np.zeros(len(starts), dtype=bool)
+                refused[new[np.argsort(order[starts[new]], kind="stable")[free:]]] = True
+                gid = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))
+                out = refused[gid]
+                refused_rows = order[out]
+                reasons[refused_rows] = RejectReason.INSTRUMENT_LIMIT
+                order, gid = order[~out], gid[~out]
+                if len(order) == 0:
+                    # Expiry still runs: at the limit, only the clock moving on frees rows.
+                    expired: list[tuple[int, str]] = []
+                    n_expired = self._sweep(cols.partition[refused_rows], cols.ts[refused_rows], expired)
+                    return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, n_expired, expired)
+                starts = np.flatnonzero(np.diff(gid, prepend=-1))
+                kept = gid[starts]
+                group_part, rows = group_part[kept], rows[kept]
+                group_names = [group_names[g] for g in kept.tolist()]
         known = rows >= 0
         last_ts = np.full(len(rows), NO_TS, dtype=np.int64)
         last_ts[known] = st.column("last_ts")[rows[known]]
@@ -169,8 +210,10 @@ class Forecaster:
         norm = self.bundle.normalisation
         forecast = y.astype(np.float64) * norm.target_std + norm.target_mean
         back = np.argsort(order, kind="stable")
-        n_expired = self._sweep(cols.partition[order], ts)
-        return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired)
+        expired = []
+        clock = np.concatenate([order, refused_rows]) if len(refused_rows) else order
+        n_expired = self._sweep(cols.partition[clock], cols.ts[clock], expired)
+        return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired)
 
     # -- one partition's state, for checkpoints and hand-over ----------------------------
     def export_partition(self, partition: int) -> pa.Table:
@@ -201,18 +244,18 @@ class Forecaster:
         self._last_sweep.pop(partition, None)
         return self.state.drop_partition(partition)
 
-    def _sweep(self, partitions: np.ndarray, ts: np.ndarray) -> int:
-        """Reclaim idle rows, at most once per 1/8 of ``expire_after`` of event time."""
+    def _sweep(self, partitions: np.ndarray, ts: np.ndarray, expired: list[tuple[int, str]]) -> int:
+        """Reclaim idle rows, at most once per 1/8 of ``expire_after`` of event time; their keys go to ``expired``."""
         expire = self.config.expire_after_ns
         if expire is None or len(ts) == 0:
             return 0
         grace = self.config.expiry_grace_ns if self.config.expiry_grace_ns is not None else expire
-        expired = 0
+        n_expired = 0
         for p in np.unique(partitions).tolist():
             wm = max(self._watermark.get(p, NO_TS), int(ts[partitions == p].max()))
             self._watermark[p] = wm
             if wm - self._last_sweep.get(p, NO_TS) >= max(expire // 8, 1) or p not in self._last_sweep:
                 self._last_sweep[p] = wm
-                expired += self.state.expire(p, wm - expire - grace)
-        self.expired_total += expired
-        return expired
+                n_expired += self.state.expire(p, wm - expire - grace, expired)
+        self.expired_total += n_expired
+        return n_expired

@@ -8,7 +8,12 @@ hands the same memory to Arrow (IPC, Parquet) without copying the numbers.
 
 Capacity grows by doubling. Idle rows can be reclaimed (:meth:`expire`); rows
 move when others are reclaimed, so callers hold row numbers only for the
-duration of one micro-batch.
+duration of one micro-batch. After a reclaim the table shrinks too: capacity
+halves while fewer than a quarter of its rows are live (never below the
+initial capacity; the gap between the grow and shrink points means a table
+near a boundary does not reallocate back and forth), and a partition's
+instrument index is rebuilt once it holds under a quarter of its peak (a
+Python dict never gives back its table on deletion).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class _ArrowColumn:
         flat = np.frombuffer(self.buffer, dtype=self.dtype)
         self.view = flat.reshape(-1, self.width) if self.width > 1 else flat
 
-    def grow(self, capacity: int, n_rows: int) -> None:
+    def resize(self, capacity: int, n_rows: int) -> None:
         old = self.view
         self._alloc(capacity)
         self.view[:n_rows] = old[:n_rows]
@@ -77,11 +82,13 @@ _SCALARS: dict[str, tuple[str, pa.DataType, float | int]] = {
 class StateTable:
     """Per-(partition, instrument) rows of LSTM state and previous-tick values."""
 
-    def __init__(self, shape: StateShape, capacity: int = 1024):
+    def __init__(self, shape: StateShape, capacity: int = 1024, min_capacity: int | None = None):
         self.shape = shape
         self.capacity = max(int(capacity), 1)
+        self.min_capacity = max(int(min_capacity), 1) if min_capacity is not None else self.capacity
         self.n_rows = 0
         self._index: dict[int, dict[str, int]] = {}  # partition -> instrument -> row
+        self._index_peak: dict[int, int] = {}  # partition -> its index's size when last built or grown
         self._instruments: list[str] = []
         self._h = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
         self._c = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
@@ -133,6 +140,8 @@ class StateTable:
         rows = np.arange(start, start + n_new, dtype=np.int64)
         for i, (p, name) in enumerate(keys):
             self._index.setdefault(p, {})[name] = start + i
+        for p in {p for p, _ in keys}:
+            self._index_peak[p] = max(self._index_peak.get(p, 0), len(self._index[p]))
         self._instruments.extend(k for _, k in keys)
         self.n_rows += n_new
         self._reset_rows(rows)
@@ -155,16 +164,36 @@ class StateTable:
         capacity = self.capacity
         while capacity < n:
             capacity *= 2
+        self._resize(capacity)
+
+    def _resize(self, capacity: int) -> None:
         for col in [*self._h, *self._c, *self._scalars.values()]:
-            col.grow(capacity, self.n_rows)
+            col.resize(capacity, self.n_rows)
         self.capacity = capacity
 
+    def _shrink(self, partition: int) -> None:
+        """Give memory back after rows of ``partition`` were reclaimed."""
+        capacity = self.capacity
+        while self.n_rows < capacity // 4 and capacity // 2 >= self.min_capacity:
+            capacity //= 2
+        if capacity < self.capacity:
+            self._resize(capacity)
+        index = self._index.get(partition)
+        if index is not None and not index:
+            del self._index[partition]
+            self._index_peak.pop(partition, None)
+        elif index is not None and len(index) < self._index_peak.get(partition, 0) // 4:
+            self._index[partition] = dict(index)
+            self._index_peak[partition] = len(index)
+
     # -- expiry ----------------------------------------------------------------
-    def expire(self, partition: int, idle_before_ts: int) -> int:
+    def expire(self, partition: int, idle_before_ts: int, removed: list[tuple[int, str]] | None = None) -> int:
         """Reclaim rows of ``partition`` whose last tick is older than ``idle_before_ts``.
 
         Survivors keep their values bit for bit; the last rows move into the
-        holes. Returns the number of rows reclaimed.
+        holes, and the table shrinks if it is mostly empty. Returns the number of
+        rows reclaimed; their (partition, instrument) keys are appended to
+        ``removed`` if given (for side tables that must forget them too).
         """
         n = self.n_rows
         last_ts = self.column("last_ts")[:n]
@@ -177,8 +206,12 @@ class StateTable:
         n_keep = n - len(dead)
         holes = dead[dead < n_keep]
         movers = np.flatnonzero(keep_mask[n_keep:]) + n_keep
-        for r in dead.tolist():
-            del self._index[int(part[r])][self._instruments[r]]
+        index = self._index[partition]
+        names = [self._instruments[r] for r in dead.tolist()]
+        for name in names:
+            del index[name]
+        if removed is not None:
+            removed.extend(zip(repeat(partition), names))
         for col in [*self._h, *self._c, *self._scalars.values()]:
             col.view[holes] = col.view[movers]
         for hole, mover in zip(holes.tolist(), movers.tolist()):
@@ -187,6 +220,7 @@ class StateTable:
             self._index[int(self.column("partition")[hole])][inst] = hole
         del self._instruments[n_keep:]
         self.n_rows = n_keep
+        self._shrink(partition)
         return len(dead)
 
     # -- Arrow -----------------------------------------------------------------
@@ -263,7 +297,7 @@ class StateTable:
         """A table holding exactly ``table``'s rows, in the same order."""
         meta = table.schema.metadata or {}
         shape = StateShape(layers=int(meta[b"layers"]), hidden=int(meta[b"hidden"]))
-        state = cls(shape, capacity=max(len(table), 1))
+        state = cls(shape, capacity=max(len(table), 1), min_capacity=1024)
         n = len(table)
         instruments = table.column("instrument").to_pylist()
         partitions = table.column("partition").to_numpy()

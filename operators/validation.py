@@ -40,6 +40,7 @@ class RejectReason(IntEnum):
     TS_UNIT_S = 10  # below the floor, but a plausible time in seconds
     TS_UNIT_MS = 11  # ... in milliseconds
     TS_UNIT_US = 12  # ... in microseconds
+    INSTRUMENT_LIMIT = 13  # a new instrument while the process holds max_instruments (see Forecaster)
 
     @property
     def label(self) -> str:

@@ -303,6 +303,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
         results = bench_operator(quick=args.quick, batch_ticks=args.batch_ticks)
+    elif args.what == "memory":
+        from benchmarks.memory import run as bench_memory  # noqa: PLC0415
+
+        modes = tuple(m for m in args.modes.split(",") if m)
+        results = bench_memory(names_total=1_000_000 if args.quick else args.names, modes=modes)
     elif args.what == "backtest":
         from benchmarks.backtest import run as bench_backtest  # noqa: PLC0415
         from pipeline import logs  # noqa: PLC0415
@@ -691,7 +696,7 @@ def _add_later_parsers(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest"], help="which benchmark")
+    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest", "memory"], help="which benchmark")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
     p.add_argument("--batch-ticks", type=int, default=10_000,
@@ -701,6 +706,10 @@ def _add_later_parsers(sub) -> None:
                    help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
     p.add_argument("--bootstrap-servers", default=None,
                    help="e2e: use this Kafka instead of the embedded broker")
+    p.add_argument("--names", type=int, default=10_000_000,
+                   help="memory: distinct instrument names to stream (default: 10000000; --quick: 1000000)")
+    p.add_argument("--modes", default="expire,limit",
+                   help="memory: runs, comma-separated, of expire, limit, baseline (default: expire,limit)")
     p.set_defaults(func=cmd_bench)
 
 

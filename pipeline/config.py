@@ -104,6 +104,8 @@ class RunConfig:
                                         "revoke and shutdown, and every checkpoint_every_batches)")
     checkpoint_every_batches: int = _opt(0, "also write checkpoints every this many batches (0: off)")
     checkpoint_keep: int = _opt(3, "checkpoints kept per partition")
+    max_instruments: int = _opt(1_000_000, "instruments this process holds state for; ticks of a new instrument "
+                                "beyond it go to the dead-letter topic as instrument_limit (0: no limit)")
     on_model_change: str = _opt("refuse", "a checkpoint from another model version: refuse to start, or "
                                 "warmup (rebuild state by replaying warmup_window of input silently)",
                                 choices=("refuse", "warmup"))
@@ -189,6 +191,8 @@ class RunConfig:
             raise ConfigError("checkpoint_interval_s and checkpoint_every_batches must be >= 0")
         if self.checkpoint_keep < 1:
             raise ConfigError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
+        if self.max_instruments < 0:
+            raise ConfigError(f"max_instruments must be >= 0 (0: no limit), got {self.max_instruments}")
         if self.processing == "exactly_once" and not self.checkpoint_uri:
             raise ConfigError("processing = exactly_once needs checkpoint_uri (state must survive a restart for "
                               "replayed forecasts to equal the first ones)")

@@ -66,6 +66,9 @@ class Metrics:
         self.state_rows = Gauge("state_rows", "Instruments held in the state table", namespace=ns, registry=r)
         self.state_bytes = Gauge("state_bytes", "Bytes held by the state table's buffers",
                                  namespace=ns, registry=r)
+        self.state_rows_limit = Gauge("state_rows_limit", "max_instruments: rows the state table may hold "
+                                      "(0: no limit); new instruments beyond it are dead-lettered as "
+                                      "instrument_limit", namespace=ns, registry=r)
         self.expired_rows = Counter("state_expired_rows", "Idle instrument rows reclaimed",
                                     namespace=ns, registry=r)
         self.session_resets = Counter("session_resets", "Instrument states restarted after a long gap",

@@ -167,6 +167,33 @@ class StallWatch:
                         extra={"operation": op, "waiting_s": round(time.monotonic() - since, 1)})
 
 
+class JsonNames:
+    """Instrument name -> its JSON string literal, memoised for the forecast encoder.
+
+    Bounded: when the new names of a batch would take it past ``max_size`` it is
+    cleared first (a hot set of instruments stays cached; a flood of one-off
+    names costs a ``json.dumps`` each, not memory).
+    """
+
+    def __init__(self, max_size: int = 32_768):
+        self.max_size = max_size
+        self._cache: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def lookup(self, names: list[str]) -> dict[str, str]:
+        """A mapping that holds every name of ``names``."""
+        cache = self._cache
+        new = set(names) - cache.keys()
+        if len(cache) + len(new) > self.max_size:
+            self._cache = cache = {}  # a fresh dict: a cleared one keeps its table size
+            new = set(names)
+        for nm in new:
+            cache[nm] = json.dumps(nm)
+        return cache
+
+
 class FatalError(Exception):
     """The run cannot go on (fenced producer, incompatible checkpoint); the message says why."""
 
@@ -180,7 +207,9 @@ class Runner:
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
             ts_floor_ns=parse_date_ns(config.ts_floor), max_ts_ahead_ns=parse_duration_ns(config.max_ts_ahead),
+            max_instruments=config.max_instruments or None,
         ))
+        self.metrics.state_rows_limit.set(config.max_instruments)
         self.scorer = OnlineScorer(bundle.horizon)
         self.stats = RunStats()
         self.stop_event = threading.Event()
@@ -189,7 +218,7 @@ class Runner:
         self.producer = None
         self._assigned: set = set()
         self._revoked: set = set()
-        self._json_names: dict[str, str] = {}
+        self._json_names = JsonNames()
         self._partitioner = CachingPartitioner()  # shared by every producer this run makes
         self._to_restore: set = set()
         # Durability: where each assigned partition's state stands, and what is replayed silently.
@@ -590,7 +619,7 @@ class Runner:
         for v in lat.tolist():
             self.metrics.e2e_seconds.observe(v)
         self.stats.latencies.extend(lat.tolist())
-        self._score(ticks, rows, forecasts)
+        self._score(ticks, rows, forecasts, result.expired)
         self.stats.ticks += n
         self.stats.forecasts += len(out_rows)
         self.stats.dead_letters += len(dead)
@@ -620,9 +649,7 @@ class Runner:
         take = pa.array(rows)
         names = ticks.column("instrument").take(take).to_pylist()
         ts = ticks.column("ts").take(take).to_pylist()
-        cache = self._json_names
-        for nm in set(names) - cache.keys():
-            cache[nm] = json.dumps(nm)
+        cache = self._json_names.lookup(names)
         head = f'{{"v":1,"model_version":"{self.bundle.model_version}","horizon_ticks":{self.bundle.horizon},'
         return [
             (nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
@@ -939,7 +966,13 @@ class Runner:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
 
-    def _score(self, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray) -> None:
+    def _score(self, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray,
+               expired: list[tuple[int, str]] = ()) -> None:
+        """Score the forecasts that mature with this batch; forget what the state table expired in it."""
+        self._score_batch(ticks, rows, forecasts)
+        self.scorer.forget(expired)  # after scoring: a key stepped and expired in one batch is gone from both
+
+    def _score_batch(self, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray) -> None:
         if len(rows) == 0:
             return
         take = pa.array(rows)

@@ -5,11 +5,18 @@ tick t + horizon: realised = log(price[t + horizon] / price[t]). Per
 (partition, instrument) the scorer keeps the last ``horizon`` prices and
 forecasts in a ring (NumPy arrays, one row per instrument); each batch is
 scored with array indexing, no per-tick Python loop.
+
+Rows are compact (0..n-1 live, like the state table): an instrument that
+leaves (its partition revoked, or its state row expired) gives its row back,
+the last rows move into the holes, and the arrays halve when fewer than a
+quarter of their rows are live, so the scorer's memory follows the
+instruments the process holds.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 
@@ -24,29 +31,76 @@ class Matured:
 class OnlineScorer:
     def __init__(self, horizon: int, capacity: int = 1024):
         self.h = horizon
+        self.min_capacity = max(int(capacity), 1)
         self._index: dict[tuple[int, str], int] = {}
-        self._price = np.zeros((capacity, horizon))
-        self._forecast = np.zeros((capacity, horizon))
-        self._count = np.zeros(capacity, dtype=np.int64)
+        self._keys: list[tuple[int, str]] = []  # row -> key, rows 0..n-1
+        self._alloc(self.min_capacity, 0)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    @property
+    def capacity(self) -> int:
+        return len(self._count)
+
+    def _alloc(self, capacity: int, keep: int) -> None:
+        price, forecast = np.zeros((capacity, self.h)), np.zeros((capacity, self.h))
+        count = np.zeros(capacity, dtype=np.int64)
+        if keep:
+            price[:keep], forecast[:keep], count[:keep] = self._price[:keep], self._forecast[:keep], self._count[:keep]
+        self._price, self._forecast, self._count = price, forecast, count
 
     def _rows(self, keys: list[tuple[int, str]]) -> np.ndarray:
-        rows = np.empty(len(keys), dtype=np.int64)
-        for i, k in enumerate(keys):  # one lookup per instrument of the batch, not per tick
-            r = self._index.get(k)
-            if r is None:
-                r = self._index[k] = len(self._index)
-                if r >= len(self._count):
-                    grow = len(self._count)
-                    self._price = np.vstack([self._price, np.zeros((grow, self.h))])
-                    self._forecast = np.vstack([self._forecast, np.zeros((grow, self.h))])
-                    self._count = np.concatenate([self._count, np.zeros(grow, dtype=np.int64)])
-            rows[i] = r
+        """Row of each key; new keys get fresh rows after the live ones (never a live row)."""
+        rows = np.fromiter(map(self._index.get, keys, repeat(-1)), dtype=np.int64, count=len(keys))
+        new = np.flatnonzero(rows < 0)
+        if len(new):
+            start = len(self._keys)
+            end = start + len(new)
+            if end > self.capacity:
+                capacity = self.capacity
+                while capacity < end:
+                    capacity *= 2
+                self._alloc(capacity, start)
+            rows[new] = np.arange(start, end)
+            self._count[start:end] = 0
+            for i, r in zip(new.tolist(), range(start, end)):  # once per new instrument, not per tick
+                self._index[keys[i]] = r
+                self._keys.append(keys[i])
         return rows
 
-    def drop_partition(self, partition: int) -> None:
-        """Forget instruments of a partition this process no longer owns (rows are not reused)."""
-        for k in [k for k in self._index if k[0] == partition]:
-            self._count[self._index.pop(k)] = 0
+    def forget(self, keys) -> int:
+        """Drop these instruments (expired from the state table); unknown keys are ignored. Returns how many."""
+        dead = [r for r in map(self._index.pop, keys, repeat(None)) if r is not None]
+        if dead:
+            self._compact(np.asarray(dead, dtype=np.int64))
+        return len(dead)
+
+    def drop_partition(self, partition: int) -> int:
+        """Forget the instruments of a partition this process no longer owns. Returns how many."""
+        return self.forget([k for k in self._keys if k[0] == partition])
+
+    def _compact(self, dead: np.ndarray) -> None:
+        """Rows in ``dead`` (already out of the index) are gone: move the last live rows into the holes."""
+        n = len(self._keys)
+        keep = np.ones(n, dtype=bool)
+        keep[dead] = False
+        n_keep = n - len(dead)
+        holes = np.sort(dead[dead < n_keep])
+        movers = np.flatnonzero(keep[n_keep:]) + n_keep
+        for arr in (self._price, self._forecast, self._count):
+            arr[holes] = arr[movers]
+        for hole, mover in zip(holes.tolist(), movers.tolist()):
+            key = self._keys[mover]
+            self._keys[hole] = key
+            self._index[key] = hole
+        del self._keys[n_keep:]
+        capacity = self.capacity
+        while capacity > self.min_capacity and n_keep < capacity // 4:
+            capacity //= 2
+        if capacity != self.capacity:
+            self._alloc(capacity, n_keep)
+            self._index = dict(self._index)  # a dict keeps its table size after deletions: rebuild it
 
     def update(self, keys: list[tuple[int, str]], group: np.ndarray, price: np.ndarray,
                forecast: np.ndarray) -> Matured:

@@ -56,7 +56,7 @@ def test_every_alert_has_a_runbook_section():
     rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
     ops = (ROOT / "docs" / "operations.md").read_text()
     alerts = re.findall(r"- alert: (\w+)", rules)
-    assert len(alerts) == 9
+    assert len(alerts) == 10
     for name in alerts:
         assert f"docs/operations.md#{name.lower()}" in rules
         assert re.search(rf"^### {name}$", ops, re.M), f"docs/operations.md has no runbook for {name}"

@@ -193,3 +193,63 @@ def test_partitions_keep_separate_rows(bundle):
     res = fc.step(t)
     assert len(fc.state) == 2 and res.n_instruments == 2
     np.testing.assert_array_equal(res.forecasts[0], res.forecasts[1])
+
+
+# -- the instrument limit ------------------------------------------------------------------------
+LIMIT = RejectReason.__members__.get("INSTRUMENT_LIMIT")
+
+
+def test_instrument_limit_reason_code_is_stable():
+    assert LIMIT is not None and int(LIMIT) == 13 and LIMIT.label == "instrument_limit"
+
+
+def test_new_instruments_over_the_limit_are_refused_and_existing_ones_keep_being_served(bundle):
+    limited = Forecaster(bundle, ForecasterConfig(max_instruments=2))
+    free = Forecaster(bundle)
+    first = ticks(["A", "B"], [10.0, 20.0])
+    limited.step(first)
+    free.step(first)
+    t = ticks(["C", "A", "C", "B", "C"], [5.0, 10.1, 5.1, 20.2, 5.2], ts=[T0 + (10 + i) * SEC for i in range(5)])
+    res = limited.step(t)
+    ref = free.step(t)
+    assert res.reasons.tolist() == [LIMIT, 0, LIMIT, 0, LIMIT]  # every tick of C, one verdict
+    assert res.rows.tolist() == [1, 3]
+    np.testing.assert_array_equal(res.forecasts, ref.forecasts[[1, 3]])  # A and B exactly as without a limit
+    assert len(limited.state) == 2 and limited.state.lookup(0, ["C"])[0] == -1
+    assert row_bytes(limited, "A") == row_bytes(free, "A")
+
+
+def test_free_rows_go_to_new_instruments_in_order_of_their_first_tick(bundle):
+    fc = Forecaster(bundle, ForecasterConfig(max_instruments=3))
+    fc.step(ticks(["OLD"], [1.0]))
+    # Names sort differently from their arrival: arrival order decides, not the name.
+    t = ticks(["Z", "M", "A", "M", "Z", "A"], [1.0] * 6, ts=[T0 + (5 + i) * SEC for i in range(6)])
+    res = fc.step(t)
+    assert res.reasons.tolist() == [0, 0, LIMIT, 0, 0, LIMIT]
+    again = Forecaster(bundle, ForecasterConfig(max_instruments=3))
+    again.step(ticks(["OLD"], [1.0]))
+    assert again.step(t).reasons.tolist() == res.reasons.tolist()  # a function of state and input
+    # A bad tick does not claim a row; a valid later tick of the same name can.
+    fc2 = Forecaster(bundle, ForecasterConfig(max_instruments=1))
+    res2 = fc2.step(ticks(["BAD", "GOOD", "BAD"], [float("nan"), 1.0, 2.0], ts=[T0, T0 + SEC, T0 + 2 * SEC]))
+    assert res2.reasons.tolist() == [RejectReason.NON_FINITE_PRICE, 0, LIMIT]
+
+
+def test_an_instrument_refused_at_the_limit_is_served_once_expiry_frees_a_row(bundle):
+    fc = Forecaster(bundle, ForecasterConfig(max_instruments=1, expire_after_ns=60 * SEC))
+    fc.step(ticks(["A"], [1.0], ts=[T0]))
+    assert fc.step(ticks(["B"], [1.0], ts=[T0 + 200 * SEC])).reasons.tolist() == [LIMIT]  # A reclaimed after it
+    res = fc.step(ticks(["B"], [1.0], ts=[T0 + 201 * SEC]))
+    assert res.reasons.tolist() == [0] and fc.state.instruments == ["B"]
+
+
+def test_step_reports_which_instruments_expired(bundle):
+    fc = Forecaster(bundle, ForecasterConfig(expire_after_ns=60 * SEC))
+    fc.step(ticks(["IDLE", "BUSY"], [5.0, 7.0], ts=[T0, T0]))
+    res = fc.step(ticks(["BUSY"], [7.1], ts=[T0 + 121 * SEC]))
+    assert res.n_expired == 1 and res.expired == [(0, "IDLE")]
+
+
+def test_limit_is_checked_by_config():
+    with pytest.raises(ValueError, match="max_instruments"):
+        ForecasterConfig(max_instruments=0).check()

@@ -85,3 +85,63 @@ def test_expire_removes_exactly_the_idle_rows_and_keeps_the_rest_bit_for_bit(n, 
         else:
             assert t.instruments[r] == name
             assert (t.h(0)[r].tobytes(), t.c(1)[r].tobytes()) == (h, c) and t.column("last_price")[r] == p
+
+
+def test_capacity_halves_after_expiry_and_rows_keep_their_values_bit_for_bit():
+    t = filled(4096, capacity=16)  # partitions 0, 1, 2 (i % 3)
+    assert t.capacity == 4096
+    keep = [r for r in range(3000, 4096) if r % 3 == 1]  # the newest rows of partition 1 stay
+    before = {t.instruments[r]: (t.h(1)[r].tobytes(), t.c(0)[r].tobytes(), t.column("last_ts")[r]) for r in keep}
+    peak_bytes = t.nbytes
+    t.drop_partition(0)
+    t.drop_partition(2)
+    t.expire(1, 3000 * 1000)  # last_ts of row i is i * 1000
+    assert len(t) == len(keep)
+    assert t.capacity < 4 * len(t) and t.capacity >= len(t)  # occupancy back above a quarter
+    assert t.nbytes <= peak_bytes / 4
+    for name, (h, c, ts) in before.items():
+        r = int(t.lookup(1, [name])[0])
+        assert (t.h(1)[r].tobytes(), t.c(0)[r].tobytes(), t.column("last_ts")[r]) == (h, c, ts)
+    # The hot-path views are still zero-copy views of the Arrow columns.
+    table = t.to_arrow()
+    assert table.column("h0").chunk(0).values.buffers()[1].address == t.h(0).ctypes.data
+    assert table.column("tick_count").chunk(0).buffers()[1].address == t.column("tick_count").ctypes.data
+    # Everything gone: back to the initial capacity, never below it.
+    t.drop_partition(1)
+    assert len(t) == 0 and t.capacity == 16
+
+
+def test_index_and_names_shrink_after_expiry():
+    import sys
+
+    t = filled(30_000, capacity=1)
+    big = sys.getsizeof(t._index[0])
+    t.drop_partition(0)
+    t.drop_partition(2)
+    t.expire(1, 29_970 * 1000)  # all but the 10 newest rows of partition 1 (last_ts of row i is i * 1000)
+    assert len(t) == 10 and len(t._index[1]) == 10
+    assert sys.getsizeof(t._index[1]) < big / 100
+    assert 0 not in t._index and 2 not in t._index  # empty partitions leave no dict behind
+    assert sys.getsizeof(t._instruments) < 1000
+    assert t.lookup(1, [f"I{i}" for i in (29_971, 29_999, 29_968)]).tolist()[-1] == -1
+
+
+@settings(max_examples=40, deadline=None)
+@given(sizes=st.lists(st.integers(0, 300), min_size=1, max_size=8), cut=st.integers(0, 3))
+def test_grow_and_shrink_cycles_keep_every_surviving_row(sizes, cut):
+    """Insert waves and expire partitions in turn: survivors keep their rows' values, capacity stays tight."""
+    t = StateTable(StateShape(1, 3), capacity=4)
+    ref: dict[tuple[int, str], float] = {}
+    for wave, n in enumerate(sizes):
+        keys = [(i % 4, f"W{wave}-{i}") for i in range(n)]
+        rows = t.insert(keys)
+        t.column("last_price")[rows] = np.arange(n) + wave * 1000.0
+        t.h(0)[rows] = (np.arange(n) + wave * 1000.0)[:, None].astype(np.float32)
+        ref.update({k: wave * 1000.0 + i for i, k in enumerate(keys)})
+        t.drop_partition((wave + cut) % 4)
+        ref = {k: v for k, v in ref.items() if k[0] != (wave + cut) % 4}
+        assert len(t) == len(ref)
+        assert t.capacity <= max(4, 4 * len(t))  # shrunk to within a factor 4 of the rows held
+        for (p, name), v in ref.items():
+            r = int(t.lookup(p, [name])[0])
+            assert t.column("last_price")[r] == v and t.h(0)[r, 2] == np.float32(v)
