@@ -92,7 +92,14 @@ def one_field_off(draw) -> str:
 
 @st.composite
 def message_values(draw) -> bytes | None:
-    kind = draw(st.integers(0, 9))
+    kind = draw(st.integers(0, 12))
+    if kind == 12:  # a valid tick but for one number out of float range (hundreds of digits)
+        name = draw(st.sampled_from(["price", "size", "bid", "ask", "bid_size", "ask_size", "ts", "v"]))
+        huge = draw(st.sampled_from(["", "-"])) + "9" * draw(st.integers(300, 500))
+        return obj_text([(json.dumps(k), huge if k == name else v) for k, v in BASE.items()]).encode()
+    if kind >= 10:  # a valid tick but for a hostile instrument (escaped or raw surrogates, NUL, BOM, too long)
+        return obj_text([(json.dumps(k), draw(hostile_strings) if k == "instrument" else v)
+                         for k, v in BASE.items()]).encode("utf-8", "surrogatepass")
     if kind == 0:
         return draw(st.one_of(st.none(), st.binary(max_size=40)))
     text = (draw(any_json) if kind == 1 else draw(deep) if kind == 2
