@@ -123,7 +123,10 @@ class RunConfig:
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
     shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, give up flushing after this many seconds")
     fetch_max_bytes: int = _opt(16 * 1024 * 1024, "bound on bytes the consumer fetches ahead (memory cap)")
-    request_timeout_ms: int = _opt(30000, "Kafka request timeout")
+    request_timeout_ms: int = _opt(30000, "Kafka request timeout; a transaction call waits at most twice this")
+    transaction_timeout_ms: int = _opt(90000, "exactly_once: the broker aborts (and fences) a transaction open this "
+                                       "long; must exceed the longest bounded wait, 2 x request_timeout_ms "
+                                       "(and stay within the broker's transaction.max.timeout.ms)")
     session_timeout_ms: int = _opt(10000, "consumer group session timeout: how soon a dead member's partitions move")
     fetch_max_wait_ms: int = _opt(10, "longest the broker holds a fetch waiting for new ticks (latency bound)")
     security_protocol: str = _opt("PLAINTEXT", "Kafka security protocol",
@@ -182,9 +185,14 @@ class RunConfig:
         if self.output_topic in self.input_topics or self.dead_letter_topic in self.input_topics:
             raise ConfigError("output_topic and dead_letter_topic must differ from the input topics")
         for name in ("max_batch_ticks", "max_batch_ms", "fetch_max_bytes", "request_timeout_ms", "fetch_max_wait_ms",
-                     "session_timeout_ms"):
+                     "session_timeout_ms", "transaction_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.transaction_timeout_ms <= self.longest_bounded_wait_ms:
+            raise ConfigError(f"transaction_timeout_ms = {self.transaction_timeout_ms} must exceed the longest bounded "
+                              f"broker wait, 2 x request_timeout_ms = {self.longest_bounded_wait_ms}: otherwise a "
+                              f"stalled call gets the transaction aborted and the producer fenced first; raise "
+                              f"transaction_timeout_ms or lower request_timeout_ms")
         if self.shutdown_timeout_s <= 0:
             raise ConfigError("shutdown_timeout_s must be > 0")
         if self.checkpoint_interval_s < 0 or self.checkpoint_every_batches < 0:
@@ -214,6 +222,11 @@ class RunConfig:
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name} {path!r} does not exist or is not a file")
+
+    @property
+    def longest_bounded_wait_ms(self) -> int:
+        """The longest the loop waits on one broker call before giving up on it (the runner's ``_bounded``)."""
+        return 2 * self.request_timeout_ms
 
     def redacted(self) -> dict[str, Any]:
         """The config as a dict, with secrets masked (for logs and `config check`)."""

@@ -9,7 +9,9 @@ process and platform collectors of prometheus-client.
 ``/metrics`` serves the registry; ``/healthz`` answers 200 while the process's
 loop is alive (it has made progress or polled within ``stall_s``);
 ``/readyz`` answers 200 once the consumer has its assignment and the broker
-is reachable, 503 otherwise.
+is reachable, 503 otherwise, and 503 while output is blocked (a missing topic,
+a refused record being retried). Loops that wait on the broker on purpose call
+``beat()``, so a liveness probe does not restart a process riding out an outage.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class Metrics:
         PlatformCollector(registry=r)
         ns = "tickcast"
         self.ticks_received = Counter("ticks_received", "Messages consumed from the input topics",
-                                      ["partition"], namespace=ns, registry=r)
+                                      ["topic", "partition"], namespace=ns, registry=r)
         self.forecasts_published = Counter("forecasts_published", "Forecasts acknowledged by the broker",
                                            namespace=ns, registry=r)
         self.dead_letters = Counter("dead_letters", "Messages sent to the dead-letter topic, by reason",
@@ -78,6 +80,14 @@ class Metrics:
         self.broker_errors = Counter("broker_errors", "Failed broker operations (will be retried), by operation",
                                      ["operation"], namespace=ns, registry=r)
         self.broker_up = Gauge("broker_up", "1 when the last broker operation succeeded", namespace=ns, registry=r)
+        self.publish_errors = Counter("publish_errors", "Records the producer could not deliver yet, by reason "
+                                      "(topic_missing, too_large, retriable, timeout, refused, fenced_by_timeout)",
+                                      ["reason"], namespace=ns, registry=r)
+        self.output_blocked = Gauge("output_blocked", "1 while forecasts or dead letters cannot be delivered "
+                                    "(nothing is committed meanwhile; readiness is false)", namespace=ns, registry=r)
+        self.dead_letters_truncated = Counter("dead_letters_truncated", "Dead letters sent with their key or value "
+                                              "cut to fit the topic or the producer's max_request_size",
+                                              namespace=ns, registry=r)
         self.assigned_partitions = Gauge("assigned_partitions", "Input partitions assigned to this process",
                                          namespace=ns, registry=r)
         self.rebalances = Counter("rebalances", "Partition assignment changes", namespace=ns, registry=r)
@@ -121,6 +131,8 @@ class Metrics:
             self.checkpoint_writes.labels(result)
         for result in ("committed", "aborted"):
             self.transactions.labels(result)
+        for reason in ("topic_missing", "too_large", "retriable", "timeout", "refused", "fenced_by_timeout"):
+            self.publish_errors.labels(reason)
         for source in ("checkpoint", "warmup", "replay_from_start", "empty"):
             self.restores.labels(source)
         self.model_info = Info("model", "The model bundle being served", namespace=ns, registry=r)
@@ -128,12 +140,26 @@ class Metrics:
         self.start_time.set_to_current_time()
         self.broker_up.set(0)
         self.ready = False
+        self.blocked: str | None = None  # why output cannot be delivered right now (readiness says so)
         self.alive_at = time.monotonic()
         self.stall_s = 120.0
 
     def beat(self) -> None:
-        """The loop is alive (called every poll)."""
+        """The loop is alive: called every poll, and in every loop that waits on the broker on purpose."""
         self.alive_at = time.monotonic()
+
+    def block(self, reason: str) -> None:
+        """Output cannot be delivered (``reason``): readiness false until :meth:`unblock`; liveness stays true."""
+        self.blocked = reason
+        self.output_blocked.set(1)
+
+    def unblock(self) -> None:
+        self.blocked = None
+        self.output_blocked.set(0)
+
+    @property
+    def is_ready(self) -> bool:
+        return self.ready and self.blocked is None
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -159,6 +185,8 @@ class MetricsServer:
                 ok = time.monotonic() - metrics.alive_at < metrics.stall_s
                 return _plain(start_response, ok, "ok\n" if ok else "stalled\n")
             if path == "/readyz":
+                if metrics.blocked is not None:
+                    return _plain(start_response, False, f"not ready: output blocked ({metrics.blocked})\n")
                 return _plain(start_response, metrics.ready, "ready\n" if metrics.ready else "not ready\n")
             if path in ("/metrics", "/"):
                 return metrics_app(environ, start_response)

@@ -36,7 +36,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError, ProducerFencedError
+from kafka.errors import (
+    CommitFailedError,
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerFencedError,
+    RecordListTooLargeError,
+)
 from kafka.partitioner import DefaultPartitioner
 from kafka.partitioner.default import murmur2
 from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -60,10 +68,45 @@ _TICK_COLUMNS = ("instrument", "ts", "price", "size", "bid", "ask", "bid_size", 
 # topics' partition 0 never share state rows.
 _TOPIC_SHIFT = 20
 _PARTITION_MASK = (1 << _TOPIC_SHIFT) - 1
-# Arrow output: rows per message (~45 B a row: well under the producer's 1 MiB max_request_size).
+# Arrow output: rows per message, and bytes per message (a row is ~45 B plus its instrument name, at most
+# the 256-byte key limit): every message stays far below the producer's 1 MiB max_request_size.
 _ARROW_ROWS_PER_MESSAGE = 8192
+_ARROW_MESSAGE_BYTES = 512 * 1024
+# A dead letter refused for its size is sent again cut: its value to 1 KiB, then to nothing (key to 256 bytes).
+_DEAD_LETTER_CUTS = (1024, 0)
+_DEAD_LETTER_KEY_BYTES = 256
+# How long one producer call may block on metadata or a full buffer before the loop looks again.
+_PRODUCER_MAX_BLOCK_MS = 5000
 # An outgoing forecast message: key, value, partition (None: by key), headers.
 Message = tuple[bytes | None, bytes, int | None, list | None]
+_FENCED = (ProducerFencedError, InvalidProducerEpochError)
+_FENCED_BY_ANOTHER = ("another process with the same transactional_id took over (fenced); give every process its "
+                      "own transactional_id")
+
+
+@dataclass
+class Outgoing:
+    """One record to produce. ``dead`` (record, reason, detail): a dead letter, rebuilt when it must be cut."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list | None
+    partition: int | None
+    dead: tuple | None = None
+
+
+def publish_error_reason(exc: BaseException) -> str:
+    """The policy class of a producer error: too_large, fenced, retriable, timeout or refused (permanent)."""
+    if isinstance(exc, (MessageSizeTooLargeError, RecordListTooLargeError)):
+        return "too_large"
+    if isinstance(exc, _FENCED):
+        return "fenced"
+    if isinstance(exc, KafkaTimeoutError):
+        return "timeout"
+    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
+        return "retriable"
+    return "refused"
 
 
 class CachingPartitioner(DefaultPartitioner):
@@ -219,6 +262,8 @@ class Runner:
         self._assigned: set = set()
         self._revoked: set = set()
         self._json_names = JsonNames()
+        self._lag: dict[TopicPartition, int] = {}  # last lag seen per assigned partition (status line, gauges)
+        self._cuts: dict[tuple[str, int, int], int] = {}  # dead letters (by source) refused for size: cut level
         self._partitioner = CachingPartitioner()  # shared by every producer this run makes
         self._to_restore: set = set()
         # Durability: where each assigned partition's state stands, and what is replayed silently.
@@ -331,14 +376,17 @@ class Runner:
         return False
 
     def _make_producer(self) -> KafkaProducer:
-        opts = self._client_options()
+        # A missing topic is waited out (see _await_topic), never created with the broker's defaults; no call
+        # blocks longer than _PRODUCER_MAX_BLOCK_MS, so the loop keeps control (liveness, shutdown).
+        opts = {**self._client_options(), "max_block_ms": min(_PRODUCER_MAX_BLOCK_MS, self.cfg.request_timeout_ms),
+                "allow_auto_create_topics": False}
         if not self._transactional:
             return KafkaProducer(acks="all", linger_ms=2, retries=5, max_in_flight_requests_per_connection=1,
                                  partitioner=self._partitioner, batch_size=256 * 1024, **opts)
         tid = self.cfg.transactional_id or f"{self.cfg.group_id}-{socket.gethostname()}"
         producer = KafkaProducer(acks="all", linger_ms=2, enable_idempotence=True, transactional_id=tid,
-                                 transaction_timeout_ms=15_000, partitioner=self._partitioner,
-                                 batch_size=256 * 1024, **opts)
+                                 transaction_timeout_ms=self.cfg.transaction_timeout_ms,
+                                 partitioner=self._partitioner, batch_size=256 * 1024, **opts)
         try:
             producer.init_transactions()  # fences an earlier incarnation, aborts its open transaction
         except BaseException:
@@ -377,6 +425,11 @@ class Runner:
             self._replay_until.pop(tp, None)
             self._replay_until_ts.pop(tp, None)
             self._checkpointed.pop(tp, None)
+            self._lag.pop(tp, None)
+            try:  # a partition this process no longer reads has no lag here: drop its series
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
         self._assigned -= set(partitions)
         self.metrics.assigned_partitions.set(len(self._assigned))
         self.metrics.rebalances.inc()
@@ -528,6 +581,7 @@ class Runner:
                 self.metrics.broker_errors.labels("poll").inc()
                 self.metrics.broker_up.set(0)
                 log.warning("poll failed; retrying", extra={"error": repr(exc)})
+                self.metrics.beat()  # waiting out the broker on purpose
                 self.stop_event.wait(1.0)
                 continue
             self.metrics.beat()
@@ -561,8 +615,7 @@ class Runner:
         topic_idx = np.fromiter((self.cfg.input_topics.index(t) for t in topics), dtype=np.int64, count=n) \
             if len(self.cfg.input_topics) > 1 else np.zeros(n, dtype=np.int64)
         pid = (topic_idx << _TOPIC_SHIFT) | part
-        for p, c in zip(*np.unique(part, return_counts=True)):
-            self.metrics.ticks_received.labels(str(p)).inc(int(c))
+        self._count_received(pid)
 
         stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
         decoded = decode_batch(keys, values, stamps)  # the record timestamp is "now" for the timestamp policy
@@ -670,7 +723,7 @@ class Runner:
         take = pa.array(rows)
         names = ticks.column("instrument").take(take).combine_chunks()
         enc = pc.dictionary_encode(names)
-        partitions = self.producer.partitions_for(topic)
+        partitions = self._await_topic(topic)
         of_key = self._partitioner.of_key
         p_of_name = np.array([of_key(topic, nm.encode(), partitions) for nm in enc.dictionary.to_pylist()],
                              dtype=np.int32)
@@ -687,54 +740,174 @@ class Runner:
         ], schema=FORECAST_MESSAGE_SCHEMA)  # the documented contract, whatever types the decoder produced
         meta = {"v": "1", "model_version": self.bundle.model_version, "horizon_ticks": str(self.bundle.horizon)}
         headers = [("content-type", ARROW_CONTENT_TYPE)]
+        # Rows per message so that no message can exceed _ARROW_MESSAGE_BYTES, whatever the names' lengths.
+        widest = 64 + int(pc.max(pc.binary_length(names)).as_py() or 0)
+        per_message = max(1, min(_ARROW_ROWS_PER_MESSAGE, _ARROW_MESSAGE_BYTES // widest))
         out = []
         for p in np.unique(out_part).tolist():
             mine = table.filter(pa.array(out_part == p)) if len(partitions) > 1 else table
-            for start in range(0, mine.num_rows, _ARROW_ROWS_PER_MESSAGE):
-                chunk = mine.slice(start, _ARROW_ROWS_PER_MESSAGE)
+            for start in range(0, mine.num_rows, per_message):
+                chunk = mine.slice(start, per_message)
                 out.append((None, encode_forecast_batch(chunk, meta), p, headers))
         return out
 
-    def _outgoing(self, messages: list[Message], dead: list[tuple[int, str, str]], records: list) -> list[tuple]:
-        """(topic, key, value, headers, partition) of every forecast message, then every dead letter
-        (original bytes, reason; partition None: by key)."""
-        out = [(self.cfg.output_topic, k, v, h, p) for k, v, p, h in messages]
-        for i, reason, detail in dead:
-            r = records[i]
-            headers = [("tickcast.reason", reason.encode()), ("tickcast.detail", detail.encode()[:512]),
-                       ("tickcast.source", f"{r.topic}/{r.partition}/{r.offset}".encode())]
-            out.append((self.cfg.dead_letter_topic, r.key, r.value if r.value is not None else b"", headers, None))
+    def _outgoing(self, messages: list[Message], dead: list[tuple[int, str, str]], records: list) -> list[Outgoing]:
+        """Every forecast message, then every dead letter (original bytes, reason; partition None: by key)."""
+        out = [Outgoing(self.cfg.output_topic, k, v, h, p) for k, v, p, h in messages]
+        out += [self._dead_letter(records[i], reason, detail) for i, reason, detail in dead]
         return out
 
+    def _dead_letter(self, r, reason: str, detail: str) -> Outgoing:
+        """A refused message with its key and value, the reason, detail and source in headers; cut to fit when a
+        size refusal was seen for it before (``tickcast.truncated``, with the original sizes)."""
+        source = (r.topic, r.partition, r.offset)
+        key, value = r.key, r.value if r.value is not None else b""
+        headers = [("tickcast.reason", reason.encode()), ("tickcast.detail", detail.encode()[:512]),
+                   ("tickcast.source", f"{r.topic}/{r.partition}/{r.offset}".encode())]
+        level = self._cuts.get(source, 0)
+        if level:
+            headers += [("tickcast.truncated", b"true"), ("tickcast.original_size", str(len(value)).encode())]
+            value = value[:_DEAD_LETTER_CUTS[level - 1]]
+            if key is not None and len(key) > _DEAD_LETTER_KEY_BYTES:
+                headers.append(("tickcast.original_key_size", str(len(key)).encode()))
+                key = key[:_DEAD_LETTER_KEY_BYTES]
+        return Outgoing(self.cfg.dead_letter_topic, key, value, headers, None, (r, reason, detail))
+
+    def _cut(self, msg: Outgoing, exc: BaseException) -> Outgoing:
+        """The next, smaller version of a dead letter refused for its size; FatalError when none is left."""
+        r = msg.dead[0]
+        source = (r.topic, r.partition, r.offset)
+        level = self._cuts.get(source, 0)
+        if level >= len(_DEAD_LETTER_CUTS):
+            self._refused(msg, exc)
+        self._cuts[source] = level + 1
+        if level == 0:
+            self.metrics.dead_letters_truncated.inc()
+        self.metrics.publish_errors.labels("too_large").inc()
+        log.warning("dead letter too large for its topic or the producer; sending it cut",
+                    extra={"source": f"{r.topic}/{r.partition}/{r.offset}", "bytes": len(msg.value),
+                           "cut_to": _DEAD_LETTER_CUTS[level], "error": repr(exc)})
+        return self._dead_letter(*msg.dead)
+
+    def _refused(self, msg: Outgoing, exc: BaseException):
+        """A record the broker or producer refuses for good (not for time, not a dead letter we can cut): stop
+        before committing anything, with what to fix. Nothing is lost: the batch is read again after the fix."""
+        self.metrics.publish_errors.labels("refused").inc()
+        what = "dead letter" if msg.dead else "forecast message"
+        raise FatalError(f"topic {msg.topic!r} refuses a {what} of {len(msg.value)} bytes for good ({exc!r}); "
+                         f"nothing of this batch was committed; fix the topic (existence, ACLs, max.message.bytes) "
+                         f"and restart") from None
+
+    def _send(self, msg: Outgoing):
+        """producer.send, with the policy for what it raises synchronously: a dead letter over max_request_size
+        is cut and sent at once; a permanent refusal is fatal; a retriable error is returned (send again later)."""
+        while True:
+            try:
+                return self.producer.send(msg.topic, key=msg.key, value=msg.value, headers=msg.headers,
+                                          partition=msg.partition)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                reason = publish_error_reason(exc)
+                if reason == "too_large" and msg.dead is not None:
+                    msg = self._cut(msg, exc)
+                    continue
+                if reason in ("too_large", "refused"):
+                    self._refused(msg, exc)
+                return exc
+
+    def _await_topic(self, topic: str) -> set:
+        """The topic's partitions once the producer knows it. A missing topic is waited out: logged, counted
+        (publish_errors{reason="topic_missing"}), readiness false, liveness true, nothing committed meanwhile;
+        PublishTimeout when a shutdown's time runs out first."""
+        waited_since = None
+        while True:
+            try:
+                partitions = self.producer.partitions_for(topic)  # blocks at most max_block_ms
+            except KafkaTimeoutError as exc:
+                partitions, error = None, exc
+            except KafkaError as exc:
+                if publish_error_reason(exc) == "refused":  # e.g. not authorised: waiting will not help
+                    raise FatalError(f"cannot publish to topic {topic!r}: {exc!r}") from None
+                partitions, error = None, exc
+            if partitions:
+                if waited_since is not None:
+                    self.metrics.unblock()
+                    log.warning("topic exists now; publishing", extra={"topic": topic,
+                                                                       "waited_s": round(time.monotonic() - waited_since, 1)})
+                return partitions
+            if waited_since is None:
+                waited_since = time.monotonic()
+            self.metrics.publish_errors.labels("topic_missing").inc()
+            self.metrics.block("topic_missing")
+            self.metrics.beat()
+            log.warning("topic does not exist (or has no leader); waiting for it, nothing is committed",
+                        extra={"topic": topic, "waiting_s": round(time.monotonic() - waited_since, 1),
+                               "error": repr(error)})
+            self._give_up_if_stopping(f"topic {topic!r} still missing")
+            self.stop_event.wait(0.5)
+
+    def _give_up_if_stopping(self, what: str) -> None:
+        if self._stop_requested_at is not None and \
+                time.monotonic() - self._stop_requested_at > self.cfg.shutdown_timeout_s:
+            raise PublishTimeout(what)
+
     def _publish(self, messages: list[Message], dead: list[tuple[int, str, str]], records: list) -> None:
-        """Send and wait for every acknowledgement; retry failures; never return with a send missing."""
+        """Send and wait for every acknowledgement; never return with a send missing.
+
+        Per record: retriable errors and timeouts are sent again (at-least-once: duplicates possible); a dead
+        letter too large is cut (``_cut``); any other permanent refusal stops the run (``_refused``)."""
         pending = self._outgoing(messages, dead, records)
+        for topic in dict.fromkeys(m.topic for m in pending):
+            self._await_topic(topic)
         backoff = 0.5
         while pending:
-            futures = [(msg, self.producer.send(msg[0], key=msg[1], value=msg[2], headers=msg[3], partition=msg[4]))
-                       for msg in pending]
+            self.metrics.beat()
+            sent = [(msg, self._send(msg)) for msg in pending]
             try:
                 with self._stall("publish"):
                     self.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
             except Exception as exc:  # noqa: BLE001 - flush timeout: check futures below
                 log.warning("flush incomplete", extra={"error": repr(exc)})
-            failed = []
-            for msg, fut in futures:
-                if not fut.is_done or fut.failed():
-                    failed.append(msg)
+            failed, reasons = [], set()
+            for msg, fut in sent:
+                if isinstance(fut, BaseException):
+                    error = fut
+                elif not fut.is_done:
+                    error = KafkaTimeoutError("not acknowledged within request_timeout_ms")
+                elif fut.failed():
+                    error = fut.exception
+                else:
+                    continue
+                reason = publish_error_reason(error)
+                if reason == "too_large" and msg.dead is not None:
+                    failed.append(self._cut(msg, error))
+                    continue
+                if reason in ("too_large", "refused"):
+                    self._refused(msg, error)
+                reasons.add(reason)
+                failed.append(msg)
             if not failed:
                 self.metrics.broker_up.set(1)
+                self.metrics.unblock()
+                self._forget_cuts(records)
                 return
-            self.metrics.broker_up.set(0)
-            self.metrics.broker_errors.labels("publish").inc()
-            if self._stop_requested_at is not None and \
-                    time.monotonic() - self._stop_requested_at > self.cfg.shutdown_timeout_s:
-                raise PublishTimeout(f"{len(failed)} messages unacknowledged")
-            log.warning("publish not acknowledged; resending (at-least-once: duplicates possible)",
-                        extra={"unacknowledged": len(failed), "retry_in_s": backoff})
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 10.0)
+            if reasons:
+                self.metrics.broker_up.set(0)
+                self.metrics.broker_errors.labels("publish").inc()
+                self.metrics.block("publish_retrying")
+                for reason in reasons:
+                    self.metrics.publish_errors.labels(reason).inc()
+                self._give_up_if_stopping(f"{len(failed)} messages unacknowledged")
+                log.warning("publish not acknowledged; resending (at-least-once: duplicates possible)",
+                            extra={"unacknowledged": len(failed), "reasons": ",".join(sorted(reasons)),
+                                   "retry_in_s": backoff})
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
             pending = failed
+
+    def _forget_cuts(self, records: list) -> None:
+        if self._cuts:
+            for r in records:
+                self._cuts.pop((r.topic, r.partition, r.offset), None)
 
     # -- replay bookkeeping ---------------------------------------------------------------
     def _tp_of(self, pid: int) -> TopicPartition:
@@ -781,23 +954,50 @@ class Runner:
     # -- exactly-once -------------------------------------------------------------------------
     def _publish_transaction(self, messages: list[Message], dead: list, records: list,
                              offsets: dict) -> bool:
-        """Forecasts, dead letters and the input offsets in one transaction. False: aborted (state rewound)."""
+        """Forecasts, dead letters and the input offsets in one transaction. False: aborted (state rewound).
+
+        A dead letter refused for its size is cut in the redo (``_cuts`` remembers it by source); a permanent
+        refusal stops the run. Fenced after the transaction was open longer than transaction_timeout_ms: the
+        broker aborted it for time, so a new producer takes over and the batch is redone from the committed
+        offsets. Fenced sooner: another process took the transactional id, which is fatal."""
         if not messages and not dead and not offsets:
             return True
+        outgoing = self._outgoing(messages, dead, records)
+        for topic in dict.fromkeys(m.topic for m in outgoing):
+            self._await_topic(topic)
+        self.metrics.beat()
+        sent: list = []
+        begun = time.monotonic()
         try:
             with self._stall("transaction"):
                 self.producer.begin_transaction()
-                for topic, key, value, headers, partition in self._outgoing(messages, dead, records):
-                    self.producer.send(topic, key=key, value=value, headers=headers, partition=partition)
+                for msg in outgoing:
+                    fut = self._send(msg)
+                    if isinstance(fut, BaseException):
+                        raise fut
+                    sent.append((msg, fut))
                 if offsets:
                     self._bounded(self.producer.send_offsets_to_transaction, offsets, self.consumer.group_metadata())
                 self._bounded(self.producer.commit_transaction)
-        except ProducerFencedError:
-            raise FatalError("another process with the same transactional_id took over (fenced); give every "
-                             "process its own transactional_id") from None
+        except FatalError:
+            raise
+        except _FENCED as exc:
+            open_s = time.monotonic() - begun
+            if open_s < self.cfg.transaction_timeout_ms / 1000:
+                raise FatalError(_FENCED_BY_ANOTHER) from None
+            self.metrics.transactions.labels("aborted").inc()
+            self.metrics.publish_errors.labels("fenced_by_timeout").inc()
+            log.warning("the broker aborted the transaction for time and fenced this producer; replacing it and "
+                        "rewinding to the committed offsets", extra={"open_s": round(open_s, 1), "error": repr(exc),
+                                                                     "transaction_timeout_ms": self.cfg.transaction_timeout_ms})
+            self._replace_producer()
+            self._rewind()
+            return False
         except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
+            self._judge_sends(sent)
             self.metrics.transactions.labels("aborted").inc()
             self.metrics.broker_up.set(0)
+            self.metrics.publish_errors.labels("timeout" if isinstance(exc, KafkaTimeoutError) else "retriable").inc()
             log.warning("transaction failed; aborting and rewinding to the committed offsets",
                         extra={"error": repr(exc)})
             try:
@@ -805,18 +1005,35 @@ class Runner:
             except Exception as abort_exc:  # noqa: BLE001 - a fresh producer fences this one below
                 log.warning("abort failed; replacing the producer", extra={"error": repr(abort_exc)})
                 self._replace_producer()
+            self.metrics.beat()
             self._rewind()
             return False
         self.metrics.transactions.labels("committed").inc()
         self.metrics.broker_up.set(1)
+        self.metrics.unblock()
+        self.metrics.beat()
+        self._forget_cuts(records)
         self.stats.commits += 1
         self.metrics.commits.inc()
         return True
 
+    def _judge_sends(self, sent: list) -> None:
+        """After a failed transaction: dead letters refused for size go out cut in the redo. kafka-python fails
+        every batch of an aborted transaction with the first error, so a size error on a forecast message counts
+        only when no dead letter explains it; then the redo would be refused again, and the run stops."""
+        too_large = [(msg, fut.exception) for msg, fut in sent
+                     if fut.is_done and fut.failed() and publish_error_reason(fut.exception) == "too_large"]
+        if too_large and all(msg.dead is None for msg, _ in too_large):
+            self._refused(*too_large[0])
+        for msg, exc in too_large:
+            if msg.dead is not None:
+                self._cut(msg, exc)
+
     def _bounded(self, call, *args):
         """kafka-python waits for transaction results without a timeout; a response lost in a broken
-        connection would block forever. Wait at most twice the request timeout, then fail (the caller
-        aborts, replaces the producer, which fences the stuck one, and rewinds)."""
+        connection would block forever. Wait at most twice the request timeout (the config keeps
+        transaction_timeout_ms above that), beating liveness meanwhile, then fail (the caller aborts, replaces
+        the producer, which fences the stuck one, and rewinds)."""
         done, box = threading.Event(), {}
 
         def run():
@@ -828,8 +1045,11 @@ class Runner:
                 done.set()
 
         threading.Thread(target=run, daemon=True, name=f"tx-{call.__name__}").start()
-        if not done.wait(2 * self.cfg.request_timeout_ms / 1000):
-            raise KafkaTimeoutError(f"{call.__name__} got no answer within {2 * self.cfg.request_timeout_ms} ms")
+        deadline = time.monotonic() + self.cfg.longest_bounded_wait_ms / 1000
+        while not done.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            self.metrics.beat()  # waiting on the broker on purpose
+            if time.monotonic() >= deadline:
+                raise KafkaTimeoutError(f"{call.__name__} got no answer within {self.cfg.longest_bounded_wait_ms} ms")
         if "error" in box:
             raise box["error"]
         return box.get("result")
@@ -843,12 +1063,12 @@ class Runner:
         self.producer = None
         backoff = 0.5
         while not self.stop_event.is_set():
+            self.metrics.beat()  # waiting on the broker on purpose
             try:
                 self.producer = self._make_producer()
                 return
             except ProducerFencedError:
-                raise FatalError("another process with the same transactional_id took over (fenced); give every "
-                                 "process its own transactional_id") from None
+                raise FatalError(_FENCED_BY_ANOTHER) from None
             except Exception as exc:  # noqa: BLE001 - broker away: keep trying
                 self.metrics.broker_errors.labels("producer").inc()
                 log.warning("cannot create the transactional producer; retrying",
@@ -867,6 +1087,7 @@ class Runner:
         backoff = 0.5
         pending = list(pending)
         while pending and not self.stop_event.is_set():
+            self.metrics.beat()  # waiting on the broker (or a slow store) on purpose
             tp = pending[0]
             try:
                 self._restore(tp)
@@ -946,9 +1167,11 @@ class Runner:
             return
         backoff = 0.5
         while True:
+            self.metrics.beat()  # waiting on the broker on purpose
             try:
                 with self._stall("commit"):
-                    self.consumer.commit(offsets)
+                    # Bounded, so this loop keeps control (liveness, shutdown) through an outage.
+                    self.consumer.commit(offsets, timeout_ms=self.cfg.request_timeout_ms)
                 self.stats.commits += 1
                 self.metrics.commits.inc()
                 return
@@ -993,7 +1216,14 @@ class Runner:
             self.metrics.random_walk_abs_error.inc(m.random_walk_abs_error)
             self.metrics.forecasts_scored.inc(m.count)
 
+    def _count_received(self, pid: np.ndarray) -> None:
+        """ticks_received by input topic and partition (two topics' partition 0 are two series)."""
+        for p, c in zip(*np.unique(pid, return_counts=True)):
+            tp = self._tp_of(int(p))
+            self.metrics.ticks_received.labels(tp.topic, str(tp.partition)).inc(int(c))
+
     def _update_lag(self) -> None:
+        """Fetch high-watermark minus position per assigned partition (on_revoked drops a partition's series)."""
         for tp in list(self._assigned):
             hw = self.consumer.highwater(tp)
             if hw is None:
@@ -1003,14 +1233,14 @@ class Runner:
             except Exception:  # noqa: BLE001 - lag is best effort
                 continue
             if pos is not None:
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(max(hw - pos, 0))
+                self._lag[tp] = max(hw - pos, 0)
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(self._lag[tp])
 
     def _report_status(self) -> None:
         s = self.stats
         elapsed = max(time.monotonic() - s.started, 1e-9)
         pct = s.percentiles()
-        lag = sum(self.consumer.highwater(tp) - (self.consumer.position(tp, timeout_ms=100) or 0)
-                  for tp in self._assigned if self.consumer.highwater(tp) is not None) if self.consumer else 0
+        lag = sum(v for tp, v in self._lag.items() if tp in self._assigned)  # as of the last batch
         p99 = f"{pct['p99_ms']:.1f}ms" if pct["p99_ms"] is not None else "-"
         line = (f"ticks {s.ticks:,} ({s.ticks / elapsed:,.0f}/s)  forecasts {s.forecasts:,}  "
                 f"dead letters {s.dead_letters:,}  lag {lag:,}  p99 {p99}  "

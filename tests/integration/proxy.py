@@ -1,9 +1,11 @@
-"""A TCP proxy the test controls: forwards to the broker until told to cut every connection."""
+"""A TCP proxy the test controls: forwards to the broker until told to cut every connection, or to stall
+(hold every byte, connections open, until resumed: a broker that stops answering)."""
 
 from __future__ import annotations
 
 import socket
 import threading
+import time
 
 
 class TcpProxy:
@@ -12,6 +14,7 @@ class TcpProxy:
         self.listener = socket.create_server((host, 0))
         self.address = f"{host}:{self.listener.getsockname()[1]}"
         self.cut = threading.Event()
+        self.stalled = threading.Event()
         self._socks: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._closed = False
@@ -41,6 +44,8 @@ class TcpProxy:
         try:
             while True:
                 data = src.recv(65536)
+                while self.stalled.is_set() and not self.cut.is_set():
+                    time.sleep(0.05)  # held, not dropped: delivered late once resumed
                 if not data or self.cut.is_set():
                     break
                 dst.sendall(data)
@@ -66,6 +71,13 @@ class TcpProxy:
                 s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def stall(self) -> None:
+        """Stop forwarding (both ways) but keep every connection open, until :meth:`resume`."""
+        self.stalled.set()
+
+    def resume(self) -> None:
+        self.stalled.clear()
 
     def heal(self) -> None:
         self.cut.clear()
