@@ -27,8 +27,10 @@ What makes a checkpoint valid, on a local disk and on an object store alike:
   cut has its data beside it.
 - An object store has no atomic rename (pyarrow's ``move`` on S3 is copy +
   delete) and its listing may lag behind its writes. So nothing relies on
-  rename or on the listing: the data file is written first and the manifest
-  last, and the manifest carries the data's size and SHA-256. A checkpoint
+  rename or on the listing: files are written under their final names (an
+  object appears whole or not at all; where a store shows partial files, a
+  torn one fails its checks), the data file first and the manifest last, and
+  the manifest carries the data's size and SHA-256. A checkpoint
   *is* its manifest: a data file without one is ignored (and pruned once it is
   older than ``orphan_age_s``), and a listed manifest is trusted only after the
   data it names has been read back with that size and checksum, and every
@@ -331,8 +333,8 @@ class CheckpointStore:
             self.fs.create_dir(folder, recursive=True)
 
     def _put(self, path: str, data) -> None:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         if self._local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
             # Bypass pyarrow locally: it neither fsyncs nor sets modes. 0600: state is the user's data.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -349,9 +351,10 @@ class CheckpointStore:
             finally:
                 os.close(dir_fd)
             return
-        with self.fs.open_output_stream(tmp) as out:
+        # Elsewhere no temporary + move: on an object store that is a second full copy and buys nothing,
+        # since the manifest, not a rename, makes a checkpoint valid.
+        with self.fs.open_output_stream(path) as out:
             out.write(data)
-        self.fs.move(tmp, path)  # copy + delete on an object store: the manifest, not the rename, makes it valid
 
     def _prune(self, folder: str) -> None:
         try:
