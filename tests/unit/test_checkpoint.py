@@ -409,6 +409,28 @@ def test_check_writable_on_an_unreachable_endpoint_says_so(s3_server):  # noqa: 
         CheckpointStore(uri).check_writable()
 
 
+def test_config_check_says_in_one_line_whether_it_can_write(s3_server, tmp_path, capsys):  # noqa: F811
+    from pipeline.cli import main
+    from tests.s3 import SECRET_KEY, start_s3_server
+
+    def check(uri: str) -> tuple[int, list[str], str]:
+        cfg = tmp_path / "tickcast.toml"
+        cfg.write_text(f'model = "m"\ncheckpoint_uri = "{uri}"\n')
+        code = main(["config", "check", str(cfg), "--ignore-env"])
+        out = capsys.readouterr().out
+        return code, [ln for ln in out.splitlines() if ln.startswith("checkpoint store:")], out
+
+    code, lines, out = check(s3_server.bucket())
+    assert code == 0 and len(lines) == 1 and lines[0].startswith("checkpoint store: writable: s3://***@"), out
+    assert SECRET_KEY not in out
+    other = start_s3_server()
+    gone = other.bucket()
+    other.stop()
+    code, lines, out = check(gone)
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("checkpoint store: NOT writable:"), out
+    assert SECRET_KEY not in out
+
+
 # -- local durability ---------------------------------------------------------------------------------------
 def test_local_files_are_fsynced_with_their_directory_and_private(tmp_path, state, monkeypatch):
     synced: list[str] = []
