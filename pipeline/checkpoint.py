@@ -422,7 +422,9 @@ class CheckpointStore:
 
     def _read(self, path: str, what: str) -> bytes:
         try:
-            with self.fs.open_input_stream(path) as f:
+            # A random-access file knows its size and reads it in one request; an S3 input *stream* reads
+            # in small chunks, one request each (53 MiB: 15 s instead of 0.3 s against a local endpoint).
+            with self.fs.open_input_file(path) as f:
                 return f.read()
         except FileNotFoundError as exc:  # listed but gone (pruned meanwhile, or a lagging listing)
             raise ValueError(f"{what} missing: {exc}") from None

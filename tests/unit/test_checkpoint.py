@@ -511,6 +511,9 @@ class UnreadableStore(FailingWrites):
     def open_input_stream(self, path):
         raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation")
 
+    def open_input_file(self, path):
+        raise OSError("AWS Error NETWORK_CONNECTION during GetObject operation")
+
 
 def test_a_store_that_cannot_be_read_is_unavailable_not_corrupt(tmp_path, state):
     store = CheckpointStore(str(tmp_path), filesystem=pafs.PyFileSystem(UnreadableStore()))
