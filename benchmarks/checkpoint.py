@@ -8,21 +8,34 @@ ticks). Measured in one process, best of 3, local directory store:
   manifest (on the background writer thread in a run);
 - load: newest manifest, read, size + checksum check, Arrow IPC parse;
 - import: ``Forecaster.import_partition`` into a fresh operator;
-plus the file size. ``--exactly-once`` also measures the throughput cost of
-exactly-once against at-least-once through the embedded broker.
+plus the file size. Each size runs twice in the same process: on a local
+directory and on S3 through a local S3 endpoint (moto's server, a child
+process on a free port, spoken to over HTTP by pyarrow's S3 client, URI with
+``endpoint_override`` in the query as a MinIO user would give it); the S3 rows
+are skipped with a note when ``moto[server]`` is not installed. The exactly-once
+figure measures the throughput cost of exactly-once against at-least-once
+through the embedded broker.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
+import uuid
 
 import numpy as np
 import pyarrow as pa
 
 from operators.forecaster import Forecaster
-from pipeline.checkpoint import CheckpointStore
+from pipeline.checkpoint import CheckpointStore, join_uri
 
 T0 = 1_767_225_600_000_000_000
 
@@ -47,34 +60,77 @@ def _best(fn, repeats: int = 3):
     return best, out
 
 
+@contextlib.contextmanager
+def _s3_endpoint():
+    """``s3://KEY:SECRET@bucket/bench?endpoint_override=...`` on a moto server child process, or None."""
+    if importlib.util.find_spec("moto") is None or importlib.util.find_spec("flask") is None:
+        yield None
+        return
+    import pyarrow.fs as pafs  # noqa: PLC0415
+
+    from pipeline.broker import free_port  # noqa: PLC0415
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/moto-api/", timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto server did not start") from None
+                time.sleep(0.1)
+        bucket = f"bench-{uuid.uuid4().hex[:8]}"
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                          access_key="bench", secret_key="bench", allow_bucket_creation=True).create_dir(bucket)
+        yield (f"s3://bench:bench@{bucket}/bench?endpoint_override=127.0.0.1:{port}&scheme=http"
+               f"&region=us-east-1")
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+def _case(bundle, fc, n: int, store: CheckpointStore, where: str, printer) -> dict:
+    t_snap, snap = _best(lambda: fc.export_partition(0))
+    t_write, manifest = _best(lambda: store.write("ticks", 0, snap, 123, bundle.model_version, {}))
+    t_load, loaded = _best(lambda: store.latest("ticks", 0))
+    target = Forecaster(bundle)
+    t_import, _ = _best(lambda: target.import_partition(0, loaded.state))
+    assert len(target.state) == n
+    np.testing.assert_array_equal(target.state.h(0)[:n], fc.state.h(0)[:n])
+    row = {"store": where, "instruments": n, "snapshot_s": t_snap, "write_s": t_write, "load_s": t_load,
+           "import_s": t_import, "bytes": manifest.bytes, "bytes_per_instrument": manifest.bytes / n,
+           "write_total_s": t_snap + t_write, "restore_total_s": t_load + t_import}
+    printer(f"{where:<6} {n:>12,} {t_snap * 1e3:>8.0f}ms {t_write * 1e3:>8.0f}ms {t_load * 1e3:>8.0f}ms "
+            f"{t_import * 1e3:>8.0f}ms {manifest.bytes / 2**20:>7.1f}MiB {manifest.bytes / n:>8.0f}")
+    return row
+
+
 def run(sizes=(10_000, 100_000, 1_000_000), printer=print) -> dict:
     from benchmarks.operator import _bundle  # noqa: PLC0415
 
     bundle = _bundle(1, 64)
-    printer("checkpoint benchmark: hidden 64, 1 layer, one partition, local directory, best of 3")
-    printer(f"{'instruments':>12} {'snapshot':>10} {'write':>10} {'load':>10} {'import':>10} {'size':>10} "
-            f"{'B/instr':>8}")
     rows = []
-    for n in sizes:
-        fc = _forecaster(bundle, n)
-        root = tempfile.mkdtemp(prefix="tickcast-bench-ckpt-")
-        try:
-            store = CheckpointStore(root, keep=2)
-            t_snap, snap = _best(lambda: fc.export_partition(0))
-            t_write, manifest = _best(lambda: store.write("ticks", 0, snap, 123, bundle.model_version, {}))
-            t_load, loaded = _best(lambda: store.latest("ticks", 0))
-            target = Forecaster(bundle)
-            t_import, _ = _best(lambda: target.import_partition(0, loaded.state))
-            assert len(target.state) == n
-            np.testing.assert_array_equal(target.state.h(0)[:n], fc.state.h(0)[:n])
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        row = {"instruments": n, "snapshot_s": t_snap, "write_s": t_write, "load_s": t_load, "import_s": t_import,
-               "bytes": manifest.bytes, "bytes_per_instrument": manifest.bytes / n,
-               "write_total_s": t_snap + t_write, "restore_total_s": t_load + t_import}
-        rows.append(row)
-        printer(f"{n:>12,} {t_snap * 1e3:>8.0f}ms {t_write * 1e3:>8.0f}ms {t_load * 1e3:>8.0f}ms "
-                f"{t_import * 1e3:>8.0f}ms {manifest.bytes / 2**20:>7.1f}MiB {manifest.bytes / n:>8.0f}")
+    with _s3_endpoint() as s3_uri:
+        printer("checkpoint benchmark: hidden 64, 1 layer, one partition, best of 3; local directory (fsync) and "
+                + ("S3 through a local endpoint (moto server, HTTP)" if s3_uri else
+                   "no S3 row (moto[server] not installed)"))
+        printer(f"{'store':<6} {'instruments':>12} {'snapshot':>10} {'write':>10} {'load':>10} {'import':>10} "
+                f"{'size':>10} {'B/instr':>8}")
+        for n in sizes:
+            fc = _forecaster(bundle, n)
+            root = tempfile.mkdtemp(prefix="tickcast-bench-ckpt-")
+            try:
+                rows.append(_case(bundle, fc, n, CheckpointStore(root, keep=2), "local", printer))
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            if s3_uri:
+                rows.append(_case(bundle, fc, n, CheckpointStore(join_uri(s3_uri, f"n{n}"), keep=2),
+                                  "s3", printer))
+            del fc
     return {"cases": rows}
 
 

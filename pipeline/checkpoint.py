@@ -3,22 +3,58 @@
 A checkpoint of one input partition is two files in
 ``ROOT/<topic>/<partition>/``:
 
-- ``<offset:020d>-<created_ns>.arrow``: the partition's state rows (Arrow IPC
-  file, as :meth:`operators.forecaster.Forecaster.export_partition` gives them);
-- ``<offset:020d>-<created_ns>.json``: the manifest, written *last*: the input
-  offset the state reflects (the next offset to read), row count, model
-  version, feature spec, state shape, creation time, byte size and SHA-256 of
-  the data file.
-
-Both are written to a temporary name and renamed into place, so a crash never
-leaves a half-written file under a final name; a data file without a manifest
-is ignored. Readers trust nothing: the newest manifest whose data file has the
-recorded size and checksum and parses wins; anything else is reported and the
-next older one is tried. The newest ``keep`` checkpoints per partition are kept.
+- ``<offset:020d>-<created_ns>-<writer>.arrow``: the partition's state rows
+  (Arrow IPC file, as :meth:`operators.forecaster.Forecaster.export_partition`
+  gives them);
+- ``<offset:020d>-<created_ns>-<writer>.json``: the manifest, written *last*:
+  the input offset the state reflects (the next offset to read), row count,
+  model version, feature spec, state shape, creation time, byte size and
+  SHA-256 of the data file.
 
 ``ROOT`` is a local directory or any URI pyarrow.fs understands (``s3://``,
-``gs://``, ``hdfs://``, ``file://``); credentials come from the environment as
+``gs://``, ``hdfs://``, ``file://``). Paths below it are joined on the URI's
+*path* (:func:`join_uri`), so query options such as
+``s3://bucket/prefix?endpoint_override=host:9000&scheme=http&region=r`` and
+credentials in the user info survive; URIs are redacted (:func:`redact_uri`)
+wherever they are shown. Credentials may also come from the environment as
 pyarrow's filesystems read them.
+
+What makes a checkpoint valid, on a local disk and on an object store alike:
+
+- On a local disk every file is written to a temporary name with mode 0600,
+  fsynced, renamed into place, and the directory fsynced: a crash never leaves a
+  half-written file under a final name, and a manifest that survived a power
+  cut has its data beside it.
+- An object store has no atomic rename (pyarrow's ``move`` on S3 is copy +
+  delete) and its listing may lag behind its writes. So nothing relies on
+  rename or on the listing: files are written under their final names (an
+  object appears whole or not at all; where a store shows partial files, a
+  torn one fails its checks), the data file first and the manifest last, and
+  the manifest carries the data's size and SHA-256. A checkpoint
+  *is* its manifest: a data file without one is ignored (and pruned once it is
+  older than ``orphan_age_s``), and a listed manifest is trusted only after the
+  data it names has been read back with that size and checksum, and every
+  manifest field has been checked (:func:`check_manifest`): types; topic and
+  partition equal to the directory it sits in; the data a plain file name
+  beside it; every row's ``last_offset`` below the manifest's offset; finite
+  state; schema metadata that import can use. A checkpoint that fails any
+  check is reported and the next older one is tried; nothing read from the
+  store can make :meth:`CheckpointStore.latest` raise or loop.
+- Two members may briefly both write one partition during a rebalance (the
+  old owner's revoke checkpoint, or a member that lost the group but does not
+  know it yet). Each writer's names are unique (creation time plus a random
+  writer id), so the two never overwrite each other's files, and each
+  checkpoint is complete and self-checking on its own. The operator is
+  deterministic, so any valid checkpoint labelled with offset X holds the state
+  of the partition's records before X, whoever wrote it; the reader takes the
+  newest offset not past the group's committed offset. Pruning by either
+  writer keeps the ``keep`` newest, deleting a manifest before its data, so a
+  reader racing a prune finds a complete checkpoint or a missing one (skipped),
+  never a torn one.
+
+Errors: :class:`CheckpointError` when the store cannot be opened or written;
+:class:`StoreUnavailable` (a subclass) when it cannot be *read* for reasons
+that are not the checkpoint's (network, permissions): callers retry those.
 """
 
 from __future__ import annotations
@@ -26,12 +62,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
+import os
+import re
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
@@ -40,12 +82,78 @@ from operators.errors import TickcastError
 log = logging.getLogger(__name__)
 
 FORMAT = 1
+_INT64_MAX = 2**63 - 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+# Data errors a checkpoint's bytes can provoke while being read or checked: each means "skip it".
+DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, pa.ArrowException)
 
 
 class CheckpointError(TickcastError):
     """A checkpoint store cannot be opened, or a checkpoint cannot be written."""
 
 
+class StoreUnavailable(CheckpointError):
+    """The store could not be read (network, permissions): not the checkpoint's fault; retry later."""
+
+
+# -- URIs ---------------------------------------------------------------------------------------
+def join_uri(uri: str, *parts: str) -> str:
+    """``uri`` with path segments appended on its *path*: query and user info survive.
+
+    >>> join_uri("s3://b/p?region=x", "g")
+    's3://b/p/g?region=x'
+    """
+    if "://" not in uri:
+        return str(Path(uri, *parts))
+    split = urlsplit(uri)
+    path = "/".join([split.path.rstrip("/"), *parts])
+    return urlunsplit(split._replace(path=path if path.startswith("/") else "/" + path))
+
+
+_SECRET_QUERY = re.compile(r"secret|token|password|credential|key", re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for a log line: user info and secret-looking query values masked."""
+    if "://" not in uri:
+        return uri
+    split = urlsplit(uri)
+    netloc = split.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = split.query
+    if query:
+        query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v)
+                           for k, v in parse_qsl(query, keep_blank_values=True)], safe=":*")
+    return urlunsplit(split._replace(netloc=netloc, query=query))
+
+
+def _scrub(text: str, uri: str) -> str:
+    """``text`` (an error message that may quote ``uri``) without the URI's credentials."""
+    text = text.replace(uri, redact_uri(uri))
+    if "://" in uri:
+        netloc = urlsplit(uri).netloc
+        if "@" in netloc:
+            userinfo = netloc.rsplit("@", 1)[0]
+            for secret in {userinfo, *userinfo.split(":")} - {""}:
+                text = text.replace(secret, "***")
+    return text
+
+
+def path_segment(name: str) -> str:
+    """A name (group id, topic) as one flat, unsurprising path segment.
+
+    Names that are already ``[A-Za-z0-9._-]``, short, and not ``.``/``..`` stay as they are (every Kafka
+    topic, most group ids); anything else is replaced character-wise and gets a hash of the original, so
+    two different names never share a folder."""
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "._-" else "_" for ch in name)
+    if safe == name and name not in ("", ".", "..") and len(name) <= 100:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{safe.strip('.')[:80] or 'x'}-{digest}"
+
+
+# -- records --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Manifest:
     format: int
@@ -71,6 +179,7 @@ class Manifest:
 class Loaded:
     manifest: Manifest
     state: pa.Table
+    path: str = ""  # the manifest's path in the store
 
 
 @dataclass(frozen=True)
@@ -81,42 +190,128 @@ class Problem:
     reason: str
 
 
-def _safe(topic: str) -> str:
-    # Kafka topic names are [a-zA-Z0-9._-]; keep the path flat and unsurprising anyway.
-    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in topic)
+_TYPES = {"format": int, "topic": str, "partition": int, "offset": int, "rows": int, "model_version": str,
+          "feature_spec": dict, "layers": int, "hidden": int, "created_at": (int, float), "data": str,
+          "bytes": int, "sha256": str}
+
+
+def check_manifest(raw, manifest_path: str) -> Manifest:
+    """A Manifest from parsed JSON, or ValueError naming the first field that is wrong.
+
+    ``manifest_path`` is where it was found: ``.../<topic segment>/<partition>/<name>.json``."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"manifest is a JSON {type(raw).__name__}, not an object")
+    names = {f.name for f in fields(Manifest)}
+    if set(raw) != names:
+        missing, extra = sorted(names - set(raw)), sorted(set(raw) - names)
+        raise ValueError(f"manifest fields wrong: missing {missing}, unexpected {extra}")
+    for key, typ in _TYPES.items():
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise ValueError(f"manifest field {key!r} is {type(value).__name__}, not {typ}")
+        if isinstance(value, int) and not 0 <= value <= _INT64_MAX:
+            raise ValueError(f"manifest field {key!r} = {value} is out of range")
+    if raw["format"] != FORMAT:
+        raise ValueError(f"checkpoint format {raw['format']}, this build reads {FORMAT}")
+    if not math.isfinite(raw["created_at"]):
+        raise ValueError("manifest field 'created_at' is not finite")
+    if not _SHA256.fullmatch(raw["sha256"]):
+        raise ValueError("manifest field 'sha256' is not a SHA-256 hex digest")
+    parts = manifest_path.replace("\\", "/").rsplit("/", 3)
+    if len(parts) < 3:
+        raise ValueError(f"manifest {manifest_path!r} is not in a <topic>/<partition>/ folder")
+    topic_dir, partition_dir, file_name = parts[-3], parts[-2], parts[-1]
+    if path_segment(raw["topic"]) != topic_dir or str(raw["partition"]) != partition_dir:
+        raise ValueError(f"manifest says {raw['topic']}/{raw['partition']} but sits in {topic_dir}/{partition_dir}")
+    stem = file_name[: -len(".json")] if file_name.endswith(".json") else file_name
+    if raw["data"] != f"{stem}.arrow":
+        raise ValueError(f"manifest names data {raw['data']!r}; only {stem}.arrow beside it is accepted")
+    return Manifest(**{**raw, "created_at": float(raw["created_at"])})
+
+
+def check_state(state: pa.Table, manifest: Manifest) -> None:
+    """Rows consistent with their manifest, finite, with schema metadata import can use; else ValueError."""
+    if state.num_rows != manifest.rows:
+        raise ValueError(f"data file has {state.num_rows} rows, manifest says {manifest.rows}")
+    meta = state.schema.metadata or {}
+    for key, want in ((b"layers", manifest.layers), (b"hidden", manifest.hidden)):
+        if meta.get(key) != str(want).encode():
+            raise ValueError(f"state metadata {key.decode()} = {meta.get(key)!r}, manifest says {want}")
+    for key in (b"tickcast.watermark_ns", b"tickcast.last_sweep_ns"):
+        if key in meta:
+            text = meta[key].decode("ascii", "replace")
+            if not re.fullmatch(r"-?[0-9]{1,19}", text) or not -2**63 <= int(text) <= _INT64_MAX:
+                raise ValueError(f"state metadata {key.decode()} = {meta[key][:40]!r} is not an int64")
+    for column in state.column_names:
+        if state.column(column).null_count:
+            raise ValueError(f"state column {column!r} has nulls")
+    if "last_offset" in state.column_names and state.num_rows:
+        newest = pc.max(state.column("last_offset")).as_py()
+        if newest is not None and newest >= manifest.offset:
+            raise ValueError(f"a row's last_offset {newest} is not below the checkpoint's offset {manifest.offset}")
+    for column in state.column_names:
+        col = state.column(column)
+        typ = col.type
+        if pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ):
+            values = pc.list_flatten(col)
+        elif pa.types.is_floating(typ):
+            values = col
+        else:
+            continue
+        if not pa.types.is_floating(values.type) or len(values) == 0:
+            continue
+        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        data = arr.to_numpy(zero_copy_only=False)
+        if column == "last_price":  # NaN means "no previous tick"; an infinity is never valid
+            if np.isinf(data).any():
+                raise ValueError(f"state column {column!r} holds an infinity")
+        elif not np.isfinite(data).all():
+            raise ValueError(f"state column {column!r} holds a NaN or an infinity")
+
+
+def group_store(checkpoint_uri: str, group_id: str, keep: int = 3) -> "CheckpointStore":
+    """The store of one consumer group: ``<checkpoint_uri>/<group segment>``, joined on the URI's path."""
+    return CheckpointStore(join_uri(checkpoint_uri, path_segment(group_id)), keep)
 
 
 class CheckpointStore:
-    def __init__(self, uri: str, keep: int = 3, filesystem: pafs.FileSystem | None = None):
+    def __init__(self, uri: str, keep: int = 3, filesystem: pafs.FileSystem | None = None,
+                 orphan_age_s: float = 60.0):
         if keep < 1:
             raise CheckpointError(f"checkpoint_keep must be >= 1, got {keep}")
         self.uri = uri
         self.keep = keep
+        self.orphan_age_s = orphan_age_s  # data files without a manifest older than this are a dead write
+        self._writer_id = uuid.uuid4().hex[:6]
         if filesystem is not None:
             self.fs, self.root = filesystem, uri.rstrip("/")
         elif "://" in uri:
             try:
                 self.fs, self.root = pafs.FileSystem.from_uri(uri)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-                raise CheckpointError(f"checkpoint store {uri!r}: {exc}") from None
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError, ValueError) as exc:
+                raise CheckpointError(f"checkpoint store {redact_uri(uri)}: {_scrub(str(exc), uri)}") from None
             self.root = self.root.rstrip("/")
         else:
             self.fs, self.root = pafs.LocalFileSystem(), str(Path(uri).absolute())
+        self._local = isinstance(self.fs, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({redact_uri(self.uri)!r})"
 
     # -- paths ----------------------------------------------------------------------------
     def _dir(self, topic: str, partition: int) -> str:
-        return f"{self.root}/{_safe(topic)}/{partition}"
+        return f"{self.root}/{path_segment(topic)}/{partition}"
 
     # -- writing ----------------------------------------------------------------------------
     def write(self, topic: str, partition: int, state: pa.Table, offset: int, model_version: str,
               feature_spec: dict) -> Manifest:
-        """Write one partition's checkpoint atomically, then prune old ones. Raises CheckpointError."""
+        """Write one partition's checkpoint (data, then manifest), then prune old ones. Raises CheckpointError."""
         meta = state.schema.metadata or {}
         created = time.time_ns()
-        name = f"{offset:020d}-{created}"
+        name = f"{offset:020d}-{created}-{self._writer_id}"
         folder = self._dir(topic, partition)
         try:
-            self.fs.create_dir(folder, recursive=True)
+            self._mkdir(folder)
             sink = pa.BufferOutputStream()
             with ipc.new_file(sink, state.schema) as writer:
                 writer.write_table(state)
@@ -131,11 +326,35 @@ class CheckpointStore:
         self._prune(folder)
         return manifest
 
+    def _mkdir(self, folder: str) -> None:
+        if self._local:
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        else:
+            self.fs.create_dir(folder, recursive=True)
+
     def _put(self, path: str, data) -> None:
-        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with self.fs.open_output_stream(tmp) as out:
+        if self._local:
+            tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+            # Bypass pyarrow locally: it neither fsyncs nor sets modes. 0600: state is the user's data.
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)  # the rename itself survives a power cut
+            finally:
+                os.close(dir_fd)
+            return
+        # Elsewhere no temporary + move: on an object store that is a second full copy and buys nothing,
+        # since the manifest, not a rename, makes a checkpoint valid.
+        with self.fs.open_output_stream(path) as out:
             out.write(data)
-        self.fs.move(tmp, path)
 
     def _prune(self, folder: str) -> None:
         try:
@@ -147,38 +366,84 @@ class CheckpointStore:
                         self.fs.delete_file(victim)
                     except FileNotFoundError:
                         pass
-            # Leftovers of writes that died before the rename, older than a minute.
-            cutoff = time.time() - 60
-            for info in self.fs.get_file_info(pafs.FileSelector(folder)):
-                if ".tmp-" in info.base_name and info.mtime is not None and info.mtime.timestamp() < cutoff:
-                    self.fs.delete_file(info.path)
+            # Leftovers of writes that died: temporaries, and data files whose manifest never came (or
+            # whose manifest a prune deleted just before dying), once older than orphan_age_s.
+            cutoff = time.time() - self.orphan_age_s
+            infos = self.fs.get_file_info(pafs.FileSelector(folder))
+            stems = {i.base_name[: -len(".json")] for i in infos if i.base_name.endswith(".json")}
+            for info in infos:
+                if info.type != pafs.FileType.File or info.mtime is None or info.mtime.timestamp() > cutoff:
+                    continue
+                orphan = info.base_name.endswith(".arrow") and info.base_name[: -len(".arrow")] not in stems
+                if ".tmp-" in info.base_name or orphan:
+                    try:
+                        self.fs.delete_file(info.path)
+                    except FileNotFoundError:
+                        pass
         except (OSError, pa.ArrowException) as exc:
             log.warning("pruning old checkpoints failed", extra={"folder": folder, "error": str(exc)})
+
+    def check_writable(self) -> str:
+        """Write, read back and delete a small probe under the root; CheckpointError saying why not.
+
+        A local root that does not exist yet is not created (a check leaves nothing behind): its nearest
+        existing parent must be a writable directory. Returns a few words on what was checked."""
+        probe = f"{self.root}/.tickcast-probe-{uuid.uuid4().hex[:12]}"
+        body = b"tickcast checkpoint store probe\n"
+        if self._local and not os.path.isdir(self.root):
+            parent = Path(self.root)
+            while not parent.exists() and parent != parent.parent:
+                parent = parent.parent
+            if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                raise CheckpointError(f"cannot write to checkpoint store {self.root}: {parent} is not a writable "
+                                      "directory")
+            return f"can be created under {parent}"
+        try:
+            self._mkdir(self.root)
+            self._put(probe, body)
+            with self.fs.open_input_stream(probe) as f:
+                if f.read() != body:
+                    raise OSError("the probe read back differs from what was written")
+            self.fs.delete_file(probe)
+        except (OSError, pa.ArrowException) as exc:
+            raise CheckpointError(f"cannot write to checkpoint store {redact_uri(self.uri)}: "
+                                  f"{_scrub(str(exc), self.uri)}") from None
+        return "a probe was written, read back and deleted"
 
     # -- reading ----------------------------------------------------------------------------
     def _manifest_paths(self, folder: str) -> list[str]:
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-        except (OSError, pa.ArrowException):
+        except FileNotFoundError:
             return []
+        except (OSError, pa.ArrowException) as exc:
+            raise StoreUnavailable(f"cannot list {folder} in {redact_uri(self.uri)}: {exc}") from None
         return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json"))
 
-    def load(self, manifest_path: str) -> Loaded:
-        """Read and verify one checkpoint; raises ValueError saying what is wrong."""
+    def _read(self, path: str, what: str) -> bytes:
         try:
-            with self.fs.open_input_stream(manifest_path) as f:
-                raw = json.loads(f.read())
-            manifest = Manifest(**raw)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"unreadable manifest: {exc}") from None
-        if manifest.format != FORMAT:
-            raise ValueError(f"checkpoint format {manifest.format}, this build reads {FORMAT}")
-        data_path = f"{manifest_path.rsplit('/', 1)[0]}/{manifest.data}"
-        try:
-            with self.fs.open_input_stream(data_path) as f:
-                body = f.read()
+            # A random-access file knows its size and reads it in one request; an S3 input *stream* reads
+            # in small chunks, one request each (53 MiB: 15 s instead of 0.3 s against a local endpoint).
+            with self.fs.open_input_file(path) as f:
+                return f.read()
+        except FileNotFoundError as exc:  # listed but gone (pruned meanwhile, or a lagging listing)
+            raise ValueError(f"{what} missing: {exc}") from None
+        except IsADirectoryError as exc:
+            raise ValueError(f"{what} is a directory: {exc}") from None
         except (OSError, pa.ArrowException) as exc:
-            raise ValueError(f"data file missing or unreadable: {exc}") from None
+            raise StoreUnavailable(f"cannot read {path}: {exc}") from None
+
+    def load(self, manifest_path: str) -> Loaded:
+        """Read and verify one checkpoint; ValueError saying what is wrong with it, StoreUnavailable when
+        the store could not be read at all."""
+        raw_bytes = self._read(manifest_path, "manifest")
+        try:
+            raw = json.loads(raw_bytes)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"unreadable manifest: {exc}") from None
+        manifest = check_manifest(raw, manifest_path)
+        data_path = f"{manifest_path.rsplit('/', 1)[0]}/{manifest.data}"
+        body = self._read(data_path, "data file")
         if len(body) != manifest.bytes:
             raise ValueError(f"data file is {len(body)} bytes, manifest says {manifest.bytes} (truncated?)")
         if hashlib.sha256(body).hexdigest() != manifest.sha256:
@@ -187,30 +452,35 @@ class CheckpointStore:
             state = ipc.open_file(pa.py_buffer(body)).read_all()
         except pa.ArrowException as exc:
             raise ValueError(f"data file is not Arrow IPC: {exc}") from None
-        if state.num_rows != manifest.rows:
-            raise ValueError(f"data file has {state.num_rows} rows, manifest says {manifest.rows}")
-        return Loaded(manifest, state)
+        check_state(state, manifest)
+        return Loaded(manifest, state, manifest_path)
 
     def latest(self, topic: str, partition: int, max_offset: int | None = None,
-               problems: list[Problem] | None = None, validate=None) -> Loaded | None:
+               problems: list[Problem] | None = None, validate=None, exclude=()) -> Loaded | None:
         """The newest valid checkpoint of a partition (at most ``max_offset``), or None.
 
         ``validate(loaded)`` may refuse a checkpoint by raising ValueError (e.g. rows this model cannot
-        serve). Unusable checkpoints on the way are logged and appended to ``problems``.
-        """
+        serve); manifests in ``exclude`` are passed over. Unusable checkpoints on the way are logged and
+        appended to ``problems``. Whatever the store holds, this returns (each manifest is read at most
+        once); it raises only StoreUnavailable, when the store cannot be listed or read."""
         for path in reversed(self._manifest_paths(self._dir(topic, partition))):
+            if path in exclude:
+                continue
             try:
                 loaded = self.load(path)
+                if loaded.manifest.topic != topic or loaded.manifest.partition != partition:
+                    raise ValueError(f"manifest is for {loaded.manifest.topic}/{loaded.manifest.partition}")
+                if max_offset is not None and loaded.manifest.offset > max_offset:
+                    log.info("skipping checkpoint ahead of the committed offset",
+                             extra={"path": path, "offset": loaded.manifest.offset, "committed": max_offset})
+                    continue
                 if validate is not None:
                     validate(loaded)
-            except ValueError as exc:
-                log.warning("skipping unusable checkpoint", extra={"path": path, "reason": str(exc)})
+            except DATA_ERRORS as exc:
+                reason = str(exc) or type(exc).__name__
+                log.warning("skipping unusable checkpoint", extra={"path": path, "reason": reason})
                 if problems is not None:
-                    problems.append(Problem(path, str(exc)))
-                continue
-            if max_offset is not None and loaded.manifest.offset > max_offset:
-                log.info("skipping checkpoint ahead of the committed offset",
-                         extra={"path": path, "offset": loaded.manifest.offset, "committed": max_offset})
+                    problems.append(Problem(path, reason))
                 continue
             return loaded
         return None
@@ -221,10 +491,10 @@ class CheckpointStore:
         try:
             infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True, allow_not_found=True))
         except (OSError, pa.ArrowException) as exc:
-            raise CheckpointError(f"cannot list {self.uri}: {exc}") from None
+            raise CheckpointError(f"cannot list {redact_uri(self.uri)}: {exc}") from None
         for path in sorted(i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".json")):
             try:
                 out.append((path, self.load(path).manifest, None))
-            except ValueError as exc:
-                out.append((path, None, str(exc)))
+            except DATA_ERRORS as exc:
+                out.append((path, None, str(exc) or type(exc).__name__))
         return out

@@ -401,10 +401,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_config_check(args: argparse.Namespace) -> int:
     from pipeline.config import RunConfig  # noqa: PLC0415
 
+    from pipeline.checkpoint import CheckpointError, group_store, redact_uri  # noqa: PLC0415
+
     cfg = RunConfig.load(args.file, env={} if args.ignore_env else None)
     print(f"{args.file}: OK")
     for k, v in cfg.redacted().items():
         print(f"  {k} = {json.dumps(v)}")
+    if not cfg.checkpoint_uri:
+        print("checkpoint store: off (checkpoint_uri is empty)")
+        return 0
+    try:  # the group's folder, exactly as `tickcast run` derives it
+        how = group_store(cfg.checkpoint_uri, cfg.group_id, cfg.checkpoint_keep).check_writable()
+    except CheckpointError as exc:
+        print(f"checkpoint store: NOT writable: {exc}")
+        return 1
+    print(f"checkpoint store: writable: {redact_uri(cfg.checkpoint_uri)}, group {cfg.group_id} ({how})")
     return 0
 
 
@@ -490,12 +501,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_state_inspect(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import CheckpointStore  # noqa: PLC0415
+    from pipeline.checkpoint import CheckpointStore, redact_uri  # noqa: PLC0415
 
     store = CheckpointStore(args.dir)
     inventory = store.inventory()
     if not inventory:
-        print(f"{args.dir}: no checkpoints (expected <dir>/<group>/<topic>/<partition>/*.json)")
+        print(f"{redact_uri(args.dir)}: no checkpoints (expected <dir>/<group>/<topic>/<partition>/*.json)")
         return 1
     now = time.time()
     by_folder: dict[str, list] = {}

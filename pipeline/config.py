@@ -234,6 +234,10 @@ class RunConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = "***" if f.metadata.get("secret") and value else value
+        if self.checkpoint_uri:  # s3://KEY:SECRET@bucket/... and secret query options
+            from pipeline.checkpoint import redact_uri  # noqa: PLC0415 - config stays importable alone
+
+            out["checkpoint_uri"] = redact_uri(self.checkpoint_uri)
         return out
 
     # -- what the Kafka clients get -------------------------------------------------

@@ -53,7 +53,7 @@ from operators.forecaster import Forecaster, ForecasterConfig
 from operators.model import Bundle
 from operators.validation import RejectReason
 from pipeline import logs
-from pipeline.checkpoint import CheckpointError, CheckpointStore, Problem
+from pipeline.checkpoint import DATA_ERRORS, CheckpointError, Problem, StoreUnavailable, group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.metrics import Metrics
 from pipeline.scoring import OnlineScorer
@@ -267,7 +267,7 @@ class Runner:
         self._partitioner = CachingPartitioner()  # shared by every producer this run makes
         self._to_restore: set = set()
         # Durability: where each assigned partition's state stands, and what is replayed silently.
-        self.store = (CheckpointStore(f"{config.checkpoint_uri.rstrip('/')}/{config.group_id}", config.checkpoint_keep)
+        self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep)
                       if config.checkpoint_uri else None)
         self._next_offset: dict[TopicPartition, int] = {}  # the state reflects every record before this
         self._checkpointed: dict[TopicPartition, int] = {}  # offset of the last checkpoint written or restored
@@ -454,12 +454,18 @@ class Runner:
     def _restore(self, tp: TopicPartition) -> None:
         """State for a newly assigned partition: newest valid checkpoint at or before the committed offset,
         then a silent replay from the checkpoint's offset up to the committed one; or a warm-up window;
-        or, loudly, empty state."""
+        or, loudly, empty state.
+
+        Raises on broker or store trouble (the caller retries); a checkpoint that cannot be used, whatever
+        its bytes, is skipped and counted here, and the next older one tried."""
         started = time.perf_counter()
         pid = self._partition_id(tp.topic, tp.partition)
         self.forecaster.drop_partition(pid)
         self._replay_until.pop(tp, None)
         self._replay_until_ts.pop(tp, None)
+        # Whatever the state reflected before is gone: every path below says anew where it stands.
+        self._next_offset.pop(tp, None)
+        self._checkpointed.pop(tp, None)
         committed = self.consumer.committed(tp, timeout_ms=self.cfg.request_timeout_ms)
         loaded = None
         if self.store is not None and committed is None:
@@ -468,32 +474,28 @@ class Runner:
             log.info("group has no committed offset for this partition; not using checkpoints",
                      extra={"partition": f"{tp.topic}/{tp.partition}"})
         elif self.store is not None:
-            problems: list[Problem] = []
-            loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems,
-                                       validate=self._usable)
-            for _ in problems:
-                self.metrics.checkpoint_load_failures.inc()
-            if loaded is not None and loaded.manifest.model_version != self.bundle.model_version:
-                if self.cfg.on_model_change == "refuse":
-                    raise FatalError(
-                        f"the checkpoint of {tp.topic}/{tp.partition} was written by model version "
-                        f"{loaded.manifest.model_version}, this run serves {self.bundle.model_version}; serve that "
-                        f"model, or set on_model_change = warmup (with warmup = DURATION) to rebuild state from "
-                        f"input, or point checkpoint_uri elsewhere")
-                log.warning("checkpoint from another model version ignored; warming up from input instead",
-                            extra={"partition": f"{tp.topic}/{tp.partition}",
-                                   "checkpoint_model": loaded.manifest.model_version})
-                loaded = None
+            loaded = self._load_checkpoint(tp, pid, committed)
         if loaded is not None:
-            rows = self.forecaster.import_partition(pid, loaded.state)
+            rows = loaded.state.num_rows
             start = loaded.manifest.offset
-            self._checkpointed[tp] = start
+            if start < committed:
+                first = self.consumer.beginning_offsets([tp]).get(tp, 0)
+                if first > start:
+                    # Retention deleted records the replay needs: the state misses them for good. Replay
+                    # what is left; the instruments those records touched carry older state.
+                    log.warning("checkpoint is older than the partition's log start; records in between were "
+                                "deleted by retention and are missing from the restored state",
+                                extra={"partition": f"{tp.topic}/{tp.partition}", "checkpoint_offset": start,
+                                       "log_start": first, "missing": first - start, "committed": committed})
+                    start = min(first, committed)
+            self._checkpointed[tp] = loaded.manifest.offset
             self._seek(tp, start, committed)
             self.metrics.restores.labels("checkpoint").inc()
             self.metrics.restore_seconds.observe(time.perf_counter() - started)
             log.info("partition restored from checkpoint",
-                     extra={"partition": f"{tp.topic}/{tp.partition}", "rows": rows, "checkpoint_offset": start,
-                            "committed": committed, "replay": max(0, (committed or start) - start),
+                     extra={"partition": f"{tp.topic}/{tp.partition}", "rows": rows,
+                            "checkpoint_offset": loaded.manifest.offset, "committed": committed,
+                            "replay": max(0, (committed or start) - start),
                             "age_s": round(time.time() - loaded.manifest.created_at, 1)})
             return
         window = self._warmup_start(tp, committed) if self.cfg.warmup else None
@@ -532,6 +534,41 @@ class Runner:
                    "why": ("new group" if committed is None else
                            "no usable checkpoint" if self.store else "checkpoints are off (checkpoint_uri)")})
 
+    def _load_checkpoint(self, tp: TopicPartition, pid: int, committed: int):
+        """The newest checkpoint that is valid *and* imports into the operator (now holding its rows), or
+        None. Each manifest is tried at most once; StoreUnavailable propagates (the caller retries)."""
+        tried: set[str] = set()
+        while True:
+            problems: list[Problem] = []
+            loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems,
+                                       validate=self._usable, exclude=tried)
+            for _ in problems:
+                self.metrics.checkpoint_load_failures.inc()
+            tried |= {p.path for p in problems}
+            if loaded is None:
+                return None
+            tried.add(loaded.path)
+            if loaded.manifest.model_version != self.bundle.model_version:
+                if self.cfg.on_model_change == "refuse":
+                    raise FatalError(
+                        f"the checkpoint of {tp.topic}/{tp.partition} was written by model version "
+                        f"{loaded.manifest.model_version}, this run serves {self.bundle.model_version}; serve that "
+                        f"model, or set on_model_change = warmup (with warmup = DURATION) to rebuild state from "
+                        f"input, or point checkpoint_uri elsewhere")
+                log.warning("checkpoint from another model version ignored; warming up from input instead",
+                            extra={"partition": f"{tp.topic}/{tp.partition}",
+                                   "checkpoint_model": loaded.manifest.model_version})
+                return None
+            try:
+                self.forecaster.import_partition(pid, loaded.state)
+            except DATA_ERRORS as exc:  # the store's checks passed it, the operator did not: skip it too
+                self.forecaster.drop_partition(pid)
+                self.metrics.checkpoint_load_failures.inc()
+                log.warning("skipping unusable checkpoint", extra={"path": loaded.path,
+                                                                   "reason": str(exc) or type(exc).__name__})
+                continue
+            return loaded
+
     def _usable(self, loaded) -> None:
         """Rows this model can serve. Another model's checkpoint passes here: the caller refuses it by name
         (on_model_change) instead of silently skipping it."""
@@ -558,7 +595,14 @@ class Runner:
             found = first_offsets_at(probe, [tp], self._started_ms - window_ms).get(tp)
         finally:
             probe.close(autocommit=False)
-        if found is None or (committed is not None and found >= committed):
+        if found is None:
+            # The window is measured on record timestamps against the wall clock. A historical topic (records
+            # stamped long ago) has nothing in it: no warm-up; the partition goes on as without one.
+            log.warning("warm-up window holds no records (an empty partition, or every record is stamped "
+                        "before now - warmup: a historical topic?); not warming up",
+                        extra={"partition": f"{tp.topic}/{tp.partition}", "warmup": self.cfg.warmup})
+            return None
+        if committed is not None and found >= committed:
             return None
         return found, committed
 
@@ -1083,7 +1127,9 @@ class Runner:
             self._dirty = True  # stopping before the rewind finished: the state does not match; never checkpoint it
 
     def _restore_with_retry(self, pending: list) -> bool:
-        """Restore each partition, retrying while the broker is away; False if stopped or fatal first."""
+        """Restore each partition, retrying while the broker or the checkpoint store is away; False if
+        stopped or fatal first. A bad checkpoint never gets here: ``_restore`` skips it to the next older
+        one, so what is retried is always an outside failure, never the same bytes."""
         backoff = 0.5
         pending = list(pending)
         while pending and not self.stop_event.is_set():
@@ -1092,10 +1138,17 @@ class Runner:
             try:
                 self._restore(tp)
                 pending.pop(0)
+                backoff = 0.5
             except FatalError as exc:
                 self._fatal = str(exc)
                 self.stop_event.set()
                 return False
+            except StoreUnavailable as exc:
+                log.warning("checkpoint store unreachable; retrying the restore",
+                            extra={"partition": f"{tp.topic}/{tp.partition}", "error": str(exc),
+                                   "retry_in_s": backoff})
+                self.stop_event.wait(backoff)
+                backoff = min(backoff * 2, 10.0)
             except Exception as exc:  # noqa: BLE001 - broker still away: wait and retry
                 self.metrics.broker_errors.labels("rewind").inc()
                 log.warning("cannot rewind yet; retrying", extra={"partition": f"{tp.topic}/{tp.partition}",

@@ -7,6 +7,8 @@ import uuid
 
 import pytest
 
+from tests.s3 import s3_server  # noqa: F401 - a real S3 endpoint (moto's server) for the session
+
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap():
