@@ -17,6 +17,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -346,7 +347,9 @@ def load_bundle(directory: str | Path, *, keep_keras: bool = True) -> Bundle:
         )
     if len(norm.mean) != len(spec.names) or len(norm.std) != len(spec.names):
         raise BundleError(f"{meta_path}: normalisation has the wrong number of features; retrain the bundle")
+    _check_normalisation(norm, spec, meta_path)
     keras = _keras()
+    _check_keras_is_safe(keras.__version__)
     try:
         model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
@@ -362,6 +365,33 @@ def load_bundle(directory: str | Path, *, keep_keras: bool = True) -> Bundle:
             f"weights hash to {expected}); the files come from different trainings"
         )
     return bundle
+
+
+# Keras before 3.9 lets a crafted .keras file run code despite safe_mode (CVE-2025-1550); pyproject.toml
+# asks for at least this version, and a bundle is never opened with an older one found in the environment.
+SAFE_KERAS = (3, 9)
+
+
+def _check_keras_is_safe(version: str) -> None:
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    if parts < SAFE_KERAS:
+        raise BundleError(f"keras {version} is installed; its safe mode can be bypassed by a crafted model file "
+                          f"(CVE-2025-1550): install keras>={SAFE_KERAS[0]}.{SAFE_KERAS[1]} to load bundles")
+
+
+def _check_normalisation(norm: Normalisation, spec: FeatureSpec, meta_path: Path) -> None:
+    """Statistics the features are divided by: a zero, negative or non-finite one would turn every tick
+    into inf/NaN inputs and poison each instrument's state on its first tick."""
+    bad = [f"std of {name} = {s!r}" for name, s in zip(spec.names, norm.std.tolist())
+           if not (np.isfinite(s) and s > 0)]
+    bad += [f"mean of {name} = {m!r}" for name, m in zip(spec.names, norm.mean.tolist()) if not np.isfinite(m)]
+    if not (np.isfinite(norm.target_std) and norm.target_std > 0):
+        bad.append(f"target_std = {norm.target_std!r}")
+    if not np.isfinite(norm.target_mean):
+        bad.append(f"target_mean = {norm.target_mean!r}")
+    if bad:
+        raise BundleError(f"{meta_path}: normalisation must be finite with positive standard deviations, got "
+                          f"{', '.join(bad)}; retrain the bundle")
 
 
 def _check_architecture(model, shape: StateShape, n_features: int, path: Path) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from operators.errors import BundleError
 from operators.forecaster import Forecaster
-from operators.model import load_bundle, save_bundle
+from operators.model import _version_hash, load_bundle, save_bundle
 from pipeline.synthetic import generate_ticks
 from tests.conftest import in_target_units
 
@@ -62,6 +62,26 @@ def test_incompatible_bundles_are_refused_with_a_clear_message(bundle, tmp_path,
         load_bundle(path)
 
 
+@pytest.mark.parametrize("field, value", [("std", 0.0), ("std", -1.0), ("std", float("nan")),
+                                          ("mean", float("inf")), ("target_std", 0.0)])
+def test_bundle_with_unusable_normalisation_is_refused_even_when_its_hash_matches(bundle, tmp_path, field, value):
+    """A bundle saved consistently (version hash over its own statistics) but dividing by zero or NaN."""
+    import dataclasses
+
+    norm = bundle.normalisation
+    if field == "target_std":
+        bad = dataclasses.replace(norm, target_std=value)
+    else:
+        arr = getattr(norm, field).copy()
+        arr[1] = value
+        bad = dataclasses.replace(norm, **{field: arr})
+    broken = dataclasses.replace(bundle, normalisation=bad)
+    broken = dataclasses.replace(broken, model_version=_version_hash(broken.weights, broken.meta()))
+    path = save_bundle(broken, tmp_path / "b")
+    with pytest.raises(BundleError, match=f"normalisation must be finite.*{field}"):
+        load_bundle(path)
+
+
 def test_missing_or_foreign_directories_are_refused(tmp_path):
     with pytest.raises(BundleError, match="does not exist"):
         load_bundle(tmp_path / "nope")
@@ -98,3 +118,22 @@ def test_save_load_round_trip_keeps_weights_and_version(bundle, tmp_path):
     again = load_bundle(tmp_path / "again")
     assert again.model_version == bundle.model_version
     np.testing.assert_array_equal(again.weights.layers[0].kernel, bundle.weights.layers[0].kernel)
+
+
+def test_keras_with_a_known_safe_mode_bypass_is_refused_and_not_admitted_by_the_requirements(bundle, monkeypatch):
+    import tomllib
+    from pathlib import Path
+
+    import keras
+
+    from operators.model import SAFE_KERAS
+
+    monkeypatch.setattr(keras, "__version__", "3.8.0")
+    with pytest.raises(BundleError, match="CVE-2025-1550"):
+        load_bundle(bundle.path)
+    monkeypatch.setattr(keras, "__version__", "3.9.0")
+    load_bundle(bundle.path)
+    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    floor = [d for d in deps if d.replace(" ", "").startswith("keras>=")]
+    assert floor, f"keras has no lower bound in {deps}"
+    assert tuple(int(p) for p in floor[0].split(">=")[1].split(".")[:2]) >= SAFE_KERAS
