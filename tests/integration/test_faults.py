@@ -312,33 +312,36 @@ def test_warmup_of_a_fresh_deployment_builds_state_silently(kafka_bootstrap, bun
         assert value / scale == pytest.approx(expected[offset] / scale, rel=1e-5, abs=1e-5), offset
 
 
-def _produce_stamped(bootstrap: str, topic: str, messages, timestamp_ms: int) -> None:
+def _produce_stamped(bootstrap: str, topic: str, messages, timestamps_ms) -> None:
     from confluent_kafka import Producer
 
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
-    for key, value in messages:
-        p.produce(topic, key=key, value=value, partition=0, timestamp=timestamp_ms)
+    for (key, value), stamp in zip(messages, timestamps_ms):
+        p.produce(topic, key=key, value=value, partition=0, timestamp=int(stamp))
     assert p.flush(30) == 0
 
 
 def test_warmup_on_a_historical_topic_stamped_long_ago(kafka_bootstrap, bundle, tmp_path):
-    """Records stamped in 2015 (a backfilled topic, CreateTime = event time): the 30m warm-up window holds
-    none of them, which the log says; a fresh group then reads from auto_offset_reset (earliest) and
-    forecasts every tick, history and new alike, with nothing stuck silent."""
+    """A backfilled topic: each record stamped with its tick's event time (CreateTime = event time, as
+    `tickcast replay` does), months before now. The 30m warm-up window holds none of them, which the log
+    says; a fresh group then reads from auto_offset_reset (earliest) and forecasts every tick, history and
+    new alike, with nothing stuck silent (and the timestamp policy, judged against each record's own
+    timestamp, refuses none of them)."""
     u = uuid.uuid4().hex[:8]
     tin, tout, dlq, group = f"hist-in-{u}", f"hist-out-{u}", f"hist-dlq-{u}", f"hist-g-{u}"
     create_topics(kafka_bootstrap, {tin: 1, tout: 1, dlq: 1})
     ticks = generate_ticks(5, 400, seed=22, bad_fraction=0.0)
     messages = tick_messages(ticks)
-    long_ago_ms = 1_420_070_400_000  # 2015-01-01
-    _produce_stamped(kafka_bootstrap, tin, messages[:300], long_ago_ms)
+    stamps_ms = (ticks.column("ts").to_numpy() // 1_000_000).tolist()
+    assert max(stamps_ms) < (time.time() - 86_400) * 1000, "the history must lie well before the warm-up window"
+    _produce_stamped(kafka_bootstrap, tin, messages[:300], stamps_ms[:300])
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, "--warmup", "30m",
                            "--checkpoint-uri", str(tmp_path / "ckpt"))
     try:
         said = run.wait_for("warm-up window holds no records (an empty partition, or every record is stamped "
                             "before now - warmup: a historical topic?); not warming up", timeout=90)
         assert said["level"] == "warning" and said["partition"] == f"{tin}/0"
-        _produce_stamped(kafka_bootstrap, tin, messages[300:], long_ago_ms + 1)
+        _produce_stamped(kafka_bootstrap, tin, messages[300:], stamps_ms[300:])
         _wait_drained(kafka_bootstrap, tout, 400, timeout=90)
         time.sleep(1)
         assert run.metric("tickcast_replayed_ticks_total") == 0
