@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from operators import lstm_native
+
 _BLOCK_ROWS = 1024
 
 
@@ -90,8 +92,10 @@ class Packing:
 class RaggedLSTM:
     """A stacked LSTM + dense head that steps ragged per-instrument sequences."""
 
-    def __init__(self, weights: LSTMWeights):
+    def __init__(self, weights: LSTMWeights, native: bool = True):
         self.weights = weights
+        # The compiled element-wise step (operators.lstm_native) when it is available; NumPy otherwise.
+        self._native = lstm_native.load() if native else None
         self.hidden = weights.hidden
         h = self.hidden
         # Reorder gate columns i, f, g, o -> i, f, o, g so the three sigmoid
@@ -109,11 +113,19 @@ class RaggedLSTM:
         self._dense_b = np.float32(weights.dense_bias)
         self._scratch: dict[str, np.ndarray] = {}
 
-    @staticmethod
-    def _cell(z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, rec: np.ndarray, tc: np.ndarray) -> None:
+    @property
+    def native(self) -> bool:
+        """Whether the compiled element-wise step is in use."""
+        return self._native is not None
+
+    def _cell(self, z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, rec: np.ndarray,
+              tc: np.ndarray) -> None:
         """One LSTM step for a block of rows, in place: z holds x @ W_x + b on entry."""
         hidden = hs.shape[1]
         np.matmul(hs, wh, out=rec)
+        if self._native is not None:
+            self._native(z, rec, hs, cs)
+            return
         z += rec
         np.tanh(z, out=z)
         ifo = z[:, : 3 * hidden]
