@@ -197,7 +197,7 @@ class Forecaster:
         layers = range(st.shape.layers)
         h0 = [st.h(layer)[rows] for layer in layers]
         c0 = [st.c(layer)[rows] for layer in layers]
-        y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset)
+        y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset, in_place=True)
         for layer in layers:
             st.h(layer)[rows] = h_new[layer]
             st.c(layer)[rows] = c_new[layer]

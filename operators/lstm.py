@@ -118,13 +118,13 @@ class RaggedLSTM:
         """Whether the compiled element-wise step is in use."""
         return self._native is not None
 
-    def _cell(self, z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, rec: np.ndarray,
-              tc: np.ndarray) -> None:
-        """One LSTM step for a block of rows, in place: z holds x @ W_x + b on entry."""
+    def _cell(self, z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, b: np.ndarray,
+              rec: np.ndarray, tc: np.ndarray) -> None:
+        """One LSTM step for a block of rows, in place: z holds x @ W_x on entry (plus b on the NumPy path)."""
         hidden = hs.shape[1]
         np.matmul(hs, wh, out=rec)
         if self._native is not None:
-            self._native(z, rec, hs, cs)
+            self._native(z, rec, b, hs, cs)
             return
         z += rec
         np.tanh(z, out=z)
@@ -161,13 +161,17 @@ class RaggedLSTM:
         h0: list[np.ndarray],
         c0: list[np.ndarray],
         reset: np.ndarray | None = None,
+        in_place: bool = False,
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """Step every group through its ticks.
 
         x: (T, F) float32, ticks group after group, in each group's order.
         lengths: (G,) ticks per group, each >= 1.
-        h0, c0: per layer, (G, H) float32 gathered state rows (not modified).
+        h0, c0: per layer, (G, H) float32 gathered state rows; not modified unless ``in_place``.
         reset: optional (T,) bool; state is zeroed before stepping that tick.
+        in_place: h0 and c0 are the caller's scratch copies (C-contiguous): when the groups come
+        longest first (always so when every group has one tick) they are stepped where they lie and
+        returned as hN, cN, saving two permutation copies per layer.
         Returns (y (T,) float32 head output after each tick, hN, cN per layer).
         """
         g = len(lengths)
@@ -176,6 +180,8 @@ class RaggedLSTM:
             return np.zeros(0, np.float32), [a.copy() for a in h0], [a.copy() for a in c0]
         pk = Packing.build(lengths)
         hidden = self.hidden
+        # Longest first already: the packed order is the group order (stable argsort).
+        identity = g < 2 or bool(np.all(lengths[:-1] >= lengths[1:]))
         packed = np.empty((t_total, x.shape[1]), dtype=np.float32)
         packed[pk.position] = x
         reset_steps: list[np.ndarray | None] = [None] * len(pk.active)
@@ -196,9 +202,20 @@ class RaggedLSTM:
         for layer, (wx, wh, b) in enumerate(self._layers):
             gates = self._workspace("gates", (t_total, 4 * hidden))
             np.matmul(layer_in, wx, out=gates)
-            gates += b
-            h = np.take(h0[layer], pk.order, axis=0, out=self._workspace("h", (g, hidden)))
-            c = np.take(c0[layer], pk.order, axis=0, out=self._workspace("c", (g, hidden)))
+            if self._native is None:
+                gates += b  # the compiled step adds the bias in its own pass
+            usable = [a.flags.c_contiguous and a.dtype == np.float32 for a in (h0[layer], c0[layer])]
+            own = identity and in_place and all(usable)
+            if own:
+                h, c = h0[layer], c0[layer]
+            elif identity:
+                h = self._workspace("h", (g, hidden))
+                c = self._workspace("c", (g, hidden))
+                h[...] = h0[layer]
+                c[...] = c0[layer]
+            else:
+                h = np.take(h0[layer], pk.order, axis=0, out=self._workspace("h", (g, hidden)))
+                c = np.take(c0[layer], pk.order, axis=0, out=self._workspace("c", (g, hidden)))
             out = self._workspace(f"out{layer % 2}", (t_total, hidden))
             for t, (s, a) in enumerate(zip(offsets, active)):
                 if reset_steps[t] is not None:
@@ -207,11 +224,12 @@ class RaggedLSTM:
                 # Row blocks keep each block's gates in L2 across the element-wise passes.
                 for r0 in range(0, a, _BLOCK_ROWS):
                     r1 = min(a, r0 + _BLOCK_ROWS)
-                    self._cell(gates[s + r0 : s + r1], h[r0:r1], c[r0:r1], wh, rec_all[: r1 - r0], tmp_all[: r1 - r0])
+                    self._cell(gates[s + r0 : s + r1], h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0],
+                               tmp_all[: r1 - r0])
                 out[s : s + a] = h[:a]
             # packed row r holds group order[r]; back to group order
-            h_out.append(h[pk.rank])
-            c_out.append(c[pk.rank])
+            h_out.append(h if own else h.copy() if identity else h[pk.rank])
+            c_out.append(c if own else c.copy() if identity else c[pk.rank])
             layer_in = out
         y = (layer_in @ self._dense_w).ravel() + self._dense_b
         return y[pk.position], h_out, c_out

@@ -54,21 +54,22 @@ static inline float tanh_rational(float x) {
     return ax < 0.0004f ? x : r;
 }
 
-/* One LSTM step for `rows` rows, in place. z: (rows, 4H) input projection + bias,
+/* One LSTM step for `rows` rows, in place. z: (rows, 4H) input projection x @ W_x,
    gate columns i, f, o, g with i, f, o pre-halved (sigmoid(u) = 0.5 tanh(u/2) + 0.5);
-   rec: (rows, 4H) h @ W_h; h, c: (rows, H), updated. */
-void lstm_step(const float *restrict z, const float *restrict rec, float *restrict h, float *restrict c,
-               long rows, long hidden) {
+   rec: (rows, 4H) h @ W_h; bias: (4H,), same layout; h, c: (rows, H), updated. */
+void lstm_step(const float *restrict z, const float *restrict rec, const float *restrict bias,
+               float *restrict h, float *restrict c, long rows, long hidden) {
+    const float *bi = bias, *bf = bi + hidden, *bo = bf + hidden, *bg = bo + hidden;
     for (long r = 0; r < rows; r++) {
         const float *zi = z + r * 4 * hidden, *zf = zi + hidden, *zo = zf + hidden, *zg = zo + hidden;
         const float *ri = rec + r * 4 * hidden, *rf = ri + hidden, *ro = rf + hidden, *rg = ro + hidden;
         float *hr = h + r * hidden;
         float *cr = c + r * hidden;
         for (long j = 0; j < hidden; j++) {
-            float i = 0.5f * tanh_rational(zi[j] + ri[j]) + 0.5f;
-            float f = 0.5f * tanh_rational(zf[j] + rf[j]) + 0.5f;
-            float o = 0.5f * tanh_rational(zo[j] + ro[j]) + 0.5f;
-            float g = tanh_rational(zg[j] + rg[j]);
+            float i = 0.5f * tanh_rational(zi[j] + ri[j] + bi[j]) + 0.5f;
+            float f = 0.5f * tanh_rational(zf[j] + rf[j] + bf[j]) + 0.5f;
+            float o = 0.5f * tanh_rational(zo[j] + ro[j] + bo[j]) + 0.5f;
+            float g = tanh_rational(zg[j] + rg[j] + bg[j]);
             float cn = f * cr[j] + i * g;
             cr[j] = cn;
             hr[j] = o * tanh_rational(cn);
@@ -80,7 +81,7 @@ void lstm_step(const float *restrict z, const float *restrict rec, float *restri
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 _LOADED: dict[str, Callable | None] = {}
 
-LSTMStep = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+LSTMStep = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def _cpu_signature() -> str:
@@ -127,15 +128,16 @@ def load() -> LSTMStep | None:
         lib = ctypes.CDLL(str(target))
         c_fn = lib.lstm_step
         ptr = ctypes.c_void_p
-        c_fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_long, ctypes.c_long]
+        c_fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ctypes.c_long, ctypes.c_long]
         c_fn.restype = None
 
-        def fn(z: np.ndarray, rec: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
+        def fn(z: np.ndarray, rec: np.ndarray, bias: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
             rows, hidden = h.shape
-            for a, width in ((z, 4 * hidden), (rec, 4 * hidden), (h, hidden), (c, hidden)):
-                if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != (rows, width):
+            for a, shape in ((z, (rows, 4 * hidden)), (rec, (rows, 4 * hidden)), (bias, (4 * hidden,)),
+                             (h, (rows, hidden)), (c, (rows, hidden))):
+                if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
                     raise ValueError("lstm_step needs C-contiguous float32 blocks of matching rows")
-            c_fn(z.ctypes.data, rec.ctypes.data, h.ctypes.data, c.ctypes.data, rows, hidden)
+            c_fn(z.ctypes.data, rec.ctypes.data, bias.ctypes.data, h.ctypes.data, c.ctypes.data, rows, hidden)
     except (OSError, subprocess.SubprocessError):
         fn = None
     _LOADED[key] = fn

@@ -56,7 +56,7 @@ def test_native_tanh_is_close_to_exact_tanh_over_the_float_range():
     z[:, 0], z[:, 1], z[:, 2], z[:, 3] = 1e4, -1e4, 1e4, u  # columns i, f, o (halved), g
     rec = np.zeros_like(z)
     h, c = np.zeros((n, 1), np.float32), np.ones((n, 1), np.float32)
-    lstm_native.load()(z, rec, h, c)
+    lstm_native.load()(z, rec, np.zeros(4, np.float32), h, c)
     np.testing.assert_allclose(c[:, 0], np.tanh(u.astype(np.float64)), rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(h[:, 0], np.tanh(np.tanh(u.astype(np.float64))), rtol=2e-6, atol=1e-7)
 
@@ -66,10 +66,13 @@ def test_native_step_refuses_blocks_it_cannot_read():
     fn = lstm_native.load()
     z = np.zeros((4, 8), np.float32)
     h = np.zeros((4, 2), np.float32)
+    b = np.zeros(8, np.float32)
     with pytest.raises(ValueError):
-        fn(z[:, ::1].astype(np.float64), z, h, h.copy())
+        fn(z.astype(np.float64), z, b, h, h.copy())
     with pytest.raises(ValueError):
-        fn(z, z, np.zeros((8, 4), np.float32)[::2, :2], h.copy())
+        fn(z, z, b, np.zeros((8, 4), np.float32)[::2, :2], h.copy())
+    with pytest.raises(ValueError):
+        fn(z, z, b[:4], h, h.copy())
 
 
 def test_the_native_kernel_can_be_switched_off(monkeypatch):
