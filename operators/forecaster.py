@@ -129,8 +129,9 @@ class Forecaster:
         order, key = valid[perm], key[perm]
         starts = np.flatnonzero(np.diff(key, prepend=-1))
         group_part = key[starts] // n_codes
-        names = cols.instruments
-        group_names = [names[c] for c in (key[starts] % n_codes).tolist()]
+        names = np.empty(len(cols.instruments), dtype=object)  # the batch's distinct names, indexable by code
+        names[:] = cols.instruments
+        group_names = names[key[starts] % n_codes]
         st = self.state
         rows = st.lookup_many(group_part, group_names)
         limit = self.config.max_instruments
@@ -155,7 +156,7 @@ class Forecaster:
                 starts = np.flatnonzero(np.diff(gid, prepend=-1))
                 kept = gid[starts]
                 group_part, rows = group_part[kept], rows[kept]
-                group_names = [group_names[g] for g in kept.tolist()]
+                group_names = group_names[kept]
         known = rows >= 0
         last_ts = np.full(len(rows), NO_TS, dtype=np.int64)
         last_ts[known] = st.column("last_ts")[rows[known]]
@@ -170,7 +171,7 @@ class Forecaster:
             starts = np.flatnonzero(np.diff(gid, prepend=-1))
             kept = gid[starts]
             group_part, rows = group_part[kept], rows[kept]
-            group_names = [group_names[g] for g in kept.tolist()]
+            group_names = group_names[kept]
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             rows[missing] = st.insert([(int(group_part[i]), group_names[i]) for i in missing.tolist()])
