@@ -10,9 +10,9 @@ final h/c of every instrument.
 How the ragged batch is stepped: instruments are ranked by how many ticks
 they have in the batch (most first), so at step t the instruments still
 active are a prefix ``[:a_t]`` of the ranked rows ("packed sequence" layout).
-The input projection ``x @ W_x + b`` of all ticks is one GEMM per layer; each
-step then does one small GEMM ``h[:a_t] @ W_h`` and the element-wise gates,
-in place. An instrument with 500 ticks takes 500 steps; one with 1 takes 1.
+The input projection ``x @ W_x + b`` is done per block of rows in the wide
+steps and in one GEMM over the ticks of the narrow ones; each step then does
+one small GEMM ``h[:a_t] @ W_h`` and the element-wise gates, in place. An instrument with 500 ticks takes 500 steps; one with 1 takes 1.
 
 Sigmoid is evaluated as ``0.5 * tanh(x / 2) + 0.5`` so the four gates need a
 single ``tanh`` call per step; the halving is folded into the weights of the
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators import lstm_native
+from operators import blas, lstm_native
 
 _BLOCK_ROWS = 1024
+_WIDE_STEP_ROWS = 256  # steps at least this wide project their inputs block by block
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class RaggedLSTM:
         self.weights = weights
         # The compiled element-wise step (operators.lstm_native) when it is available; NumPy otherwise.
         self._native = lstm_native.load() if native else None
+        self._gemm_threads = blas.gemm_threads()  # see operators.blas: small GEMMs, one thread each
         self.hidden = weights.hidden
         h = self.hidden
         # Reorder gate columns i, f, g, o -> i, f, o, g so the three sigmoid
@@ -174,6 +176,11 @@ class RaggedLSTM:
         returned as hN, cN, saving two permutation copies per layer.
         Returns (y (T,) float32 head output after each tick, hN, cN per layer).
         """
+        with blas.limit(self._gemm_threads):
+            return self._run(x, lengths, h0, c0, reset, in_place)
+
+    def _run(self, x: np.ndarray, lengths: np.ndarray, h0: list[np.ndarray], c0: list[np.ndarray],
+             reset: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         g = len(lengths)
         t_total = len(x)
         if g == 0 or t_total == 0:
@@ -199,9 +206,15 @@ class RaggedLSTM:
         block = min(active[0], _BLOCK_ROWS)
         rec_all = self._workspace("rec", (block, 4 * hidden))
         tmp_all = self._workspace("tmp", (block, hidden))
+        z_all = self._workspace("z", (block, 4 * hidden))
+        # Input projection x @ W_x: inside the wide steps, per row block into a block-sized buffer
+        # that stays in cache; for the narrow tail steps, one GEMM over their ticks (one call
+        # instead of one per step). Steps are widest first, so the wide ones are a prefix.
+        n_wide = int(np.count_nonzero(pk.active >= _WIDE_STEP_ROWS))
+        tail = offsets[n_wide] if n_wide < len(offsets) else t_total
         for layer, (wx, wh, b) in enumerate(self._layers):
-            gates = self._workspace("gates", (t_total, 4 * hidden))
-            np.matmul(layer_in, wx, out=gates)
+            gates = self._workspace("gates", (t_total - tail, 4 * hidden))
+            np.matmul(layer_in[tail:], wx, out=gates)
             if self._native is None:
                 gates += b  # the compiled step adds the bias in its own pass
             usable = [a.flags.c_contiguous and a.dtype == np.float32 for a in (h0[layer], c0[layer])]
@@ -224,8 +237,13 @@ class RaggedLSTM:
                 # Row blocks keep each block's gates in L2 across the element-wise passes.
                 for r0 in range(0, a, _BLOCK_ROWS):
                     r1 = min(a, r0 + _BLOCK_ROWS)
-                    self._cell(gates[s + r0 : s + r1], h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0],
-                               tmp_all[: r1 - r0])
+                    if t < n_wide:
+                        z = np.matmul(layer_in[s + r0 : s + r1], wx, out=z_all[: r1 - r0])
+                        if self._native is None:
+                            z += b
+                    else:
+                        z = gates[s - tail + r0 : s - tail + r1]
+                    self._cell(z, h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0], tmp_all[: r1 - r0])
                 out[s : s + a] = h[:a]
             # packed row r holds group order[r]; back to group order
             h_out.append(h if own else h.copy() if identity else h[pk.rank])
