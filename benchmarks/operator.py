@@ -328,6 +328,7 @@ def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict
         "instruments": n_instruments,
         "raw_state_bytes_per_instrument": StateShape(1, hidden).raw_bytes_per_row,
         "table_bytes_per_instrument": table.nbytes / n_instruments,
+        "index_bytes_per_instrument": table.index_nbytes / n_instruments,  # hash slots, keys, name pointers
         "rss_bytes_per_instrument_with_index": (after - before) / n_instruments,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -345,6 +346,8 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
         rounds, batches_per_round = 2, 1
     n_batches = 1 + rounds * batches_per_round
     cell_ticks = 60 if quick else 300
+    # Memory first: an RSS difference means little once TensorFlow and the cases have come and gone.
+    memory = measure_memory(100_000 if quick else 1_000_000)
     rows = []
     printer(f"operator benchmark: hidden {HIDDEN}, micro-batches of {batch_ticks:,} ticks; operator and "
             f"bucketed-Keras peer alternate over {rounds} rounds of {batches_per_round} batches, best round each")
@@ -396,9 +399,9 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
                          "uniform_over_zipf": round(u["operator_ticks_per_second"] / r["operator_ticks_per_second"], 2)})
     printer("zipf slowdown (uniform t/s / zipf t/s): " +
             ", ".join(f"{s['instruments']:,}x{s['layers']}L {s['uniform_over_zipf']}" for s in skew))
-    memory = measure_memory(100_000 if quick else 1_000_000)
     printer(f"state memory at {memory['instruments']:,} instruments (hidden {HIDDEN}, 1 layer): "
             f"raw h+c {memory['raw_state_bytes_per_instrument']} B, table {memory['table_bytes_per_instrument']:.0f} B, "
+            f"index {memory['index_bytes_per_instrument']:.0f} B, "
             f"with index and names (RSS) {memory['rss_bytes_per_instrument_with_index']:.0f} B per instrument")
     return {"cases": rows, "zipf_slowdown": skew, "memory": memory, "skipped": [list(k) for k in skip],
             "machine": {"cpus": os.cpu_count()}, "quick": quick}
