@@ -111,6 +111,7 @@ class Forecaster:
         self.state = state or StateTable(bundle.shape, self.config.initial_capacity)
         self.timestamps = TimestampPolicy(self.config.ts_floor_ns, self.config.max_ts_ahead_ns,
                                           self.config.now_ns if self.config.now_ns is not None else time.time_ns())
+        self._gather: dict[tuple[str, int], np.ndarray] = {}
         self._watermark: dict[int, int] = {}
         self._last_sweep: dict[int, int] = {}
         self.expired_total = 0
@@ -196,8 +197,15 @@ class Forecaster:
         x = self.bundle.normalisation.apply(raw)
 
         layers = range(st.shape.layers)
-        h0 = [st.h(layer)[rows] for layer in layers]
-        c0 = [st.c(layer)[rows] for layer in layers]
+        # Gathered into buffers kept between batches (fresh multi-MB arrays cost page faults each batch);
+        # the kernel steps them in place and they are scattered back below.
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(st)):
+            raise RuntimeError("state rows out of range")  # never: checked so that mode="clip" below clips nothing
+        # mode="clip": with the default mode, np.take into `out` goes through a fresh temporary anyway.
+        h0 = [np.take(st.h(layer), rows, axis=0, mode="clip", out=self._gather_buffer("h", layer, len(rows)))
+              for layer in layers]
+        c0 = [np.take(st.c(layer), rows, axis=0, mode="clip", out=self._gather_buffer("c", layer, len(rows)))
+              for layer in layers]
         y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset, in_place=True)
         for layer in layers:
             st.h(layer)[rows] = h_new[layer]
@@ -215,6 +223,16 @@ class Forecaster:
         clock = np.concatenate([order, refused_rows]) if len(refused_rows) else order
         n_expired = self._sweep(cols.partition[clock], cols.ts[clock], expired)
         return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired)
+
+    def _gather_buffer(self, kind: str, layer: int, n: int) -> np.ndarray:
+        """(n, hidden) float32 scratch rows for one layer's h or c; grows by doubling, never shrinks
+        below what a batch needs (a batch touches at most its tick count of instruments)."""
+        buf = self._gather.get((kind, layer))
+        if buf is None or len(buf) < n:
+            buf = np.empty((max(n, 2 * (len(buf) if buf is not None else 0), 16), self.bundle.shape.hidden),
+                           dtype=np.float32)
+            self._gather[(kind, layer)] = buf
+        return buf[:n]
 
     # -- one partition's state, for checkpoints and hand-over ----------------------------
     def export_partition(self, partition: int) -> pa.Table:

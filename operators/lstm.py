@@ -229,7 +229,8 @@ class RaggedLSTM:
             else:
                 h = np.take(h0[layer], pk.order, axis=0, out=self._workspace("h", (g, hidden)))
                 c = np.take(c0[layer], pk.order, axis=0, out=self._workspace("c", (g, hidden)))
-            out = self._workspace(f"out{layer % 2}", (t_total, hidden))
+            # One step (every group has one tick) on the caller's rows: the outputs are h itself, no copy.
+            out = h if own and len(offsets) == 1 else self._workspace(f"out{layer % 2}", (t_total, hidden))
             for t, (s, a) in enumerate(zip(offsets, active)):
                 if reset_steps[t] is not None:
                     h[reset_steps[t]] = 0.0
@@ -244,7 +245,8 @@ class RaggedLSTM:
                     else:
                         z = gates[s - tail + r0 : s - tail + r1]
                     self._cell(z, h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0], tmp_all[: r1 - r0])
-                out[s : s + a] = h[:a]
+                if out is not h:
+                    out[s : s + a] = h[:a]
             # packed row r holds group order[r]; back to group order
             h_out.append(h if own else h.copy() if identity else h[pk.rank])
             c_out.append(c if own else c.copy() if identity else c[pk.rank])
