@@ -177,6 +177,15 @@ class Forecaster:
         if len(missing):
             rows[missing] = st.insert([(int(group_part[i]), group_names[i]) for i in missing.tolist()])
         lengths = np.diff(np.append(starts, len(order)))
+        if len(lengths) > 1 and (lengths[1:] > lengths[:-1]).any():
+            # Longest groups first (stable): the kernel then steps the gathered rows where they lie
+            # instead of permuting them in and out of its packed order, layer by layer.
+            by_len = np.argsort(-lengths, kind="stable")
+            lengths, rows = lengths[by_len], rows[by_len]
+            new_starts = np.zeros(len(lengths), dtype=np.int64)
+            np.cumsum(lengths[:-1], out=new_starts[1:])
+            order = order[np.repeat(starts[by_len] - new_starts, lengths) + np.arange(len(order))]
+            starts = new_starts
         ends = starts + lengths - 1
         price, ts = cols.price[order], cols.ts[order]
         prev_price = previous_within_groups(price, starts, st.column("last_price")[rows])
