@@ -1,12 +1,16 @@
-"""`tickcast bench operator`: the operator against two baselines, measured in one run.
+"""`tickcast bench operator`: the operator against three baselines, measured in one run.
 
-For 10, 1k, 10k and 100k instruments, uniform and Zipf-skewed (s = 1.1) activity,
+For 10, 1k, 10k, 100k and 1M instruments, uniform and Zipf-skewed (s = 1.1) activity,
 hidden size 64, 1 and 2 layers:
 1. the operator (``Forecaster.step`` on micro-batches of Arrow ticks: validation,
    grouping, features, gather, ragged LSTM, scatter), ticks/s;
-2. the naive correct approach: one Keras ``LSTMCell`` call per tick, with each
+2. the strongest plain-TensorFlow peer, bucketed Keras (:class:`BucketedKeras`),
+   over the same batches, alternating with the operator round by round; its whole
+   step and its LSTM + Dense calls alone, ticks/s; checked to give the operator's
+   forecasts before anything is timed;
+3. the naive correct approach: one Keras ``LSTMCell`` call per tick, with each
    instrument's state kept in a dict, ticks/s;
-3. the machine's limit for the same arithmetic: one NumPy/BLAS GEMM of the
+4. the machine's limit for the same arithmetic: one NumPy/BLAS GEMM of the
    LSTM's gates ``[x, h] @ W`` over all ticks of a batch, per layer, rows/s.
 State memory is reported per instrument at 1M instruments (hidden 64, 1 layer).
 """
@@ -17,11 +21,13 @@ import gc
 import os
 import resource
 import time
+from itertools import repeat
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from operators.features import N_FEATURES, FeatureSpec, Normalisation
+from operators.features import N_FEATURES, FeatureSpec, Normalisation, compute_features, previous_within_groups
 from operators.forecaster import Forecaster
 from operators.model import Bundle, build_keras_model, weights_from_keras
 from operators.state import StateShape, StateTable
@@ -61,32 +67,199 @@ def _stream(n_instruments: int, activity: str, n_batches: int, batch_ticks: int,
     return batches
 
 
-def _warm_state(fc: Forecaster, n_instruments: int) -> None:
-    """Every instrument has a row and a history before timing starts."""
+class BucketedKeras:
+    """The strongest plain-TensorFlow peer: bucketed Keras over gathered state rows.
+
+    What a capable TensorFlow user writes instead of this project's operator. Per
+    micro-batch: group ticks by instrument (arrival order kept), compute the same
+    features (``operators.features``, the project's one feature function), bucket
+    instruments by their tick count k in the batch, and call, per bucket, one
+    ``tf.function``-wrapped Keras ``LSTM(return_sequences=True, return_state=True)``
+    stack + ``Dense`` head (the operator's weights) on a (instruments, k, features)
+    tensor with the gathered initial states; then scatter the final states back.
+    Exact for ragged batches without masking. State lives in NumPy arrays with a
+    dict index, as the operator's used to. The function has a fixed input
+    signature with free batch and time dimensions, so it is traced once and never
+    retraced. No validation (the benchmark's ticks are clean).
+
+    ``step`` returns the forecast of every tick in batch row order, and counts the
+    seconds spent in the LSTM + Dense calls alone (``model_seconds``: the bucket
+    tensors in, the numbers out) apart from the whole step.
+    """
+
+    def __init__(self, bundle: Bundle, capacity: int = 1024):
+        import tensorflow as tf  # noqa: PLC0415
+
+        from operators.model import _keras  # noqa: PLC0415
+
+        keras = _keras()
+        layers, hidden = bundle.shape.layers, bundle.shape.hidden
+        x_in = keras.Input(shape=(None, N_FEATURES))
+        h_in = [keras.Input(shape=(hidden,)) for _ in range(layers)]
+        c_in = [keras.Input(shape=(hidden,)) for _ in range(layers)]
+        x, h_out, c_out = x_in, [], []
+        for layer in range(layers):
+            lstm = keras.layers.LSTM(hidden, return_sequences=True, return_state=True, name=f"lstm_{layer}")
+            x, h, c = lstm(x, initial_state=[h_in[layer], c_in[layer]])
+            lstm.set_weights(bundle.keras_model.get_layer(f"lstm_{layer}").get_weights())
+            h_out.append(h)
+            c_out.append(c)
+        head = keras.layers.Dense(1, name="forecast")
+        y = head(x)
+        head.set_weights(bundle.keras_model.get_layer("forecast").get_weights())
+        model = keras.Model([x_in, *h_in, *c_in], [y, *h_out, *c_out])
+        spec = [tf.TensorSpec([None, None, N_FEATURES], tf.float32)]
+        spec += [tf.TensorSpec([None, hidden], tf.float32)] * (2 * layers)
+
+        @tf.function(input_signature=spec)
+        def call(x, *hc):
+            return model([x, *hc], training=False)
+
+        self._call = call
+        self.bundle = bundle
+        self.layers, self.hidden = layers, hidden
+        self.index: dict[str, int] = {}
+        self.h = [np.zeros((capacity, hidden), np.float32) for _ in range(layers)]
+        self.c = [np.zeros((capacity, hidden), np.float32) for _ in range(layers)]
+        self.last_price = np.full(capacity, np.nan)
+        self.last_ts = np.zeros(capacity, np.int64)
+        self.tick_count = np.zeros(capacity, np.int64)
+        self.model_seconds = 0.0
+
+    def _rows(self, names: list[str]) -> np.ndarray:
+        index = self.index
+        rows = np.fromiter(map(index.get, names, repeat(-1)), dtype=np.int64, count=len(names))
+        new = np.flatnonzero(rows < 0)
+        if len(new):
+            start = len(index)
+            need = start + len(new)
+            if need > len(self.last_ts):
+                cap = max(need, 2 * len(self.last_ts))
+                grow = lambda a, fill: np.concatenate([a, np.full((cap - len(a),) + a.shape[1:], fill, a.dtype)])  # noqa: E731
+                self.h = [grow(a, 0) for a in self.h]
+                self.c = [grow(a, 0) for a in self.c]
+                self.last_price = grow(self.last_price, np.nan)
+                self.last_ts = grow(self.last_ts, 0)
+                self.tick_count = grow(self.tick_count, 0)
+            for i, r in zip(new.tolist(), range(start, need)):
+                index[names[i]] = r
+            rows[new] = np.arange(start, need)
+        return rows
+
+    def step(self, batch: pa.Table) -> np.ndarray:
+        enc = pc.dictionary_encode(batch.column("instrument").combine_chunks())
+        codes = enc.indices.to_numpy()
+        rows_of_code = self._rows(enc.dictionary.to_pylist())
+        order = np.argsort(codes, kind="stable")
+        starts = np.flatnonzero(np.diff(codes[order], prepend=-1))
+        lengths = np.diff(np.append(starts, len(order)))
+        rows = rows_of_code[codes[order[starts]]]
+        price = batch.column("price").to_numpy()[order]
+        ts = batch.column("ts").to_numpy()[order]
+        size = batch.column("size").to_numpy()[order]
+        prev_price = previous_within_groups(price, starts, self.last_price[rows])
+        prev_ts = previous_within_groups(ts, starts, self.last_ts[rows])
+        has_prev = np.ones(len(order), dtype=bool)
+        has_prev[starts] = self.tick_count[rows] > 0
+        nan = np.full(len(order), np.nan)
+        x = self.bundle.normalisation.apply(
+            compute_features(price, ts, size, nan, nan, nan, nan, prev_price, prev_ts, has_prev))
+        y = np.empty(len(order), np.float32)
+        by_length = np.argsort(lengths, kind="stable")
+        bounds = np.flatnonzero(np.diff(lengths[by_length], prepend=-1))
+        for lo, hi in zip(bounds.tolist(), [*bounds[1:].tolist(), len(by_length)]):
+            groups = by_length[lo:hi]
+            k = int(lengths[groups[0]])
+            ticks = starts[groups][:, None] + np.arange(k)
+            r = rows[groups]
+            started = time.perf_counter()
+            out = self._call(x[ticks], *[a[r] for a in self.h], *[a[r] for a in self.c])
+            out = [np.asarray(o) for o in out]
+            self.model_seconds += time.perf_counter() - started
+            y[ticks] = out[0][:, :, 0]
+            for layer in range(self.layers):
+                self.h[layer][r] = out[1 + layer]
+                self.c[layer][r] = out[1 + self.layers + layer]
+        ends = starts + lengths - 1
+        self.last_price[rows] = price[ends]
+        self.last_ts[rows] = ts[ends]
+        self.tick_count[rows] += lengths
+        norm = self.bundle.normalisation
+        forecast = np.empty(len(order))
+        forecast[order] = y.astype(np.float64) * norm.target_std + norm.target_mean
+        return forecast
+
+
+def _warm_table(n_instruments: int) -> pa.Table:
+    """One tick per instrument, a second before the stream: every instrument has a row and a history."""
     names = [f"I{i:07d}" for i in range(n_instruments)]
-    fc.step(pa.table({
+    return pa.table({
         "instrument": pa.array(names),
         "ts": pa.array(np.full(n_instruments, T0 - 1_000_000_000), pa.int64()),
         "price": pa.array(np.full(n_instruments, 100.0)),
         "size": pa.array(np.ones(n_instruments)),
-    }))
+    })
 
 
-def measure_operator(bundle: Bundle, batches: list[pa.Table], n_instruments: int) -> dict:
-    fc = Forecaster(bundle)
-    _warm_state(fc, n_instruments)
-    fc.step(batches[0])  # warm caches
-    ticks = 0
-    steps = 0
-    instruments_per_batch = []
-    started = time.perf_counter()
-    for b in batches[1:]:
+def check_peer(bundle: Bundle, n_instruments: int = 40, n_batches: int = 4, batch_ticks: int = 600) -> float:
+    """The peer's forecasts equal the operator's on a small Zipf stream; returns the largest relative gap.
+
+    Raises AssertionError if any forecast differs by more than float32 rounding.
+    """
+    batches = _stream(n_instruments, "zipf", n_batches, batch_ticks, seed=7)
+    fc, peer = Forecaster(bundle), BucketedKeras(bundle)
+    warm = _warm_table(n_instruments)
+    fc.step(warm)
+    peer.step(warm)
+    worst = 0.0
+    scale = bundle.normalisation.target_std
+    for b in batches:
         res = fc.step(b)
-        ticks += b.num_rows
-        steps += 1
-        instruments_per_batch.append(res.n_instruments)
-    elapsed = time.perf_counter() - started
-    return {"ticks_per_second": ticks / elapsed, "batches": steps,
+        assert np.array_equal(res.rows, np.arange(b.num_rows)), "benchmark ticks must all be valid"
+        mine = peer.step(b)
+        gap = np.abs(mine - res.forecasts) / scale
+        np.testing.assert_allclose(mine, res.forecasts, rtol=1e-4, atol=1e-5 * scale,
+                                   err_msg="bucketed-Keras peer disagrees with the operator")
+        worst = max(worst, float(gap.max()))
+    return worst
+
+
+def measure_against_peer(bundle: Bundle, batches: list[pa.Table], n_instruments: int, rounds: int) -> dict:
+    """Operator and peer over the same batches, alternating round by round; best round of each.
+
+    ``batches[0]`` warms both up (not timed); the rest is cut into ``rounds`` rounds.
+    In each round the operator steps the round's batches, then the peer steps the same
+    batches: both see the same stream, in the same order, under the same machine load.
+    """
+    fc = Forecaster(bundle)
+    peer = BucketedKeras(bundle, capacity=n_instruments)
+    warm = _warm_table(n_instruments)
+    fc.step(warm)
+    peer.step(warm)
+    fc.step(batches[0])
+    peer.step(batches[0])
+    timed = batches[1:]
+    per_round = max(len(timed) // rounds, 1)
+    best_op = best_peer = best_model = float("inf")
+    instruments_per_batch = []
+    ticks = 0
+    for r in range(rounds):
+        chunk = timed[r * per_round:(r + 1) * per_round]
+        ticks = sum(b.num_rows for b in chunk)
+        started = time.perf_counter()
+        for b in chunk:
+            instruments_per_batch.append(fc.step(b).n_instruments)
+        best_op = min(best_op, time.perf_counter() - started)
+        model_before = peer.model_seconds
+        started = time.perf_counter()
+        for b in chunk:
+            peer.step(b)
+        best_peer = min(best_peer, time.perf_counter() - started)
+        best_model = min(best_model, peer.model_seconds - model_before)
+    return {"operator_ticks_per_second": ticks / best_op,
+            "peer_ticks_per_second": ticks / best_peer,
+            "peer_model_only_ticks_per_second": ticks / best_model,
+            "batches_per_round": per_round, "rounds": rounds,
             "mean_instruments_per_batch": float(np.mean(instruments_per_batch))}
 
 
@@ -155,43 +328,67 @@ def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict
         "instruments": n_instruments,
         "raw_state_bytes_per_instrument": StateShape(1, hidden).raw_bytes_per_row,
         "table_bytes_per_instrument": table.nbytes / n_instruments,
+        "index_bytes_per_instrument": table.index_nbytes / n_instruments,  # hash slots, keys, name pointers
         "rss_bytes_per_instrument_with_index": (after - before) / n_instruments,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
 
-def run(quick: bool = False, batch_ticks: int = 10_000, printer=print) -> dict:
-    instrument_counts = [10, 1_000, 10_000, 100_000] if not quick else [10, 1_000]
-    layer_counts = [1, 2]
-    n_batches = 4 if quick else 12
+def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrument_counts: list[int] | None = None,
+        layer_counts: list[int] | None = None, rounds: int = 3, batches_per_round: int = 4,
+        skip: tuple[tuple[int, int], ...] = ()) -> dict:
+    """Every case: operator vs the bucketed-Keras peer (interleaved, best round), the per-tick
+    Keras cell, and the GEMM limit. ``skip`` lists (instruments, layers) cases left out."""
+    if instrument_counts is None:
+        instrument_counts = [10, 1_000, 10_000, 100_000, 1_000_000] if not quick else [10, 1_000]
+    layer_counts = layer_counts or [1, 2]
+    if quick:
+        rounds, batches_per_round = 2, 1
+    n_batches = 1 + rounds * batches_per_round
     cell_ticks = 60 if quick else 300
+    # Memory first: an RSS difference means little once TensorFlow and the cases have come and gone.
+    memory = measure_memory(100_000 if quick else 1_000_000)
     rows = []
-    printer(f"operator benchmark: hidden {HIDDEN}, micro-batches of {batch_ticks:,} ticks, "
-            f"{n_batches - 1} timed batches per case")
-    header = (f"{'instruments':>11} {'activity':>8} {'layers':>6} {'operator t/s':>13} {'keras cell t/s':>15} "
-              f"{'speedup':>8} {'GEMM rows/s':>12} {'% of GEMM':>9}")
+    printer(f"operator benchmark: hidden {HIDDEN}, micro-batches of {batch_ticks:,} ticks; operator and "
+            f"bucketed-Keras peer alternate over {rounds} rounds of {batches_per_round} batches, best round each")
+    header = (f"{'instruments':>11} {'activity':>8} {'layers':>6} {'inst/batch':>10} {'operator t/s':>13} "
+              f"{'peer t/s':>10} {'ratio':>6} {'peer LSTM+Dense t/s':>19} {'ratio':>6} {'keras cell t/s':>14} "
+              f"{'GEMM rows/s':>12} {'% of GEMM':>9}")
     printer(header)
     for layers in layer_counts:
         bundle = _bundle(layers)
+        gap = check_peer(bundle)
+        printer(f"peer check ({layers} layer(s)): bucketed Keras equals the operator, largest gap "
+                f"{gap:.2e} target standard deviations")
         gemm = measure_gemm_limit(batch_ticks, layers)
         for n in instrument_counts:
+            if (n, layers) in skip:
+                continue
             for activity in ("uniform", "zipf"):
                 batches = _stream(n, activity, n_batches, batch_ticks, seed=n + layers)
-                op = measure_operator(bundle, batches, n)
+                m = measure_against_peer(bundle, batches, n, rounds)
                 cell = measure_keras_cell(bundle, batches[0], cell_ticks)
+                op = m["operator_ticks_per_second"]
                 row = {
                     "instruments": n, "activity": activity, "layers": layers, "hidden": HIDDEN,
                     "batch_ticks": batch_ticks,
-                    "operator_ticks_per_second": round(op["ticks_per_second"], 1),
+                    "operator_ticks_per_second": round(op, 1),
+                    "peer_ticks_per_second": round(m["peer_ticks_per_second"], 1),
+                    "operator_over_peer": round(op / m["peer_ticks_per_second"], 2),
+                    "peer_model_only_ticks_per_second": round(m["peer_model_only_ticks_per_second"], 1),
+                    "operator_over_peer_model_only": round(op / m["peer_model_only_ticks_per_second"], 2),
                     "keras_cell_ticks_per_second": round(cell, 1),
-                    "speedup_vs_keras_cell": round(op["ticks_per_second"] / cell, 1),
+                    "speedup_vs_keras_cell": round(op / cell, 1),
                     "gemm_limit_rows_per_second": round(gemm, 1),
-                    "fraction_of_gemm_limit": round(op["ticks_per_second"] / gemm, 3),
-                    "mean_instruments_per_batch": round(op["mean_instruments_per_batch"], 1),
+                    "fraction_of_gemm_limit": round(op / gemm, 3),
+                    "mean_instruments_per_batch": round(m["mean_instruments_per_batch"], 1),
+                    "rounds": rounds, "batches_per_round": m["batches_per_round"],
                 }
                 rows.append(row)
-                printer(f"{n:>11,} {activity:>8} {layers:>6} {row['operator_ticks_per_second']:>13,.0f} "
-                        f"{cell:>15,.0f} {row['speedup_vs_keras_cell']:>7,.0f}x {gemm:>12,.0f} "
+                printer(f"{n:>11,} {activity:>8} {layers:>6} {row['mean_instruments_per_batch']:>10,.0f} "
+                        f"{op:>13,.0f} {row['peer_ticks_per_second']:>10,.0f} {row['operator_over_peer']:>6.2f} "
+                        f"{row['peer_model_only_ticks_per_second']:>19,.0f} "
+                        f"{row['operator_over_peer_model_only']:>6.2f} {cell:>14,.0f} {gemm:>12,.0f} "
                         f"{100 * row['fraction_of_gemm_limit']:>8.1f}%")
     skew = []
     for r in rows:
@@ -202,9 +399,9 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print) -> dict:
                          "uniform_over_zipf": round(u["operator_ticks_per_second"] / r["operator_ticks_per_second"], 2)})
     printer("zipf slowdown (uniform t/s / zipf t/s): " +
             ", ".join(f"{s['instruments']:,}x{s['layers']}L {s['uniform_over_zipf']}" for s in skew))
-    memory = measure_memory(100_000 if quick else 1_000_000)
     printer(f"state memory at {memory['instruments']:,} instruments (hidden {HIDDEN}, 1 layer): "
             f"raw h+c {memory['raw_state_bytes_per_instrument']} B, table {memory['table_bytes_per_instrument']:.0f} B, "
+            f"index {memory['index_bytes_per_instrument']:.0f} B, "
             f"with index and names (RSS) {memory['rss_bytes_per_instrument_with_index']:.0f} B per instrument")
-    return {"cases": rows, "zipf_slowdown": skew, "memory": memory,
+    return {"cases": rows, "zipf_slowdown": skew, "memory": memory, "skipped": [list(k) for k in skip],
             "machine": {"cpus": os.cpu_count()}, "quick": quick}

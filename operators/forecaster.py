@@ -111,6 +111,7 @@ class Forecaster:
         self.state = state or StateTable(bundle.shape, self.config.initial_capacity)
         self.timestamps = TimestampPolicy(self.config.ts_floor_ns, self.config.max_ts_ahead_ns,
                                           self.config.now_ns if self.config.now_ns is not None else time.time_ns())
+        self._gather: dict[tuple[str, int], np.ndarray] = {}
         self._watermark: dict[int, int] = {}
         self._last_sweep: dict[int, int] = {}
         self.expired_total = 0
@@ -129,8 +130,9 @@ class Forecaster:
         order, key = valid[perm], key[perm]
         starts = np.flatnonzero(np.diff(key, prepend=-1))
         group_part = key[starts] // n_codes
-        names = cols.instruments
-        group_names = [names[c] for c in (key[starts] % n_codes).tolist()]
+        names = np.empty(len(cols.instruments), dtype=object)  # the batch's distinct names, indexable by code
+        names[:] = cols.instruments
+        group_names = names[key[starts] % n_codes]
         st = self.state
         rows = st.lookup_many(group_part, group_names)
         limit = self.config.max_instruments
@@ -155,7 +157,7 @@ class Forecaster:
                 starts = np.flatnonzero(np.diff(gid, prepend=-1))
                 kept = gid[starts]
                 group_part, rows = group_part[kept], rows[kept]
-                group_names = [group_names[g] for g in kept.tolist()]
+                group_names = group_names[kept]
         known = rows >= 0
         last_ts = np.full(len(rows), NO_TS, dtype=np.int64)
         last_ts[known] = st.column("last_ts")[rows[known]]
@@ -170,11 +172,20 @@ class Forecaster:
             starts = np.flatnonzero(np.diff(gid, prepend=-1))
             kept = gid[starts]
             group_part, rows = group_part[kept], rows[kept]
-            group_names = [group_names[g] for g in kept.tolist()]
+            group_names = group_names[kept]
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             rows[missing] = st.insert([(int(group_part[i]), group_names[i]) for i in missing.tolist()])
         lengths = np.diff(np.append(starts, len(order)))
+        if len(lengths) > 1 and (lengths[1:] > lengths[:-1]).any():
+            # Longest groups first (stable): the kernel then steps the gathered rows where they lie
+            # instead of permuting them in and out of its packed order, layer by layer.
+            by_len = np.argsort(-lengths, kind="stable")
+            lengths, rows = lengths[by_len], rows[by_len]
+            new_starts = np.zeros(len(lengths), dtype=np.int64)
+            np.cumsum(lengths[:-1], out=new_starts[1:])
+            order = order[np.repeat(starts[by_len] - new_starts, lengths) + np.arange(len(order))]
+            starts = new_starts
         ends = starts + lengths - 1
         price, ts = cols.price[order], cols.ts[order]
         prev_price = previous_within_groups(price, starts, st.column("last_price")[rows])
@@ -195,9 +206,16 @@ class Forecaster:
         x = self.bundle.normalisation.apply(raw)
 
         layers = range(st.shape.layers)
-        h0 = [st.h(layer)[rows] for layer in layers]
-        c0 = [st.c(layer)[rows] for layer in layers]
-        y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset)
+        # Gathered into buffers kept between batches (fresh multi-MB arrays cost page faults each batch);
+        # the kernel steps them in place and they are scattered back below.
+        if len(rows) and (rows.min() < 0 or rows.max() >= len(st)):
+            raise RuntimeError("state rows out of range")  # never: checked so that mode="clip" below clips nothing
+        # mode="clip": with the default mode, np.take into `out` goes through a fresh temporary anyway.
+        h0 = [np.take(st.h(layer), rows, axis=0, mode="clip", out=self._gather_buffer("h", layer, len(rows)))
+              for layer in layers]
+        c0 = [np.take(st.c(layer), rows, axis=0, mode="clip", out=self._gather_buffer("c", layer, len(rows)))
+              for layer in layers]
+        y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset, in_place=True)
         for layer in layers:
             st.h(layer)[rows] = h_new[layer]
             st.c(layer)[rows] = c_new[layer]
@@ -214,6 +232,16 @@ class Forecaster:
         clock = np.concatenate([order, refused_rows]) if len(refused_rows) else order
         n_expired = self._sweep(cols.partition[clock], cols.ts[clock], expired)
         return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired)
+
+    def _gather_buffer(self, kind: str, layer: int, n: int) -> np.ndarray:
+        """(n, hidden) float32 scratch rows for one layer's h or c; grows by doubling, never shrinks
+        below what a batch needs (a batch touches at most its tick count of instruments)."""
+        buf = self._gather.get((kind, layer))
+        if buf is None or len(buf) < n:
+            buf = np.empty((max(n, 2 * (len(buf) if buf is not None else 0), 16), self.bundle.shape.hidden),
+                           dtype=np.float32)
+            self._gather[(kind, layer)] = buf
+        return buf[:n]
 
     # -- one partition's state, for checkpoints and hand-over ----------------------------
     def export_partition(self, partition: int) -> pa.Table:

@@ -10,9 +10,9 @@ final h/c of every instrument.
 How the ragged batch is stepped: instruments are ranked by how many ticks
 they have in the batch (most first), so at step t the instruments still
 active are a prefix ``[:a_t]`` of the ranked rows ("packed sequence" layout).
-The input projection ``x @ W_x + b`` of all ticks is one GEMM per layer; each
-step then does one small GEMM ``h[:a_t] @ W_h`` and the element-wise gates,
-in place. An instrument with 500 ticks takes 500 steps; one with 1 takes 1.
+The input projection ``x @ W_x + b`` is done per block of rows in the wide
+steps and in one GEMM over the ticks of the narrow ones; each step then does
+one small GEMM ``h[:a_t] @ W_h`` and the element-wise gates, in place. An instrument with 500 ticks takes 500 steps; one with 1 takes 1.
 
 Sigmoid is evaluated as ``0.5 * tanh(x / 2) + 0.5`` so the four gates need a
 single ``tanh`` call per step; the halving is folded into the weights of the
@@ -25,7 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from operators import blas, lstm_native
+
 _BLOCK_ROWS = 1024
+_WIDE_STEP_ROWS = 256  # steps at least this wide project their inputs block by block
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,11 @@ class Packing:
 class RaggedLSTM:
     """A stacked LSTM + dense head that steps ragged per-instrument sequences."""
 
-    def __init__(self, weights: LSTMWeights):
+    def __init__(self, weights: LSTMWeights, native: bool = True):
         self.weights = weights
+        # The compiled element-wise step (operators.lstm_native) when it is available; NumPy otherwise.
+        self._native = lstm_native.load() if native else None
+        self._gemm_threads = blas.gemm_threads()  # see operators.blas: small GEMMs, one thread each
         self.hidden = weights.hidden
         h = self.hidden
         # Reorder gate columns i, f, g, o -> i, f, o, g so the three sigmoid
@@ -109,11 +115,19 @@ class RaggedLSTM:
         self._dense_b = np.float32(weights.dense_bias)
         self._scratch: dict[str, np.ndarray] = {}
 
-    @staticmethod
-    def _cell(z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, rec: np.ndarray, tc: np.ndarray) -> None:
-        """One LSTM step for a block of rows, in place: z holds x @ W_x + b on entry."""
+    @property
+    def native(self) -> bool:
+        """Whether the compiled element-wise step is in use."""
+        return self._native is not None
+
+    def _cell(self, z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, b: np.ndarray,
+              rec: np.ndarray, tc: np.ndarray) -> None:
+        """One LSTM step for a block of rows, in place: z holds x @ W_x on entry (plus b on the NumPy path)."""
         hidden = hs.shape[1]
         np.matmul(hs, wh, out=rec)
+        if self._native is not None:
+            self._native(z, rec, b, hs, cs)
+            return
         z += rec
         np.tanh(z, out=z)
         ifo = z[:, : 3 * hidden]
@@ -149,21 +163,32 @@ class RaggedLSTM:
         h0: list[np.ndarray],
         c0: list[np.ndarray],
         reset: np.ndarray | None = None,
+        in_place: bool = False,
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         """Step every group through its ticks.
 
         x: (T, F) float32, ticks group after group, in each group's order.
         lengths: (G,) ticks per group, each >= 1.
-        h0, c0: per layer, (G, H) float32 gathered state rows (not modified).
+        h0, c0: per layer, (G, H) float32 gathered state rows; not modified unless ``in_place``.
         reset: optional (T,) bool; state is zeroed before stepping that tick.
+        in_place: h0 and c0 are the caller's scratch copies (C-contiguous): when the groups come
+        longest first (always so when every group has one tick) they are stepped where they lie and
+        returned as hN, cN, saving two permutation copies per layer.
         Returns (y (T,) float32 head output after each tick, hN, cN per layer).
         """
+        with blas.limit(self._gemm_threads):
+            return self._run(x, lengths, h0, c0, reset, in_place)
+
+    def _run(self, x: np.ndarray, lengths: np.ndarray, h0: list[np.ndarray], c0: list[np.ndarray],
+             reset: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
         g = len(lengths)
         t_total = len(x)
         if g == 0 or t_total == 0:
             return np.zeros(0, np.float32), [a.copy() for a in h0], [a.copy() for a in c0]
         pk = Packing.build(lengths)
         hidden = self.hidden
+        # Longest first already: the packed order is the group order (stable argsort).
+        identity = g < 2 or bool(np.all(lengths[:-1] >= lengths[1:]))
         packed = np.empty((t_total, x.shape[1]), dtype=np.float32)
         packed[pk.position] = x
         reset_steps: list[np.ndarray | None] = [None] * len(pk.active)
@@ -181,13 +206,31 @@ class RaggedLSTM:
         block = min(active[0], _BLOCK_ROWS)
         rec_all = self._workspace("rec", (block, 4 * hidden))
         tmp_all = self._workspace("tmp", (block, hidden))
+        z_all = self._workspace("z", (block, 4 * hidden))
+        # Input projection x @ W_x: inside the wide steps, per row block into a block-sized buffer
+        # that stays in cache; for the narrow tail steps, one GEMM over their ticks (one call
+        # instead of one per step). Steps are widest first, so the wide ones are a prefix.
+        n_wide = int(np.count_nonzero(pk.active >= _WIDE_STEP_ROWS))
+        tail = offsets[n_wide] if n_wide < len(offsets) else t_total
         for layer, (wx, wh, b) in enumerate(self._layers):
-            gates = self._workspace("gates", (t_total, 4 * hidden))
-            np.matmul(layer_in, wx, out=gates)
-            gates += b
-            h = np.take(h0[layer], pk.order, axis=0, out=self._workspace("h", (g, hidden)))
-            c = np.take(c0[layer], pk.order, axis=0, out=self._workspace("c", (g, hidden)))
-            out = self._workspace(f"out{layer % 2}", (t_total, hidden))
+            gates = self._workspace("gates", (t_total - tail, 4 * hidden))
+            np.matmul(layer_in[tail:], wx, out=gates)
+            if self._native is None:
+                gates += b  # the compiled step adds the bias in its own pass
+            usable = [a.flags.c_contiguous and a.dtype == np.float32 for a in (h0[layer], c0[layer])]
+            own = identity and in_place and all(usable)
+            if own:
+                h, c = h0[layer], c0[layer]
+            elif identity:
+                h = self._workspace("h", (g, hidden))
+                c = self._workspace("c", (g, hidden))
+                h[...] = h0[layer]
+                c[...] = c0[layer]
+            else:
+                h = np.take(h0[layer], pk.order, axis=0, out=self._workspace("h", (g, hidden)))
+                c = np.take(c0[layer], pk.order, axis=0, out=self._workspace("c", (g, hidden)))
+            # One step (every group has one tick) on the caller's rows: the outputs are h itself, no copy.
+            out = h if own and len(offsets) == 1 else self._workspace(f"out{layer % 2}", (t_total, hidden))
             for t, (s, a) in enumerate(zip(offsets, active)):
                 if reset_steps[t] is not None:
                     h[reset_steps[t]] = 0.0
@@ -195,11 +238,18 @@ class RaggedLSTM:
                 # Row blocks keep each block's gates in L2 across the element-wise passes.
                 for r0 in range(0, a, _BLOCK_ROWS):
                     r1 = min(a, r0 + _BLOCK_ROWS)
-                    self._cell(gates[s + r0 : s + r1], h[r0:r1], c[r0:r1], wh, rec_all[: r1 - r0], tmp_all[: r1 - r0])
-                out[s : s + a] = h[:a]
+                    if t < n_wide:
+                        z = np.matmul(layer_in[s + r0 : s + r1], wx, out=z_all[: r1 - r0])
+                        if self._native is None:
+                            z += b
+                    else:
+                        z = gates[s - tail + r0 : s - tail + r1]
+                    self._cell(z, h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0], tmp_all[: r1 - r0])
+                if out is not h:
+                    out[s : s + a] = h[:a]
             # packed row r holds group order[r]; back to group order
-            h_out.append(h[pk.rank])
-            c_out.append(c[pk.rank])
+            h_out.append(h if own else h.copy() if identity else h[pk.rank])
+            c_out.append(c if own else c.copy() if identity else c[pk.rank])
             layer_in = out
         y = (layer_in @ self._dense_w).ravel() + self._dense_b
         return y[pk.position], h_out, c_out
