@@ -144,20 +144,13 @@ class Forecaster:
                 # First come, first served: by the batch row of each new instrument's first valid tick.
                 refused = np.zeros(len(starts), dtype=bool)
                 refused[new[np.argsort(order[starts[new]], kind="stable")[free:]]] = True
-                gid = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))
-                out = refused[gid]
+                out = np.repeat(refused, _group_lengths(starts, len(order)))
                 refused_rows = order[out]
                 reasons[refused_rows] = RejectReason.INSTRUMENT_LIMIT
-                order, gid = order[~out], gid[~out]
-                if len(order) == 0:
-                    # Expiry still runs: at the limit, only the clock moving on frees rows.
-                    expired: list[tuple[int, str]] = []
-                    n_expired = self._sweep(cols.partition[refused_rows], cols.ts[refused_rows], expired)
-                    return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, n_expired, expired)
-                starts = np.flatnonzero(np.diff(gid, prepend=-1))
-                kept = gid[starts]
-                group_part, rows = group_part[kept], rows[kept]
-                group_names = group_names[kept]
+                order, starts, kept = _drop_ticks(order, starts, out)
+                group_part, rows, group_names = group_part[kept], rows[kept], group_names[kept]
+        if len(order) == 0:
+            return self._nothing_stepped(cols, reasons, refused_rows)
         known = rows >= 0
         last_ts = np.full(len(rows), NO_TS, dtype=np.int64)
         last_ts[known] = st.column("last_ts")[rows[known]]
@@ -165,18 +158,14 @@ class Forecaster:
         late = out_of_order(cols.ts[order], starts, last_ts)
         if late.any():
             reasons[order[late]] = RejectReason.OUT_OF_ORDER
-            gid = np.repeat(np.arange(len(starts)), np.diff(np.append(starts, len(order))))[~late]
-            order = order[~late]
+            order, starts, kept = _drop_ticks(order, starts, late)
             if len(order) == 0:
-                return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)
-            starts = np.flatnonzero(np.diff(gid, prepend=-1))
-            kept = gid[starts]
-            group_part, rows = group_part[kept], rows[kept]
-            group_names = group_names[kept]
+                return self._nothing_stepped(cols, reasons, refused_rows)
+            group_part, rows, group_names = group_part[kept], rows[kept], group_names[kept]
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             rows[missing] = st.insert([(int(group_part[i]), group_names[i]) for i in missing.tolist()])
-        lengths = np.diff(np.append(starts, len(order)))
+        lengths = _group_lengths(starts, len(order))
         if len(lengths) > 1 and (lengths[1:] > lengths[:-1]).any():
             # Longest groups first (stable): the kernel then steps the gathered rows where they lie
             # instead of permuting them in and out of its packed order, layer by layer.
@@ -233,6 +222,13 @@ class Forecaster:
         n_expired = self._sweep(cols.partition[clock], cols.ts[clock], expired)
         return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired)
 
+    def _nothing_stepped(self, cols: TickColumns, reasons: np.ndarray, refused_rows: np.ndarray) -> StepResult:
+        """Every valid tick was refused. Ticks refused by the instrument limit still move the expiry clock:
+        at the limit, only the clock moving on frees rows."""
+        expired: list[tuple[int, str]] = []
+        n_expired = self._sweep(cols.partition[refused_rows], cols.ts[refused_rows], expired)
+        return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, n_expired, expired)
+
     def _gather_buffer(self, kind: str, layer: int, n: int) -> np.ndarray:
         """(n, hidden) float32 scratch rows for one layer's h or c; grows by doubling, never shrinks
         below what a batch needs (a batch touches at most its tick count of instruments)."""
@@ -287,3 +283,15 @@ class Forecaster:
                 n_expired += self.state.expire(p, wm - expire - grace, expired)
         self.expired_total += n_expired
         return n_expired
+
+
+def _group_lengths(starts: np.ndarray, n: int) -> np.ndarray:
+    return np.diff(np.append(starts, n))
+
+
+def _drop_ticks(order: np.ndarray, starts: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Remove the ticks flagged in ``drop`` from ``order`` (laid out group after group). Returns the kept
+    ticks, the new group starts, and for each remaining group the index of the group it was."""
+    gid = np.repeat(np.arange(len(starts)), _group_lengths(starts, len(order)))[~drop]
+    starts = np.flatnonzero(np.diff(gid, prepend=-1))
+    return order[~drop], starts, gid[starts]

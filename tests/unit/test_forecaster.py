@@ -243,6 +243,15 @@ def test_an_instrument_refused_at_the_limit_is_served_once_expiry_frees_a_row(bu
     assert res.reasons.tolist() == [0] and fc.state.instruments == ["B"]
 
 
+def test_ticks_refused_by_the_limit_move_the_clock_even_when_the_rest_of_the_batch_is_late(bundle):
+    fc = Forecaster(bundle, ForecasterConfig(max_instruments=2, expire_after_ns=60 * SEC))
+    fc.step(ticks(["A"], [1.0], ts=[T0]))
+    fc.step(ticks(["C"], [1.0], ts=[T0 + 100 * SEC]))  # the table is full; nothing idle long enough yet
+    res = fc.step(ticks(["C", "B"], [1.0, 1.0], ts=[T0 + 50 * SEC, T0 + 200 * SEC]))  # C late, B refused
+    assert res.reasons.tolist() == [RejectReason.OUT_OF_ORDER, LIMIT]
+    assert res.expired == [(0, "A")] and sorted(fc.state.instruments) == ["C"]
+
+
 def test_step_reports_which_instruments_expired(bundle):
     fc = Forecaster(bundle, ForecasterConfig(expire_after_ns=60 * SEC))
     fc.step(ticks(["IDLE", "BUSY"], [5.0, 7.0], ts=[T0, T0]))
