@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 import time
 
 
@@ -86,3 +88,20 @@ class TcpProxy:
         self._closed = True
         self.sever()
         self.listener.close()
+
+
+@contextmanager
+def broker_behind_proxy() -> Iterator[TcpProxy]:
+    """An embedded broker that advertises a TcpProxy in front of it, so every client connection (bootstrap
+    and after metadata) goes through the proxy the test controls; both stop on exit."""
+    from pipeline.broker import EmbeddedBroker, free_port
+
+    broker_port = free_port()
+    proxy = TcpProxy("127.0.0.1", broker_port)
+    broker = EmbeddedBroker(port=broker_port, advertised=proxy.address)
+    broker.start()
+    try:
+        yield proxy
+    finally:
+        broker.stop()
+        proxy.close()

@@ -416,14 +416,9 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
 def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path):
     """Every client reaches the broker through a proxy (the broker advertises it); the test cuts all
     connections for 30 s while a wave of ticks is being processed."""
-    from pipeline.broker import EmbeddedBroker, free_port
-    from tests.integration.proxy import TcpProxy
+    from tests.integration.proxy import broker_behind_proxy
 
-    broker_port = free_port()
-    proxy = TcpProxy("127.0.0.1", broker_port)
-    broker = EmbeddedBroker(port=broker_port, advertised=proxy.address)
-    broker.start()
-    try:
+    with broker_behind_proxy() as proxy:
         bootstrap = proxy.address
         u = uuid.uuid4().hex[:8]
         tin, tout, dlq, group = f"cut-in-{u}", f"cut-out-{u}", f"cut-dlq-{u}", f"cut-g-{u}"
@@ -458,6 +453,3 @@ def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path
             assert run.stop(signal.SIGTERM) == 0
         assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
                                      dead_ref)
-    finally:
-        broker.stop()
-        proxy.close()

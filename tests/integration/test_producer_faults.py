@@ -83,14 +83,9 @@ def test_broker_stall_longer_than_the_transaction_timeout_loses_and_duplicates_n
     fenced for good, nothing lost or doubled, liveness true throughout."""
     import urllib.request
 
-    from pipeline.broker import EmbeddedBroker, free_port
-    from tests.integration.proxy import TcpProxy
+    from tests.integration.proxy import broker_behind_proxy
 
-    broker_port = free_port()
-    proxy = TcpProxy("127.0.0.1", broker_port)
-    broker = EmbeddedBroker(port=broker_port, advertised=proxy.address)
-    broker.start()
-    try:
+    with broker_behind_proxy() as proxy:
         bootstrap = proxy.address
         u = uuid.uuid4().hex[:8]
         tin, tout, dlq, group = f"stall-in-{u}", f"stall-out-{u}", f"stall-dlq-{u}", f"stall-g-{u}"
@@ -126,9 +121,6 @@ def test_broker_stall_longer_than_the_transaction_timeout_loses_and_duplicates_n
         assert code == 0, "".join(run.raw)[-3000:]
         assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
                                      dead_ref, 2)
-    finally:
-        broker.stop()
-        proxy.close()
 
 
 @pytest.mark.skipif(not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
