@@ -180,6 +180,24 @@ _SCALARS: dict[str, tuple[str, pa.DataType, float | int]] = {
 }
 
 
+def compaction_moves(n_rows: int, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows 0..n_rows-1 lose the rows in ``dead``: (holes, movers) such that copying row ``movers[i]`` to
+    ``holes[i]`` packs the survivors into 0..n_rows-len(dead)-1 (only the last survivors move)."""
+    dead = np.sort(np.asarray(dead, dtype=np.int64))
+    keep = np.ones(n_rows, dtype=bool)
+    keep[dead] = False
+    n_keep = n_rows - len(dead)
+    return dead[dead < n_keep], np.flatnonzero(keep[n_keep:]) + n_keep
+
+
+def shrunk_capacity(capacity: int, n_rows: int, min_capacity: int) -> int:
+    """Halve ``capacity`` while fewer than a quarter of it is live, never below ``min_capacity`` (the gap to
+    the doubling point keeps a table near a boundary from reallocating back and forth)."""
+    while n_rows < capacity // 4 and capacity // 2 >= min_capacity:
+        capacity //= 2
+    return capacity
+
+
 def _object_array(names: Sequence[str]) -> np.ndarray:
     out = np.empty(len(names), dtype=object)
     out[:] = names
@@ -289,9 +307,7 @@ class StateTable:
 
     def _shrink(self) -> None:
         """Give memory back after rows were reclaimed (the index is rebuilt to the rows left)."""
-        capacity = self.capacity
-        while self.n_rows < capacity // 4 and capacity // 2 >= self.min_capacity:
-            capacity //= 2
+        capacity = shrunk_capacity(self.capacity, self.n_rows, self.min_capacity)
         if capacity < self.capacity:
             self._resize(capacity)
 
@@ -310,11 +326,8 @@ class StateTable:
         dead = np.flatnonzero((part == partition) & (last_ts < idle_before_ts))
         if len(dead) == 0:
             return 0
-        keep_mask = np.ones(n, dtype=bool)
-        keep_mask[dead] = False
         n_keep = n - len(dead)
-        holes = dead[dead < n_keep]
-        movers = np.flatnonzero(keep_mask[n_keep:]) + n_keep
+        holes, movers = compaction_moves(n, dead)
         if removed is not None:
             removed.extend(zip(repeat(partition), self._names[dead].tolist()))
         for col in [*self._h, *self._c, *self._scalars.values()]:

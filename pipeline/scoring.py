@@ -20,6 +20,8 @@ from itertools import repeat
 
 import numpy as np
 
+from operators.state import compaction_moves, shrunk_capacity
+
 
 @dataclass(frozen=True)
 class Matured:
@@ -82,12 +84,8 @@ class OnlineScorer:
 
     def _compact(self, dead: np.ndarray) -> None:
         """Rows in ``dead`` (already out of the index) are gone: move the last live rows into the holes."""
-        n = len(self._keys)
-        keep = np.ones(n, dtype=bool)
-        keep[dead] = False
-        n_keep = n - len(dead)
-        holes = np.sort(dead[dead < n_keep])
-        movers = np.flatnonzero(keep[n_keep:]) + n_keep
+        n_keep = len(self._keys) - len(dead)
+        holes, movers = compaction_moves(len(self._keys), dead)
         for arr in (self._price, self._forecast, self._count):
             arr[holes] = arr[movers]
         for hole, mover in zip(holes.tolist(), movers.tolist()):
@@ -95,9 +93,7 @@ class OnlineScorer:
             self._keys[hole] = key
             self._index[key] = hole
         del self._keys[n_keep:]
-        capacity = self.capacity
-        while capacity > self.min_capacity and n_keep < capacity // 4:
-            capacity //= 2
+        capacity = shrunk_capacity(self.capacity, n_keep, self.min_capacity)
         if capacity != self.capacity:
             self._alloc(capacity, n_keep)
             self._index = dict(self._index)  # a dict keeps its table size after deletions: rebuild it
