@@ -450,8 +450,8 @@ class CheckpointStore:
             raise ValueError("data file checksum does not match the manifest (corrupt)")
         try:
             state = ipc.open_file(pa.py_buffer(body)).read_all()
-        except pa.ArrowException as exc:
-            raise ValueError(f"data file is not Arrow IPC: {exc}") from None
+        except (pa.ArrowException, OSError) as exc:  # in-memory bytes: an OSError here ("Read out of bounds")
+            raise ValueError(f"data file is not Arrow IPC: {exc}") from None  # is the file's, not the store's
         check_state(state, manifest)
         return Loaded(manifest, state, manifest_path)
 

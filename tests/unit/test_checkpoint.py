@@ -132,6 +132,21 @@ def test_damaged_latest_falls_back_to_previous(root, state, damage):
     assert len(problems) == 1 and problems[0].path == manifest
 
 
+def test_resigned_data_whose_arrow_footer_is_broken_is_skipped_not_store_trouble(root, state):
+    """pyarrow reports a broken IPC footer in in-memory bytes as a plain OSError ("Verification of
+    flatbuffer-encoded Footer failed", "Read out of bounds"); that is the file's fault, not the store's, so
+    the checkpoint is skipped like a corrupt one instead of the restore being retried forever."""
+    store = CheckpointStore(root)
+    _write(store, state, 100)
+    _write(store, state, 200)
+    body = bytearray(_get(store, _newest(store, ".arrow")))
+    body[-60] = 0xFF  # inside the footer
+    _resign(store, _newest(store, ".json"), bytes(body))
+    problems: list[Problem] = []
+    got = store.latest("ticks", 0, problems=problems)
+    assert got.manifest.offset == 100 and len(problems) == 1 and "not Arrow IPC" in problems[0].reason
+
+
 def test_data_without_manifest_is_ignored_and_max_offset_respected(root, state):
     store = CheckpointStore(root)
     _write(store, state, 100)
