@@ -2,8 +2,10 @@
 
 The reference for every test is the undisturbed answer: the operator stepping
 each input partition's ticks once, in offset order (the live path equals it:
-see test_live.py). Forecasts are read back with read_committed by an
-independent client (confluent-kafka).
+see test_live.py). Inputs are read back by an independent client
+(confluent-kafka); forecasts and dead letters as read_committed defines them,
+from the transaction markers in the log (txlog.py: Tansu's fetch does not
+filter aborted transactions).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pipeline.checkpoint import CheckpointStore, group_store
 from pipeline.synthetic import generate_ticks
 from pipeline.ticks import decode_batch
 from tests.integration.live import RunProcess, produce, tick_messages
+from tests.integration.txlog import read_committed
 
 PARTITIONS = 2
 RESTORE_EVENTS = ("partition restored from checkpoint", "partition assigned with EMPTY state: its instruments start "
@@ -35,10 +38,12 @@ RESTORE_EVENTS = ("partition restored from checkpoint", "partition assigned with
 
 
 def read_topic(bootstrap: str, topic: str, partitions: int, committed_only: bool = True, timeout: float = 10.0):
-    """Every record of a topic (all partitions, from the start), as read_committed sees it."""
+    """Every record of a topic (all partitions, from the start): the committed ones (read_committed, applied
+    from the log's transaction markers: see txlog.py), or all of them with an independent client."""
+    if committed_only:
+        return read_committed(bootstrap, topic, partitions, timeout=timeout)
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False,
-                  "isolation.level": "read_committed" if committed_only else "read_uncommitted"})
+                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out, idle_since = [], time.monotonic()
     while time.monotonic() - idle_since < timeout:
