@@ -33,6 +33,7 @@ from operators.features import (
     log_return_target,
     previous_within_groups,
 )
+from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file
 from operators.lstm import LSTMLayerWeights, LSTMWeights
 from operators.state import StateShape
 from operators.validation import RejectReason, TickColumns, out_of_order, validate_values
@@ -124,11 +125,16 @@ def build_keras_model(n_features: int, layers: int, hidden: int, seed: int = 0):
 
 
 def weights_from_keras(model, layers: int) -> LSTMWeights:
+    return weights_from_layers(layers_of_model(model), layers)
+
+
+def weights_from_layers(described: list[KerasLayer], layers: int) -> LSTMWeights:
+    by_name = {layer.name: layer for layer in described}
     lstm_weights = []
     for layer in range(layers):
-        kernel, recurrent, bias = (np.asarray(w, dtype=np.float32) for w in model.get_layer(f"lstm_{layer}").get_weights())
+        kernel, recurrent, bias = (np.asarray(w, dtype=np.float32) for w in by_name[f"lstm_{layer}"].weights)
         lstm_weights.append(LSTMLayerWeights(kernel, recurrent, bias))
-    dk, db = model.get_layer("forecast").get_weights()
+    dk, db = by_name["forecast"].weights
     return LSTMWeights(tuple(lstm_weights), np.asarray(dk, np.float32).ravel(), float(np.asarray(db).ravel()[0]))
 
 
@@ -311,8 +317,13 @@ def save_bundle(bundle: Bundle, directory: str | Path) -> Path:
     return path
 
 
-def load_bundle(directory: str | Path, *, keep_keras: bool = True) -> Bundle:
-    """Load and check a bundle; refuse anything this build cannot serve exactly."""
+def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
+    """Load and check a bundle; refuse anything this build cannot serve exactly.
+
+    Serving reads ``model.keras`` as data (operators.keras_file: JSON and arrays, no Keras, no TensorFlow).
+    ``with_keras=True`` also loads it with Keras in safe mode into ``Bundle.keras_model``, for callers that
+    run the Keras model itself (the tests' reference, the benchmarks' peers); both are checked the same way.
+    """
     path = Path(directory)
     meta_path = path / META_FILE
     if not path.is_dir():
@@ -348,16 +359,24 @@ def load_bundle(directory: str | Path, *, keep_keras: bool = True) -> Bundle:
     if len(norm.mean) != len(spec.names) or len(norm.std) != len(spec.names):
         raise BundleError(f"{meta_path}: normalisation has the wrong number of features; retrain the bundle")
     _check_normalisation(norm, spec, meta_path)
-    keras = _keras()
-    _check_keras_is_safe(keras.__version__)
-    try:
-        model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
-    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
-        raise BundleError(f"cannot load {path / MODEL_FILE} in safe mode: {exc}") from None
-    _check_architecture(model, shape, len(spec.names), path)
-    weights = weights_from_keras(model, shape.layers)
+    model = None
+    if with_keras:
+        keras = _keras()
+        _check_keras_is_safe(keras.__version__)
+        try:
+            model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
+        except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
+            raise BundleError(f"cannot load {path / MODEL_FILE} in safe mode: {exc}") from None
+        described = layers_of_model(model)
+    else:
+        try:
+            described = read_keras_file(path / MODEL_FILE)
+        except KerasFileError as exc:
+            raise BundleError(f"cannot load {path / MODEL_FILE}: {exc}") from None
+    _check_architecture(described, shape, len(spec.names), path / MODEL_FILE)
+    weights = weights_from_layers(described, shape.layers)
     bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape, weights,
-                    dict(meta.get("training", {})), model if keep_keras else None)
+                    dict(meta.get("training", {})), model)
     expected = _version_hash(weights, bundle.meta())
     if bundle.model_version != expected:
         raise BundleError(
@@ -394,27 +413,48 @@ def _check_normalisation(norm: Normalisation, spec: FeatureSpec, meta_path: Path
                           f"{', '.join(bad)}; retrain the bundle")
 
 
-def _check_architecture(model, shape: StateShape, n_features: int, path: Path) -> None:
-    def refuse(why: str) -> BundleError:
-        return BundleError(f"bundle {path}: the Keras model cannot be served ({why}); retrain with `tickcast train`")
+_ARCHITECTURE = ("InputLayer", "LSTM", "Dense")
 
-    try:
-        lstms = [model.get_layer(f"lstm_{i}") for i in range(shape.layers)]
-        dense = model.get_layer("forecast")
-    except ValueError as exc:
-        raise refuse(str(exc)) from None
-    extra = [l.name for l in model.layers if l.__class__.__name__ == "LSTM" and l not in lstms]
+
+def _check_architecture(described: list[KerasLayer], shape: StateShape, n_features: int, path: Path) -> None:
+    """The model must be exactly what the operator computes: an input, ``shape.layers`` LSTMs named lstm_0...,
+    a Dense(1) head named forecast; any other layer would be silently skipped by the kernel, so it is refused."""
+    def refuse(why: str) -> BundleError:
+        return BundleError(f"bundle {path.parent}: the Keras model cannot be served ({why}); "
+                           "retrain with `tickcast train`")
+
+    for layer in described:
+        if layer.class_name in ("Lambda", "TFSMLayer") or not layer.module.startswith("keras"):
+            raise BundleError(f"cannot load {path} in safe mode: layer {layer.name} ({layer.class_name}, "
+                              f"module {layer.module!r}) would run code from the file")
+    by_name = {layer.name: layer for layer in described}
+    wanted_names = {f"lstm_{i}": "LSTM" for i in range(shape.layers)} | {"forecast": "Dense"}
+    for name, cls in wanted_names.items():
+        if name not in by_name:
+            raise refuse(f"no layer named {name}")
+        if by_name[name].class_name != cls:
+            raise refuse(f"layer {name} is a {by_name[name].class_name}, the operator needs {cls}")
+    extra = [f"{l.name} ({l.class_name})" for l in described
+             if l.name not in wanted_names and l.class_name != "InputLayer"]
+    if any(l.class_name == "LSTM" and l.name not in wanted_names for l in described):
+        raise refuse(f"{sum(l.class_name == 'LSTM' for l in described) - shape.layers} more LSTM layers than "
+                     "bundle.json says")
     if extra:
-        raise refuse(f"{len(extra)} more LSTM layers than bundle.json says")
-    for layer in lstms:
-        cfg = layer.get_config()
+        raise refuse(f"layers outside the architecture: {', '.join(extra)}")
+    for i in range(shape.layers):
+        layer = by_name[f"lstm_{i}"]
         wanted = {"units": shape.hidden, "activation": "tanh", "recurrent_activation": "sigmoid",
                   "use_bias": True, "return_sequences": True, "go_backwards": False, "stateful": False}
         for key, value in wanted.items():
-            if cfg.get(key) != value:
-                raise refuse(f"layer {layer.name} has {key}={cfg.get(key)!r}, the operator needs {value!r}")
-    if lstms[0].get_weights()[0].shape[0] != n_features:
-        raise refuse(f"first LSTM takes {lstms[0].get_weights()[0].shape[0]} features, the spec has {n_features}")
-    dcfg = dense.get_config()
-    if dcfg.get("units") != 1 or dcfg.get("activation") != "linear" or not dcfg.get("use_bias", True):
-        raise refuse("the head must be Dense(1, linear, with bias)")
+            if layer.config.get(key) != value:
+                raise refuse(f"layer {layer.name} has {key}={layer.config.get(key)!r}, the operator needs {value!r}")
+        inputs = n_features if i == 0 else shape.hidden
+        shapes = [tuple(w.shape) for w in layer.weights]
+        if shapes != [(inputs, 4 * shape.hidden), (shape.hidden, 4 * shape.hidden), (4 * shape.hidden,)]:
+            if i == 0 and len(shapes) == 3 and shapes[0][0] != n_features:
+                raise refuse(f"first LSTM takes {shapes[0][0]} features, the spec has {n_features}")
+            raise refuse(f"layer {layer.name} has variables of shapes {shapes}")
+    head = by_name["forecast"]
+    if head.config.get("units") != 1 or head.config.get("activation") != "linear" or not head.config.get(
+            "use_bias", True) or [tuple(w.shape) for w in head.weights] != [(shape.hidden, 1), (1,)]:
+        raise refuse("the head must be Dense(1, linear, with bias) on the last LSTM")

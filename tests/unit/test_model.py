@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,7 +92,8 @@ def test_missing_or_foreign_directories_are_refused(tmp_path):
         load_bundle(tmp_path)
 
 
-def test_model_with_code_is_refused_in_safe_mode(bundle, tmp_path):
+@pytest.mark.parametrize("with_keras", [False, True], ids=["file-reader", "keras"])
+def test_model_with_code_is_refused_in_safe_mode(bundle, tmp_path, with_keras):
     import keras
 
     inp = keras.Input(shape=(None, 5))
@@ -98,10 +102,11 @@ def test_model_with_code_is_refused_in_safe_mode(bundle, tmp_path):
     path = _copy(bundle, tmp_path)
     model.save(path / "model.keras")
     with pytest.raises(BundleError, match="safe mode"):
-        load_bundle(path)
+        load_bundle(path, with_keras=with_keras)
 
 
-def test_unservable_architecture_is_refused(bundle, tmp_path):
+@pytest.mark.parametrize("with_keras", [False, True], ids=["file-reader", "keras"])
+def test_unservable_architecture_is_refused(bundle, tmp_path, with_keras):
     import keras
 
     inp = keras.Input(shape=(None, 5))
@@ -110,7 +115,52 @@ def test_unservable_architecture_is_refused(bundle, tmp_path):
     path = _copy(bundle, tmp_path)
     model.save(path / "model.keras")
     with pytest.raises(BundleError, match="activation='relu'"):
-        load_bundle(path)
+        load_bundle(path, with_keras=with_keras)
+
+
+@pytest.mark.parametrize("with_keras", [False, True], ids=["file-reader", "keras"])
+@pytest.mark.parametrize("extra, message", [
+    ("norm", r"layers outside the architecture: norm \(LayerNormalization\)"),
+    ("dense", r"layers outside the architecture: between \(Dense\)"),
+    ("lstm", "1 more LSTM layers"),
+])
+def test_a_layer_the_operator_would_skip_is_refused(bundle, tmp_path, with_keras, extra, message):
+    """The kernel computes lstm_0.. and forecast only: any other layer in the file would be skipped
+    silently and the forecasts would differ from the Keras model's, so the bundle is refused."""
+    import keras
+
+    inp = keras.Input(shape=(None, 5), name="features")
+    x = keras.layers.LSTM(16, return_sequences=True, name="lstm_0")(inp)
+    if extra == "norm":
+        x = keras.layers.LayerNormalization(name="norm")(x)
+    elif extra == "dense":
+        x = keras.layers.Dense(16, name="between")(x)
+    else:
+        x = keras.layers.LSTM(16, return_sequences=True, name="lstm_extra")(x)
+    model = keras.Model(inp, keras.layers.Dense(1, name="forecast")(x))
+    path = _copy(bundle, tmp_path)
+    model.save(path / "model.keras")
+    with pytest.raises(BundleError, match=message):
+        load_bundle(path, with_keras=with_keras)
+
+
+@pytest.mark.parametrize("fixture", ["bundle", "bundle2"])
+def test_serving_reads_the_same_weights_as_keras_without_importing_it(fixture, request):
+    b = request.getfixturevalue(fixture)
+    served = load_bundle(b.path)
+    assert served.keras_model is None and served.model_version == b.model_version
+    for mine, theirs in zip(served.weights.layers, b.weights.layers):
+        for name in ("kernel", "recurrent", "bias"):
+            np.testing.assert_array_equal(getattr(mine, name), getattr(theirs, name))
+    np.testing.assert_array_equal(served.weights.dense_kernel, b.weights.dense_kernel)
+    assert served.weights.dense_bias == b.weights.dense_bias
+    probe = ("import sys\nfrom operators.model import load_bundle\nfrom operators.forecaster import Forecaster\n"
+             f"Forecaster(load_bundle({str(b.path)!r}))\n"
+             "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow'))\n"
+             "assert not loaded, loaded[:5]\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 def test_save_load_round_trip_keeps_weights_and_version(bundle, tmp_path):
@@ -130,9 +180,9 @@ def test_keras_with_a_known_safe_mode_bypass_is_refused_and_not_admitted_by_the_
 
     monkeypatch.setattr(keras, "__version__", "3.8.0")
     with pytest.raises(BundleError, match="CVE-2025-1550"):
-        load_bundle(bundle.path)
+        load_bundle(bundle.path, with_keras=True)
     monkeypatch.setattr(keras, "__version__", "3.9.0")
-    load_bundle(bundle.path)
+    load_bundle(bundle.path, with_keras=True)
     deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
     floor = [d for d in deps if d.replace(" ", "").startswith("keras>=")]
     assert floor, f"keras has no lower bound in {deps}"
