@@ -311,7 +311,7 @@ def save_bundle(bundle: Bundle, directory: str | Path) -> Path:
     return path
 
 
-def load_bundle(directory: str | Path, *, keep_keras: bool = True) -> Bundle:
+def load_bundle(directory: str | Path) -> Bundle:
     """Load and check a bundle; refuse anything this build cannot serve exactly."""
     path = Path(directory)
     meta_path = path / META_FILE
@@ -357,7 +357,7 @@ def load_bundle(directory: str | Path, *, keep_keras: bool = True) -> Bundle:
     _check_architecture(model, shape, len(spec.names), path)
     weights = weights_from_keras(model, shape.layers)
     bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape, weights,
-                    dict(meta.get("training", {})), model if keep_keras else None)
+                    dict(meta.get("training", {})), model)
     expected = _version_hash(weights, bundle.meta())
     if bundle.model_version != expected:
         raise BundleError(

@@ -256,9 +256,6 @@ class RunConfig:
                     opts[key] = getattr(self, key)
         return opts
 
-    def replace(self, **changes: Any) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
-
 
 def _read_toml(path: Path) -> dict[str, Any]:
     try:

@@ -38,7 +38,6 @@ class TopicReadError(TickcastError):
 class TopicRange:
     ticks: pa.Table  # canonical columns + partition (int32) + offset (int64), offset order per partition
     rejected: pa.Table  # partition, offset, reason, detail
-    per_partition: dict[int, tuple[int, int]]  # partition -> (first offset, end offset exclusive) read
 
 
 def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int | None, *,
@@ -62,7 +61,6 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
             consumer.seek(tp, off)
         keys, values, partitions, offsets, stamps = [], [], [], [], []
         done: dict[TopicPartition, int] = {}
-        read: dict[int, tuple[int, int]] = {}
         deadline = time.monotonic() + timeout_s
         idle_polls = 0
         while len(done) < len(wanted):
@@ -93,7 +91,6 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
                 pos = consumer.position(tp)
                 if end is not None and pos >= end:
                     done[tp] = end
-                    read[tp.partition] = (wanted[tp], end)
                     consumer.pause(tp)
             idle_polls = idle_polls + 1 if got == 0 else 0
             if idle_polls >= 20 and not got:  # empty fetches: nothing beyond what we have
@@ -101,10 +98,9 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
                     if tp not in done and consumer.highwater(tp) is None:
                         end = consumer.position(tp)
                         done[tp] = end
-                        read[tp.partition] = (wanted[tp], end)
     finally:
         consumer.close(autocommit=False)
-    return _decode(keys, values, np.array(partitions, dtype=np.int32), np.array(offsets, dtype=np.int64), read,
+    return _decode(keys, values, np.array(partitions, dtype=np.int32), np.array(offsets, dtype=np.int64),
                    np.array(stamps, dtype=np.int64))
 
 
@@ -178,7 +174,7 @@ def _end_for(consumer: KafkaConsumer, tp: TopicPartition, ends: dict) -> int | N
     return consumer.highwater(tp)
 
 
-def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray, read: dict,
+def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray,
             stamps: np.ndarray | None = None) -> TopicRange:
     decoded = decode_batch(keys, values, stamps)  # record timestamps: the same timestamp verdicts as live
     idx = decoded.ticks.column("index").to_numpy()
@@ -190,4 +186,4 @@ def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray, read: dic
                          "offset": pa.array(offsets[bad] if bad else [], pa.int64()),
                          "reason": pa.array([r.value for _, r, _ in decoded.rejected], pa.string()),
                          "detail": pa.array([d for _, _, d in decoded.rejected], pa.string())})
-    return TopicRange(ticks, rejected, read)
+    return TopicRange(ticks, rejected)
