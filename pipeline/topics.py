@@ -23,11 +23,10 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from operators.errors import TickcastError
+from operators.validation import TICK_COLUMNS
 from pipeline.ticks import decode_batch
 
 log = logging.getLogger(__name__)
-
-TICK_COLUMNS = ("instrument", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size")
 
 
 class TopicReadError(TickcastError):
@@ -184,6 +183,6 @@ def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray,
     bad = [i for i, _, _ in decoded.rejected]
     rejected = pa.table({"partition": pa.array(partitions[bad] if bad else [], pa.int32()),
                          "offset": pa.array(offsets[bad] if bad else [], pa.int64()),
-                         "reason": pa.array([r.value for _, r, _ in decoded.rejected], pa.string()),
+                         "reason": pa.array([r.label for _, r, _ in decoded.rejected], pa.string()),
                          "detail": pa.array([d for _, _, d in decoded.rejected], pa.string())})
     return TopicRange(ticks, rejected)

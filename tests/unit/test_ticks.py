@@ -7,7 +7,8 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ticks import DecodeReason, decode_batch
+from operators.validation import DecodeReason
+from pipeline.ticks import decode_batch
 
 
 def msg(**fields) -> bytes:
