@@ -24,6 +24,7 @@ from operators.forecaster import Forecaster, ForecasterConfig
 from operators.model import Bundle
 from operators.validation import reject_labels
 from pipeline.analysis import bootstrap_scores, breakdown, write_report
+from pipeline.config import DEFAULT_MAX_BATCH_TICKS
 from pipeline.report import plot_backtest, realized_returns, score
 from pipeline.sinks import ForecastCollector, write_parquet
 from pipeline.sources import TableSource
@@ -41,7 +42,7 @@ def run_backtest(
     bundle: Bundle,
     out_dir: str | Path,
     *,
-    max_batch_ticks: int = 10_000,
+    max_batch_ticks: int = DEFAULT_MAX_BATCH_TICKS,
     config: ForecasterConfig | None = None,
     source_name: str = "",
     plots: bool = True,
