@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,16 +10,7 @@ import pytest
 
 from pipeline.sinks import write_parquet
 from pipeline.synthetic import generate_ticks
-
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
-
-
-def tickcast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tickcast {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+from tests.support.cli import tickcast
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from operators.forecaster import Forecaster
 from pipeline.checkpoint import (CheckpointError, CheckpointStore, Problem, StoreUnavailable, group_store, join_uri,
                                  path_segment, redact_uri)
 from pipeline.synthetic import generate_ticks
-from tests.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
+from tests.support.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
 
 BACKENDS = ["local", "s3"]
 
@@ -415,7 +415,7 @@ def test_check_writable(root, tmp_path):
 
 
 def test_check_writable_on_an_unreachable_endpoint_says_so(s3_server):  # noqa: F811
-    from tests.s3 import start_s3_server
+    from tests.support.s3 import start_s3_server
 
     other = start_s3_server()
     uri = other.bucket()
@@ -426,7 +426,7 @@ def test_check_writable_on_an_unreachable_endpoint_says_so(s3_server):  # noqa: 
 
 def test_config_check_says_in_one_line_whether_it_can_write(s3_server, tmp_path, capsys):  # noqa: F811
     from pipeline.cli import main
-    from tests.s3 import SECRET_KEY, start_s3_server
+    from tests.support.s3 import SECRET_KEY, start_s3_server
 
     def check(uri: str) -> tuple[int, list[str], str]:
         cfg = tmp_path / "tickcast.toml"

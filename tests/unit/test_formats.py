@@ -10,7 +10,7 @@ import pytest
 from operators.errors import InputDataError
 from operators.validation import TICK_COLUMNS
 from pipeline.formats import read_ticks
-from tests.conftest import real_data_or_skip
+from tests.support.data import real_data_or_skip
 
 T0 = 1_700_000_000_000_000_000
 
