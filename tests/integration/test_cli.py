@@ -142,7 +142,9 @@ def test_walkforward_and_compare(tmp_path):
                  "--quiet", "--no-plots")
     res = json.loads(tickcast("compare", str(runs[0]), str(runs[1]), "--json").stdout)
     assert res["n"] > 2000 and res["ci95"][0] <= res["mae_b_minus_a"] <= res["ci95"][1]
-    assert res["verdict"].split()[0] in ("A", "B", "no")
+    lo, hi = res["ci95"]
+    want = "B is better" if hi < 0 else "A is better" if lo > 0 else "no significant difference"
+    assert res["verdict"].startswith(want), (res["ci95"], res["verdict"])
     same = json.loads(tickcast("compare", str(runs[0]), str(runs[0]), "--json").stdout)
     assert same["mae_b_minus_a"] == 0 and same["verdict"].startswith("no significant")
     bad = tickcast("compare", str(runs[0]), str(tmp_path), check=False)
