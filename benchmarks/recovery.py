@@ -25,7 +25,7 @@ from datetime import datetime
 from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.broker import EmbeddedBroker, create_topics
-from tests.integration.live import RunProcess, produce
+from tests.support.live import RunProcess, produce
 
 
 def _ts(line: dict) -> float:

@@ -89,14 +89,6 @@ class StepResult:
     n_expired: int
     expired: list[tuple[int, str]] = field(default_factory=list)  # (partition, instrument) rows reclaimed
 
-    @property
-    def n_rejected(self) -> int:
-        return int(np.count_nonzero(self.reasons))
-
-    def rejected_counts(self) -> dict[RejectReason, int]:
-        codes, counts = np.unique(self.reasons[self.reasons > 0], return_counts=True)
-        return {RejectReason(int(c)): int(n) for c, n in zip(codes, counts)}
-
 
 class Forecaster:
     """Stateful, batch-invariant streaming forecaster over many instruments."""

@@ -152,10 +152,6 @@ class RaggedLSTM:
             self._scratch[name] = buf
         return buf[:need].reshape(shape)
 
-    @property
-    def n_layers(self) -> int:
-        return len(self._layers)
-
     def run(
         self,
         x: np.ndarray,

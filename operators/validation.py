@@ -1,4 +1,11 @@
-"""Tick columns as NumPy arrays, and the vectorised checks that reject bad ticks.
+"""Ticks: the canonical columns, the reasons a tick is refused, and the vectorised checks.
+
+``TICK_COLUMNS`` is the one list of canonical tick columns: file readers,
+the wire decoder and encoder, the topic reader and the live loop all produce
+or select these. ``RejectReason`` (the operator's checks, stable codes) and
+``DecodeReason`` (a message that is not a tick at all) are the two reason
+kinds; both have a ``label``, the name dead letters, metrics and backtest
+summaries use, and ``REASON_LABELS`` lists every label once.
 
 Bad data is not an exception: each tick gets a reason code (0 = valid). A
 rejected tick never reaches the features, the LSTM or the state table: one
@@ -8,7 +15,7 @@ NaN in a state row would poison that instrument for good.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import Enum, IntEnum
 
 import numpy as np
 import pyarrow as pa
@@ -20,8 +27,11 @@ from operators.errors import InputDataError
 MAX_TS_NS = 4_102_444_800_000_000_000
 DEFAULT_TS_FLOOR_NS = 631_152_000_000_000_000  # 1990-01-01T00:00:00Z
 DEFAULT_MAX_TS_AHEAD_NS = 300_000_000_000  # 5 minutes
-REQUIRED_COLUMNS = ("instrument", "ts", "price")
-OPTIONAL_FLOAT_COLUMNS = ("size", "bid", "ask", "bid_size", "ask_size")
+# The canonical tick columns, in order: instrument (string), ts (int64 ns since the epoch, UTC), then float64.
+TICK_COLUMNS = ("instrument", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size")
+REQUIRED_COLUMNS = TICK_COLUMNS[:3]
+NUMERIC_COLUMNS = TICK_COLUMNS[2:]  # price and the optional numbers (float64)
+OPTIONAL_FLOAT_COLUMNS = TICK_COLUMNS[3:]
 
 
 class RejectReason(IntEnum):
@@ -45,6 +55,36 @@ class RejectReason(IntEnum):
     @property
     def label(self) -> str:
         return self.name.lower()
+
+
+class DecodeReason(str, Enum):
+    """Why a message could not become a tick (the decoder's verdict, before the operator's own checks)."""
+
+    BAD_UTF8 = "bad_utf8"
+    BAD_JSON = "bad_json"
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    WRONG_TYPE = "wrong_type"
+    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
+    KEY_MISMATCH = "key_mismatch"
+    OVERSIZED_KEY = "oversized_key"
+    OVERSIZED_VALUE = "oversized_value"
+    OVERSIZED_INSTRUMENT = "oversized_instrument"
+
+    @property
+    def label(self) -> str:
+        return self.value
+
+
+# Every refusal label, decoder's then operator's: the dead-letter ``reason`` values a run can emit.
+REASON_LABELS: tuple[str, ...] = (tuple(r.label for r in DecodeReason)
+                                  + tuple(r.label for r in RejectReason if r != RejectReason.OK))
+_REJECT_LABELS = {int(r): r.label for r in RejectReason}
+
+
+def reject_labels(codes: np.ndarray) -> list[str]:
+    """The labels of operator reason codes (``StepResult.reasons`` entries), one per code."""
+    return [_REJECT_LABELS[c] for c in np.asarray(codes).tolist()]
 
 
 @dataclass(frozen=True)

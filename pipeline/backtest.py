@@ -22,13 +22,12 @@ from tqdm import tqdm
 
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.model import Bundle
-from operators.validation import RejectReason
+from operators.validation import reject_labels
 from pipeline.analysis import bootstrap_scores, breakdown, write_report
+from pipeline.config import DEFAULT_MAX_BATCH_TICKS
 from pipeline.report import plot_backtest, realized_returns, score
 from pipeline.sinks import ForecastCollector, write_parquet
 from pipeline.sources import TableSource
-
-_LABELS = {int(r): r.label for r in RejectReason}
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ def run_backtest(
     bundle: Bundle,
     out_dir: str | Path,
     *,
-    max_batch_ticks: int = 10_000,
+    max_batch_ticks: int = DEFAULT_MAX_BATCH_TICKS,
     config: ForecasterConfig | None = None,
     source_name: str = "",
     plots: bool = True,
@@ -68,7 +67,7 @@ def run_backtest(
             result = forecaster.step(batch.ticks)
             step_seconds += time.perf_counter() - t0
             bad = np.flatnonzero(result.reasons)
-            labels = [_LABELS[int(c)] for c in result.reasons[bad]]
+            labels = reject_labels(result.reasons[bad])
             for label in labels:
                 rejected[label] = rejected.get(label, 0) + 1
             sink.add(batch.ticks, batch.first_seq, result.rows, result.forecasts, bad, labels)

@@ -12,7 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from operators.errors import TickcastError
-from pipeline.config import ConfigError, parse_duration_ns, parse_mapping
+from pipeline.config import (
+    DEFAULT_MAX_BATCH_TICKS,
+    ConfigError,
+    parse_duration_ns,
+    parse_mapping,
+)
 
 
 def _env_default(name: str, default):
@@ -602,7 +607,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory (a model and a backtest per fold, pooled report)")
     p.add_argument("--folds", type=int, default=3, help="test windows; the data is cut into folds+1 equal time "
                    "windows (default: 3)")
-    p.add_argument("--max-batch-ticks", type=int, default=10_000, help="ticks per micro-batch (default: 10000)")
+    p.add_argument("--max-batch-ticks", type=int, default=DEFAULT_MAX_BATCH_TICKS,
+                   help=f"ticks per micro-batch (default: {DEFAULT_MAX_BATCH_TICKS})")
     _add_train_args(p)
     p.set_defaults(func=cmd_walkforward)
     _add_later_parsers(sub)
@@ -627,8 +633,10 @@ def _add_later_parsers(sub) -> None:
     _add_input_args(p)
     p.add_argument("--model", required=True, help="model bundle directory (from `tickcast train`)")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--max-batch-ticks", type=int, default=int(_env_default("MAX_BATCH_TICKS", 10_000)),
-                   help="ticks per micro-batch [env: TICKCAST_MAX_BATCH_TICKS] (default: 10000)")
+    p.add_argument("--max-batch-ticks", type=int,
+                   default=int(_env_default("MAX_BATCH_TICKS", DEFAULT_MAX_BATCH_TICKS)),
+                   help="ticks per micro-batch [env: TICKCAST_MAX_BATCH_TICKS] "
+                        f"(default: {DEFAULT_MAX_BATCH_TICKS})")
     p.add_argument("--reset-gap", default=None,
                    help="start an instrument afresh after a gap this long, e.g. 30m (default: never)")
     p.add_argument("--expire-after", default=None,
@@ -698,7 +706,8 @@ def _add_later_parsers(sub) -> None:
     p.add_argument("--workdir", default=".demo", help="where to put the data, model and outputs (default: .demo)")
     p.add_argument("--instruments", type=int, default=50, help="synthetic instruments (default: 50)")
     p.add_argument("--ticks", type=int, default=200_000, help="synthetic ticks (default: 200000)")
-    p.add_argument("--max-batch-ticks", type=int, default=2_000, help="file backtest micro-batch size (default: 2000)")
+    p.add_argument("--max-batch-ticks", type=int, default=DEFAULT_MAX_BATCH_TICKS,
+                   help=f"file backtest micro-batch size (default: {DEFAULT_MAX_BATCH_TICKS})")
     p.add_argument("--files-only", action="store_true", help="stop after the file backtest (no broker)")
     p.add_argument("--retrain", action="store_true", help="train a new model even if one is in --workdir")
     p.add_argument("--live-seconds", type=float, default=20.0, help="how long the live replay lasts (default: 20)")

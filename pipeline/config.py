@@ -25,6 +25,11 @@ class ConfigError(TickcastError):
     """A flag, environment variable or config value is invalid."""
 
 
+# Ticks per micro-batch, for every command and library function that cuts ticks into batches (`run`,
+# `backtest`, `walkforward`, `demo`). Forecasts do not depend on it (batch invariance); it bounds a live
+# batch's latency and memory, and a file backtest's per-batch overhead.
+DEFAULT_MAX_BATCH_TICKS = 5_000
+
 _UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
              "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d)\s*$")
@@ -86,7 +91,7 @@ class RunConfig:
     dead_letter_topic: str = _opt("ticks.dlq", "topic for messages that are not valid ticks")
     group_id: str = _opt("tickcast", "Kafka consumer group id")
     auto_offset_reset: str = _opt("earliest", "where a new group starts", choices=("earliest", "latest"))
-    max_batch_ticks: int = _opt(5000, "a micro-batch closes at this many ticks ...")
+    max_batch_ticks: int = _opt(DEFAULT_MAX_BATCH_TICKS, "a micro-batch closes at this many ticks ...")
     max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first")
     output_mode: str = _opt("every_tick", "publish a forecast for every tick, or only the last per instrument "
                             "per batch", choices=("every_tick", "last_per_instrument"))
@@ -255,9 +260,6 @@ class RunConfig:
                 if getattr(self, key):
                     opts[key] = getattr(self, key)
         return opts
-
-    def replace(self, **changes: Any) -> "RunConfig":
-        return dataclasses.replace(self, **changes)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

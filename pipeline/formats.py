@@ -1,6 +1,6 @@
 """Tick files -> canonical tick tables (see ``operators.validation``).
 
-Canonical columns, in order: ``instrument`` (string), ``ts`` (int64 ns since the
+Canonical columns (``TICK_COLUMNS``), in order: ``instrument`` (string), ``ts`` (int64 ns since the
 epoch, UTC), ``price``, ``size``, ``bid``, ``ask``, ``bid_size``, ``ask_size``
 (float64; null when the source has no such value). Rows are in the order a
 feed would deliver them: a single file keeps its own order; several files are
@@ -41,10 +41,9 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from operators.errors import InputDataError
+from operators.validation import TICK_COLUMNS
 
 FORMATS = ("auto", "parquet", "csv", "lean-equity", "lean-fx", "lobster", "binance-gz", "nautilus")
-CANONICAL = ("instrument", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size")
-_FLOATS = CANONICAL[2:]
 _TS_UNITS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -53,7 +52,7 @@ def canonical(columns: dict[str, pa.Array | np.ndarray | list]) -> pa.Table:
     """Build a canonical table; absent columns become nulls."""
     n = len(next(iter(columns.values())))
     arrays = []
-    for name in CANONICAL:
+    for name in TICK_COLUMNS:
         col = columns.get(name)
         typ = pa.string() if name == "instrument" else pa.int64() if name == "ts" else pa.float64()
         if col is None:
@@ -61,14 +60,14 @@ def canonical(columns: dict[str, pa.Array | np.ndarray | list]) -> pa.Table:
         else:
             arr = col if isinstance(col, (pa.Array, pa.ChunkedArray)) else pa.array(col)
             arrays.append(pc.cast(arr, typ))
-    return pa.Table.from_arrays(arrays, names=list(CANONICAL))
+    return pa.Table.from_arrays(arrays, names=list(TICK_COLUMNS))
 
 
 def combine(tables: list[pa.Table]) -> pa.Table:
     """Several sources -> one feed: stable sort by event time."""
     tables = [t for t in tables if t.num_rows]
     if not tables:
-        return canonical({name: [] for name in CANONICAL})
+        return canonical({name: [] for name in TICK_COLUMNS})
     if len(tables) == 1:
         return tables[0]
     table = pa.concat_tables(tables).combine_chunks()
@@ -142,10 +141,10 @@ def read_ticks(path: str | Path, fmt: str = "auto", mapping: dict[str, str] | No
 
 def _read_generic(path: Path, fmt: str, mapping: dict[str, str], instrument: str | None, price_scale: float,
                   ts_unit: str) -> pa.Table:
-    unknown = set(mapping) - set(CANONICAL)
+    unknown = set(mapping) - set(TICK_COLUMNS)
     if unknown:
         raise InputDataError(f"--map names unknown column(s) {sorted(unknown)}; canonical names are "
-                             f"{', '.join(CANONICAL)}")
+                             f"{', '.join(TICK_COLUMNS)}")
     try:
         raw = pq.read_table(path) if fmt == "parquet" else pacsv.read_csv(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -159,7 +158,7 @@ def _read_generic(path: Path, fmt: str, mapping: dict[str, str], instrument: str
         return name if name in names else None
 
     cols: dict[str, pa.ChunkedArray] = {}
-    for col in CANONICAL:
+    for col in TICK_COLUMNS:
         src = source(col)
         if src is not None:
             cols[col] = raw.column(src)

@@ -32,6 +32,8 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
+from operators.validation import REASON_LABELS
+
 # Step and batch latencies run from ~100 us to seconds.
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
@@ -122,10 +124,7 @@ class Metrics:
         self.transactions = Counter("transactions", "exactly_once: Kafka transactions, by result", ["result"],
                                     namespace=ns, registry=r)
         # Known label values start at 0, so rate() and the dashboard see a series before the first event.
-        from operators.validation import RejectReason  # noqa: PLC0415
-        from pipeline.ticks import DecodeReason  # noqa: PLC0415
-
-        for reason in [r.value for r in DecodeReason] + [r.label for r in RejectReason if r != RejectReason.OK]:
+        for reason in REASON_LABELS:
             self.dead_letters.labels(reason)
         for result in ("ok", "failed"):
             self.checkpoint_writes.labels(result)

@@ -18,7 +18,7 @@ import pyarrow as pa
 from kafka import KafkaProducer
 from tqdm import tqdm
 
-_OPTIONAL = ("size", "bid", "ask", "bid_size", "ask_size")
+from operators.validation import NUMERIC_COLUMNS
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ def encode_ticks(ticks: pa.Table) -> list[tuple[bytes, bytes, int]]:
     """(key, value, timestamp_ms) per tick, schema v1."""
     names = ticks.column("instrument").to_pylist()
     ts = ticks.column("ts").to_pylist()
-    cols = {c: ticks.column(c).to_pylist() for c in ("price", *_OPTIONAL) if c in ticks.schema.names}
+    cols = {c: ticks.column(c).to_pylist() for c in NUMERIC_COLUMNS if c in ticks.schema.names}
     quoted = {n: json.dumps(n) for n in set(names) if n is not None}
     out = []
     for i, (name, t) in enumerate(zip(names, ts)):

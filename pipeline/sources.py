@@ -7,6 +7,8 @@ from typing import Iterator
 
 import pyarrow as pa
 
+from pipeline.config import DEFAULT_MAX_BATCH_TICKS
+
 
 @dataclass(frozen=True)
 class MicroBatch:
@@ -21,7 +23,7 @@ class TableSource:
     same way the live consumer will.
     """
 
-    def __init__(self, table: pa.Table, max_batch_ticks: int):
+    def __init__(self, table: pa.Table, max_batch_ticks: int = DEFAULT_MAX_BATCH_TICKS):
         if max_batch_ticks < 1:
             raise ValueError(f"max_batch_ticks must be >= 1, got {max_batch_ticks}")
         self.table = table

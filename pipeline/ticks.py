@@ -48,12 +48,13 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from enum import Enum
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
+
+from operators.validation import NUMERIC_COLUMNS, DecodeReason
 
 SCHEMA_VERSION = 1
 MAX_KEY_BYTES = 256
@@ -61,28 +62,12 @@ MAX_INSTRUMENT_BYTES = MAX_KEY_BYTES
 MAX_VALUE_BYTES = 4096
 MAX_DEPTH = 32  # nesting of objects/arrays; deeper messages are bad_json (a bound, not the stack's limit)
 
-_NUMERIC = ("price", "size", "bid", "ask", "bid_size", "ask_size")
-_FIELDS = frozenset(("v", "instrument", "ts") + _NUMERIC)
+_FIELDS = frozenset(("v", "instrument", "ts") + NUMERIC_COLUMNS)
 MESSAGE_SCHEMA = pa.schema(
     [pa.field("v", pa.int64()), pa.field("instrument", pa.string()), pa.field("ts", pa.int64())]
-    + [pa.field(name, pa.float64()) for name in _NUMERIC]
+    + [pa.field(name, pa.float64()) for name in NUMERIC_COLUMNS]
 )
 _INT64 = (-(2**63), 2**63)
-
-
-class DecodeReason(str, Enum):
-    """Why a message could not become a tick (before the operator's own checks)."""
-
-    BAD_UTF8 = "bad_utf8"
-    BAD_JSON = "bad_json"
-    NOT_AN_OBJECT = "not_an_object"
-    MISSING_FIELD = "missing_field"
-    WRONG_TYPE = "wrong_type"
-    UNKNOWN_SCHEMA_VERSION = "unknown_schema_version"
-    KEY_MISMATCH = "key_mismatch"
-    OVERSIZED_KEY = "oversized_key"
-    OVERSIZED_VALUE = "oversized_value"
-    OVERSIZED_INSTRUMENT = "oversized_instrument"
 
 
 @dataclass(frozen=True)
@@ -266,7 +251,7 @@ def _decode_one(raw: bytes) -> tuple[dict | None, DecodeReason | None, str]:
     if inst is not None and type(inst) is not str:
         return None, DecodeReason.WRONG_TYPE, f"instrument must be a string, got {_json_type(inst)}"
     row["instrument"] = inst
-    for name in _NUMERIC:
+    for name in NUMERIC_COLUMNS:
         x = obj.get(name)
         if x is not None and type(x) not in (int, float):
             return None, DecodeReason.WRONG_TYPE, f"{name} must be a number, got {_json_type(x)}"
@@ -348,7 +333,7 @@ def _finish(table: pa.Table, index: np.ndarray, keys: list[bytes | None], reject
         bad |= mask
     keep = pa.array(~bad)
     cols = {"instrument": name.filter(keep), "ts": table.column("ts").filter(keep)}
-    for col in _NUMERIC:
+    for col in NUMERIC_COLUMNS:
         cols[col] = table.column(col).filter(keep)
     cols["index"] = pa.array(index[~bad], pa.int64())
     return pa.table(cols)

@@ -23,11 +23,10 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from operators.errors import TickcastError
+from operators.validation import TICK_COLUMNS
 from pipeline.ticks import decode_batch
 
 log = logging.getLogger(__name__)
-
-TICK_COLUMNS = ("instrument", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size")
 
 
 class TopicReadError(TickcastError):
@@ -38,7 +37,6 @@ class TopicReadError(TickcastError):
 class TopicRange:
     ticks: pa.Table  # canonical columns + partition (int32) + offset (int64), offset order per partition
     rejected: pa.Table  # partition, offset, reason, detail
-    per_partition: dict[int, tuple[int, int]]  # partition -> (first offset, end offset exclusive) read
 
 
 def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int | None, *,
@@ -62,7 +60,6 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
             consumer.seek(tp, off)
         keys, values, partitions, offsets, stamps = [], [], [], [], []
         done: dict[TopicPartition, int] = {}
-        read: dict[int, tuple[int, int]] = {}
         deadline = time.monotonic() + timeout_s
         idle_polls = 0
         while len(done) < len(wanted):
@@ -93,7 +90,6 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
                 pos = consumer.position(tp)
                 if end is not None and pos >= end:
                     done[tp] = end
-                    read[tp.partition] = (wanted[tp], end)
                     consumer.pause(tp)
             idle_polls = idle_polls + 1 if got == 0 else 0
             if idle_polls >= 20 and not got:  # empty fetches: nothing beyond what we have
@@ -101,10 +97,9 @@ def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int
                     if tp not in done and consumer.highwater(tp) is None:
                         end = consumer.position(tp)
                         done[tp] = end
-                        read[tp.partition] = (wanted[tp], end)
     finally:
         consumer.close(autocommit=False)
-    return _decode(keys, values, np.array(partitions, dtype=np.int32), np.array(offsets, dtype=np.int64), read,
+    return _decode(keys, values, np.array(partitions, dtype=np.int32), np.array(offsets, dtype=np.int64),
                    np.array(stamps, dtype=np.int64))
 
 
@@ -178,7 +173,7 @@ def _end_for(consumer: KafkaConsumer, tp: TopicPartition, ends: dict) -> int | N
     return consumer.highwater(tp)
 
 
-def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray, read: dict,
+def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray,
             stamps: np.ndarray | None = None) -> TopicRange:
     decoded = decode_batch(keys, values, stamps)  # record timestamps: the same timestamp verdicts as live
     idx = decoded.ticks.column("index").to_numpy()
@@ -188,6 +183,6 @@ def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray, read: dic
     bad = [i for i, _, _ in decoded.rejected]
     rejected = pa.table({"partition": pa.array(partitions[bad] if bad else [], pa.int32()),
                          "offset": pa.array(offsets[bad] if bad else [], pa.int64()),
-                         "reason": pa.array([r.value for _, r, _ in decoded.rejected], pa.string()),
+                         "reason": pa.array([r.label for _, r, _ in decoded.rejected], pa.string()),
                          "detail": pa.array([d for _, _, d in decoded.rejected], pa.string())})
-    return TopicRange(ticks, rejected, read)
+    return TopicRange(ticks, rejected)

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from operators.model import TrainConfig, save_bundle, train
 from pipeline.analysis import bootstrap_scores, breakdown, write_report
 from pipeline.backtest import run_backtest
+from pipeline.config import DEFAULT_MAX_BATCH_TICKS
 from pipeline.sinks import write_parquet
 
 
@@ -37,7 +38,7 @@ def _slice(ticks: pa.Table, start: int, end: int) -> pa.Table:
 
 
 def run_walkforward(ticks: pa.Table, folds: int, config: TrainConfig, out_dir: str | Path, *,
-                    max_batch_ticks: int = 10_000, source_name: str = "", say=print) -> dict:
+                    max_batch_ticks: int = DEFAULT_MAX_BATCH_TICKS, source_name: str = "", say=print) -> dict:
     if folds < 1:
         raise ValueError(f"--folds must be >= 1, got {folds}")
     out = Path(out_dir)

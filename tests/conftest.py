@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pytest
+
+pytest.register_assert_rewrite("tests.support")  # their asserts explain a failure like a test module's do
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from operators.model import Bundle, TrainConfig, load_bundle, save_bundle, sequences_from_table, train  # noqa: E402
 from pipeline.synthetic import generate_ticks  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = REPO.parent / "shared" / "data" / "real"
-
-
-def real_data_or_skip() -> Path:
-    if not REAL_DATA.is_dir():
-        pytest.skip(f"real data sets not present at {REAL_DATA} (they live in ../shared/data/real)")
-    return REAL_DATA
 
 
 def _trained(tmp_path_factory, layers: int, hidden: int) -> Bundle:
@@ -89,9 +81,3 @@ def reference(bundle) -> KerasReference:
 @pytest.fixture(scope="session")
 def reference2(bundle2) -> KerasReference:
     return KerasReference(bundle2)
-
-
-def in_target_units(bundle: Bundle, forecasts: np.ndarray) -> np.ndarray:
-    """Forecasts back in the model's normalised output units (where float32 tolerance applies)."""
-    norm = bundle.normalisation
-    return (np.asarray(forecasts) - norm.target_mean) / norm.target_std

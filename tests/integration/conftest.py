@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from tests.s3 import s3_server  # noqa: F401 - a real S3 endpoint (moto's server) for the session
+from tests.support.s3 import s3_server  # noqa: F401 - a real S3 endpoint (moto's server) for the session
 
 
 @pytest.fixture(scope="session")

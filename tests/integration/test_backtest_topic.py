@@ -15,9 +15,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from pipeline.broker import create_topics
 from pipeline.synthetic import generate_ticks
-from tests.integration.live import RunProcess
-from tests.integration.test_cli import tickcast
-from tests.integration.test_faults import _wait_drained, read_topic
+from tests.support.cli import tickcast
+from tests.support.faults import read_topic, wait_drained
+from tests.support.live import RunProcess
 
 DAY_NS = 86_400 * 10**9
 DAY0 = np.datetime64("2026-03-02", "ns").astype(np.int64)
@@ -72,7 +72,7 @@ def test_topic_backtest_equals_the_live_pipeline_and_leaves_its_group_alone(kafk
     create_topics(kafka_bootstrap, {tout: 1, dlq: 1})
     live = RunProcess.start(kafka_bootstrap, str(bundle.path), topic, tout, dlq, group)
     try:
-        _wait_drained(kafka_bootstrap, tout, ticks.num_rows, timeout=120)
+        wait_drained(kafka_bootstrap, tout, ticks.num_rows, timeout=120)
     finally:
         assert live.stop(signal.SIGTERM) == 0
     live_out = {(json.loads(m.value())["partition"], json.loads(m.value())["offset"]): json.loads(m.value())["forecast"]

@@ -17,7 +17,7 @@ import pytest
 from pipeline.broker import EmbeddedBroker, create_topics
 from pipeline.sinks import write_parquet
 from pipeline.synthetic import generate_ticks
-from tests.integration.live import ENV, consume_all
+from tests.support.live import ENV, consume_all
 
 
 def test_embedded_broker_starts_on_a_free_port_and_stops():

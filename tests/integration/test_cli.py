@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -13,16 +10,7 @@ import pytest
 
 from pipeline.sinks import write_parquet
 from pipeline.synthetic import generate_ticks
-
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
-
-
-def tickcast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
-                          env=ENV, timeout=600)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"tickcast {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return proc
+from tests.support.cli import tickcast
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +142,9 @@ def test_walkforward_and_compare(tmp_path):
                  "--quiet", "--no-plots")
     res = json.loads(tickcast("compare", str(runs[0]), str(runs[1]), "--json").stdout)
     assert res["n"] > 2000 and res["ci95"][0] <= res["mae_b_minus_a"] <= res["ci95"][1]
-    assert res["verdict"].split()[0] in ("A", "B", "no")
+    lo, hi = res["ci95"]
+    want = "B is better" if hi < 0 else "A is better" if lo > 0 else "no significant difference"
+    assert res["verdict"].startswith(want), (res["ci95"], res["verdict"])
     same = json.loads(tickcast("compare", str(runs[0]), str(runs[0]), "--json").stdout)
     assert same["mae_b_minus_a"] == 0 and same["verdict"].startswith("no significant")
     bad = tickcast("compare", str(runs[0]), str(tmp_path), check=False)

@@ -20,7 +20,7 @@ import pytest
 
 from pipeline.broker import create_topics
 from pipeline.synthetic import generate_ticks
-from tests.integration.live import ENV, RunProcess, produce, tick_messages
+from tests.support.live import ENV, RunProcess, produce, tick_messages
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -4,7 +4,7 @@ The reference for every test is the undisturbed answer: the operator stepping
 each input partition's ticks once, in offset order (the live path equals it:
 see test_live.py). Inputs are read back by an independent client
 (confluent-kafka); forecasts and dead letters as read_committed defines them,
-from the transaction markers in the log (txlog.py: Tansu's fetch does not
+from the transaction markers in the log (tests/support/txlog.py: Tansu's fetch does not
 filter aborted transactions).
 """
 
@@ -18,88 +18,26 @@ import time
 import uuid
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from operators.forecaster import Forecaster
 from pipeline.broker import create_topics
-from pipeline.checkpoint import CheckpointStore, group_store
+from pipeline.checkpoint import CheckpointStore
 from pipeline.synthetic import generate_ticks
-from pipeline.ticks import decode_batch
-from tests.integration.live import RunProcess, produce, tick_messages
-from tests.integration.txlog import read_committed
+from tests.support.faults import (
+    PARTITIONS,
+    assert_exactly_the_reference,
+    read_topic,
+    reference,
+    run_args,
+    wait_drained,
+)
+from tests.support.live import RunProcess, produce, tick_messages
 
-PARTITIONS = 2
 RESTORE_EVENTS = ("partition restored from checkpoint", "partition assigned with EMPTY state: its instruments start "
                   "from zero state", "no usable checkpoint; rebuilding state by replaying the partition from its start",
                   "partition warming up from input")
-
-
-def read_topic(bootstrap: str, topic: str, partitions: int, committed_only: bool = True, timeout: float = 10.0):
-    """Every record of a topic (all partitions, from the start): the committed ones (read_committed, applied
-    from the log's transaction markers: see txlog.py), or all of them with an independent client."""
-    if committed_only:
-        return read_committed(bootstrap, topic, partitions, timeout=timeout)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out, idle_since = [], time.monotonic()
-    while time.monotonic() - idle_since < timeout:
-        msg = c.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        out.append(msg)
-        idle_since = time.monotonic()
-    c.close()
-    return out
-
-
-def reference(bundle, inputs, partitions: int = PARTITIONS) -> tuple[dict, dict[int, pa.Table], int]:
-    """Undisturbed forecasts by (partition, offset), final state per partition, and the dead-letter count."""
-    forecasts, states, dead = {}, {}, 0
-    for p in range(partitions):
-        msgs = sorted((m for m in inputs if m.partition() == p), key=lambda m: m.offset())
-        decoded = decode_batch([m.key() for m in msgs], [m.value() for m in msgs])
-        dead += len(decoded.rejected)
-        idx = decoded.ticks.column("index").to_numpy()
-        fc = Forecaster(bundle)
-        res = fc.step(decoded.ticks)
-        dead += int((res.reasons != 0).sum())
-        for row, value in zip(res.rows.tolist(), res.forecasts.tolist()):
-            forecasts[(p, msgs[idx[row]].offset())] = value
-        states[p] = fc.export_partition(0)
-    return forecasts, states, dead
-
-
-def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, group, forecasts_ref, states_ref,
-                                 dead_ref, partitions: int = PARTITIONS):
-    out = read_topic(bootstrap, tout, 1)
-    keys = [(json.loads(m.value())["partition"], json.loads(m.value())["offset"]) for m in out]
-    assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} forecasts published twice"
-    missing = set(forecasts_ref) - set(keys)
-    assert not missing, f"{len(missing)} forecasts missing, e.g. {sorted(missing)[:5]}"
-    assert set(keys) == set(forecasts_ref)
-    scale = bundle.normalisation.target_std
-    for m, key in zip(out, keys):
-        got = json.loads(m.value())["forecast"] / scale
-        assert got == pytest.approx(forecasts_ref[key] / scale, rel=1e-5, abs=1e-5), key
-    assert len(read_topic(bootstrap, dlq, 1, timeout=3)) == dead_ref
-    store = group_store(str(store_dir), group)  # a directory or a URI (s3://...?endpoint_override=...)
-    for p in range(partitions):
-        final = store.latest(tin, p)
-        assert final is not None, f"no checkpoint for partition {p}"
-        a = final.state.sort_by("instrument")
-        b = states_ref[p].sort_by("instrument")
-        assert a.column("instrument").equals(b.column("instrument"))
-        for name in ("tick_count", "last_ts", "last_price"):
-            assert a.column(name).equals(b.column(name)), name
-        for layer in range(bundle.shape.layers):
-            for prefix in ("h", "c"):
-                col = f"{prefix}{layer}"
-                np.testing.assert_allclose(a.column(col).combine_chunks().flatten().to_numpy(),
-                                           b.column(col).combine_chunks().flatten().to_numpy(), rtol=1e-5, atol=1e-6)
 
 
 class Feeder(threading.Thread):
@@ -121,21 +59,6 @@ class Feeder(threading.Thread):
             self.error = exc
 
 
-def _run_args(store_dir, tid: str, *extra: str) -> list[str]:
-    return ["--processing", "exactly_once", "--checkpoint-uri", str(store_dir), "--transactional-id", tid,
-            "--checkpoint-every-batches", "3", "--checkpoint-interval-s", "0", "--max-batch-ticks", "150",
-            "--session-timeout-ms", "4000", *extra]
-
-
-def _wait_drained(bootstrap, tout, expected: int, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(read_topic(bootstrap, tout, 1, timeout=2)) >= expected:
-            return
-        time.sleep(1)
-    raise AssertionError(f"forecasts did not reach {expected} within {timeout}s")
-
-
 @pytest.mark.parametrize("kills", [pytest.param(3, id="3-kills"),
                                    pytest.param(20, id="20-kills", marks=pytest.mark.slow)])
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap, bundle, tmp_path, kills):
@@ -155,7 +78,7 @@ def _crash_loop(kafka_bootstrap, bundle, store, kills: int) -> None:
     create_topics(kafka_bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
     ticks = generate_ticks(16, 400 * kills + 1500, seed=kills, bad_fraction=0.01)
     messages = tick_messages(ticks)
-    args = _run_args(store, f"tx-{u}")
+    args = run_args(store, f"tx-{u}")
     rng = random.Random(kills)
     feeder = Feeder(kafka_bootstrap, tin, messages, seconds=10.0 * kills)
     feeder.start()
@@ -176,7 +99,7 @@ def _crash_loop(kafka_bootstrap, bundle, store, kills: int) -> None:
         inputs = read_topic(kafka_bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
         assert len(inputs) == len(messages)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
-        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref))
+        wait_drained(kafka_bootstrap, tout, len(forecasts_ref))
         time.sleep(2)  # a duplicate would be published by now
     finally:
         assert final.stop(signal.SIGTERM) == 0
@@ -197,14 +120,14 @@ def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundl
     create_topics(kafka_bootstrap, {tin: parts, tout: 1, dlq: 1})
     messages = tick_messages(generate_ticks(15, 1800, seed=11, bad_fraction=0.0))
     store = tmp_path / "ckpt"
-    args = _run_args(store, f"tx-{u}", "--checkpoint-every-batches", "1")
+    args = run_args(store, f"tx-{u}", "--checkpoint-every-batches", "1")
     first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
     try:
         # Two waves, each drained: every partition gets checkpoints at two different offsets.
         produce(kafka_bootstrap, tin, messages[:600])
-        _wait_drained(kafka_bootstrap, tout, 600, timeout=90)
+        wait_drained(kafka_bootstrap, tout, 600, timeout=90)
         produce(kafka_bootstrap, tin, messages[600:1200])
-        _wait_drained(kafka_bootstrap, tout, 1200, timeout=90)
+        wait_drained(kafka_bootstrap, tout, 1200, timeout=90)
     finally:
         assert first.stop(signal.SIGTERM) == 0
     # Damage the newest checkpoint of every partition (the one written at shutdown).
@@ -228,7 +151,7 @@ def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundl
         produce(kafka_bootstrap, tin, messages[1200:])
         inputs = read_topic(kafka_bootstrap, tin, parts, committed_only=False, timeout=3)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, parts)
-        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
+        wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
         assert second.metric("tickcast_checkpoint_load_failures_total") == parts
     finally:
         assert second.stop(signal.SIGTERM) == 0
@@ -246,17 +169,17 @@ def test_unwritable_store_keeps_processing_and_recovers(kafka_bootstrap, bundle,
     blocker = tmp_path / "store"
     blocker.write_text("a file where the checkpoint directory should be")
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
-                           *_run_args(blocker / "ckpt", f"tx-{u}"))
+                           *run_args(blocker / "ckpt", f"tx-{u}"))
     try:
         produce(kafka_bootstrap, tin, messages[:450], partition=0)
-        _wait_drained(kafka_bootstrap, tout, 450, timeout=90)
+        wait_drained(kafka_bootstrap, tout, 450, timeout=90)
         failed = run.wait_for("checkpoint failed; processing goes on, recovery would replay from an older one")
         assert failed["level"] == "error" and "cannot write checkpoint" in failed["error"]
         assert run.metric("tickcast_checkpoint_writes_total", result="failed") >= 1
         assert run.metric("tickcast_checkpoint_writes_total", result="ok") == 0
         blocker.unlink()
         produce(kafka_bootstrap, tin, messages[450:], partition=0)
-        _wait_drained(kafka_bootstrap, tout, 900, timeout=90)
+        wait_drained(kafka_bootstrap, tout, 900, timeout=90)
         deadline = time.monotonic() + 30
         while run.metric("tickcast_checkpoint_writes_total", result="ok") == 0 and time.monotonic() < deadline:
             time.sleep(0.5)
@@ -275,7 +198,7 @@ def test_checkpoint_of_another_model_is_refused_with_a_clear_message(kafka_boots
     first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *store)
     try:
         produce(kafka_bootstrap, tin, tick_messages(generate_ticks(4, 200, seed=2, bad_fraction=0.0)), partition=0)
-        _wait_drained(kafka_bootstrap, tout, 200, timeout=90)
+        wait_drained(kafka_bootstrap, tout, 200, timeout=90)
     finally:
         assert first.stop(signal.SIGTERM) == 0
     second = RunProcess.start(kafka_bootstrap, str(bundle2.path), tin, tout, dlq, group, *store)
@@ -302,7 +225,7 @@ def test_warmup_of_a_fresh_deployment_builds_state_silently(kafka_bootstrap, bun
         line = run.wait_for("partition warming up from input")
         assert line["from_offset"] == 0
         produce(kafka_bootstrap, tin, messages[400:], partition=0)
-        _wait_drained(kafka_bootstrap, tout, 300, timeout=90)
+        wait_drained(kafka_bootstrap, tout, 300, timeout=90)
         time.sleep(1)
         assert run.metric("tickcast_replayed_ticks_total") == 400
     finally:
@@ -347,7 +270,7 @@ def test_warmup_on_a_historical_topic_stamped_long_ago(kafka_bootstrap, bundle, 
                             "before now - warmup: a historical topic?); not warming up", timeout=90)
         assert said["level"] == "warning" and said["partition"] == f"{tin}/0"
         _produce_stamped(kafka_bootstrap, tin, messages[300:], stamps_ms[300:])
-        _wait_drained(kafka_bootstrap, tout, 400, timeout=90)
+        wait_drained(kafka_bootstrap, tout, 400, timeout=90)
         time.sleep(1)
         assert run.metric("tickcast_replayed_ticks_total") == 0
     finally:
@@ -388,7 +311,7 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
 
     def start(name: str) -> RunProcess:
         return RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
-                                *_run_args(store, f"tx-{u}-{name}"))
+                                *run_args(store, f"tx-{u}-{name}"))
 
     procs = {name: start(name) for name in ("a", "b", "c")}
     deadline = time.monotonic() + 90
@@ -407,7 +330,7 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
         inputs = read_topic(kafka_bootstrap, tin, parts, committed_only=False, timeout=3)
         assert len(inputs) == len(messages)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, parts)
-        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=180)
+        wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=180)
         time.sleep(2)
         assert procs["d"].metric("tickcast_assigned_partitions") >= 1, "the added process got no partition"
     finally:
@@ -421,7 +344,7 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
 def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path):
     """Every client reaches the broker through a proxy (the broker advertises it); the test cuts all
     connections for 30 s while a wave of ticks is being processed."""
-    from tests.integration.proxy import broker_behind_proxy
+    from tests.support.proxy import broker_behind_proxy
 
     with broker_behind_proxy() as proxy:
         bootstrap = proxy.address
@@ -430,11 +353,11 @@ def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path
         create_topics(bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
         messages = tick_messages(generate_ticks(12, 3000, seed=41, bad_fraction=0.005))
         store = tmp_path / "ckpt"
-        run = RunProcess.start(bootstrap, str(bundle.path), tin, tout, dlq, group, *_run_args(store, f"tx-{u}"),
+        run = RunProcess.start(bootstrap, str(bundle.path), tin, tout, dlq, group, *run_args(store, f"tx-{u}"),
                                "--request-timeout-ms", "5000")
         try:
             produce(bootstrap, tin, messages[:1000])
-            _wait_drained(bootstrap, tout, 900, timeout=90)
+            wait_drained(bootstrap, tout, 900, timeout=90)
             produce(bootstrap, tin, messages[1000:2000])
             proxy.sever()
             time.sleep(30)
@@ -443,7 +366,7 @@ def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path
             inputs = read_topic(bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
             assert len(inputs) == len(messages)
             forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
-            _wait_drained(bootstrap, tout, len(forecasts_ref), timeout=180)
+            wait_drained(bootstrap, tout, len(forecasts_ref), timeout=180)
             time.sleep(2)
             assert run.proc.poll() is None, "the operator exited instead of riding out the outage"
             assert run.metric("tickcast_broker_errors_total") > 0, "the outage went unnoticed"

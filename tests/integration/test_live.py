@@ -17,7 +17,7 @@ from kafka.partitioner.default import murmur2
 from operators.forecaster import Forecaster
 from pipeline.sinks import FORECAST_MESSAGE_SCHEMA, decode_forecast_message
 from pipeline.synthetic import generate_ticks
-from tests.integration.live import RunProcess, consume_all, produce, tick_messages
+from tests.support.live import RunProcess, consume_all, produce, tick_messages
 
 
 def _names(prefix: str) -> tuple[str, str, str, str]:

@@ -1,6 +1,6 @@
 """Producer-side faults against a real broker: a dead letter too large, a broker stall longer than the
 transaction timeout, an output topic that does not exist yet. Each ends with the forecasts of an undisturbed
-run and every dead letter present (reference and assertions from test_faults.py).
+run and every dead letter present (reference and assertions from tests/support/faults.py).
 
 Tansu 0.6 (the embedded broker) ignores topic configs on create (``max.message.bytes`` is not stored, a 3 MB
 record is accepted) and creates any topic a Metadata request names, whatever ``allow_auto_topic_creation``
@@ -21,14 +21,14 @@ from confluent_kafka import Producer
 
 from pipeline.broker import create_topics
 from pipeline.synthetic import generate_ticks
-from tests.integration.live import RunProcess, produce, tick_messages
-from tests.integration.test_faults import (
-    _run_args,
-    _wait_drained,
+from tests.support.faults import (
     assert_exactly_the_reference,
     read_topic,
     reference,
+    run_args,
+    wait_drained,
 )
+from tests.support.live import RunProcess, produce, tick_messages
 
 
 def _produce_large(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
@@ -48,7 +48,7 @@ def test_dead_letter_over_max_request_size_goes_out_cut_and_nothing_stalls(kafka
     messages = tick_messages(generate_ticks(6, 600, seed=5, bad_fraction=0.01))
     big = b"{" + b" " * 1_500_000  # not a tick (oversized_value), 1.5 MB: over the producer's 1 MiB max_request_size
     store = tmp_path / "ckpt"
-    args = (_run_args(store, f"tx-{u}") if processing == "exactly_once" else
+    args = (run_args(store, f"tx-{u}") if processing == "exactly_once" else
             ["--checkpoint-uri", str(store), "--checkpoint-every-batches", "3", "--max-batch-ticks", "150"])
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
     try:
@@ -58,7 +58,7 @@ def test_dead_letter_over_max_request_size_goes_out_cut_and_nothing_stalls(kafka
         inputs = read_topic(kafka_bootstrap, tin, 1, committed_only=False, timeout=3)
         assert len(inputs) == len(messages) + 1
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, 1)
-        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=120)
+        wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=120)
         time.sleep(2)
         assert run.proc.poll() is None, "the operator exited on a dead letter it could not send whole"
         assert run.metric("tickcast_dead_letters_truncated_total") == 1
@@ -83,7 +83,7 @@ def test_broker_stall_longer_than_the_transaction_timeout_loses_and_duplicates_n
     fenced for good, nothing lost or doubled, liveness true throughout."""
     import urllib.request
 
-    from tests.integration.proxy import broker_behind_proxy
+    from tests.support.proxy import broker_behind_proxy
 
     with broker_behind_proxy() as proxy:
         bootstrap = proxy.address
@@ -92,11 +92,11 @@ def test_broker_stall_longer_than_the_transaction_timeout_loses_and_duplicates_n
         create_topics(bootstrap, {tin: 2, tout: 1, dlq: 1})
         messages = tick_messages(generate_ticks(10, 2400, seed=43, bad_fraction=0.005))
         store = tmp_path / "ckpt"
-        run = RunProcess.start(bootstrap, str(bundle.path), tin, tout, dlq, group, *_run_args(store, f"tx-{u}"),
+        run = RunProcess.start(bootstrap, str(bundle.path), tin, tout, dlq, group, *run_args(store, f"tx-{u}"),
                                "--request-timeout-ms", "3000", "--transaction-timeout-ms", "8000")
         try:
             produce(bootstrap, tin, messages[:800])
-            _wait_drained(bootstrap, tout, 700, timeout=90)
+            wait_drained(bootstrap, tout, 700, timeout=90)
             produce(bootstrap, tin, messages[800:1600])
             proxy.stall()
             base = run.metrics_url.rsplit("/", 1)[0]
@@ -112,7 +112,7 @@ def test_broker_stall_longer_than_the_transaction_timeout_loses_and_duplicates_n
             inputs = read_topic(bootstrap, tin, 2, committed_only=False, timeout=3)
             assert len(inputs) == len(messages)
             forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, 2)
-            _wait_drained(bootstrap, tout, len(forecasts_ref), timeout=180)
+            wait_drained(bootstrap, tout, len(forecasts_ref), timeout=180)
             time.sleep(2)
             assert run.proc.poll() is None, "the operator exited instead of riding out the stall"
             assert not [ln for ln in run.lines if ln.get("event") == "stopping"]
@@ -143,7 +143,7 @@ def test_output_topic_missing_at_start_is_waited_out_then_created(kafka_bootstra
         create_topics(kafka_bootstrap, {tout: 1})
         inputs = read_topic(kafka_bootstrap, tin, 1, committed_only=False, timeout=3)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, 1)
-        _wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
+        wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
         assert run.scrape("/readyz")[0] == 200
     finally:
         assert run.stop(signal.SIGTERM) == 0

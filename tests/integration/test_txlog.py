@@ -11,7 +11,7 @@ import uuid
 from kafka import KafkaProducer
 
 from pipeline.broker import create_topics
-from tests.integration.txlog import read_committed
+from tests.support.txlog import read_committed
 
 
 def _producer(bootstrap: str, tid: str) -> KafkaProducer:

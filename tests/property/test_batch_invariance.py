@@ -13,43 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.forecaster import Forecaster
-from tests.conftest import in_target_units
-
-START = 1_700_000_000_000_000_000
-NAMES = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:", min_size=1, max_size=6)
-
-
-@st.composite
-def tick_streams(draw, max_ticks: int = 150):
-    n_inst = draw(st.integers(1, 7))
-    names = draw(st.lists(NAMES, min_size=n_inst, max_size=n_inst, unique=True))
-    n = draw(st.integers(0, max_ticks))
-    inst = np.array(draw(st.lists(st.integers(0, n_inst - 1), min_size=n, max_size=n)), dtype=np.int64)
-    moves = np.array(draw(st.lists(st.floats(-0.02, 0.02), min_size=n, max_size=n)))
-    gaps = np.array(draw(st.lists(st.integers(0, 3_000_000_000), min_size=n, max_size=n)), dtype=np.int64)
-    sizes = np.array(draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n)), dtype=np.float64)
-    with_quotes = draw(st.booleans())
-    price = 50.0 * np.exp(np.cumsum(moves))
-    columns = {
-        "instrument": pa.array([names[i] for i in inst], pa.string()),
-        "ts": pa.array(START + np.cumsum(gaps), pa.int64()),
-        "price": pa.array(price),
-        "size": pa.array(sizes),
-    }
-    if with_quotes:
-        spread = np.array(draw(st.lists(st.floats(0, 0.01), min_size=n, max_size=n)))
-        columns["bid"] = pa.array(price * (1 - spread))
-        columns["ask"] = pa.array(price * (1 + spread))
-        columns["bid_size"] = pa.array(sizes + 1)
-        columns["ask_size"] = pa.array(np.flip(sizes) + 1)
-    return pa.table(columns)
-
-
-@st.composite
-def splits(draw, n: int):
-    cuts = sorted(set(draw(st.lists(st.integers(0, n), max_size=12))))
-    bounds = [0, *cuts, n]
-    return [(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+from tests.support.bundles import in_target_units
+from tests.support.strategies import SETTINGS, splits, tick_streams
 
 
 def run_in_batches(bundle, ticks: pa.Table, bounds) -> tuple[np.ndarray, np.ndarray, Forecaster]:
@@ -77,7 +42,6 @@ def assert_matches_reference(bundle, ref, ticks, bounds):
             np.testing.assert_allclose(st.c(layer)[row], states[2 * layer + 1], rtol=1e-5, atol=1e-6)
 
 
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @SETTINGS

@@ -15,8 +15,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.forecaster import Forecaster, ForecasterConfig
-from tests.conftest import in_target_units
-from tests.property.test_batch_invariance import splits, tick_streams
+from tests.support.bundles import in_target_units
+from tests.support.strategies import splits, tick_streams
 
 SECOND = 1_000_000_000
 

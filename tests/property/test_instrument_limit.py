@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.validation import RejectReason
-from tests.conftest import in_target_units
-from tests.property.test_batch_invariance import SETTINGS, splits, tick_streams
+from tests.support.bundles import in_target_units
+from tests.support.strategies import SETTINGS, splits, tick_streams
 
 
 def run(bundle, ticks, bounds, limit):

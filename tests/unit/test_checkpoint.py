@@ -24,7 +24,7 @@ from operators.forecaster import Forecaster
 from pipeline.checkpoint import (CheckpointError, CheckpointStore, Problem, StoreUnavailable, group_store, join_uri,
                                  path_segment, redact_uri)
 from pipeline.synthetic import generate_ticks
-from tests.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
+from tests.support.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
 
 BACKENDS = ["local", "s3"]
 
@@ -415,7 +415,7 @@ def test_check_writable(root, tmp_path):
 
 
 def test_check_writable_on_an_unreachable_endpoint_says_so(s3_server):  # noqa: F811
-    from tests.s3 import start_s3_server
+    from tests.support.s3 import start_s3_server
 
     other = start_s3_server()
     uri = other.bucket()
@@ -426,7 +426,7 @@ def test_check_writable_on_an_unreachable_endpoint_says_so(s3_server):  # noqa: 
 
 def test_config_check_says_in_one_line_whether_it_can_write(s3_server, tmp_path, capsys):  # noqa: F811
     from pipeline.cli import main
-    from tests.s3 import SECRET_KEY, start_s3_server
+    from tests.support.s3 import SECRET_KEY, start_s3_server
 
     def check(uri: str) -> tuple[int, list[str], str]:
         cfg = tmp_path / "tickcast.toml"
@@ -654,14 +654,20 @@ class FakeConsumer:
 
 
 def _runner(bundle, root, consumer, **flags):
+    from prometheus_client import CollectorRegistry
+
     from pipeline.config import RunConfig
     from pipeline.metrics import Metrics
     from pipeline.runner import Runner
 
     cfg = RunConfig.load(env={}, flags={"model": "m", "checkpoint_uri": root, "group_id": "g", **flags})
-    runner = Runner(cfg, bundle, Metrics())
+    runner = Runner(cfg, bundle, Metrics(CollectorRegistry()))
     runner.consumer = consumer
     return runner
+
+
+def _load_failures(runner) -> float:
+    return runner.metrics.registry.get_sample_value("tickcast_checkpoint_load_failures_total")
 
 
 TP = TopicPartition("ticks", 0)
@@ -698,7 +704,7 @@ def test_a_wrong_typed_manifest_is_skipped_not_retried_forever(bundle, tmp_path,
     runner.stop_event.wait = lambda s: (waits.append(s), len(waits) >= 3 and runner.stop_event.set())[0]
     assert runner._restore_with_retry([TP]) is True and waits == []
     assert runner.consumer.seeks == [100] and runner._replay_until[TP] == 300
-    assert runner.metrics.checkpoint_load_failures._value.get() == 1
+    assert _load_failures(runner) == 1
 
 
 def test_a_checkpoint_the_operator_cannot_import_is_skipped(bundle, tmp_path, state, monkeypatch):
@@ -718,7 +724,7 @@ def test_a_checkpoint_the_operator_cannot_import_is_skipped(bundle, tmp_path, st
     monkeypatch.setattr(runner.forecaster, "import_partition", refuse_first)
     assert runner._restore_with_retry([TP]) is True
     assert len(calls) == 2 and runner.consumer.seeks == [100]
-    assert runner.metrics.checkpoint_load_failures._value.get() == 1
+    assert _load_failures(runner) == 1
 
 
 def test_store_trouble_is_retried_not_skipped(bundle, tmp_path, state, monkeypatch):
@@ -737,7 +743,7 @@ def test_store_trouble_is_retried_not_skipped(bundle, tmp_path, state, monkeypat
     runner.stop_event.wait = waits.append
     assert runner._restore_with_retry([TP]) is True
     assert len(waits) == 2 and runner.consumer.seeks == [200], "the newest checkpoint, once the store answered"
-    assert runner.metrics.checkpoint_load_failures._value.get() == 0
+    assert _load_failures(runner) == 0
 
 
 def test_checkpoint_older_than_the_log_start_replays_what_retention_left(bundle, tmp_path, state, caplog):

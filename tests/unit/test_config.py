@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
 import subprocess
 import sys
 
 import pytest
 
-from pipeline.config import ConfigError, RunConfig
+from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig
 
 
 def write(tmp_path, text: str):
@@ -85,3 +86,23 @@ def test_run_help_documents_every_option():
     text = " ".join(out.stdout.split())
     for key in RunConfig.keys():
         assert f"--{key.replace('_', '-')}" in text and f"TICKCAST_{key.upper()}" in text, key
+
+
+def test_every_command_and_library_function_has_the_one_micro_batch_default(monkeypatch):
+    from pipeline.backtest import run_backtest
+    from pipeline.cli import build_parser
+    from pipeline.sources import TableSource
+    from pipeline.walkforward import run_walkforward
+
+    monkeypatch.delenv("TICKCAST_MAX_BATCH_TICKS", raising=False)
+    parser = build_parser()
+    commands = {
+        "backtest": ["backtest", "--input", "x", "--model", "m", "--out", "o"],
+        "walkforward": ["walkforward", "--input", "x", "--out", "o"],
+        "demo": ["demo"],
+    }
+    for name, argv in commands.items():
+        assert parser.parse_args(argv).max_batch_ticks == DEFAULT_MAX_BATCH_TICKS, name
+    assert RunConfig().max_batch_ticks == DEFAULT_MAX_BATCH_TICKS
+    for fn in (run_backtest, run_walkforward, TableSource):
+        assert inspect.signature(fn).parameters["max_batch_ticks"].default == DEFAULT_MAX_BATCH_TICKS, fn

@@ -8,7 +8,7 @@ import pytest
 
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.validation import RejectReason
-from tests.conftest import in_target_units
+from tests.support.bundles import in_target_units
 
 T0 = 1_700_000_000_000_000_000
 SEC = 1_000_000_000

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from operators.errors import InputDataError
-from pipeline.formats import CANONICAL, read_ticks
-from tests.conftest import real_data_or_skip
+from operators.validation import TICK_COLUMNS
+from pipeline.formats import read_ticks
+from tests.support.data import real_data_or_skip
 
 T0 = 1_700_000_000_000_000_000
 
@@ -19,7 +20,7 @@ def test_parquet_with_canonical_names_round_trips(tmp_path):
                   "size": [3.0, 4.0]})
     pq.write_table(t, tmp_path / "t.parquet")
     out = read_ticks(tmp_path / "t.parquet")
-    assert out.schema.names == list(CANONICAL)
+    assert out.schema.names == list(TICK_COLUMNS)
     assert out.column("price").to_pylist() == [1.0, 2.0] and out.column("bid").null_count == 2
 
 

@@ -15,7 +15,7 @@ from operators.errors import BundleError
 from operators.forecaster import Forecaster
 from operators.model import _version_hash, load_bundle, save_bundle
 from pipeline.synthetic import generate_ticks
-from tests.conftest import in_target_units
+from tests.support.bundles import in_target_units
 
 
 def test_bundle_holds_what_serving_needs(bundle):

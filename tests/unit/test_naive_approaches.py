@@ -13,7 +13,7 @@ import pytest
 
 from operators.forecaster import Forecaster
 from operators.model import sequences_from_table
-from tests.conftest import in_target_units
+from tests.support.bundles import in_target_units
 
 T0 = 1_700_000_000_000_000_000
 # Micro-batches with a changing instrument set: {A,B} -> {B,C} -> {A,B,C}

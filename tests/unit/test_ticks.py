@@ -7,14 +7,21 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.ticks import DecodeReason, decode_batch
+from operators.validation import DecodeReason
+from pipeline.ticks import decode_batch
 
 
 def msg(**fields) -> bytes:
     return json.dumps({"v": 1, "ts": 1_700_000_000_000_000_000, "price": 10.0, **fields}).encode()
 
 
-def test_good_batch_decodes_on_the_fast_path():
+def test_good_batch_decodes_on_the_fast_path(monkeypatch):
+    import pipeline.ticks
+
+    def slow_path(indices, values, rejected):
+        raise AssertionError(f"messages {indices} left the fast path")
+
+    monkeypatch.setattr(pipeline.ticks, "_decode_slowly", slow_path)  # the one way off the fast path
     keys = [b"A", b"B", None]
     values = [msg(instrument="A"), msg(size=3), msg(instrument="C", bid=9.9, ask=10.1)]
     out = decode_batch(keys, values)

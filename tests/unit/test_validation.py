@@ -1,4 +1,4 @@
-"""The timestamp policy, exact duplicates and NaN quotes: each decided once, pinned here."""
+"""The timestamp policy, exact duplicates, NaN quotes and the reason labels: each decided once, pinned here."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import numpy as np
 import pyarrow as pa
 
 from operators.forecaster import Forecaster, ForecasterConfig
-from operators.validation import RejectReason, TickColumns, TimestampPolicy, check_timestamps
+from operators.validation import (
+    REASON_LABELS,
+    DecodeReason,
+    RejectReason,
+    TickColumns,
+    TimestampPolicy,
+    check_timestamps,
+    reject_labels,
+)
 
 T0 = 1_700_000_000_000_000_000  # 2023-11-14
 SEC = 1_000_000_000
@@ -98,3 +106,17 @@ def test_nan_quote_in_a_file_column_is_absent_and_inf_is_refused(bundle):
     np.testing.assert_array_equal(a.forecasts, b.forecasts)
     inf = ticks(["A"], [T0], None, bid=[np.inf], ask=[10.1], size=[1.0])
     assert Forecaster(bundle, ForecasterConfig(now_ns=T0)).step(inf).reasons.tolist() == [RejectReason.BAD_QUOTE]
+
+
+def test_every_reason_has_one_label_and_the_labels_are_distinct():
+    decode = [r.label for r in DecodeReason]
+    operator = [r.label for r in RejectReason if r != RejectReason.OK]
+    assert REASON_LABELS == tuple(decode + operator)
+    assert len(set(REASON_LABELS)) == len(REASON_LABELS), "a label names two reasons"
+    assert DecodeReason.BAD_JSON.label == "bad_json" and RejectReason.NON_FINITE_PRICE.label == "non_finite_price"
+
+
+def test_reject_labels_map_operator_codes_in_order():
+    codes = np.array([RejectReason.OUT_OF_ORDER, RejectReason.BAD_QUOTE, RejectReason.OUT_OF_ORDER], dtype=np.uint8)
+    assert reject_labels(codes) == ["out_of_order", "bad_quote", "out_of_order"]
+    assert reject_labels(np.zeros(0, dtype=np.uint8)) == []

@@ -1,0 +1,101 @@
+"""The fault tests' reference and checks, shared by test_faults.py, test_producer_faults.py and
+test_backtest_topic.py: an input read back by an independent client, the undisturbed answer, and the
+assertion that a run's output is exactly that answer."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from operators.forecaster import Forecaster
+from pipeline.checkpoint import group_store
+from pipeline.ticks import decode_batch
+from tests.support.txlog import read_committed
+
+PARTITIONS = 2
+
+
+def read_topic(bootstrap: str, topic: str, partitions: int, committed_only: bool = True, timeout: float = 10.0):
+    """Every record of a topic (all partitions, from the start): the committed ones (read_committed, applied
+    from the log's transaction markers: see txlog.py), or all of them with an independent client."""
+    if committed_only:
+        return read_committed(bootstrap, topic, partitions, timeout=timeout)
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
+    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
+    out, idle_since = [], time.monotonic()
+    while time.monotonic() - idle_since < timeout:
+        msg = c.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        out.append(msg)
+        idle_since = time.monotonic()
+    c.close()
+    return out
+
+
+def reference(bundle, inputs, partitions: int = PARTITIONS) -> tuple[dict, dict[int, pa.Table], int]:
+    """Undisturbed forecasts by (partition, offset), final state per partition, and the dead-letter count."""
+    forecasts, states, dead = {}, {}, 0
+    for p in range(partitions):
+        msgs = sorted((m for m in inputs if m.partition() == p), key=lambda m: m.offset())
+        decoded = decode_batch([m.key() for m in msgs], [m.value() for m in msgs])
+        dead += len(decoded.rejected)
+        idx = decoded.ticks.column("index").to_numpy()
+        fc = Forecaster(bundle)
+        res = fc.step(decoded.ticks)
+        dead += int((res.reasons != 0).sum())
+        for row, value in zip(res.rows.tolist(), res.forecasts.tolist()):
+            forecasts[(p, msgs[idx[row]].offset())] = value
+        states[p] = fc.export_partition(0)
+    return forecasts, states, dead
+
+
+def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, group, forecasts_ref, states_ref,
+                                 dead_ref, partitions: int = PARTITIONS):
+    out = read_topic(bootstrap, tout, 1)
+    keys = [(json.loads(m.value())["partition"], json.loads(m.value())["offset"]) for m in out]
+    assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} forecasts published twice"
+    missing = set(forecasts_ref) - set(keys)
+    assert not missing, f"{len(missing)} forecasts missing, e.g. {sorted(missing)[:5]}"
+    assert set(keys) == set(forecasts_ref)
+    scale = bundle.normalisation.target_std
+    for m, key in zip(out, keys):
+        got = json.loads(m.value())["forecast"] / scale
+        assert got == pytest.approx(forecasts_ref[key] / scale, rel=1e-5, abs=1e-5), key
+    assert len(read_topic(bootstrap, dlq, 1, timeout=3)) == dead_ref
+    store = group_store(str(store_dir), group)  # a directory or a URI (s3://...?endpoint_override=...)
+    for p in range(partitions):
+        final = store.latest(tin, p)
+        assert final is not None, f"no checkpoint for partition {p}"
+        a = final.state.sort_by("instrument")
+        b = states_ref[p].sort_by("instrument")
+        assert a.column("instrument").equals(b.column("instrument"))
+        for name in ("tick_count", "last_ts", "last_price"):
+            assert a.column(name).equals(b.column(name)), name
+        for layer in range(bundle.shape.layers):
+            for prefix in ("h", "c"):
+                col = f"{prefix}{layer}"
+                np.testing.assert_allclose(a.column(col).combine_chunks().flatten().to_numpy(),
+                                           b.column(col).combine_chunks().flatten().to_numpy(), rtol=1e-5, atol=1e-6)
+
+
+def run_args(store_dir, tid: str, *extra: str) -> list[str]:
+    return ["--processing", "exactly_once", "--checkpoint-uri", str(store_dir), "--transactional-id", tid,
+            "--checkpoint-every-batches", "3", "--checkpoint-interval-s", "0", "--max-batch-ticks", "150",
+            "--session-timeout-ms", "4000", *extra]
+
+
+def wait_drained(bootstrap, tout, expected: int, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(read_topic(bootstrap, tout, 1, timeout=2)) >= expected:
+            return
+        time.sleep(1)
+    raise AssertionError(f"forecasts did not reach {expected} within {timeout}s")
