@@ -313,6 +313,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         modes = tuple(m for m in args.modes.split(",") if m)
         results = bench_memory(names_total=1_000_000 if args.quick else args.names, modes=modes)
+    elif args.what == "startup":
+        from benchmarks.startup import run as bench_startup  # noqa: PLC0415
+
+        results = bench_startup(repeats=3 if args.quick else 7)
     elif args.what == "backtest":
         from benchmarks.backtest import run as bench_backtest  # noqa: PLC0415
         from pipeline import logs  # noqa: PLC0415
@@ -716,7 +720,7 @@ def _add_later_parsers(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest", "memory"], help="which benchmark")
+    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest", "memory", "startup"], help="which benchmark")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
     p.add_argument("--batch-ticks", type=int, default=10_000,
