@@ -98,7 +98,8 @@ class Partitions:
 
     def end_replays(self) -> None:
         for tp, st in list(self.states.items()):
-            if st.replay_until is not None and (st.next_offset if st.next_offset is not None else -1) >= st.replay_until:
+            reached = st.next_offset if st.next_offset is not None else -1
+            if st.replay_until is not None and reached >= st.replay_until:
                 until, st.replay_until = st.replay_until, None
                 log.info("replay done; emitting", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": until})
 

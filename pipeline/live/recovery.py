@@ -50,7 +50,8 @@ class Recovery:
         """Back to the committed offsets with the state that goes with them (checkpoint + silent replay)."""
         self.partitions.dirty = False
         if not self.restore_with_retry(sorted(self.partitions.assigned)):
-            self.partitions.dirty = True  # stopped before the rewind finished: the state does not match; never checkpoint it
+            # Stopped before the rewind finished: the state does not match; never checkpoint it.
+            self.partitions.dirty = True
 
     def restore_with_retry(self, pending: list) -> bool:
         """Restore each partition, retrying while the broker or the checkpoint store is away; False if

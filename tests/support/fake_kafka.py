@@ -4,7 +4,8 @@ runner (``Runner(..., kafka_clients=FakeKafka(broker))``), so unit tests run the
 The broker keeps each topic's partitions as lists of records, the group's committed offsets, and applies a
 transaction's sends and offsets only when it commits. Faults are injected where the real clients raise them:
 ``FakeProducer.refuse`` (a send's future fails), ``FakeProducer.fail_commits`` (commit_transaction raises),
-``FakeConsumer.commit_errors`` (commit raises), ``FakeBroker.revoke`` (a rebalance at the next poll).
+``FakeProducer.send_errors`` (send raises), ``FakeConsumer.commit_errors`` (commit raises),
+``FakeBroker.revoke`` (a rebalance at the next poll).
 """
 
 from __future__ import annotations
@@ -64,7 +65,8 @@ class FakeProducer:
     """Records every send. ``refuse(topic, key, value, headers) -> exception | None`` decides the outcome;
     ``max_request_size`` is checked at send as kafka-python does; ``missing_for``: partitions_for times out
     this many times first. With a ``broker``, delivered sends land in its topics (a transaction's only when
-    it commits); ``fail_commits`` lists errors commit_transaction raises, one per call, before it succeeds."""
+    it commits); ``fail_commits`` lists what commit_transaction does, one entry per call: raise the error, or
+    succeed (None); once the list is empty, it succeeds."""
 
     def __init__(self, refuse=None, max_request_size: int = 1_048_576, missing_for: int = 0,
                  broker: FakeBroker | None = None, transactional: bool = False):
@@ -74,6 +76,7 @@ class FakeProducer:
         self.broker = broker
         self.transactional = transactional
         self.fail_commits: list[BaseException] = []
+        self.send_errors: list[BaseException] = []  # raised by send() itself, one per call, first
         self.sent: list[tuple] = []
         self.delivered: list[tuple] = []
         self.calls: list[str] = []
@@ -92,6 +95,8 @@ class FakeProducer:
         size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers or []) + 61
         if size > self.max_request_size:
             raise MessageSizeTooLargeError(f"The message is {size} bytes when serialized")
+        if self.send_errors:
+            raise self.send_errors.pop(0)
         self.sent.append((topic, key, value, headers))
         error = self.refuse(topic, key, value, headers)
         if error is None:
@@ -120,8 +125,9 @@ class FakeProducer:
         self._tx_offsets = dict(offsets)
 
     def commit_transaction(self):
-        if self.fail_commits:
-            raise self.fail_commits.pop(0)
+        error = self.fail_commits.pop(0) if self.fail_commits else None
+        if error is not None:
+            raise error
         self.calls.append("commit")
         if self.broker is not None:
             with self.broker.lock:
@@ -149,6 +155,7 @@ class FakeConsumer:
         self.config = config
         self.commits: list = []
         self.commit_errors: list[BaseException] = []
+        self.before_commit = None  # called with the offsets before each commit attempt
         self.listener = None
         self.topics: list[str] = []
         self.assigned: set[TopicPartition] = set()
@@ -187,6 +194,8 @@ class FakeConsumer:
         return self.broker.committed.get(tp)
 
     def commit(self, offsets, timeout_ms=None):
+        if self.before_commit is not None:
+            self.before_commit(offsets)
         if self.commit_errors:
             raise self.commit_errors.pop(0)
         self.commits.append(offsets)
@@ -227,9 +236,12 @@ class FakeKafka:
         self.consumers: list[FakeConsumer] = []
         self.producers: list[FakeProducer] = []
         self.on_producer = None  # called with each new producer (to inject faults)
+        self.on_consumer = None  # likewise with each new consumer
 
     def consumer(self, **config) -> FakeConsumer:
         c = FakeConsumer(self.broker, **config)
+        if self.on_consumer is not None:
+            self.on_consumer(c)
         self.consumers.append(c)
         return c
 
