@@ -43,24 +43,10 @@ from operators.validation import RejectReason
 from pipeline import logs
 from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
-from pipeline.live import clients, status
+from pipeline.live import clients, messages, status
 from pipeline.live.checkpointer import Checkpointer
-from pipeline.live.clients import (
-    CachingPartitioner,
-    Connection,
-    KafkaClients,
-    StallWatch,
-    retry,
-)
 from pipeline.live.delivery import Delivery, Outbox
-from pipeline.live.messages import (
-    DeadLetter,
-    JsonNames,
-    Message,
-    encode_arrow,
-    encode_json,
-    last_per_group,
-)
+from pipeline.live.messages import DeadLetter, Message
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
@@ -93,11 +79,11 @@ class Batch:
 
 class Runner:
     def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics,
-                 kafka_clients: KafkaClients | None = None):
+                 kafka_clients: clients.KafkaClients | None = None):
         self.cfg = config
         self.bundle = bundle
         self.metrics = metrics
-        self.clients = kafka_clients or KafkaClients()
+        self.kafka_clients = kafka_clients or clients.KafkaClients()
         self.forecaster = Forecaster(bundle, ForecasterConfig(
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
@@ -108,16 +94,16 @@ class Runner:
         self.scorer = OnlineScorer(bundle.horizon)
         self.stats = RunStats()
         self.stopping = Stopping(config.shutdown_timeout_s)
-        self.conn = Connection()
-        self.json_names = JsonNames()
-        self.partitioner = CachingPartitioner()  # shared by every producer this run makes
+        self.conn = clients.Connection()
+        self.json_names = messages.JsonNames()
+        self.partitioner = clients.CachingPartitioner()  # shared by every producer this run makes
         self.partitions = Partitions(config.input_topics)
         self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep)
                       if config.checkpoint_uri else None)
         self.recovery = Recovery(config, bundle, self.forecaster, self.store, self.partitions, self.conn,
-                                 self.clients, metrics, self.stopping)
-        self.delivery = Delivery(config, self.conn, self.clients, self.partitioner, metrics, self.stats,
-                                 self.stopping, StallWatch(metrics), self.recovery.rewind)
+                                 self.kafka_clients, metrics, self.stopping)
+        self.delivery = Delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics, self.stats,
+                                 self.stopping, clients.StallWatch(metrics), self.recovery.rewind)
         self.checkpointer = Checkpointer(config, bundle, self.forecaster, self.store, self.partitions, metrics,
                                          self.stats)
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
@@ -191,7 +177,7 @@ class Runner:
     def _connect(self) -> bool:
         def attempt() -> bool:
             self.conn.producer = self.delivery.make_producer()
-            self.conn.consumer = clients.open_consumer(self.clients, self.cfg)
+            self.conn.consumer = clients.open_consumer(self.kafka_clients, self.cfg)
             self.conn.consumer.subscribe(self.cfg.input_topics, listener=_Listener(self))
             self.metrics.broker_up.set(1)
             log.info("connected", extra={"bootstrap": self.cfg.bootstrap_servers, "group": self.cfg.group_id,
@@ -207,7 +193,7 @@ class Runner:
                                                               "retry_in_s": retry_in_s, "error": repr(exc)})
             self._close()
 
-        return retry(attempt, on_error, wait=self.stop_event.wait, stopped=self.stop_event.is_set,
+        return clients.retry(attempt, on_error, wait=self.stop_event.wait, stopped=self.stop_event.is_set,
                      cap_s=30.0) is True
 
     def _close(self) -> None:
@@ -347,7 +333,7 @@ class Runner:
     def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Tick rows to publish and their forecasts: all, or the last per instrument (``output_mode``)."""
         if self.cfg.output_mode == "last_per_instrument" and len(batch.rows):
-            keep = last_per_group(batch.ticks, batch.rows)
+            keep = messages.last_per_group(batch.ticks, batch.rows)
         else:
             keep = np.arange(len(batch.rows))
         return batch.rows[keep], batch.forecasts[keep]
@@ -358,10 +344,10 @@ class Runner:
             if len(out_rows) == 0:
                 return []
             topic = self.cfg.output_topic
-            return encode_arrow(self.bundle, self.cfg.input_topics, topic, self.delivery.await_topic(topic),
+            return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, self.delivery.await_topic(topic),
                                 self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
                                 batch.pid, batch.offs)
-        return encode_json(self.bundle, self.json_names, batch.ticks, out_rows, forecasts, msg_index,
+        return messages.encode_json(self.bundle, self.json_names, batch.ticks, out_rows, forecasts, msg_index,
                            [r.topic for r in batch.records], batch.pid, batch.offs)
 
     def _account(self, batch: Batch, out_rows: np.ndarray, t_batch: float) -> None:
