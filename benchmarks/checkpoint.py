@@ -136,18 +136,17 @@ def run(sizes=(10_000, 100_000, 1_000_000), printer=print) -> dict:
 
 def exactly_once_cost(n_ticks: int = 60_000, instruments: int = 1000, printer=print) -> dict:
     """Pipeline ticks/s, at-least-once vs exactly-once, same backlog, same broker, same run."""
+    import threading  # noqa: PLC0415
     import uuid  # noqa: PLC0415
 
     from benchmarks.e2e import _produce  # noqa: PLC0415
     from benchmarks.operator import _bundle  # noqa: PLC0415
     from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
     from pipeline.config import RunConfig  # noqa: PLC0415
+    from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics  # noqa: PLC0415
     from pipeline.replay import encode_ticks  # noqa: PLC0415
-    from pipeline.runner import Runner  # noqa: PLC0415
     from pipeline.synthetic import generate_ticks  # noqa: PLC0415
-
-    import threading  # noqa: PLC0415
 
     bundle = _bundle(1, 32)
     out = {}

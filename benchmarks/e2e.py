@@ -24,9 +24,9 @@ from kafka.structs import TopicPartition
 from operators.model import Bundle
 from pipeline.broker import EmbeddedBroker, create_topics
 from pipeline.config import RunConfig
+from pipeline.live.runner import Runner
 from pipeline.metrics import Metrics
 from pipeline.replay import encode_ticks
-from pipeline.runner import Runner
 from pipeline.synthetic import generate_ticks
 from pipeline.ticks import decode_batch
 

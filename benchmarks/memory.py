@@ -4,8 +4,8 @@ Every micro-batch brings ``new_per_batch`` instruments never seen before; each
 ticks in three consecutive batches and is then never seen again (a producer
 keying by order id looks like this). Event time advances one second per batch.
 The ticks go through the live consumer's own per-batch code, without Kafka:
-``Runner.forecaster.step`` (state table), ``Runner._score`` (online scorer,
-expiry hookup) and ``Runner._json_names`` (the forecast encoder's name cache).
+``Runner.forecaster.step`` (state table), ``pipeline.live.status.score`` (online scorer,
+expiry hookup) and ``Runner.json_names`` (the forecast encoder's name cache).
 
 Two runs over the same stream:
 1. ``expire``: ``expire_after`` on, no instrument limit: rows are reclaimed as
@@ -30,8 +30,9 @@ import pyarrow as pa
 from benchmarks.operator import _bundle
 from operators.validation import RejectReason
 from pipeline.config import RunConfig
+from pipeline.live.runner import Runner
+from pipeline.live.status import score
 from pipeline.metrics import Metrics
-from pipeline.runner import Runner
 
 T0 = 1_767_225_600_000_000_000
 SEC = 1_000_000_000
@@ -55,7 +56,7 @@ def run_one(mode: str, names_total: int, new_per_batch: int, name_length: int, e
                     expire_after=f"{expire_batches}s" if mode == "expire" else "",
                     max_instruments=max_instruments if mode == "limit" else 0)
     runner = Runner(cfg, bundle, Metrics())
-    fc, scorer, names_cache = runner.forecaster, runner.scorer, runner._json_names
+    fc, scorer, names_cache = runner.forecaster, runner.scorer, runner.json_names
     n_batches = -(-names_total // new_per_batch)
     live: deque[list[str]] = deque(maxlen=3)
     rng = np.random.default_rng(0)
@@ -85,7 +86,7 @@ def run_one(mode: str, names_total: int, new_per_batch: int, name_length: int, e
             "partition": pa.array(part),
         })
         res = fc.step(ticks)
-        runner._score(ticks, res.rows, res.forecasts, res.expired)
+        score(runner.scorer, runner.metrics, ticks, res.rows, res.forecasts, res.expired)
         if len(res.rows):
             names_cache.lookup(ticks.column("instrument").take(pa.array(res.rows)).to_pylist())
         refused += int(np.count_nonzero(res.reasons == RejectReason.INSTRUMENT_LIMIT))
@@ -110,7 +111,7 @@ def run_one(mode: str, names_total: int, new_per_batch: int, name_length: int, e
                           "price": pa.array(np.full(partitions, 100.0)), "size": pa.array(np.ones(partitions)),
                           "partition": pa.array(np.arange(partitions, dtype=np.int32))})
         res = fc.step(ticks)
-        runner._score(ticks, res.rows, res.forecasts, res.expired)
+        score(runner.scorer, runner.metrics, ticks, res.rows, res.forecasts, res.expired)
         gc.collect()
         drained = {"rows": len(fc.state), "capacity": fc.state.capacity, "scorer_rows": len(scorer),
                    "scorer_capacity": scorer.capacity, "rss_bytes": rss_bytes()}

@@ -25,7 +25,7 @@ def _messages(n: int) -> list[tuple[bytes, bytes]]:
 def kafka_python(bootstrap: str, topic: str, msgs) -> float:
     from kafka import KafkaProducer  # noqa: PLC0415
 
-    from pipeline.runner import CachingPartitioner  # noqa: PLC0415
+    from pipeline.live.clients import CachingPartitioner  # noqa: PLC0415
 
     p = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, batch_size=256 * 1024,
                       max_in_flight_requests_per_connection=1, partitioner=CachingPartitioner())

@@ -24,7 +24,7 @@ from pathlib import Path
 
 CHILD = """
 import pyarrow as pa
-import pipeline.runner  # the live runtime, as `tickcast run` imports it
+import pipeline.live.runner  # the live runtime, as `tickcast run` imports it
 from operators.forecaster import Forecaster
 from operators.model import load_bundle
 fc = Forecaster(load_bundle({path!r}, with_keras={with_keras}))

@@ -233,9 +233,9 @@ def _demo_live(args: argparse.Namespace, bundle, ticks, say) -> int:
     from pipeline import logs  # noqa: PLC0415
     from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
     from pipeline.config import RunConfig  # noqa: PLC0415
+    from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
     from pipeline.replay import replay  # noqa: PLC0415
-    from pipeline.runner import Runner  # noqa: PLC0415
 
     logs.configure("text", "warning")
     # The embedded broker starts empty every time: checkpoints of an earlier demo belong to offsets that no
@@ -375,8 +375,8 @@ def _run_config(args: argparse.Namespace):
 def cmd_run(args: argparse.Namespace) -> int:
     from operators.model import load_bundle  # noqa: PLC0415
     from pipeline import logs  # noqa: PLC0415
+    from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
-    from pipeline.runner import Runner  # noqa: PLC0415
 
     cfg = _run_config(args)
     logs.configure(cfg.log_format, cfg.log_level)
@@ -408,9 +408,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from pipeline.config import RunConfig  # noqa: PLC0415
-
     from pipeline.checkpoint import CheckpointError, group_store, redact_uri  # noqa: PLC0415
+    from pipeline.config import RunConfig  # noqa: PLC0415
 
     cfg = RunConfig.load(args.file, env={} if args.ignore_env else None)
     print(f"{args.file}: OK")

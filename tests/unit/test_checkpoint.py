@@ -21,8 +21,16 @@ from hypothesis import strategies as st
 from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster
-from pipeline.checkpoint import (CheckpointError, CheckpointStore, Problem, StoreUnavailable, group_store, join_uri,
-                                 path_segment, redact_uri)
+from pipeline.checkpoint import (
+    CheckpointError,
+    CheckpointStore,
+    Problem,
+    StoreUnavailable,
+    group_store,
+    join_uri,
+    path_segment,
+    redact_uri,
+)
 from pipeline.synthetic import generate_ticks
 from tests.support.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
 
@@ -360,8 +368,8 @@ def test_runner_store_on_s3_with_endpoint_in_the_query(s3_server, bundle, state)
     """The store tickcast run builds from checkpoint_uri + group_id writes under bucket/prefix/group (on
     3de1c82 the group id was appended to the query string and every write failed)."""
     from pipeline.config import RunConfig
+    from pipeline.live.runner import Runner
     from pipeline.metrics import Metrics
-    from pipeline.runner import Runner
 
     uri = s3_server.bucket("deploy-a")
     cfg = RunConfig.load(env={}, flags={"model": "m", "checkpoint_uri": uri, "group_id": "g1"})
@@ -629,7 +637,7 @@ def test_no_bytes_in_a_checkpoint_make_latest_raise_or_return_something_unusable
 
 # -- the runner's recovery decisions -----------------------------------------------------------------------
 class FakeConsumer:
-    """What Runner._restore asks of the group's consumer, answered from fields."""
+    """What Recovery.restore asks of the group's consumer, answered from fields."""
 
     def __init__(self, committed=None, log_start=0):
         self._committed, self.log_start = committed, log_start
@@ -657,8 +665,8 @@ def _runner(bundle, root, consumer, **flags):
     from prometheus_client import CollectorRegistry
 
     from pipeline.config import RunConfig
+    from pipeline.live.runner import Runner
     from pipeline.metrics import Metrics
-    from pipeline.runner import Runner
 
     cfg = RunConfig.load(env={}, flags={"model": "m", "checkpoint_uri": root, "group_id": "g", **flags})
     runner = Runner(cfg, bundle, Metrics(CollectorRegistry()))
@@ -677,12 +685,12 @@ def test_empty_restore_forgets_where_the_old_state_stood(bundle, tmp_path):
     """Defect 9: the state was at offset 500, a rewind finds no checkpoint and no committed offset and
     starts from empty state: nothing may label a checkpoint 500 until records are stepped again."""
     runner = _runner(bundle, str(tmp_path), FakeConsumer(committed=None))
-    runner._assigned = {TP}
-    runner._next_offset[TP] = 500
-    runner._checkpointed[TP] = 400
-    runner._restore(TP)
-    assert TP not in runner._next_offset
-    assert runner._snapshots([TP]) == [], "a checkpoint would be labelled with an offset its state does not reflect"
+    runner.partitions.assigned = {TP}
+    runner.partitions[TP].next_offset = 500
+    runner.partitions[TP].checkpointed = 400
+    runner.recovery.restore(TP)
+    assert runner.partitions.get(TP).next_offset is None
+    assert runner.checkpointer.snapshots([TP]) == [], "a checkpoint would be labelled with an offset its state does not reflect"
 
 
 def _bad_then_good(bundle, tmp_path, state):
@@ -702,8 +710,8 @@ def test_a_wrong_typed_manifest_is_skipped_not_retried_forever(bundle, tmp_path,
     runner = _runner(bundle, root, FakeConsumer(committed=300))
     waits = []
     runner.stop_event.wait = lambda s: (waits.append(s), len(waits) >= 3 and runner.stop_event.set())[0]
-    assert runner._restore_with_retry([TP]) is True and waits == []
-    assert runner.consumer.seeks == [100] and runner._replay_until[TP] == 300
+    assert runner.recovery.restore_with_retry([TP]) is True and waits == []
+    assert runner.consumer.seeks == [100] and runner.partitions.get(TP).replay_until == 300
     assert _load_failures(runner) == 1
 
 
@@ -722,7 +730,7 @@ def test_a_checkpoint_the_operator_cannot_import_is_skipped(bundle, tmp_path, st
         return real(pid, table)
 
     monkeypatch.setattr(runner.forecaster, "import_partition", refuse_first)
-    assert runner._restore_with_retry([TP]) is True
+    assert runner.recovery.restore_with_retry([TP]) is True
     assert len(calls) == 2 and runner.consumer.seeks == [100]
     assert _load_failures(runner) == 1
 
@@ -741,7 +749,7 @@ def test_store_trouble_is_retried_not_skipped(bundle, tmp_path, state, monkeypat
     monkeypatch.setattr(runner.store, "latest", flaky)
     waits = []
     runner.stop_event.wait = waits.append
-    assert runner._restore_with_retry([TP]) is True
+    assert runner.recovery.restore_with_retry([TP]) is True
     assert len(waits) == 2 and runner.consumer.seeks == [200], "the newest checkpoint, once the store answered"
     assert _load_failures(runner) == 0
 
@@ -752,9 +760,9 @@ def test_checkpoint_older_than_the_log_start_replays_what_retention_left(bundle,
     has), and a warning says how many records the state misses."""
     root, _ = _bad_then_good(bundle, tmp_path, state)
     runner = _runner(bundle, root, FakeConsumer(committed=300, log_start=250))
-    runner._restore(TP)
-    assert runner.consumer.seeks == [250] and runner._replay_until[TP] == 300
-    assert runner._checkpointed[TP] == 200 and runner._next_offset[TP] == 250
+    runner.recovery.restore(TP)
+    assert runner.consumer.seeks == [250] and runner.partitions.get(TP).replay_until == 300
+    assert runner.partitions.get(TP).checkpointed == 200 and runner.partitions.get(TP).next_offset == 250
     warned = [r for r in caplog.records if "deleted by retention" in r.getMessage()]
     assert warned and warned[0].missing == 50
 
@@ -762,5 +770,5 @@ def test_checkpoint_older_than_the_log_start_replays_what_retention_left(bundle,
 def test_checkpoint_behind_a_log_start_past_the_committed_offset(bundle, tmp_path, state):
     root, _ = _bad_then_good(bundle, tmp_path, state)
     runner = _runner(bundle, root, FakeConsumer(committed=300, log_start=400))
-    runner._restore(TP)
-    assert runner.consumer.seeks == [300] and TP not in runner._replay_until
+    runner.recovery.restore(TP)
+    assert runner.consumer.seeks == [300] and runner.partitions.get(TP).replay_until is None

@@ -4,7 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from kafka.partitioner import DefaultPartitioner
 
-from pipeline.runner import CachingPartitioner
+from pipeline.live.clients import CachingPartitioner
 
 
 class Topics:

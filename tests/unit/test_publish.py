@@ -7,7 +7,6 @@ are in tests/integration/test_producer_faults.py.
 from __future__ import annotations
 
 import configparser
-import threading
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -24,79 +23,20 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pipeline.config import ConfigError, RunConfig
+from pipeline.live import status
+from pipeline.live.checkpointer import Checkpointer
+from pipeline.live.clients import CachingPartitioner, Connection, KafkaClients
+from pipeline.live.delivery import Delivery, Outbox
+from pipeline.live.messages import DeadLetter, Message
+from pipeline.live.partitions import Partitions
+from pipeline.live.runner import Runner
+from pipeline.live.status import RunStats
+from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
-from pipeline.runner import FatalError, PublishTimeout, Runner, RunStats
+from tests.support.fake_kafka import FakeConsumer, FakeProducer
 
 Record = namedtuple("Record", "topic partition offset key value timestamp")
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-
-
-class FakeFuture:
-    def __init__(self, error: BaseException | None = None, done: bool = True):
-        self.is_done = done
-        self.exception = error
-
-    def failed(self) -> bool:
-        return self.exception is not None
-
-
-class FakeProducer:
-    """Records every send. ``refuse(topic, key, value, headers) -> exception | None`` decides the outcome;
-    ``raises`` makes send() raise it synchronously; ``max_request_size`` is checked as kafka-python does."""
-
-    def __init__(self, refuse=None, max_request_size: int = 1_048_576, missing_for: int = 0):
-        self.refuse = refuse or (lambda *a: None)
-        self.max_request_size = max_request_size
-        self.missing_for = missing_for  # partitions_for times out this many times first
-        self.sent: list[tuple] = []
-        self.delivered: list[tuple] = []
-        self.calls: list[str] = []
-
-    def partitions_for(self, topic):
-        if self.missing_for:
-            self.missing_for -= 1
-            raise KafkaTimeoutError("Failed to update metadata after 5.0 secs.")
-        return {0}
-
-    def send(self, topic, key=None, value=None, headers=None, partition=None):
-        size = len(key or b"") + len(value or b"") + sum(len(k) + len(v) for k, v in headers or []) + 61
-        if size > self.max_request_size:
-            raise MessageSizeTooLargeError(f"The message is {size} bytes when serialized")
-        self.sent.append((topic, key, value, headers))
-        error = self.refuse(topic, key, value, headers)
-        if error is None:
-            self.delivered.append((topic, key, value, dict(headers or [])))
-        return FakeFuture(error)
-
-    def flush(self, timeout=None):
-        self.calls.append("flush")
-
-    # transactions
-    def begin_transaction(self):
-        self.calls.append("begin")
-
-    def send_offsets_to_transaction(self, offsets, group):
-        self.calls.append("offsets")
-
-    def commit_transaction(self):
-        self.calls.append("commit")
-
-    def abort_transaction(self):
-        self.calls.append("abort")
-
-    def close(self, timeout=None):
-        self.calls.append("close")
-
-
-class FakeConsumer:
-    def __init__(self):
-        self.commits = []
-
-    def commit(self, offsets, timeout_ms=None):
-        self.commits.append(offsets)
-
-    def group_metadata(self):
-        return None
 
 
 class NullWatch:
@@ -123,29 +63,39 @@ def make_runner(producer, processing="at_least_once", **cfg) -> Runner:
         beat()
 
     r.metrics.beat = counting_beat
-    r.producer = producer
-    r.consumer = FakeConsumer()
-    r.stop_event = threading.Event()
-    r._stop_requested_at = None
-    r._cuts = {}
-    r._lag = {}
-    r._stall = NullWatch()
+    r.conn = Connection(consumer=FakeConsumer(), producer=producer)
+    r.stopping = Stopping(r.cfg.shutdown_timeout_s)
     r.stats = RunStats()
-    r._transactional = processing == "exactly_once"
+    r.partitions = Partitions(r.cfg.input_topics)
     r.rewinds = 0
 
     def rewind():
         r.rewinds += 1
 
-    r._rewind = rewind
+    r.delivery = Delivery(r.cfg, r.conn, KafkaClients(), CachingPartitioner(), r.metrics, r.stats, r.stopping,
+                          NullWatch(), rewind)
     return r
+
+
+def _outbox(messages, dead, records, offsets=None) -> Outbox:
+    return Outbox(messages, [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], records,
+                  offsets or {})
+
+
+def publish(r: Runner, messages, dead, records) -> None:
+    """At-least-once publishing of forecast messages and dead letters (record index, reason, detail)."""
+    r.delivery.publish(_outbox(messages, dead, records))
+
+
+def transaction(r: Runner, messages, dead, records, offsets) -> bool:
+    return r.delivery.transaction(_outbox(messages, dead, records, offsets))
 
 
 def sample(r: Runner, name: str, **labels) -> float | None:
     return r.metrics.registry.get_sample_value(name, labels)
 
 
-FORECAST = (b"AAA", b'{"forecast": 1.0}', None, None)
+FORECAST = Message(b"AAA", b'{"forecast": 1.0}', None, None)
 
 
 def dead_record(value: bytes, key: bytes = b"AAA", offset: int = 7) -> Record:
@@ -158,7 +108,7 @@ def test_dead_letter_over_max_request_size_goes_out_cut_with_its_reason_and_sour
     producer = FakeProducer(max_request_size=10_000)
     r = make_runner(producer)
     big = b"x" * 50_000
-    r._publish([FORECAST], [(0, "bad_json", "Expecting value")], [dead_record(big)])
+    publish(r, [FORECAST], [(0, "bad_json", "Expecting value")], [dead_record(big)])
     dlq = [d for d in producer.delivered if d[0] == "ticks.dlq"]
     assert len(dlq) == 1
     _, key, value, headers = dlq[0]
@@ -168,7 +118,7 @@ def test_dead_letter_over_max_request_size_goes_out_cut_with_its_reason_and_sour
     assert headers["tickcast.reason"] == b"bad_json" and headers["tickcast.source"] == b"ticks/0/7"
     assert [d[0] for d in producer.delivered].count("forecasts") == 1
     assert sample(r, "tickcast_dead_letters_truncated_total") == 1
-    assert not r._cuts, "forgotten once delivered"
+    assert not r.delivery.cuts, "forgotten once delivered"
 
 
 def test_dead_letter_refused_by_the_topic_is_cut_until_it_fits_and_an_oversized_key_too():
@@ -177,7 +127,7 @@ def test_dead_letter_refused_by_the_topic_is_cut_until_it_fits_and_an_oversized_
                             len(v) + len(k or b"") > 512 else None)
     r = make_runner(producer)
     key = b"K" * 1000
-    r._publish([], [(0, "oversized_key", "")], [dead_record(b"y" * 5000, key=key)])
+    publish(r, [], [(0, "oversized_key", "")], [dead_record(b"y" * 5000, key=key)])
     (_, k, v, headers), = producer.delivered
     assert (len(k), v) == (256, b""), "cut twice: value to 1 KiB (still too large), then to nothing"
     assert headers["tickcast.original_size"] == b"5000" and headers["tickcast.original_key_size"] == b"1000"
@@ -189,7 +139,7 @@ def test_dead_letter_refused_even_when_empty_stops_the_run():
     producer = FakeProducer(refuse=lambda t, *a: MessageSizeTooLargeError() if t == "ticks.dlq" else None)
     r = make_runner(producer)
     with pytest.raises(FatalError, match="refuses a dead letter"):
-        r._publish([], [(0, "bad_json", "")], [dead_record(b"z" * 100)])
+        publish(r, [], [(0, "bad_json", "")], [dead_record(b"z" * 100)])
     assert r.consumer.commits == []
 
 
@@ -199,7 +149,7 @@ def test_forecast_refused_for_good_stops_the_run_with_nothing_committed(error):
     producer = FakeProducer(refuse=lambda t, *a: error if t == "forecasts" else None)
     r = make_runner(producer)
     with pytest.raises(FatalError, match="refuses a forecast message"):
-        r._publish([FORECAST], [], [])
+        publish(r, [FORECAST], [], [])
     assert sample(r, "tickcast_publish_errors_total", reason="refused") == 1
     assert r.consumer.commits == []
 
@@ -214,7 +164,7 @@ def test_retriable_failures_are_resent_with_liveness_beating_and_readiness_false
 
     producer = FakeProducer(refuse=refuse)
     r = make_runner(producer)
-    r._publish([FORECAST], [], [])
+    publish(r, [FORECAST], [], [])
     assert len(producer.delivered) == 1 and len(producer.sent) == 3
     assert seen_blocked == [None, "publish_retrying", "publish_retrying"]
     assert r.metrics.blocked is None and sample(r, "tickcast_output_blocked") == 0
@@ -225,9 +175,9 @@ def test_retriable_failures_are_resent_with_liveness_beating_and_readiness_false
 def test_unacknowledged_sends_at_shutdown_give_up_without_committing():
     producer = FakeProducer(refuse=lambda *a: KafkaTimeoutError())
     r = make_runner(producer, shutdown_timeout_s=0.001)
-    r._stop_requested_at = time.monotonic() - 1
+    r.stopping.requested_at = time.monotonic() - 1
     with pytest.raises(PublishTimeout):
-        r._publish([FORECAST], [], [])
+        publish(r, [FORECAST], [], [])
 
 
 def test_missing_topic_is_waited_out_counted_and_not_ready():
@@ -236,7 +186,7 @@ def test_missing_topic_is_waited_out_counted_and_not_ready():
     blocked = []
     wait = r.stop_event.wait
     r.stop_event.wait = lambda t: blocked.append(r.metrics.blocked) or wait(0)
-    r._publish([FORECAST], [], [])
+    publish(r, [FORECAST], [], [])
     assert blocked == ["topic_missing"] * 3
     assert sample(r, "tickcast_publish_errors_total", reason="topic_missing") == 3
     assert r.beats >= 3
@@ -248,9 +198,9 @@ def test_missing_topic_is_waited_out_counted_and_not_ready():
 def test_missing_topic_at_shutdown_gives_up():
     producer = FakeProducer(missing_for=10**9)
     r = make_runner(producer, shutdown_timeout_s=0.001)
-    r._stop_requested_at = time.monotonic() - 1
+    r.stopping.requested_at = time.monotonic() - 1
     with pytest.raises(PublishTimeout, match="still missing"):
-        r._publish([FORECAST], [], [])
+        publish(r, [FORECAST], [], [])
     assert producer.sent == []
 
 
@@ -268,7 +218,7 @@ def test_commit_retries_beat_liveness():
     sleep = time.sleep
     time.sleep = lambda s: None
     try:
-        r._commit({TopicPartition("ticks", 0): OffsetAndMetadata(1, "", -1)})
+        r.delivery.commit({TopicPartition("ticks", 0): OffsetAndMetadata(1, "", -1)})
     finally:
         time.sleep = sleep
     assert r.beats >= 3
@@ -295,17 +245,17 @@ def test_fenced_after_our_transaction_outlived_its_timeout_replaces_the_producer
     old = FencingProducer(delay_s=0.05)
     r = make_runner(old, processing="exactly_once", request_timeout_ms=10, transaction_timeout_ms=21)
     fresh = FakeProducer()
-    r._make_producer = lambda: fresh
-    assert r._publish_transaction([FORECAST], [], [], {}) is False
+    r.delivery.make_producer = lambda: fresh
+    assert transaction(r, [FORECAST], [], [], {}) is False
     assert r.producer is fresh and r.rewinds == 1
     assert sample(r, "tickcast_publish_errors_total", reason="fenced_by_timeout") == 1
-    assert r._publish_transaction([FORECAST], [], [], {}) is True
+    assert transaction(r, [FORECAST], [], [], {}) is True
 
 
 def test_fenced_while_our_transaction_was_young_is_another_process_and_fatal():
     r = make_runner(FencingProducer(delay_s=0.0), processing="exactly_once")
     with pytest.raises(FatalError, match="another process with the same transactional_id"):
-        r._publish_transaction([FORECAST], [], [], {})
+        transaction(r, [FORECAST], [], [], {})
     assert r.rewinds == 0
 
 
@@ -322,18 +272,18 @@ def test_transaction_with_a_dead_letter_refused_for_size_is_redone_with_it_cut()
     producer = TxProducer(refuse=refuse)
     r = make_runner(producer, processing="exactly_once")
     rec = dead_record(b"q" * 9000)
-    assert r._publish_transaction([FORECAST], [(0, "bad_json", "")], [rec], {}) is False
+    assert transaction(r, [FORECAST], [(0, "bad_json", "")], [rec], {}) is False
     assert r.rewinds == 1 and "abort" in producer.calls
     producer.sent.clear()
     producer.delivered.clear()
-    assert r._publish_transaction([FORECAST], [(0, "bad_json", "")], [rec], {}) is True
+    assert transaction(r, [FORECAST], [(0, "bad_json", "")], [rec], {}) is True
     dlq = [d for d in producer.delivered if d[0] == "ticks.dlq"]
     assert dlq[0][2] == b"q" * 1024 and dlq[0][3]["tickcast.original_size"] == b"9000"
 
 
 def test_bounded_call_beats_liveness_while_it_waits():
     r = make_runner(FakeProducer(), processing="exactly_once", request_timeout_ms=1500)
-    assert r._bounded(lambda: time.sleep(1.2) or "answered") == "answered"
+    assert r.delivery._bounded(lambda: time.sleep(1.2) or "answered") == "answered"
     assert r.beats >= 1
 
 
@@ -359,9 +309,9 @@ def test_systemd_restart_policy_matches_the_exit_codes():
         r = make_runner(FakeProducer())
         r._connect = lambda: True
         r._collect = lambda: (_ for _ in ()).throw(error)
-        r._checkpoint_now = lambda *a: None
+        r.checkpointer = Checkpointer(r.cfg, None, None, None, r.partitions, r.metrics, r.stats)  # no store
+        r.checkpointer.checkpoint_now = lambda *a: None
         r._close = lambda: None
-        r._writer = None
         r.stats = RunStats()
         return r.run()
 
@@ -379,11 +329,11 @@ class _Drops:
 def test_revoked_partition_lag_series_is_removed_and_ticks_are_counted_per_topic():
     r = make_runner(FakeProducer(), input_topics=["a", "b"])
     r.store = None
+    r.checkpointer = Checkpointer(r.cfg, None, None, None, r.partitions, r.metrics, r.stats)
     r.forecaster = r.scorer = _Drops()
-    r._assigned = {TopicPartition("a", 0), TopicPartition("b", 0)}
-    r._revoked, r._next_offset, r._replay_until, r._replay_until_ts, r._checkpointed = set(), {}, {}, {}, {}
-    for tp in r._assigned:
-        r._lag[tp] = 5
+    r.partitions.assigned = {TopicPartition("a", 0), TopicPartition("b", 0)}
+    for tp in r.partitions.assigned:
+        r.partitions[tp].lag = 5
         r.metrics.lag.labels(tp.topic, str(tp.partition)).set(5)
     r.on_revoked([TopicPartition("a", 0)])
     assert sample(r, "tickcast_consumer_lag_records", topic="a", partition="0") is None
@@ -391,6 +341,6 @@ def test_revoked_partition_lag_series_is_removed_and_ticks_are_counted_per_topic
 
     import numpy as np
     pid = np.array([0, 0, 1 << 20, 1 << 20, 1 << 20])  # a/0 twice, b/0 three times
-    r._count_received(pid)
+    status.count_received(r.metrics, r.partitions, pid)
     assert sample(r, "tickcast_ticks_received_total", topic="a", partition="0") == 2
     assert sample(r, "tickcast_ticks_received_total", topic="b", partition="0") == 3

@@ -116,7 +116,7 @@ def test_capacity_shrinks_after_instruments_leave_and_grows_again():
 def test_json_name_cache_is_bounded_and_always_answers():
     import json
 
-    from pipeline.runner import JsonNames
+    from pipeline.live.messages import JsonNames
 
     cache = JsonNames(max_size=100)
     for b in range(300):
@@ -130,8 +130,9 @@ def test_runner_scorer_follows_the_state_table_through_expiry(bundle):
     import pyarrow as pa
 
     from pipeline.config import RunConfig
+    from pipeline.live.runner import Runner
+    from pipeline.live.status import score
     from pipeline.metrics import Metrics
-    from pipeline.runner import Runner
 
     sec = 1_000_000_000
     t0 = 1_700_000_000_000_000_000
@@ -146,7 +147,7 @@ def test_runner_scorer_follows_the_state_table_through_expiry(bundle):
                           "price": pa.array(100.0 + np.arange(n)), "size": pa.array([1.0] * n),
                           "partition": pa.array([b % 2] * n, pa.int32())})
         res = runner.forecaster.step(ticks)
-        runner._score(ticks, res.rows, res.forecasts, res.expired)
+        score(runner.scorer, runner.metrics, ticks, res.rows, res.forecasts, res.expired)
         held = {(p, nm) for p, nm in zip(runner.forecaster.state.column("partition")[: len(runner.forecaster.state)]
                                              .tolist(), runner.forecaster.state.instruments)}
         assert set(runner.scorer._keys) == held  # every instrument stepped was scored; none expired stays

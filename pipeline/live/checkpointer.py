@@ -1,0 +1,107 @@
+"""When and what to snapshot: periodic checkpoints written by a background writer between batches, and
+synchronous ones on revoke and shutdown. Only state that matches the committed offsets is written: never
+mid-batch (``Partitions.dirty``), never a partition mid-replay, never one unchanged since its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import pyarrow as pa
+from kafka.structs import TopicPartition
+
+from operators.forecaster import Forecaster
+from operators.model import Bundle
+from pipeline import logs
+from pipeline.checkpoint import CheckpointError
+from pipeline.config import RunConfig
+from pipeline.live.partitions import Partitions
+from pipeline.live.status import RunStats
+from pipeline.metrics import Metrics
+
+log = logs.get("run")
+
+
+class Checkpointer:
+    def __init__(self, cfg: RunConfig, bundle: Bundle, forecaster: Forecaster, store, partitions: Partitions,
+                 metrics: Metrics, stats: RunStats):
+        self.cfg = cfg
+        self.bundle = bundle
+        self.forecaster = forecaster
+        self.store = store
+        self.partitions = partitions
+        self.metrics = metrics
+        self.stats = stats
+        self.last_checkpoint = time.monotonic()
+        self.batches_since = 0
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") if store else None
+        self.pending_write: Future | None = None
+
+    def batch_done(self) -> None:
+        self.batches_since += 1
+
+    def maybe_checkpoint(self) -> None:
+        """A periodic round when one is due (interval or batch count) and the previous one has finished."""
+        if self.store is None or self.partitions.dirty:
+            return
+        cfg = self.cfg
+        due = (cfg.checkpoint_interval_s and time.monotonic() - self.last_checkpoint >= cfg.checkpoint_interval_s) \
+            or (cfg.checkpoint_every_batches and self.batches_since >= cfg.checkpoint_every_batches)
+        if not due:
+            return
+        if self.pending_write is not None and not self.pending_write.done():
+            return  # the previous round is still writing; try after the next batch
+        snapshots = self.snapshots(self.partitions.assigned)
+        self.last_checkpoint = time.monotonic()
+        self.batches_since = 0
+        self.pending_write = self.writer.submit(self.write, snapshots, "periodic")
+
+    def checkpoint_now(self, partitions, why: str) -> None:
+        """Synchronous checkpoint (revoke, shutdown) of partitions whose state matches their committed offsets."""
+        if self.store is None or not partitions:
+            return
+        if self.partitions.dirty:
+            log.warning("not checkpointing: the last batch was not committed", extra={"why": why})
+            return
+        if self.pending_write is not None:
+            self.pending_write.result()
+        self.write(self.snapshots(partitions), why)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.shutdown(wait=True)
+
+    def snapshots(self, partitions) -> list[tuple[TopicPartition, pa.Table, int]]:
+        """Copies of the state of partitions that moved since their last checkpoint (not mid-replay)."""
+        out = []
+        for tp in sorted(partitions):
+            st = self.partitions.get(tp)
+            if st.next_offset is not None and not st.replaying and st.checkpointed != st.next_offset:
+                out.append((tp, self.forecaster.export_partition(self.partitions.pid(tp.topic, tp.partition)),
+                            st.next_offset))
+        return out
+
+    def write(self, snapshots, why: str) -> None:
+        spec = self.bundle.feature_spec.to_dict()
+        for tp, table, offset in snapshots:
+            started = time.perf_counter()
+            try:
+                m = self.store.write(tp.topic, tp.partition, table, offset, self.bundle.model_version, spec)
+            except CheckpointError as exc:
+                self.stats.checkpoint_failures += 1
+                self.metrics.checkpoint_writes.labels("failed").inc()
+                log.error("checkpoint failed; processing goes on, recovery would replay from an older one",
+                          extra={"why": why, "error": str(exc)})
+                continue
+            st = self.partitions.states.get(tp)  # this runs on the writer's thread: never add an entry here
+            if st is not None:  # (a partition revoked meanwhile is restored anew if it comes back)
+                st.checkpointed = offset
+            self.stats.checkpoints += 1
+            self.metrics.checkpoint_writes.labels("ok").inc()
+            self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
+            self.metrics.checkpoint_bytes.set(m.bytes)
+            self.metrics.checkpoint_last_success.set_to_current_time()
+            log.debug("checkpoint written", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset,
+                                                   "rows": m.rows, "bytes": m.bytes, "why": why})
+

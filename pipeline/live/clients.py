@@ -1,0 +1,250 @@
+"""The run's Kafka clients: where they come from (a factory), how they are configured, the key partitioner,
+the stall watch, one retry-with-backoff helper, and calls bounded in time.
+
+The factory is the seam for tests: ``KafkaClients`` makes kafka-python's clients; ``tests/support/fake_kafka``
+makes in-memory ones with the same methods, so the real loop runs without a broker.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.errors import (
+    InvalidProducerEpochError,
+    KafkaError,
+    KafkaTimeoutError,
+    MessageSizeTooLargeError,
+    ProducerFencedError,
+    RecordListTooLargeError,
+)
+from kafka.partitioner import DefaultPartitioner
+from kafka.partitioner.default import murmur2
+
+from pipeline import logs
+from pipeline.config import RunConfig
+from pipeline.metrics import Metrics
+
+log = logs.get("run")
+# How long one producer call may block on metadata or a full buffer before the loop looks again.
+PRODUCER_MAX_BLOCK_MS = 5000
+FENCED = (ProducerFencedError, InvalidProducerEpochError)
+FENCED_BY_ANOTHER = ("another process with the same transactional_id took over (fenced); give every process its "
+                     "own transactional_id")
+
+
+class KafkaClients:
+    """Makes the run's Kafka clients: kafka-python's ``KafkaConsumer`` and ``KafkaProducer``."""
+
+    def consumer(self, **config) -> Any:
+        return KafkaConsumer(**config)
+
+    def producer(self, **config) -> Any:
+        return KafkaProducer(**config)
+
+
+@dataclass
+class Connection:
+    """The clients in use now; the producer is replaced after a fenced or failed transaction."""
+
+    consumer: Any = None
+    producer: Any = None
+
+
+def client_options(cfg: RunConfig) -> dict:
+    return {"bootstrap_servers": cfg.bootstrap_servers.split(","), "request_timeout_ms": cfg.request_timeout_ms,
+            "client_id": "tickcast", **cfg.kafka_security()}
+
+
+def open_consumer(clients: KafkaClients, cfg: RunConfig) -> Any:
+    """The group's consumer: offsets committed by hand, read_committed under exactly-once."""
+    return clients.consumer(
+        group_id=cfg.group_id, enable_auto_commit=False,
+        isolation_level="read_committed" if cfg.processing == "exactly_once" else "read_uncommitted",
+        auto_offset_reset=cfg.auto_offset_reset, max_poll_records=cfg.max_batch_ticks,
+        fetch_max_bytes=cfg.fetch_max_bytes,
+        max_partition_fetch_bytes=min(cfg.fetch_max_bytes, 4 * 1024 * 1024),
+        session_timeout_ms=cfg.session_timeout_ms,
+        heartbeat_interval_ms=max(100, cfg.session_timeout_ms // 3), fetch_max_wait_ms=cfg.fetch_max_wait_ms,
+        **client_options(cfg))
+
+
+def open_producer(clients: KafkaClients, cfg: RunConfig, partitioner: CachingPartitioner) -> Any:
+    """The output producer; under exactly-once a transactional one, initialised (which fences its predecessor)."""
+    # A missing topic is waited out (see Delivery.await_topic), never created with the broker's defaults; no call
+    # blocks longer than PRODUCER_MAX_BLOCK_MS, so the loop keeps control (liveness, shutdown).
+    opts = {**client_options(cfg), "max_block_ms": min(PRODUCER_MAX_BLOCK_MS, cfg.request_timeout_ms),
+            "allow_auto_create_topics": False}
+    if cfg.processing != "exactly_once":
+        return clients.producer(acks="all", linger_ms=2, retries=5, max_in_flight_requests_per_connection=1,
+                                partitioner=partitioner, batch_size=256 * 1024, **opts)
+    tid = cfg.transactional_id or f"{cfg.group_id}-{socket.gethostname()}"
+    producer = clients.producer(acks="all", linger_ms=2, enable_idempotence=True, transactional_id=tid,
+                                transaction_timeout_ms=cfg.transaction_timeout_ms,
+                                partitioner=partitioner, batch_size=256 * 1024, **opts)
+    try:
+        producer.init_transactions()  # fences an earlier incarnation, aborts its open transaction
+    except BaseException:
+        producer.close(timeout=0)
+        raise
+    log.info("transactional producer ready", extra={"transactional_id": tid})
+    return producer
+
+
+def close(conn: Connection) -> None:
+    """Close both clients; a failure to close is logged, never raised (it must not mask the exit path)."""
+    if conn.consumer is not None:
+        try:
+            conn.consumer.close(autocommit=False)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("consumer close failed", extra={"error": repr(exc)})
+        conn.consumer = None
+    if conn.producer is not None:
+        try:
+            conn.producer.close(timeout=5)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("producer close failed", extra={"error": repr(exc)})
+        conn.producer = None
+
+
+def publish_error_reason(exc: BaseException) -> str:
+    """The policy class of a producer error: too_large, fenced, retriable, timeout or refused (permanent)."""
+    if isinstance(exc, (MessageSizeTooLargeError, RecordListTooLargeError)):
+        return "too_large"
+    if isinstance(exc, FENCED):
+        return "fenced"
+    if isinstance(exc, KafkaTimeoutError):
+        return "timeout"
+    if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
+        return "retriable"
+    return "refused"
+
+
+GIVE_UP = object()  # returned by a retry's on_error: stop retrying, quietly
+
+
+def retry(attempt: Callable[[], Any], on_error: Callable[[Exception, float], Any], *,
+          wait: Callable[[float], Any], beat: Callable[[], None] | None = None,
+          stopped: Callable[[], bool] = lambda: False, first_s: float = 0.5, cap_s: float = 10.0) -> Any:
+    """``attempt()`` until it returns, with a backoff of ``first_s`` doubling up to ``cap_s`` between tries.
+
+    ``on_error(exc, retry_in_s)`` counts and logs a failure; it raises to end the retries with an error, or
+    returns ``GIVE_UP`` to end them quietly. ``beat`` (liveness) runs before every try: waiting on the broker
+    is waiting on purpose. Returns what ``attempt`` returned, or None when given up or ``stopped()``."""
+    delay = first_s
+    while not stopped():
+        if beat is not None:
+            beat()
+        try:
+            return attempt()
+        except Exception as exc:  # noqa: BLE001 - on_error decides
+            if on_error(exc, delay) is GIVE_UP:
+                return None
+        wait(delay)
+        delay = min(delay * 2, cap_s)
+    return None
+
+
+def bounded(call, *args, limit_ms: int, beat: Callable[[], None]):
+    """kafka-python waits for transaction results without a timeout; a response lost in a broken
+    connection would block forever. Wait at most ``limit_ms`` (the config's longest bounded wait, twice the
+    request timeout, kept below transaction_timeout_ms), beating liveness meanwhile, then fail (the caller
+    aborts, replaces the producer, which fences the stuck one, and rewinds)."""
+    done, box = threading.Event(), {}
+
+    def run():
+        try:
+            box["result"] = call(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True, name=f"tx-{call.__name__}").start()
+    deadline = time.monotonic() + limit_ms / 1000
+    while not done.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+        beat()  # waiting on the broker on purpose
+        if time.monotonic() >= deadline:
+            raise KafkaTimeoutError(f"{call.__name__} got no answer within {limit_ms} ms")
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+class CachingPartitioner(DefaultPartitioner):
+    """kafka-python's key partitioner (murmur2, as the Java client), memoised per (topic, key, partitions).
+
+    The pure-Python murmur2 is a fifth of a send's cost; instruments repeat, so each key is hashed once.
+    """
+
+    def __init__(self, max_keys: int = 1_000_000):
+        self._cache: dict = {}
+        self._max_keys = max_keys
+
+    def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
+        parts = cluster.partitions_for_topic(topic) if serialized_key is not None else None
+        if not parts:  # no key (random pick) or an unknown topic (the library's error)
+            return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        return self.of_key(topic, serialized_key, parts)
+
+    def of_key(self, topic: str, serialized_key: bytes, partitions) -> int:
+        """The partition for this key among the topic's partition ids (DefaultPartitioner's rule)."""
+        n = len(partitions)
+        hit = self._cache.get((topic, serialized_key, n))
+        if hit is None:
+            hit = sorted(partitions)[(murmur2(serialized_key) & 0x7FFFFFFF) % n]
+            if len(self._cache) >= self._max_keys:
+                self._cache.clear()
+            self._cache[(topic, serialized_key, n)] = hit
+        return hit
+
+
+class StallWatch:
+    """Says so, in a log line and in metrics, when a broker call has been waiting longer than ``after_s``.
+
+    kafka-python retries through an outage inside a blocking call (flush, commit, transaction commit), so the
+    outage would otherwise be silent until the call returns.
+    """
+
+    def __init__(self, metrics: Metrics, after_s: float = 5.0):
+        self.metrics = metrics
+        self.after_s = after_s
+        self._op: str | None = None
+        self._since = 0.0
+        self._flagged = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._watch, daemon=True, name="stall-watch").start()
+
+    def __call__(self, operation: str) -> StallWatch:
+        with self._lock:
+            self._op, self._since, self._flagged = operation, time.monotonic(), False
+        return self
+
+    def __enter__(self) -> StallWatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            op, flagged, waited = self._op, self._flagged, time.monotonic() - self._since
+            self._op = None
+        if flagged:
+            log.warning("broker answering again", extra={"operation": op, "waited_s": round(waited, 1)})
+            self.metrics.broker_up.set(1 if exc[0] is None else 0)
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(0.5)
+            with self._lock:
+                op, since, flagged = self._op, self._since, self._flagged
+                if op is None or flagged or time.monotonic() - since < self.after_s:
+                    continue
+                self._flagged = True
+            self.metrics.broker_up.set(0)
+            self.metrics.broker_errors.labels(f"{op}_stalled").inc()
+            log.warning("broker not answering; still waiting, nothing is skipped",
+                        extra={"operation": op, "waiting_s": round(time.monotonic() - since, 1)})

@@ -1,0 +1,375 @@
+"""Getting a batch's output out and its input offsets committed: ``Delivery.deliver(outbox)``.
+
+At-least-once: send every forecast and dead letter, flush, check every acknowledgement (resend until all
+are acknowledged, or shutdown gives up: then nothing is committed), then commit the offsets. Exactly-once:
+the same records and the offsets in one Kafka transaction; a failed one is aborted and the state rewound
+to the committed offsets (the batch comes again).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from kafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    KafkaTimeoutError,
+    ProducerFencedError,
+)
+
+from pipeline import logs
+from pipeline.config import RunConfig
+from pipeline.live.clients import (
+    FENCED,
+    FENCED_BY_ANOTHER,
+    GIVE_UP,
+    CachingPartitioner,
+    Connection,
+    KafkaClients,
+    StallWatch,
+    bounded,
+    open_producer,
+    publish_error_reason,
+    retry,
+)
+from pipeline.live.messages import (
+    DEAD_LETTER_CUTS,
+    DeadLetter,
+    Message,
+    Outgoing,
+    dead_letter,
+)
+from pipeline.live.status import RunStats
+from pipeline.live.stopping import FatalError, Stopping
+from pipeline.metrics import Metrics
+
+log = logs.get("run")
+
+
+@dataclass
+class Outbox:
+    """What one batch sends and commits: forecast messages, then dead letters, and the input offsets."""
+
+    forecasts: list[Message]
+    dead: list[DeadLetter]
+    records: list  # the batch's input records (dead letters' cut levels are forgotten once delivered)
+    offsets: dict
+
+
+class _Unacknowledged(Exception):
+    def __init__(self, reasons: set[str], count: int):
+        super().__init__(f"{count} messages unacknowledged")
+        self.reasons, self.count = reasons, count
+
+
+class Delivery:
+    def __init__(self, cfg: RunConfig, conn: Connection, clients: KafkaClients, partitioner: CachingPartitioner,
+                 metrics: Metrics, stats: RunStats, stopping: Stopping, stall: StallWatch,
+                 rewind: Callable[[], None]):
+        self.cfg = cfg
+        self.conn = conn
+        self.clients = clients
+        self.partitioner = partitioner
+        self.metrics = metrics
+        self.stats = stats
+        self.stopping = stopping
+        self.stall = stall
+        self.rewind = rewind
+        self.transactional = cfg.processing == "exactly_once"
+        self.cuts: dict[tuple[str, int, int], int] = {}  # dead letters (by source) refused for size: cut level
+
+    def deliver(self, outbox: Outbox) -> bool:
+        """Publish and commit one batch. False: exactly-once aborted and rewound (the records come again)."""
+        if self.transactional:
+            return self.transaction(outbox)
+        self.publish(outbox)
+        self.commit(outbox.offsets)
+        return True
+
+    # -- at-least-once ------------------------------------------------------------------------
+    def publish(self, outbox: Outbox) -> None:
+        """Send and wait for every acknowledgement; never return with a send missing.
+
+        Per record: retriable errors and timeouts are sent again (at-least-once: duplicates possible); a dead
+        letter too large is cut (``_cut``); any other permanent refusal stops the run (``_refused``)."""
+        pending = self._outgoing(outbox)
+        for topic in dict.fromkeys(m.topic for m in pending):
+            self.await_topic(topic)
+        if not pending:
+            return
+
+        def attempt() -> None:
+            nonlocal pending
+            while True:
+                failed, reasons = self._send_and_flush(pending)
+                if not failed:
+                    return
+                pending = failed
+                if reasons:
+                    raise _Unacknowledged(reasons, len(failed))
+                self.metrics.beat()  # only cut dead letters to resend: at once
+
+        def on_error(exc: Exception, retry_in_s: float) -> None:
+            if not isinstance(exc, _Unacknowledged):
+                raise exc
+            self.metrics.broker_up.set(0)
+            self.metrics.broker_errors.labels("publish").inc()
+            self.metrics.block("publish_retrying")
+            for reason in exc.reasons:
+                self.metrics.publish_errors.labels(reason).inc()
+            self.stopping.give_up_if_past_deadline(str(exc))
+            log.warning("publish not acknowledged; resending (at-least-once: duplicates possible)",
+                        extra={"unacknowledged": exc.count, "reasons": ",".join(sorted(exc.reasons)),
+                               "retry_in_s": retry_in_s})
+
+        retry(attempt, on_error, wait=time.sleep, beat=self.metrics.beat)
+        self.metrics.broker_up.set(1)
+        self.metrics.unblock()
+        self.forget_cuts(outbox.records)
+
+    def _send_and_flush(self, pending: list[Outgoing]) -> tuple[list[Outgoing], set[str]]:
+        """One round: send, flush, judge every send. (what to send again, the reasons of the failures)."""
+        sent = [(msg, self._send(msg)) for msg in pending]
+        try:
+            with self.stall("publish"):
+                self.conn.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
+        except Exception as exc:  # noqa: BLE001 - flush timeout: check futures below
+            log.warning("flush incomplete", extra={"error": repr(exc)})
+        failed, reasons = [], set()
+        for msg, fut in sent:
+            if isinstance(fut, BaseException):
+                error = fut
+            elif not fut.is_done:
+                error = KafkaTimeoutError("not acknowledged within request_timeout_ms")
+            elif fut.failed():
+                error = fut.exception
+            else:
+                continue
+            reason = publish_error_reason(error)
+            if reason == "too_large" and msg.dead is not None:
+                failed.append(self._cut(msg, error))
+                continue
+            if reason in ("too_large", "refused"):
+                self._refused(msg, error)
+            reasons.add(reason)
+            failed.append(msg)
+        return failed, reasons
+
+    def commit(self, offsets: dict) -> None:
+        """Commit the offsets, retrying until the broker answers; a rebalance's refusal or a shutdown's
+        deadline ends the retries (the records are then processed again, by us or the new owner)."""
+        if not offsets:
+            return
+
+        def attempt() -> None:
+            with self.stall("commit"):
+                # Bounded, so this loop keeps control (liveness, shutdown) through an outage.
+                self.conn.consumer.commit(offsets, timeout_ms=self.cfg.request_timeout_ms)
+            self.metrics.commits.inc()
+
+        def on_error(exc: Exception, retry_in_s: float):
+            self.metrics.broker_errors.labels("commit").inc()
+            if isinstance(exc, CommitFailedError):
+                log.warning("commit refused after a rebalance; the new owner reprocesses these records",
+                            extra={"error": repr(exc)})
+                return GIVE_UP
+            if self.stopping.event.is_set() and self.stopping.past_deadline():
+                log.error("commit failed at shutdown; records will be reprocessed", extra={"error": repr(exc)})
+                return GIVE_UP
+            log.warning("commit failed; retrying", extra={"error": repr(exc), "retry_in_s": retry_in_s})
+            return None
+
+        retry(attempt, on_error, wait=time.sleep, beat=self.metrics.beat)  # beat: waiting on the broker on purpose
+
+    # -- exactly-once -------------------------------------------------------------------------
+    def transaction(self, outbox: Outbox) -> bool:
+        """Forecasts, dead letters and the input offsets in one transaction. False: aborted (state rewound).
+
+        A dead letter refused for its size is cut in the redo (``cuts`` remembers it by source); a permanent
+        refusal stops the run. Fenced after the transaction was open longer than transaction_timeout_ms: the
+        broker aborted it for time, so a new producer takes over and the batch is redone from the committed
+        offsets. Fenced sooner: another process took the transactional id, which is fatal."""
+        offsets = outbox.offsets
+        if not outbox.forecasts and not outbox.dead and not offsets:
+            return True
+        outgoing = self._outgoing(outbox)
+        for topic in dict.fromkeys(m.topic for m in outgoing):
+            self.await_topic(topic)
+        self.metrics.beat()
+        sent: list = []
+        begun = time.monotonic()
+        producer = self.conn.producer
+        try:
+            with self.stall("transaction"):
+                producer.begin_transaction()
+                for msg in outgoing:
+                    fut = self._send(msg)
+                    if isinstance(fut, BaseException):
+                        raise fut
+                    sent.append((msg, fut))
+                if offsets:
+                    self._bounded(producer.send_offsets_to_transaction, offsets, self.conn.consumer.group_metadata())
+                self._bounded(producer.commit_transaction)
+        except FatalError:
+            raise
+        except FENCED as exc:
+            open_s = time.monotonic() - begun
+            if open_s < self.cfg.transaction_timeout_ms / 1000:
+                raise FatalError(FENCED_BY_ANOTHER) from None
+            self.metrics.transactions.labels("aborted").inc()
+            self.metrics.publish_errors.labels("fenced_by_timeout").inc()
+            log.warning("the broker aborted the transaction for time and fenced this producer; replacing it and "
+                        "rewinding to the committed offsets", extra={"open_s": round(open_s, 1), "error": repr(exc),
+                                                                     "transaction_timeout_ms": self.cfg.transaction_timeout_ms})
+            self.replace_producer()
+            self.rewind()
+            return False
+        except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
+            self._judge_sends(sent)
+            self.metrics.transactions.labels("aborted").inc()
+            self.metrics.broker_up.set(0)
+            self.metrics.publish_errors.labels("timeout" if isinstance(exc, KafkaTimeoutError) else "retriable").inc()
+            log.warning("transaction failed; aborting and rewinding to the committed offsets",
+                        extra={"error": repr(exc)})
+            try:
+                self._bounded(producer.abort_transaction)
+            except Exception as abort_exc:  # noqa: BLE001 - a fresh producer fences this one below
+                log.warning("abort failed; replacing the producer", extra={"error": repr(abort_exc)})
+                self.replace_producer()
+            self.metrics.beat()
+            self.rewind()
+            return False
+        self.metrics.transactions.labels("committed").inc()
+        self.metrics.broker_up.set(1)
+        self.metrics.unblock()
+        self.metrics.beat()
+        self.forget_cuts(outbox.records)
+        self.metrics.commits.inc()
+        return True
+
+    def _judge_sends(self, sent: list) -> None:
+        """After a failed transaction: dead letters refused for size go out cut in the redo. kafka-python fails
+        every batch of an aborted transaction with the first error, so a size error on a forecast message counts
+        only when no dead letter explains it; then the redo would be refused again, and the run stops."""
+        too_large = [(msg, fut.exception) for msg, fut in sent
+                     if fut.is_done and fut.failed() and publish_error_reason(fut.exception) == "too_large"]
+        if too_large and all(msg.dead is None for msg, _ in too_large):
+            self._refused(*too_large[0])
+        for msg, exc in too_large:
+            if msg.dead is not None:
+                self._cut(msg, exc)
+
+    def _bounded(self, call, *args):
+        return bounded(call, *args, limit_ms=self.cfg.longest_bounded_wait_ms, beat=self.metrics.beat)
+
+    def replace_producer(self) -> None:
+        """A new transactional producer (same id: it fences the old one); retried until the broker answers."""
+        try:
+            self.conn.producer.close(timeout=0)
+        except Exception:  # noqa: BLE001
+            pass
+        self.conn.producer = None
+
+        def on_error(exc: Exception, retry_in_s: float) -> None:
+            if isinstance(exc, ProducerFencedError):
+                raise FatalError(FENCED_BY_ANOTHER) from None
+            self.metrics.broker_errors.labels("producer").inc()  # broker away: keep trying
+            log.warning("cannot create the transactional producer; retrying",
+                        extra={"error": repr(exc), "retry_in_s": retry_in_s})
+
+        self.conn.producer = retry(self.make_producer, on_error, wait=self.stopping.event.wait,
+                                   beat=self.metrics.beat,  # waiting on the broker on purpose
+                                   stopped=self.stopping.event.is_set)
+
+    def make_producer(self):
+        return open_producer(self.clients, self.cfg, self.partitioner)
+
+    # -- records ------------------------------------------------------------------------------
+    def _outgoing(self, outbox: Outbox) -> list[Outgoing]:
+        """Every forecast message, then every dead letter (original bytes, reason; partition None: by key)."""
+        out = [Outgoing(self.cfg.output_topic, m.key, m.value, m.headers, m.partition) for m in outbox.forecasts]
+        out += [self._dead_letter(d) for d in outbox.dead]
+        return out
+
+    def _dead_letter(self, d: DeadLetter) -> Outgoing:
+        r = d.record
+        return dead_letter(self.cfg.dead_letter_topic, d, self.cuts.get((r.topic, r.partition, r.offset), 0))
+
+    def _cut(self, msg: Outgoing, exc: BaseException) -> Outgoing:
+        """The next, smaller version of a dead letter refused for its size; FatalError when none is left."""
+        r = msg.dead.record
+        source = (r.topic, r.partition, r.offset)
+        level = self.cuts.get(source, 0)
+        if level >= len(DEAD_LETTER_CUTS):
+            self._refused(msg, exc)
+        self.cuts[source] = level + 1
+        if level == 0:
+            self.metrics.dead_letters_truncated.inc()
+        self.metrics.publish_errors.labels("too_large").inc()
+        log.warning("dead letter too large for its topic or the producer; sending it cut",
+                    extra={"source": f"{r.topic}/{r.partition}/{r.offset}", "bytes": len(msg.value),
+                           "cut_to": DEAD_LETTER_CUTS[level], "error": repr(exc)})
+        return self._dead_letter(msg.dead)
+
+    def _refused(self, msg: Outgoing, exc: BaseException):
+        """A record the broker or producer refuses for good (not for time, not a dead letter we can cut): stop
+        before committing anything, with what to fix. Nothing is lost: the batch is read again after the fix."""
+        self.metrics.publish_errors.labels("refused").inc()
+        what = "dead letter" if msg.dead else "forecast message"
+        raise FatalError(f"topic {msg.topic!r} refuses a {what} of {len(msg.value)} bytes for good ({exc!r}); "
+                         f"nothing of this batch was committed; fix the topic (existence, ACLs, max.message.bytes) "
+                         f"and restart") from None
+
+    def _send(self, msg: Outgoing):
+        """producer.send, with the policy for what it raises synchronously: a dead letter over max_request_size
+        is cut and sent at once; a permanent refusal is fatal; a retriable error is returned (send again later)."""
+        while True:
+            try:
+                return self.conn.producer.send(msg.topic, key=msg.key, value=msg.value, headers=msg.headers,
+                                               partition=msg.partition)
+            except Exception as exc:  # noqa: BLE001 - classified below
+                reason = publish_error_reason(exc)
+                if reason == "too_large" and msg.dead is not None:
+                    msg = self._cut(msg, exc)
+                    continue
+                if reason in ("too_large", "refused"):
+                    self._refused(msg, exc)
+                return exc
+
+    def forget_cuts(self, records: list) -> None:
+        if self.cuts:
+            for r in records:
+                self.cuts.pop((r.topic, r.partition, r.offset), None)
+
+    def await_topic(self, topic: str) -> set:
+        """The topic's partitions once the producer knows it. A missing topic is waited out: logged, counted
+        (publish_errors{reason="topic_missing"}), readiness false, liveness true, nothing committed meanwhile;
+        PublishTimeout when a shutdown's time runs out first."""
+        waited_since = None
+        while True:
+            try:
+                partitions = self.conn.producer.partitions_for(topic)  # blocks at most max_block_ms
+            except KafkaTimeoutError as exc:
+                partitions, error = None, exc
+            except KafkaError as exc:
+                if publish_error_reason(exc) == "refused":  # e.g. not authorised: waiting will not help
+                    raise FatalError(f"cannot publish to topic {topic!r}: {exc!r}") from None
+                partitions, error = None, exc
+            if partitions:
+                if waited_since is not None:
+                    self.metrics.unblock()
+                    log.warning("topic exists now; publishing", extra={"topic": topic,
+                                                                       "waited_s": round(time.monotonic() - waited_since, 1)})
+                return partitions
+            if waited_since is None:
+                waited_since = time.monotonic()
+            self.metrics.publish_errors.labels("topic_missing").inc()
+            self.metrics.block("topic_missing")
+            self.metrics.beat()
+            log.warning("topic does not exist (or has no leader); waiting for it, nothing is committed",
+                        extra={"topic": topic, "waiting_s": round(time.monotonic() - waited_since, 1),
+                               "error": repr(error)})
+            self.stopping.give_up_if_past_deadline(f"topic {topic!r} still missing")
+            self.stopping.event.wait(0.5)

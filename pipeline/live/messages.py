@@ -1,0 +1,170 @@
+"""What the loop sends: forecast messages (JSON, one per forecast, or Arrow IPC, one per output partition) and
+dead letters (the refused record's own bytes, the reason in headers, cut to fit when refused for size).
+
+The formats are documented in docs/; ``pipeline.sinks`` holds the Arrow schema they share with the file sink.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from operators.model import Bundle
+from pipeline.live.partitions import PARTITION_MASK, TOPIC_SHIFT
+from pipeline.sinks import (
+    ARROW_CONTENT_TYPE,
+    FORECAST_MESSAGE_SCHEMA,
+    encode_forecast_batch,
+)
+
+# Arrow output: rows per message, and bytes per message (a row is ~45 B plus its instrument name, at most
+# the 256-byte key limit): every message stays far below the producer's 1 MiB max_request_size.
+ARROW_ROWS_PER_MESSAGE = 8192
+ARROW_MESSAGE_BYTES = 512 * 1024
+# A dead letter refused for its size is sent again cut: its value to 1 KiB, then to nothing (key to 256 bytes).
+DEAD_LETTER_CUTS = (1024, 0)
+DEAD_LETTER_KEY_BYTES = 256
+
+
+class Message(NamedTuple):
+    """One forecast message for the output topic; partition None: the producer's partitioner picks by key."""
+
+    key: bytes | None
+    value: bytes
+    partition: int | None
+    headers: list | None
+
+
+class DeadLetter(NamedTuple):
+    """A record the run refused: the record itself (its index in the batch before), the reason label, detail."""
+
+    record: object
+    reason: str
+    detail: str
+
+
+class Outgoing(NamedTuple):
+    """One record to produce. ``dead``: the dead letter it carries, rebuilt smaller when it must be cut."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: list | None
+    partition: int | None
+    dead: DeadLetter | None = None
+
+
+def dead_letter(topic: str, d: DeadLetter, cut_level: int) -> Outgoing:
+    """A refused message with its key and value, the reason, detail and source in headers; cut to fit when a
+    size refusal was seen for it before (``tickcast.truncated``, with the original sizes)."""
+    r = d.record
+    key, value = r.key, r.value if r.value is not None else b""
+    headers = [("tickcast.reason", d.reason.encode()), ("tickcast.detail", d.detail.encode()[:512]),
+               ("tickcast.source", f"{r.topic}/{r.partition}/{r.offset}".encode())]
+    if cut_level:
+        headers += [("tickcast.truncated", b"true"), ("tickcast.original_size", str(len(value)).encode())]
+        value = value[:DEAD_LETTER_CUTS[cut_level - 1]]
+        if key is not None and len(key) > DEAD_LETTER_KEY_BYTES:
+            headers.append(("tickcast.original_key_size", str(len(key)).encode()))
+            key = key[:DEAD_LETTER_KEY_BYTES]
+    return Outgoing(topic, key, value, headers, None, d)
+
+
+class JsonNames:
+    """Instrument name -> its JSON string literal, memoised for the forecast encoder.
+
+    Bounded: when the new names of a batch would take it past ``max_size`` it is
+    cleared first (a hot set of instruments stays cached; a flood of one-off
+    names costs a ``json.dumps`` each, not memory).
+    """
+
+    def __init__(self, max_size: int = 32_768):
+        self.max_size = max_size
+        self._cache: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._cache)
+
+    def lookup(self, names: list[str]) -> dict[str, str]:
+        """A mapping that holds every name of ``names``."""
+        cache = self._cache
+        new = set(names) - cache.keys()
+        if len(cache) + len(new) > self.max_size:
+            self._cache = cache = {}  # a fresh dict: a cleared one keeps its table size
+            new = set(names)
+        for nm in new:
+            cache[nm] = json.dumps(nm)
+        return cache
+
+
+def encode_json(bundle: Bundle, json_names: JsonNames, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray,
+                msg_index: np.ndarray, topics: list[str], pid: np.ndarray, offs: np.ndarray) -> list[Message]:
+    """One JSON message per forecast, keyed by instrument (the producer's partitioner places it)."""
+    if len(rows) == 0:
+        return []
+    part = pid & PARTITION_MASK
+    take = pa.array(rows)
+    names = ticks.column("instrument").take(take).to_pylist()
+    ts = ticks.column("ts").take(take).to_pylist()
+    cache = json_names.lookup(names)
+    head = f'{{"v":1,"model_version":"{bundle.model_version}","horizon_ticks":{bundle.horizon},'
+    return [
+        Message(nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
+                             f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode(), None, None)
+        for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
+                                     part[msg_index].tolist(), offs[msg_index].tolist())
+    ]
+
+
+def encode_arrow(bundle: Bundle, input_topics: list[str], topic: str, partitions, of_key, ticks: pa.Table,
+                 rows: np.ndarray, forecasts: np.ndarray, msg_index: np.ndarray, pid: np.ndarray,
+                 offs: np.ndarray) -> list[Message]:
+    """The batch's forecasts as Arrow IPC streams, one message per output partition (at most
+    ``ARROW_ROWS_PER_MESSAGE`` rows each). Each instrument's rows go to the partition its key would
+    pick as a JSON message (``of_key``), so a reader of one partition sees the same instruments, in order,
+    either way."""
+    if len(rows) == 0:
+        return []
+    take = pa.array(rows)
+    names = ticks.column("instrument").take(take).combine_chunks()
+    enc = pc.dictionary_encode(names)
+    p_of_name = np.array([of_key(topic, nm.encode(), partitions) for nm in enc.dictionary.to_pylist()],
+                         dtype=np.int32)
+    out_part = p_of_name[enc.indices.to_numpy(zero_copy_only=False)]
+    src = pid[msg_index]
+    table = pa.Table.from_arrays([
+        names.cast(pa.string()),
+        ticks.column("ts").take(take).cast(pa.int64()),
+        pa.array(forecasts, type=pa.float64()),
+        pa.DictionaryArray.from_arrays(pa.array(src >> TOPIC_SHIFT, type=pa.int32()),
+                                       pa.array(input_topics, type=pa.string())),
+        pa.array(src & PARTITION_MASK, type=pa.int32()),
+        pa.array(offs[msg_index], type=pa.int64()),
+    ], schema=FORECAST_MESSAGE_SCHEMA)  # the documented contract, whatever types the decoder produced
+    meta = {"v": "1", "model_version": bundle.model_version, "horizon_ticks": str(bundle.horizon)}
+    headers = [("content-type", ARROW_CONTENT_TYPE)]
+    # Rows per message so that no message can exceed ARROW_MESSAGE_BYTES, whatever the names' lengths.
+    widest = 64 + int(pc.max(pc.binary_length(names)).as_py() or 0)
+    per_message = max(1, min(ARROW_ROWS_PER_MESSAGE, ARROW_MESSAGE_BYTES // widest))
+    out = []
+    for p in np.unique(out_part).tolist():
+        mine = table.filter(pa.array(out_part == p)) if len(partitions) > 1 else table
+        for start in range(0, mine.num_rows, per_message):
+            chunk = mine.slice(start, per_message)
+            out.append(Message(None, encode_forecast_batch(chunk, meta), p, headers))
+    return out
+
+
+def last_per_group(ticks: pa.Table, rows: np.ndarray) -> np.ndarray:
+    """Positions in ``rows`` of the last tick of each (partition, instrument) (output_mode last_per_instrument)."""
+    take = pa.array(rows)
+    codes = ticks.column("instrument").take(take).combine_chunks().dictionary_encode().indices
+    codes = codes.to_numpy(zero_copy_only=False).astype(np.int64)
+    parts = ticks.column("partition").take(take).to_numpy().astype(np.int64)
+    composite = parts * (int(codes.max()) + 1) + codes
+    _, first_in_reversed = np.unique(composite[::-1], return_index=True)
+    return np.sort(len(rows) - 1 - first_in_reversed)

@@ -1,0 +1,392 @@
+"""The live loop: poll -> micro-batch -> decode -> operator -> publish -> commit.
+
+Order of one batch (at-least-once), written down because it is the contract:
+
+1. collect records until ``max_batch_ticks`` or ``max_batch_ms`` after the first;
+2. decode the batch into columns; messages that are not ticks get a reason;
+3. ``Forecaster.step`` on the valid ticks; ticks it refuses get a reason;
+4. send every forecast to the output topic and every refused message, with its
+   original key and value and the reason in headers, to the dead-letter topic;
+5. flush the producer and check every send was acknowledged (retry until it is,
+   or until shutdown gives up: then nothing is committed and the batch is
+   processed again after restart);
+6. commit the offsets after the batch's last records.
+
+A restart (or a partition moving to another process) resumes at the committed
+offsets. A partition this process starts to own is restored from its newest
+valid checkpoint and replayed silently up to the committed offset; with
+checkpoints off it begins with empty state, and the log says so loudly.
+``processing = exactly_once`` replaces steps 4-6 with one Kafka transaction.
+
+Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (what each owned partition's state
+reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``delivery`` (steps 4-6),
+``checkpointer`` (snapshots), ``status`` (stats, lag, status line). This module holds the lifecycle and
+the loop.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+from kafka import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import TopicPartition
+
+from operators.forecaster import Forecaster, ForecasterConfig, StepResult
+from operators.model import Bundle
+from operators.validation import TICK_COLUMNS, reject_labels
+from pipeline import logs
+from pipeline.checkpoint import group_store
+from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
+from pipeline.live import clients, messages, status
+from pipeline.live.checkpointer import Checkpointer
+from pipeline.live.delivery import Delivery, Outbox
+from pipeline.live.messages import DeadLetter, Message
+from pipeline.live.partitions import Partitions, describe
+from pipeline.live.recovery import Recovery
+from pipeline.live.status import RunStats
+from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
+from pipeline.metrics import Metrics
+from pipeline.scoring import OnlineScorer
+from pipeline.ticks import decode_batch
+
+log = logs.get("run")
+
+
+@dataclass
+class Batch:
+    """One micro-batch after the operator: the records, their decoded ticks and what came out."""
+
+    records: list
+    received_at: list[float]
+    ticks: pa.Table  # decoded valid ticks, with partition id and offset
+    pid: np.ndarray  # partition id of each record
+    offs: np.ndarray  # offset of each record
+    idx: np.ndarray  # record index of each decoded tick
+    result: StepResult
+    rows: np.ndarray  # tick rows with a forecast to emit (not silent)
+    forecasts: np.ndarray
+    dead: list[DeadLetter]
+    silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
+
+
+class Runner:
+    def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics,
+                 kafka_clients: clients.KafkaClients | None = None):
+        self.cfg = config
+        self.bundle = bundle
+        self.metrics = metrics
+        self.kafka_clients = kafka_clients or clients.KafkaClients()
+        self.forecaster = Forecaster(bundle, ForecasterConfig(
+            reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
+            expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
+            ts_floor_ns=parse_date_ns(config.ts_floor), max_ts_ahead_ns=parse_duration_ns(config.max_ts_ahead),
+            max_instruments=config.max_instruments or None,
+        ))
+        self.metrics.state_rows_limit.set(config.max_instruments)
+        self.scorer = OnlineScorer(bundle.horizon)
+        self.stats = RunStats()
+        self.stopping = Stopping(config.shutdown_timeout_s)
+        self.conn = clients.Connection()
+        self.json_names = messages.JsonNames()
+        self.partitioner = clients.CachingPartitioner()  # shared by every producer this run makes
+        self.partitions = Partitions(config.input_topics)
+        self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep)
+                      if config.checkpoint_uri else None)
+        self.recovery = Recovery(config, bundle, self.forecaster, self.store, self.partitions, self.conn,
+                                 self.kafka_clients, metrics, self.stopping)
+        self.delivery = Delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics, self.stats,
+                                 self.stopping, clients.StallWatch(metrics), self.recovery.rewind)
+        self.checkpointer = Checkpointer(config, bundle, self.forecaster, self.store, self.partitions, metrics,
+                                         self.stats)
+        metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
+                                 "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden)})
+
+    @property
+    def stop_event(self) -> threading.Event:
+        return self.stopping.event
+
+    @property
+    def consumer(self):
+        return self.conn.consumer
+
+    @consumer.setter
+    def consumer(self, value) -> None:
+        self.conn.consumer = value
+
+    @property
+    def producer(self):
+        return self.conn.producer
+
+    # -- lifecycle --------------------------------------------------------------------
+    def request_stop(self, *_args) -> None:
+        self.stopping.request()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Run until stopped. Returns the process exit code."""
+        if not self._connect():
+            return 0 if self.stop_event.is_set() else 1
+        code = 0
+        try:
+            self._loop()
+        except PublishTimeout as exc:
+            log.error("shutdown gave up on unacknowledged forecasts; nothing committed for them",
+                      extra={"detail": str(exc)})
+            code = 1
+        except FatalError as exc:
+            log.error("stopping", extra={"reason": str(exc)})
+            code = 2
+        finally:
+            if code == 0:
+                self.checkpointer.checkpoint_now(self.partitions.assigned, "shutdown")
+            self._close()
+            self.checkpointer.close()
+        log.info("stopped", extra=self.summary())
+        return code
+
+    def _loop(self) -> None:
+        """Collect a batch (restoring newly assigned partitions on the way), process and deliver it, then
+        maybe checkpoint; a status line now and then."""
+        last_status = time.monotonic()
+        while not self.stop_event.is_set():
+            records, received_at = self._collect()
+            if self.stopping.fatal:
+                raise FatalError(self.stopping.fatal)
+            if records:
+                self._process(records, received_at)
+                self.checkpointer.maybe_checkpoint()
+            now = time.monotonic()
+            if self.cfg.status_interval_s and now - last_status >= self.cfg.status_interval_s:
+                status.report_status(self.stats, self.partitions, len(self.forecaster.state))
+                last_status = now
+
+    def summary(self) -> dict:
+        return self.stats.summary()
+
+    def _connect(self) -> bool:
+        def attempt() -> bool:
+            self.conn.producer = self.delivery.make_producer()
+            self.conn.consumer = clients.open_consumer(self.kafka_clients, self.cfg)
+            self.conn.consumer.subscribe(self.cfg.input_topics, listener=_Listener(self))
+            self.metrics.broker_up.set(1)
+            log.info("connected", extra={"bootstrap": self.cfg.bootstrap_servers, "group": self.cfg.group_id,
+                                         "topics": ",".join(self.cfg.input_topics)})
+            return True
+
+        def on_error(exc: Exception, retry_in_s: float) -> None:
+            if not isinstance(exc, KafkaError):
+                raise exc
+            self.metrics.broker_up.set(0)
+            self.metrics.broker_errors.labels("connect").inc()
+            log.warning("broker unreachable; retrying", extra={"bootstrap": self.cfg.bootstrap_servers,
+                                                              "retry_in_s": retry_in_s, "error": repr(exc)})
+            self._close()
+
+        return clients.retry(attempt, on_error, wait=self.stop_event.wait, stopped=self.stop_event.is_set,
+                     cap_s=30.0) is True
+
+    def _close(self) -> None:
+        clients.close(self.conn)
+        self.metrics.ready = False
+
+    # -- assignment ---------------------------------------------------------------------
+    def on_revoked(self, revoked) -> None:
+        """Before another member takes them: checkpoint what we hold (committed already), then forget it."""
+        parts = self.partitions
+        mine = [tp for tp in revoked if tp in parts.assigned]
+        if mine:
+            self.checkpointer.checkpoint_now(mine, "revoke")
+        parts.revoked |= set(revoked)
+        for tp in revoked:
+            pid = parts.pid(tp.topic, tp.partition)
+            self.forecaster.drop_partition(pid)
+            self.scorer.drop_partition(pid)
+            parts.forget(tp)
+            status.drop_lag(self.metrics, tp)
+        parts.assigned -= set(revoked)
+        self.metrics.assigned_partitions.set(len(parts.assigned))
+        self.metrics.rebalances.inc()
+        log.info("partitions revoked", extra={"partitions": describe(revoked)})
+
+    def on_assigned(self, assigned) -> None:
+        # Runs on kafka-python's I/O thread, where blocking consumer calls are not allowed: the
+        # restore (committed offsets, seek) happens on the loop's thread right after this poll.
+        parts = self.partitions
+        parts.assigned |= set(assigned)
+        parts.revoked -= set(assigned)
+        parts.to_restore |= set(assigned)
+        self.metrics.assigned_partitions.set(len(parts.assigned))
+        if not parts.to_restore:  # nothing to restore (an idle member of a group with few partitions): ready
+            self.metrics.ready = True
+
+    def _restore_assigned(self) -> None:
+        parts = self.partitions
+        pending, parts.to_restore = sorted(parts.to_restore & parts.assigned), set()
+        if self.recovery.restore_with_retry(pending):
+            self.metrics.ready = True
+
+    # -- one batch ------------------------------------------------------------------------
+    def _collect(self) -> tuple[list, list[float]]:
+        """Records of one micro-batch, with the time each poll returned them. Partitions assigned by a poll
+        are restored here, before their records are kept."""
+        records: list = []
+        received: list[float] = []
+        deadline = None
+        limit = self.cfg.max_batch_ticks
+        parts = self.partitions
+        while len(records) < limit and not self.stop_event.is_set():
+            wait_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            try:
+                polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(records))
+                self.metrics.broker_up.set(1)
+            except Exception as exc:  # noqa: BLE001 - kafka-python raises many kinds; all retried
+                self.metrics.broker_errors.labels("poll").inc()
+                self.metrics.broker_up.set(0)
+                log.warning("poll failed; retrying", extra={"error": repr(exc)})
+                self.metrics.beat()  # waiting out the broker on purpose
+                self.stop_event.wait(1.0)
+                continue
+            self.metrics.beat()
+            now = time.monotonic()
+            for recs in polled.values():
+                records.extend(recs)
+                received.extend([now] * len(recs))
+            drop = parts.revoked | parts.to_restore
+            if drop and records:  # fetched before a rebalance: the new owner (or the restore's seek) reads them again
+                kept = [(r, t) for r, t in zip(records, received) if TopicPartition(r.topic, r.partition) not in drop]
+                records, received = [r for r, _ in kept], [t for _, t in kept]
+            parts.revoked.clear()
+            if parts.to_restore:
+                self._restore_assigned()
+                if self.stopping.fatal:
+                    break
+            if records and deadline is None:
+                deadline = now + self.cfg.max_batch_ms / 1000
+            if not records or (deadline is not None and time.monotonic() >= deadline):
+                break
+        return records, received
+
+    def _process(self, records: list, received_at: list[float]) -> None:
+        t_batch = time.perf_counter()
+        batch = self._step(records, received_at)
+        offsets = self.partitions.commit_offsets(batch.pid, batch.offs,
+                                                 None if batch.silent is None else ~batch.silent)
+        out_rows, forecasts = self._emitted(batch)
+        outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
+        if not self.delivery.deliver(outbox):
+            return  # aborted and rewound: these records come again
+        self.partitions.dirty = False
+        self.checkpointer.batch_done()
+        if batch.silent is not None:
+            self.partitions.end_replays()
+        self._account(batch, out_rows, t_batch)
+
+    def _step(self, records: list, received_at: list[float]) -> Batch:
+        """Decode the records, step the operator on the valid ticks; dead letters and silent records found."""
+        n = len(records)
+        part = np.fromiter((r.partition for r in records), dtype=np.int64, count=n)
+        offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
+        pid = self.partitions.pids([r.topic for r in records], part)
+        status.count_received(self.metrics, self.partitions, pid)
+
+        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
+        # The record timestamp is "now" for the timestamp policy.
+        decoded = decode_batch([r.key for r in records], [r.value for r in records], stamps)
+        idx = decoded.ticks.column("index").to_numpy()
+        ticks = decoded.ticks.select(list(TICK_COLUMNS) + ["record_ts"])
+        ticks = ticks.append_column("partition", pa.array(pid[idx].astype(np.int32)))
+        ticks = ticks.append_column("offset", pa.array(offs[idx]))
+        # Records a recovery replays (before the committed offset) update state and emit nothing.
+        silent = self.partitions.silent_mask(pid, offs, stamps)
+        t_step = time.perf_counter()
+        self.partitions.dirty = True
+        result = self.forecaster.step(ticks)
+        self.metrics.step_seconds.observe(time.perf_counter() - t_step)
+        self.partitions.advance(pid, offs)
+
+        # Dead letters: decode failures and operator refusals, with the original bytes.
+        dead = [(i, reason.label, detail) for i, reason, detail in decoded.rejected]
+        bad_rows = np.flatnonzero(result.reasons)
+        dead += [(int(i), label, "") for i, label in zip(idx[bad_rows], reject_labels(result.reasons[bad_rows]))]
+        rows, forecasts = result.rows, result.forecasts
+        if silent is not None:
+            loud = ~silent[idx[rows]]
+            rows, forecasts = rows[loud], forecasts[loud]
+            dead = [d for d in dead if not silent[d[0]]]
+            n_silent = int(silent.sum())
+            self.stats.replayed += n_silent
+            self.metrics.replayed_ticks.inc(n_silent)
+        return Batch(records, received_at, ticks, pid, offs, idx, result, rows, forecasts,
+                     [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent)
+
+    def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """Tick rows to publish and their forecasts: all, or the last per instrument (``output_mode``)."""
+        if self.cfg.output_mode == "last_per_instrument" and len(batch.rows):
+            keep = messages.last_per_group(batch.ticks, batch.rows)
+        else:
+            keep = np.arange(len(batch.rows))
+        return batch.rows[keep], batch.forecasts[keep]
+
+    def _encode(self, batch: Batch, out_rows: np.ndarray, forecasts: np.ndarray) -> list[Message]:
+        msg_index = batch.idx[out_rows]
+        if self.cfg.output_format == "arrow":
+            if len(out_rows) == 0:
+                return []
+            topic = self.cfg.output_topic
+            return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, self.delivery.await_topic(topic),
+                                self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
+                                batch.pid, batch.offs)
+        return messages.encode_json(self.bundle, self.json_names, batch.ticks, out_rows, forecasts, msg_index,
+                           [r.topic for r in batch.records], batch.pid, batch.offs)
+
+    def _account(self, batch: Batch, out_rows: np.ndarray, t_batch: float) -> None:
+        """After the commit: latencies, online scores, counters and gauges, lag."""
+        m, s, result = self.metrics, self.stats, batch.result
+        msg_index = batch.idx[out_rows]
+        now = time.monotonic()
+        lat = now - np.asarray(batch.received_at)[msg_index] if len(msg_index) else np.zeros(0)
+        for v in lat.tolist():
+            m.e2e_seconds.observe(v)
+        s.latencies.extend(lat.tolist())
+        status.score(self.scorer, m, batch.ticks, batch.rows, batch.forecasts, result.expired)
+        s.ticks += len(batch.records)
+        s.forecasts += len(out_rows)
+        s.dead_letters += len(batch.dead)
+        s.batches += 1
+        if s.first_batch_at is None:
+            s.first_batch_at = min(batch.received_at)
+        s.last_batch_done = now
+        for d in batch.dead:
+            m.dead_letters.labels(d.reason).inc()
+        m.forecasts_published.inc(len(out_rows))
+        m.batch_ticks.observe(len(batch.records))
+        m.batch_instruments.observe(result.n_instruments)
+        m.session_resets.inc(result.n_resets)
+        m.expired_rows.inc(result.n_expired)
+        m.state_rows.set(len(self.forecaster.state))
+        m.state_bytes.set(self.forecaster.state.nbytes)
+        m.batch_seconds.observe(time.perf_counter() - t_batch)
+        m.last_progress.set_to_current_time()
+        status.update_lag(m, self.partitions, self.conn.consumer)
+
+
+class _Listener(ConsumerRebalanceListener):
+    """kafka-python rebalance callbacks, forwarded to the runner."""
+
+    def __init__(self, runner: Runner):
+        self.runner = runner
+
+    def on_partitions_revoked(self, revoked):
+        self.runner.on_revoked(revoked)
+
+    def on_partitions_assigned(self, assigned):
+        self.runner.on_assigned(assigned)

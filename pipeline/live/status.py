@@ -1,0 +1,128 @@
+"""What the run tells about itself beyond metrics definitions: counters kept in process (RunStats, the
+summary at exit), consumer lag, the status line, ticks received per partition, online scoring."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import logs
+from pipeline.live.partitions import Partitions
+from pipeline.metrics import Metrics
+from pipeline.scoring import OnlineScorer
+
+log = logs.get("run")
+
+
+@dataclass
+class RunStats:
+    ticks: int = 0
+    forecasts: int = 0
+    dead_letters: int = 0
+    batches: int = 0
+    replayed: int = 0  # ticks stepped silently to rebuild state (recovery, warm-up)
+    checkpoints: int = 0
+    checkpoint_failures: int = 0
+    started: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None  # monotonic time the first batch's records arrived
+    last_batch_done: float | None = None
+    latencies: deque = field(default_factory=lambda: deque(maxlen=200_000))
+
+    def percentiles(self) -> dict[str, float | None]:
+        if not self.latencies:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+        a = np.fromiter(self.latencies, dtype=np.float64)
+        return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3),
+                "max_ms": float(a.max() * 1e3)}
+
+    def summary(self) -> dict:
+        """The fields of the ``stopped`` log line (and of the CLI's result)."""
+        elapsed = time.monotonic() - self.started
+        return {"ticks": self.ticks, "forecasts": self.forecasts,
+                "dead_letters": self.dead_letters, "batches": self.batches,
+                "replayed": self.replayed, "checkpoints": self.checkpoints,
+                "checkpoint_failures": self.checkpoint_failures,
+                "elapsed_s": round(elapsed, 1), **{k: (round(v, 2) if v is not None else None)
+                                                   for k, v in self.percentiles().items()}}
+
+
+def count_received(metrics: Metrics, partitions: Partitions, pid: np.ndarray) -> None:
+    """ticks_received by input topic and partition (two topics' partition 0 are two series)."""
+    for p, c in zip(*np.unique(pid, return_counts=True)):
+        tp = partitions.tp_of(int(p))
+        metrics.ticks_received.labels(tp.topic, str(tp.partition)).inc(int(c))
+
+
+def update_lag(metrics: Metrics, partitions: Partitions, consumer) -> None:
+    """Fetch high-watermark minus position per assigned partition (a revoke drops a partition's series)."""
+    for tp in list(partitions.assigned):
+        hw = consumer.highwater(tp)
+        if hw is None:
+            continue
+        try:
+            pos = consumer.position(tp, timeout_ms=100)
+        except Exception:  # noqa: BLE001 - lag is best effort
+            continue
+        if pos is not None:
+            lag = partitions[tp].lag = max(hw - pos, 0)
+            metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+
+
+def drop_lag(metrics: Metrics, tp) -> None:
+    """A partition this process no longer reads has no lag here: drop its series."""
+    try:
+        metrics.lag.remove(tp.topic, str(tp.partition))
+    except KeyError:
+        pass
+
+
+def report_status(stats: RunStats, partitions: Partitions, n_instruments: int) -> None:
+    """One status line: redrawn in place on a terminal, a ``status`` log event otherwise."""
+    s = stats
+    elapsed = max(time.monotonic() - s.started, 1e-9)
+    pct = s.percentiles()
+    lag = sum(partitions.get(tp).lag or 0 for tp in partitions.assigned)  # as of the last batch
+    p99 = f"{pct['p99_ms']:.1f}ms" if pct["p99_ms"] is not None else "-"
+    line = (f"ticks {s.ticks:,} ({s.ticks / elapsed:,.0f}/s)  forecasts {s.forecasts:,}  "
+            f"dead letters {s.dead_letters:,}  lag {lag:,}  p99 {p99}  "
+            f"instruments {n_instruments:,}  partitions {len(partitions.assigned)}")
+    if sys.stderr.isatty():
+        print(f"\r\x1b[2K{line}", end="", file=sys.stderr, flush=True)
+    else:
+        log.info("status", extra={"ticks": s.ticks, "forecasts": s.forecasts, "dead_letters": s.dead_letters,
+                                  "lag": lag, "p99_ms": pct["p99_ms"], "instruments": n_instruments})
+
+
+def score(scorer: OnlineScorer, metrics: Metrics, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray,
+          expired: list[tuple[int, str]] = ()) -> None:
+    """Score the forecasts that mature with this batch; forget what the state table expired in it."""
+    _score_batch(scorer, metrics, ticks, rows, forecasts)
+    scorer.forget(expired)  # after scoring: a key stepped and expired in one batch is gone from both
+
+
+def _score_batch(scorer: OnlineScorer, metrics: Metrics, ticks: pa.Table, rows: np.ndarray,
+                 forecasts: np.ndarray) -> None:
+    if len(rows) == 0:
+        return
+    take = pa.array(rows)
+    names = ticks.column("instrument").take(take)
+    parts = ticks.column("partition").take(take).to_numpy()
+    enc = names.combine_chunks().dictionary_encode() if isinstance(names, pa.ChunkedArray) \
+        else names.dictionary_encode()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n_codes = len(enc.dictionary)
+    composite = parts.astype(np.int64) * n_codes + codes
+    uniq, group = np.unique(composite, return_inverse=True)
+    dictionary = enc.dictionary.to_pylist()
+    keys = [(int(u // n_codes), dictionary[int(u % n_codes)]) for u in uniq]
+    price = ticks.column("price").take(take).to_numpy()
+    m = scorer.update(keys, group, price, forecasts)
+    if m.count:
+        metrics.forecast_abs_error.inc(m.abs_error)
+        metrics.random_walk_abs_error.inc(m.random_walk_abs_error)
+        metrics.forecasts_scored.inc(m.count)

@@ -1,0 +1,229 @@
+"""The real live loop (``Runner.run``) against in-memory Kafka clients (tests/support/fake_kafka.py).
+
+Each test names one guarantee of the loop and injects the fault it is about where kafka-python would raise
+it; the broker-backed proofs of the same guarantees are in tests/integration/.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import zlib
+
+import numpy as np
+from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
+from kafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from pipeline.checkpoint import StoreUnavailable
+from pipeline.config import RunConfig
+from pipeline.live.runner import Runner
+from pipeline.metrics import Metrics
+from pipeline.replay import encode_ticks
+from pipeline.synthetic import generate_ticks
+from tests.conftest import in_target_units
+from tests.support.fake_kafka import FakeBroker, FakeKafka
+
+TP0, TP1 = TopicPartition("ticks", 0), TopicPartition("ticks", 1)
+
+
+def new_broker() -> FakeBroker:
+    return FakeBroker({"ticks": 2, "forecasts": 1, "ticks.dlq": 1})
+
+
+TICKS = encode_ticks(generate_ticks(6, 1000, seed=5, bad_fraction=0.0))
+
+
+def feed(broker: FakeBroker, n: int = 400, start: int = 0) -> None:
+    """Valid ticks ``start`` to ``start + n`` of 6 instruments, each instrument on one partition (by key)."""
+    for key, value, ts_ms in TICKS[start:start + n]:
+        broker.append("ticks", zlib.crc32(key) % 2, key, value, timestamp=ts_ms)
+
+
+def make_runner(bundle, broker: FakeBroker, **flags) -> tuple[Runner, FakeKafka]:
+    fake = FakeKafka(broker)
+    cfg = RunConfig.load(env={}, flags={"model": "m", "group_id": "g", "checkpoint_uri": "", "status_interval_s": 0,
+                                        **flags})
+    return Runner(cfg, bundle, Metrics(CollectorRegistry()), kafka_clients=fake), fake
+
+
+def run_until(runner: Runner, done, timeout_s: float = 60.0) -> int:
+    """Run the loop on a thread until ``done()``; stop it; its exit code."""
+    code = []
+    thread = threading.Thread(target=lambda: code.append(runner.run()), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not done() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    reached = done()
+    runner.request_stop()
+    thread.join(30)
+    assert reached, "the loop did not get there"
+    assert code, "the loop did not stop"
+    return code[0]
+
+
+def all_committed(broker: FakeBroker):
+    return lambda: all(broker.committed.get(TopicPartition("ticks", p)) == broker.end(TopicPartition("ticks", p))
+                       for p in range(2))
+
+
+def forecasts(broker: FakeBroker) -> dict[tuple[int, int], float]:
+    """Published forecasts by source (partition, offset); a duplicate fails."""
+    out = {}
+    for r in broker.records("forecasts"):
+        m = json.loads(r.value)
+        source = (m["partition"], m["offset"])
+        assert source not in out, f"forecast for {source} published twice"
+        out[source] = m["forecast"]
+    return out
+
+
+def reference(bundle, n: int = 400) -> dict[tuple[int, int], float]:
+    """What a run without faults publishes for the same input."""
+    broker = new_broker()
+    feed(broker, n)
+    runner, _ = make_runner(bundle, broker)
+    assert run_until(runner, all_committed(broker)) == 0
+    return forecasts(broker)
+
+
+def assert_same_forecasts(bundle, got: dict, expected: dict) -> None:
+    """The same sources, and the same numbers to float32 tolerance (batches may be cut differently)."""
+    assert got.keys() == expected.keys()
+    keys = sorted(expected)
+    np.testing.assert_allclose(in_target_units(bundle, [got[k] for k in keys]),
+                               in_target_units(bundle, [expected[k] for k in keys]), rtol=1e-5, atol=1e-5)
+
+
+def sample(runner: Runner, name: str, **labels) -> float | None:
+    return runner.metrics.registry.get_sample_value(name, labels)
+
+
+def test_a_batch_publishes_its_forecasts_and_commits_only_after_they_are_acknowledged(bundle):
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker)
+    at_commit = []
+    fake.on_consumer = lambda c: setattr(c, "before_commit", lambda offsets: at_commit.append(
+        (dict(offsets), len(broker.records("forecasts")), fake.producers[-1].calls[-1:])))
+    assert run_until(runner, all_committed(broker)) == 0
+    published = forecasts(broker)
+    assert len(published) == 400, "one forecast per valid tick"
+    assert at_commit, "offsets were committed"
+    for offsets, n_published, last_call in at_commit:
+        # Every forecast of the records a commit covers was out and flushed before it.
+        covered = sum(o.offset for o in offsets.values())
+        assert n_published >= covered and last_call == ["flush"]
+    assert sample(runner, "tickcast_forecasts_published_total") == 400
+
+
+def test_a_send_that_raises_a_retriable_error_is_resent_and_nothing_is_committed_before(bundle):
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, max_batch_ticks=10_000, max_batch_ms=200)
+    committed_when_refused = []
+
+    def faults(producer):
+        producer.send_errors = [NotLeaderForPartitionError()]  # send() itself raises
+        failures = [NotLeaderForPartitionError()]  # and one future fails
+
+        def refuse(topic, *_a):
+            if topic == "forecasts" and failures:
+                committed_when_refused.append(dict(broker.committed))
+                return failures.pop()
+            return None
+
+        producer.refuse = refuse
+
+    fake.on_producer = faults
+    assert run_until(runner, all_committed(broker)) == 0
+    assert committed_when_refused == [{}], "nothing is committed while a send is unacknowledged"
+    assert len(forecasts(broker)) == 400, "both refused forecasts were sent again, once"
+    assert sample(runner, "tickcast_publish_errors_total", reason="retriable") == 1
+    assert len(fake.consumers[0].commits) == 1, "one batch, committed once it was all acknowledged"
+
+
+def test_a_commit_that_times_out_is_retried_until_it_goes_through(bundle):
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, max_batch_ticks=10_000, max_batch_ms=200)
+    fake.on_consumer = lambda c: setattr(c, "commit_errors", [KafkaTimeoutError(), KafkaTimeoutError()])
+    assert run_until(runner, all_committed(broker)) == 0
+    assert fake.consumers[0].commit_errors == []
+    assert sample(runner, "tickcast_broker_errors_total", operation="commit") == 2
+    assert len(forecasts(broker)) == 400, "the batch was published once; only its commit was retried"
+
+
+def test_a_rebalance_mid_run_drops_the_revoked_partitions_state(bundle):
+    broker = new_broker()
+    feed(broker)
+    runner, _ = make_runner(bundle, broker)
+    pid1 = runner.partitions.pid("ticks", 1)
+
+    revoked = []
+
+    def revoked_after_first_batches():
+        if not revoked:
+            if not all_committed(broker)():
+                return False
+            broker.revoke(TP1)
+            feed(broker, 200, start=400)  # both partitions go on; only partition 0 is ours now
+            revoked.append(True)
+        return TP1 not in runner.partitions.assigned and broker.committed.get(TP0) == broker.end(TP0)
+
+    assert run_until(runner, revoked_after_first_batches) == 0
+    state = runner.forecaster.state
+    held = set(state.column("partition")[: len(state)].tolist())
+    assert pid1 not in held and 0 in held, "the revoked partition's rows are gone, the kept one's stay"
+    assert all(p != pid1 for p, _ in runner.scorer._keys)
+    assert TP1 not in runner.partitions.states
+    assert sample(runner, "tickcast_consumer_lag_records", topic="ticks", partition="1") is None
+    assert broker.committed[TP1] < broker.end(TP1), "records of a revoked partition are not processed here"
+    assert not [s for s in forecasts(broker) if s[0] == 1 and s[1] >= broker.committed[TP1]]
+
+
+def test_exactly_once_an_aborted_transaction_rewinds_and_each_forecast_is_published_once(bundle, tmp_path):
+    """The second batch's transaction fails: it is aborted, the state goes back to the committed offsets (no
+    checkpoint yet: rebuilt by a silent replay from the partition's start) and the batch is redone."""
+    expected = reference(bundle)
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, processing="exactly_once", checkpoint_uri=str(tmp_path),
+                               max_batch_ticks=150)
+    fake.on_producer = lambda p: p.fail_commits.extend([None, KafkaTimeoutError("no answer")]) \
+        if not fake.producers else None
+    assert run_until(runner, all_committed(broker)) == 0
+    assert fake.producers[0].calls.count("abort") == 1
+    assert sample(runner, "tickcast_transactions_total", result="aborted") == 1
+    assert sample(runner, "tickcast_partition_restores_total", source="replay_from_start") >= 1
+    assert_same_forecasts(bundle, forecasts(broker), expected)  # after the rewind: each once, the same numbers
+
+
+def test_a_restore_whose_checkpoint_store_fails_is_retried_then_restores_the_checkpoint(bundle, tmp_path, caplog):
+    expected = reference(bundle, 600)
+    broker = new_broker()
+    feed(broker)
+    ckpt = str(tmp_path / "ckpt")
+    first, _ = make_runner(bundle, broker, checkpoint_uri=ckpt)
+    assert run_until(first, all_committed(broker)) == 0  # checkpoints at shutdown
+    feed(broker, 200, start=400)
+    second, _ = make_runner(bundle, broker, checkpoint_uri=ckpt)
+    real, failures = second.store.latest, [2]
+
+    def flaky(*args, **kwargs):
+        if failures[0]:
+            failures[0] -= 1
+            raise StoreUnavailable("cannot list: AWS Error NETWORK_CONNECTION")
+        return real(*args, **kwargs)
+
+    second.store.latest = flaky
+    with caplog.at_level(logging.WARNING, logger="tickcast.run"):
+        assert run_until(second, all_committed(broker)) == 0
+    assert [r.getMessage() for r in caplog.records].count("checkpoint store unreachable; retrying the restore") == 2
+    assert sample(second, "tickcast_partition_restores_total", source="checkpoint") == 2, \
+        "not an empty or replayed start"
+    # After the restore, the forecasts are those of a run that never stopped.
+    assert_same_forecasts(bundle, forecasts(broker), expected)
