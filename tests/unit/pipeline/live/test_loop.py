@@ -23,7 +23,7 @@ from pipeline.live.runner import Runner
 from pipeline.metrics import Metrics
 from pipeline.replay import encode_ticks
 from pipeline.synthetic import generate_ticks
-from tests.conftest import in_target_units
+from tests.support.bundles import in_target_units
 from tests.support.fake_kafka import FakeBroker, FakeKafka
 
 TP0, TP1 = TopicPartition("ticks", 0), TopicPartition("ticks", 1)
