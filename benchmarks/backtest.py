@@ -15,17 +15,17 @@ import time
 import uuid
 
 from operators.forecaster import Forecaster
-from pipeline.backtest import run_backtest
-from pipeline.sources import TableSource
-from pipeline.synthetic import generate_ticks
+from pipeline.evaluation.backtest import run_backtest
+from pipeline.files.sources import TableSource
+from pipeline.files.synthetic import generate_ticks
 
 
 def run(n_ticks: int = 300_000, instruments: int = 1000, batch: int = 10_000, printer=print) -> dict:
     from benchmarks.e2e import _produce, measure_ceiling  # noqa: PLC0415
     from benchmarks.operator import _bundle  # noqa: PLC0415
-    from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
-    from pipeline.replay import encode_ticks  # noqa: PLC0415
-    from pipeline.topics import read_topic_range  # noqa: PLC0415
+    from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
+    from pipeline.kafka.replay import encode_ticks  # noqa: PLC0415
+    from pipeline.kafka.topics import read_topic_range  # noqa: PLC0415
 
     bundle = _bundle(1, 64)
     ticks = generate_ticks(instruments, n_ticks, seed=5, bad_fraction=0.0)

@@ -68,7 +68,7 @@ def _s3_endpoint():
         return
     import pyarrow.fs as pafs  # noqa: PLC0415
 
-    from pipeline.broker import free_port  # noqa: PLC0415
+    from pipeline.kafka.broker import free_port  # noqa: PLC0415
 
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
@@ -141,12 +141,12 @@ def exactly_once_cost(n_ticks: int = 60_000, instruments: int = 1000, printer=pr
 
     from benchmarks.e2e import _produce  # noqa: PLC0415
     from benchmarks.operator import _bundle  # noqa: PLC0415
-    from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
     from pipeline.config import RunConfig  # noqa: PLC0415
+    from pipeline.files.synthetic import generate_ticks  # noqa: PLC0415
+    from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
+    from pipeline.kafka.replay import encode_ticks  # noqa: PLC0415
     from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics  # noqa: PLC0415
-    from pipeline.replay import encode_ticks  # noqa: PLC0415
-    from pipeline.synthetic import generate_ticks  # noqa: PLC0415
 
     bundle = _bundle(1, 32)
     out = {}

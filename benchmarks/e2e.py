@@ -22,13 +22,13 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from operators.model import Bundle
-from pipeline.broker import EmbeddedBroker, create_topics
 from pipeline.config import RunConfig
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.broker import EmbeddedBroker, create_topics
+from pipeline.kafka.replay import encode_ticks
+from pipeline.kafka.ticks import decode_batch
 from pipeline.live.runner import Runner
 from pipeline.metrics import Metrics
-from pipeline.replay import encode_ticks
-from pipeline.synthetic import generate_ticks
-from pipeline.ticks import decode_batch
 
 
 def _rss() -> int:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.broker import EmbeddedBroker, create_topics
+from pipeline.kafka.broker import EmbeddedBroker, create_topics
 
 
 def _messages(n: int) -> list[tuple[bytes, bytes]]:

@@ -24,7 +24,7 @@ from datetime import datetime
 
 from confluent_kafka import Consumer, TopicPartition
 
-from pipeline.broker import EmbeddedBroker, create_topics
+from pipeline.kafka.broker import EmbeddedBroker, create_topics
 from tests.support.live import RunProcess, produce
 
 
@@ -99,7 +99,7 @@ def main() -> None:
 
 def _model() -> str:
     from operators.model import TrainConfig, save_bundle, train  # noqa: PLC0415
-    from pipeline.synthetic import generate_ticks  # noqa: PLC0415
+    from pipeline.files.synthetic import generate_ticks  # noqa: PLC0415
 
     path = tempfile.mkdtemp(prefix="tickcast-rec-model-")
     save_bundle(train(generate_ticks(20, 20_000, seed=1), TrainConfig(epochs=1, hidden=64)), path)

@@ -60,7 +60,7 @@ def _parse_time_ns(text: str | None, flag: str) -> int | None:
 def _load_input(args: argparse.Namespace):
     import pyarrow.compute as pc  # noqa: PLC0415
 
-    from pipeline.formats import read_ticks  # noqa: PLC0415
+    from pipeline.files.formats import read_ticks  # noqa: PLC0415
 
     if getattr(args, "source_is_topic", True) and (args.input is None) == (getattr(args, "topic", None) is None):
         raise ConfigError("give exactly one of --input FILE and --topic TOPIC")
@@ -84,7 +84,7 @@ def _load_topic(args: argparse.Namespace):
     from kafka.errors import KafkaError  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from pipeline.topics import read_topic_range  # noqa: PLC0415
+    from pipeline.kafka.topics import read_topic_range  # noqa: PLC0415
 
     lo, hi = _parse_time_ns(args.time_from, "--from"), _parse_time_ns(args.time_to, "--to")
     with tqdm(unit="msg", unit_scale=True, desc=f"reading {args.topic}", disable=getattr(args, "quiet", False),
@@ -134,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from operators.model import load_bundle  # noqa: PLC0415
-    from pipeline.backtest import run_backtest  # noqa: PLC0415
+    from pipeline.evaluation.backtest import run_backtest  # noqa: PLC0415
 
     if args.max_batch_ticks < 1:
         raise ConfigError(f"--max-batch-ticks must be >= 1, got {args.max_batch_ticks}")
@@ -173,8 +173,8 @@ def format_summary(s: dict, out_dir: Path) -> str:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipeline.sinks import write_parquet  # noqa: PLC0415
-    from pipeline.synthetic import generate_ticks  # noqa: PLC0415
+    from pipeline.files.sinks import write_parquet  # noqa: PLC0415
+    from pipeline.files.synthetic import generate_ticks  # noqa: PLC0415
 
     table = generate_ticks(args.instruments, args.ticks, seed=args.seed)
     write_parquet(table, Path(args.out))
@@ -185,9 +185,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from operators.errors import BundleError  # noqa: PLC0415
     from operators.model import TrainConfig, load_bundle, save_bundle, train  # noqa: PLC0415
-    from pipeline.backtest import run_backtest  # noqa: PLC0415
-    from pipeline.sinks import write_parquet  # noqa: PLC0415
-    from pipeline.synthetic import generate_ticks  # noqa: PLC0415
+    from pipeline.evaluation.backtest import run_backtest  # noqa: PLC0415
+    from pipeline.files.sinks import write_parquet  # noqa: PLC0415
+    from pipeline.files.synthetic import generate_ticks  # noqa: PLC0415
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -231,11 +231,11 @@ def _demo_live(args: argparse.Namespace, bundle, ticks, say) -> int:
     from kafka import KafkaProducer  # noqa: PLC0415
 
     from pipeline import logs  # noqa: PLC0415
-    from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
     from pipeline.config import RunConfig  # noqa: PLC0415
+    from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
+    from pipeline.kafka.replay import replay  # noqa: PLC0415
     from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
-    from pipeline.replay import replay  # noqa: PLC0415
 
     logs.configure("text", "warning")
     # The embedded broker starts empty every time: checkpoints of an earlier demo belong to offsets that no
@@ -441,7 +441,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_walkforward(args: argparse.Namespace) -> int:
-    from pipeline.walkforward import run_walkforward  # noqa: PLC0415
+    from pipeline.evaluation.walkforward import run_walkforward  # noqa: PLC0415
 
     cfg = _train_config(args)
     if args.folds < 1:
@@ -473,7 +473,7 @@ def cmd_walkforward(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq  # noqa: PLC0415
 
-    from pipeline.analysis import compare  # noqa: PLC0415
+    from pipeline.evaluation.report import compare  # noqa: PLC0415
 
     runs = []
     for d in (args.run_a, args.run_b):
@@ -500,7 +500,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.analysis import write_report  # noqa: PLC0415
+    from pipeline.evaluation.report import write_report  # noqa: PLC0415
 
     if not (Path(args.dir) / "forecasts.parquet").is_file():
         raise ConfigError(f"{args.dir} holds no forecasts.parquet; give a `tickcast backtest --out` directory")
@@ -558,7 +558,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     import signal  # noqa: PLC0415
     import threading  # noqa: PLC0415
 
-    from pipeline.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
+    from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -576,7 +576,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from kafka import KafkaProducer  # noqa: PLC0415
     from kafka.errors import KafkaError  # noqa: PLC0415
 
-    from pipeline.replay import replay  # noqa: PLC0415
+    from pipeline.kafka.replay import replay  # noqa: PLC0415
 
     if args.speed < 0:
         raise ConfigError(f"--speed must be >= 0 (0 = as fast as possible), got {args.speed}")

@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from operators.model import Bundle, TrainConfig, load_bundle, save_bundle, sequences_from_table, train  # noqa: E402
-from pipeline.synthetic import generate_ticks  # noqa: E402
+from pipeline.files.synthetic import generate_ticks  # noqa: E402
 
 
 def _trained(tmp_path_factory, layers: int, hidden: int) -> Bundle:

@@ -1,7 +1,7 @@
 """What the loop sends: forecast messages (JSON, one per forecast, or Arrow IPC, one per output partition) and
 dead letters (the refused record's own bytes, the reason in headers, cut to fit when refused for size).
 
-The formats are documented in docs/; ``pipeline.sinks`` holds the Arrow schema they share with the file sink.
+The formats are documented in docs/; ``pipeline.files.sinks`` holds the Arrow schema they share with the file sink.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.model import Bundle
-from pipeline.live.partitions import PARTITION_MASK, TOPIC_SHIFT
-from pipeline.sinks import (
+from pipeline.files.sinks import (
     ARROW_CONTENT_TYPE,
     FORECAST_MESSAGE_SCHEMA,
     encode_forecast_batch,
 )
+from pipeline.live.partitions import PARTITION_MASK, TOPIC_SHIFT
 
 # Arrow output: rows per message, and bytes per message (a row is ~45 B plus its instrument name, at most
 # the 256-byte key limit): every message stays far below the producer's 1 MiB max_request_size.

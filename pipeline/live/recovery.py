@@ -17,6 +17,7 @@ from operators.model import Bundle
 from pipeline import logs
 from pipeline.checkpoint import DATA_ERRORS, Problem, StoreUnavailable
 from pipeline.config import RunConfig, parse_duration_ns
+from pipeline.kafka.topics import first_offsets_at
 from pipeline.live.clients import (
     GIVE_UP,
     Connection,
@@ -27,7 +28,6 @@ from pipeline.live.clients import (
 from pipeline.live.partitions import Partitions
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics
-from pipeline.topics import first_offsets_at
 
 log = logs.get("run")
 

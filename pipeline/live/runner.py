@@ -43,6 +43,8 @@ from operators.validation import TICK_COLUMNS, reject_labels
 from pipeline import logs
 from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
+from pipeline.evaluation.online import OnlineScorer
+from pipeline.kafka.ticks import decode_batch
 from pipeline.live import clients, messages, status
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import Delivery, Outbox
@@ -52,8 +54,6 @@ from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
-from pipeline.scoring import OnlineScorer
-from pipeline.ticks import decode_batch
 
 log = logs.get("run")
 

@@ -12,9 +12,9 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import logs
+from pipeline.evaluation.online import OnlineScorer
 from pipeline.live.partitions import Partitions
 from pipeline.metrics import Metrics
-from pipeline.scoring import OnlineScorer
 
 log = logs.get("run")
 

@@ -16,7 +16,7 @@ def kafka_bootstrap():
     if external:
         yield external
         return
-    from pipeline.broker import EmbeddedBroker
+    from pipeline.kafka.broker import EmbeddedBroker
 
     broker = EmbeddedBroker()
     broker.start()
@@ -28,7 +28,7 @@ def kafka_bootstrap():
 
 @pytest.fixture
 def topic_factory(kafka_bootstrap):
-    from pipeline.broker import create_topics
+    from pipeline.kafka.broker import create_topics
 
     def make(partitions: int = 1, prefix: str = "t") -> str:
         name = f"{prefix}-{uuid.uuid4().hex[:10]}"

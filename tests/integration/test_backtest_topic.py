@@ -13,8 +13,8 @@ import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from pipeline.broker import create_topics
-from pipeline.synthetic import generate_ticks
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.broker import create_topics
 from tests.support.cli import tickcast
 from tests.support.faults import read_topic, wait_drained
 from tests.support.live import RunProcess

@@ -14,9 +14,9 @@ import sys
 
 import pytest
 
-from pipeline.broker import EmbeddedBroker, create_topics
-from pipeline.sinks import write_parquet
-from pipeline.synthetic import generate_ticks
+from pipeline.files.sinks import write_parquet
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.broker import EmbeddedBroker, create_topics
 from tests.support.live import ENV, consume_all
 
 

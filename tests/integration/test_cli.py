@@ -8,8 +8,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sinks import write_parquet
-from pipeline.synthetic import generate_ticks
+from pipeline.files.sinks import write_parquet
+from pipeline.files.synthetic import generate_ticks
 from tests.support.cli import tickcast
 
 

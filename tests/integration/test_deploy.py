@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.broker import create_topics
-from pipeline.synthetic import generate_ticks
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.broker import create_topics
 from tests.support.live import ENV, RunProcess, produce, tick_messages
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,9 +22,9 @@ import pyarrow.fs as pafs
 import pytest
 
 from operators.forecaster import Forecaster
-from pipeline.broker import create_topics
 from pipeline.checkpoint import CheckpointStore
-from pipeline.synthetic import generate_ticks
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.broker import create_topics
 from tests.support.faults import (
     PARTITIONS,
     assert_exactly_the_reference,

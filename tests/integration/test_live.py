@@ -15,8 +15,8 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from operators.forecaster import Forecaster
-from pipeline.sinks import FORECAST_MESSAGE_SCHEMA, decode_forecast_message
-from pipeline.synthetic import generate_ticks
+from pipeline.files.sinks import FORECAST_MESSAGE_SCHEMA, decode_forecast_message
+from pipeline.files.synthetic import generate_ticks
 from tests.support.live import RunProcess, consume_all, produce, tick_messages
 
 
@@ -27,7 +27,7 @@ def _names(prefix: str) -> tuple[str, str, str, str]:
 
 @pytest.fixture
 def topics(kafka_bootstrap):
-    from pipeline.broker import create_topics
+    from pipeline.kafka.broker import create_topics
 
     def make(prefix: str, partitions: int = 1):
         tin, tout, dlq, group = _names(prefix)
@@ -102,7 +102,7 @@ def _read_arrow_forecasts(bootstrap: str, topic: str, partitions: int, expected:
 
 @pytest.mark.parametrize("processing", ["at_least_once", "exactly_once"])
 def test_arrow_output_carries_every_forecast_on_its_instruments_partition(kafka_bootstrap, bundle, processing):
-    from pipeline.broker import create_topics
+    from pipeline.kafka.broker import create_topics
 
     tin, tout, dlq, group = _names("arrow")
     create_topics(kafka_bootstrap, {tin: 1, tout: 3, dlq: 1})

@@ -19,8 +19,8 @@ import uuid
 import pytest
 from confluent_kafka import Producer
 
-from pipeline.broker import create_topics
-from pipeline.synthetic import generate_ticks
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.broker import create_topics
 from tests.support.faults import (
     assert_exactly_the_reference,
     read_topic,

@@ -10,7 +10,7 @@ import uuid
 
 from kafka import KafkaProducer
 
-from pipeline.broker import create_topics
+from pipeline.kafka.broker import create_topics
 from tests.support.txlog import read_committed
 
 

@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from operators.forecaster import Forecaster
 from pipeline.checkpoint import group_store
-from pipeline.ticks import decode_batch
+from pipeline.kafka.ticks import decode_batch
 from tests.support.txlog import read_committed
 
 PARTITIONS = 2

@@ -94,7 +94,7 @@ class TcpProxy:
 def broker_behind_proxy() -> Iterator[TcpProxy]:
     """An embedded broker that advertises a TcpProxy in front of it, so every client connection (bootstrap
     and after metadata) goes through the proxy the test controls; both stop on exit."""
-    from pipeline.broker import EmbeddedBroker, free_port
+    from pipeline.kafka.broker import EmbeddedBroker, free_port
 
     broker_port = free_port()
     proxy = TcpProxy("127.0.0.1", broker_port)

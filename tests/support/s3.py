@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 
 import pytest
 
-from pipeline.broker import free_port
+from pipeline.kafka.broker import free_port
 
 REGION = "us-east-1"
 # moto accepts any credentials; they are here so a URI can carry them like a real deployment's would.

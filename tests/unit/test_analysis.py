@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.analysis import bootstrap_scores, breakdown, compare, write_report
-from pipeline.report import realized_returns, score
+from pipeline.evaluation.report import bootstrap_scores, breakdown, compare, write_report
+from pipeline.evaluation.scores import realized_returns, score
 
 F = np.array([0.1, -0.2, 0.3, 0.0])
 R = np.array([0.2, -0.1, -0.1, 0.05])

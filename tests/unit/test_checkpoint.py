@@ -31,7 +31,7 @@ from pipeline.checkpoint import (
     path_segment,
     redact_uri,
 )
-from pipeline.synthetic import generate_ticks
+from pipeline.files.synthetic import generate_ticks
 from tests.support.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
 
 BACKENDS = ["local", "s3"]

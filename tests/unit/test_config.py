@@ -89,10 +89,10 @@ def test_run_help_documents_every_option():
 
 
 def test_every_command_and_library_function_has_the_one_micro_batch_default(monkeypatch):
-    from pipeline.backtest import run_backtest
     from pipeline.cli import build_parser
-    from pipeline.sources import TableSource
-    from pipeline.walkforward import run_walkforward
+    from pipeline.evaluation.backtest import run_backtest
+    from pipeline.evaluation.walkforward import run_walkforward
+    from pipeline.files.sources import TableSource
 
     monkeypatch.delenv("TICKCAST_MAX_BATCH_TICKS", raising=False)
     parser = build_parser()

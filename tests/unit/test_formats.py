@@ -9,7 +9,7 @@ import pytest
 
 from operators.errors import InputDataError
 from operators.validation import TICK_COLUMNS
-from pipeline.formats import read_ticks
+from pipeline.files.formats import read_ticks
 from tests.support.data import real_data_or_skip
 
 T0 = 1_700_000_000_000_000_000

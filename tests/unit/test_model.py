@@ -14,7 +14,7 @@ import pytest
 from operators.errors import BundleError
 from operators.forecaster import Forecaster
 from operators.model import _version_hash, load_bundle, save_bundle
-from pipeline.synthetic import generate_ticks
+from pipeline.files.synthetic import generate_ticks
 from tests.support.bundles import in_target_units
 
 

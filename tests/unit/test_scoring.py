@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.scoring import OnlineScorer
+from pipeline.evaluation.online import OnlineScorer
 
 H = 3
 

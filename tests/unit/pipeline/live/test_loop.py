@@ -19,10 +19,10 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.checkpoint import StoreUnavailable
 from pipeline.config import RunConfig
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.replay import encode_ticks
 from pipeline.live.runner import Runner
 from pipeline.metrics import Metrics
-from pipeline.replay import encode_ticks
-from pipeline.synthetic import generate_ticks
 from tests.support.bundles import in_target_units
 from tests.support.fake_kafka import FakeBroker, FakeKafka
 

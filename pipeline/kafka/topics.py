@@ -24,7 +24,7 @@ from kafka.structs import TopicPartition
 
 from operators.errors import TickcastError
 from operators.validation import TICK_COLUMNS
-from pipeline.ticks import decode_batch
+from pipeline.kafka.ticks import decode_batch
 
 log = logging.getLogger(__name__)
 

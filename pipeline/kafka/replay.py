@@ -1,6 +1,6 @@
 """Publish a tick table to a topic: keyed by instrument, paced by event time.
 
-Each tick becomes one schema-v1 JSON message (see ``pipeline.ticks``) whose
+Each tick becomes one schema-v1 JSON message (see ``pipeline.kafka.ticks``) whose
 Kafka timestamp is the tick's event time (ms). With ``speed`` X > 0 the gaps
 between ticks are replayed X times faster than they happened; with 0 the
 ticks go out as fast as the producer takes them.

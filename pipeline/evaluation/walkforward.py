@@ -18,10 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from operators.model import TrainConfig, save_bundle, train
-from pipeline.analysis import bootstrap_scores, breakdown, write_report
-from pipeline.backtest import run_backtest
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS
-from pipeline.sinks import write_parquet
+from pipeline.evaluation.backtest import run_backtest
+from pipeline.evaluation.report import bootstrap_scores, breakdown, write_report
+from pipeline.files.sinks import write_parquet
 
 
 def windows(ticks: pa.Table, folds: int) -> list[tuple[int, int]]:

@@ -3,9 +3,9 @@
 Outputs in ``OUT_DIR``:
 - ``forecasts.parquet``: instrument, ts, seq, price, forecast, realized
 - ``rejected.parquet``: seq, reason (ticks the operator refused)
-- ``summary.json``: scores of the model and of the random walk (see ``pipeline.report``)
+- ``summary.json``: scores of the model and of the random walk (see ``pipeline.evaluation.scores``)
 - ``per_instrument.parquet``, ``per_hour.parquet``: the same scores broken down
-- ``report.html``: headline table with bootstrap intervals, plots, breakdowns (see ``pipeline.analysis``)
+- ``report.html``: headline table with bootstrap intervals, plots, breakdowns (see ``pipeline.evaluation.report``)
 - ``plots/*.png``
 """
 
@@ -23,11 +23,11 @@ from tqdm import tqdm
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.model import Bundle
 from operators.validation import reject_labels
-from pipeline.analysis import bootstrap_scores, breakdown, write_report
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS
-from pipeline.report import plot_backtest, realized_returns, score
-from pipeline.sinks import ForecastCollector, write_parquet
-from pipeline.sources import TableSource
+from pipeline.evaluation.report import bootstrap_scores, breakdown, write_report
+from pipeline.evaluation.scores import plot_backtest, realized_returns, score
+from pipeline.files.sinks import ForecastCollector, write_parquet
+from pipeline.files.sources import TableSource
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.report import score, spearman
+from pipeline.evaluation.scores import score, spearman
 
 RESAMPLES = 2000
 SEED = 20260301
