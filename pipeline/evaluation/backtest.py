@@ -6,7 +6,7 @@ Outputs in ``OUT_DIR``:
 - ``summary.json``: scores of the model and of the random walk (see ``pipeline.evaluation.scores``)
 - ``per_instrument.parquet``, ``per_hour.parquet``: the same scores broken down
 - ``report.html``: headline table with bootstrap intervals, plots, breakdowns (see ``pipeline.evaluation.report``)
-- ``plots/*.png``
+- ``plots/*.png`` (see ``pipeline.evaluation.plots``)
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from operators.forecaster import Forecaster, ForecasterConfig
 from operators.model import Bundle
 from operators.validation import reject_labels
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS
+from pipeline.evaluation.plots import plot_backtest
 from pipeline.evaluation.report import bootstrap_scores, breakdown, write_report
-from pipeline.evaluation.scores import plot_backtest, realized_returns, score
+from pipeline.evaluation.scores import realized_returns, score
 from pipeline.files.sinks import ForecastCollector, write_parquet
 from pipeline.files.sources import TableSource
 

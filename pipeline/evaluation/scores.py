@@ -1,4 +1,4 @@
-"""Forecast scoring against realised returns, and the backtest plots.
+"""Forecast scoring against realised returns (the plots are in ``pipeline.evaluation.plots``).
 
 Scores (over ticks whose realised value is known):
 - MAE, RMSE of the forecast log return;
@@ -13,7 +13,6 @@ no rank, so its hit rate and IC are reported as null.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -88,55 +87,3 @@ def realized_returns(forecasts: pa.Table, horizon: int) -> np.ndarray:
     out[order] = target
     return out
 
-
-def plot_backtest(forecasts: pa.Table, out_dir: Path, title: str) -> list[Path]:
-    """Cumulative absolute error (model vs random walk) and a forecast/realised scatter."""
-    import matplotlib  # noqa: PLC0415 - plotting only when asked
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    f = forecasts.column("forecast").to_numpy()
-    r = forecasts.column("realized").to_numpy(zero_copy_only=False)
-    ok = np.isfinite(r)
-    f, r = f[ok], r[ok]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    short = "/".join(Path(title).parts[-2:]) if "/" in title else title
-    for ax, (label, fn) in zip(axes, [("absolute", np.abs), ("squared", np.square)]):
-        if len(f):
-            step = max(1, len(f) // 4000)
-            x = np.arange(len(f))
-            ax.plot(x[::step], np.cumsum(fn(f - r))[::step], label="model")
-            ax.plot(x[::step], np.cumsum(fn(r))[::step], label="random walk (zero return)")
-        ax.set_xlabel("scored tick (input order)")
-        ax.set_ylabel(f"cumulative {label} error")
-        ax.set_title(f"cumulative {label} error (lower is better)")
-        ax.legend()
-    fig.suptitle(short)
-    fig.tight_layout()
-    paths.append(out_dir / "cumulative_error.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5.5, 5.5))
-    if len(f):
-        rng = np.random.default_rng(0)
-        pick = rng.choice(len(f), size=min(len(f), 20000), replace=False)
-        ax.scatter(f[pick], r[pick], s=2, alpha=0.3)
-        lim = np.nanpercentile(np.abs(r), 99.5) or 1e-9
-        ax.set_ylim(-lim, lim)
-        flim = np.nanpercentile(np.abs(f), 99.5) or 1e-9
-        ax.set_xlim(-flim, flim)
-    ic = spearman(f, r)
-    ax.set_title(f"forecast vs realised (IC {ic:.3f})" if ic is not None else "forecast vs realised")
-    ax.set_xlabel("forecast log return")
-    ax.set_ylabel("realised log return")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.axvline(0, color="grey", lw=0.5)
-    fig.tight_layout()
-    paths.append(out_dir / "forecast_vs_realized.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
-    return paths
