@@ -159,7 +159,7 @@ def test_serving_reads_the_same_weights_as_keras_without_importing_it(fixture, r
              "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow'))\n"
              "assert not loaded, loaded[:5]\n")
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
-                          cwd=Path(__file__).parents[2])
+                          cwd=Path(__file__).parents[3])
     assert done.returncode == 0, done.stderr[-2000:]
 
 
@@ -183,7 +183,7 @@ def test_keras_with_a_known_safe_mode_bypass_is_refused_and_not_admitted_by_the_
         load_bundle(bundle.path, with_keras=True)
     monkeypatch.setattr(keras, "__version__", "3.9.0")
     load_bundle(bundle.path, with_keras=True)
-    deps = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]["dependencies"]
+    deps = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())["project"]["dependencies"]
     floor = [d for d in deps if d.replace(" ", "").startswith("keras>=")]
     assert floor, f"keras has no lower bound in {deps}"
     assert tuple(int(p) for p in floor[0].split(">=")[1].split(".")[:2]) >= SAFE_KERAS

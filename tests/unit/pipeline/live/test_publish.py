@@ -36,7 +36,7 @@ from pipeline.metrics import Metrics
 from tests.support.fake_kafka import FakeConsumer, FakeProducer
 
 Record = namedtuple("Record", "topic partition offset key value timestamp")
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+DEPLOY = Path(__file__).resolve().parents[4] / "deploy"
 
 
 class NullWatch:
