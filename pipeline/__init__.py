@@ -1,4 +1,5 @@
-"""tickcast pipeline: sources, sinks, the run loop, reports and the CLI.
+"""tickcast pipeline: the CLI, config, checkpoints, metrics and logs here; Kafka I/O in ``kafka/``, the live
+runtime in ``live/``, files in ``files/``, backtests, scores and reports in ``evaluation/``.
 
 Treats the operator (``operators.forecaster.Forecaster``) as a black box:
 ticks in, forecasts and rejections out.
