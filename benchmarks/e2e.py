@@ -21,7 +21,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from operators.model import Bundle
+from operators.bundle import Bundle
 from pipeline.broker import EmbeddedBroker, create_topics
 from pipeline.config import RunConfig
 from pipeline.live.runner import Runner

@@ -111,7 +111,8 @@ def _forecaster_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from operators.model import save_bundle, train  # noqa: PLC0415
+    from operators.bundle import save_bundle  # noqa: PLC0415
+    from operators.training import train  # noqa: PLC0415
 
     cfg = _train_config(args)
     ticks = _load_input(args)
@@ -133,7 +134,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_backtest(args: argparse.Namespace) -> int:
-    from operators.model import load_bundle  # noqa: PLC0415
+    from operators.bundle import load_bundle  # noqa: PLC0415
     from pipeline.backtest import run_backtest  # noqa: PLC0415
 
     if args.max_batch_ticks < 1:
@@ -184,7 +185,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from operators.errors import BundleError  # noqa: PLC0415
-    from operators.model import TrainConfig, load_bundle, save_bundle, train  # noqa: PLC0415
+    from operators.bundle import load_bundle, save_bundle  # noqa: PLC0415
+    from operators.training import TrainConfig, train  # noqa: PLC0415
     from pipeline.backtest import run_backtest  # noqa: PLC0415
     from pipeline.sinks import write_parquet  # noqa: PLC0415
     from pipeline.synthetic import generate_ticks  # noqa: PLC0415
@@ -373,7 +375,7 @@ def _run_config(args: argparse.Namespace):
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from operators.model import load_bundle  # noqa: PLC0415
+    from operators.bundle import load_bundle  # noqa: PLC0415
     from pipeline import logs  # noqa: PLC0415
     from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
@@ -428,7 +430,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _train_config(args: argparse.Namespace):
-    from operators.model import TrainConfig  # noqa: PLC0415
+    from operators.training import TrainConfig  # noqa: PLC0415
 
     cfg = TrainConfig(layers=args.layers, hidden=args.hidden, horizon=args.horizon, epochs=args.epochs,
                       window=args.window, batch_size=args.batch_size, learning_rate=args.learning_rate,

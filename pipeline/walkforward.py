@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.model import TrainConfig, save_bundle, train
+from operators.bundle import save_bundle
+from operators.training import TrainConfig, train
 from pipeline.analysis import bootstrap_scores, breakdown, write_report
 from pipeline.backtest import run_backtest
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS

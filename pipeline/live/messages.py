@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.model import Bundle
+from operators.bundle import Bundle
 from pipeline.live.partitions import PARTITION_MASK, TOPIC_SHIFT
 from pipeline.sinks import (
     ARROW_CONTENT_TYPE,
