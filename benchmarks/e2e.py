@@ -21,7 +21,7 @@ import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
-from operators.model import Bundle
+from operators.bundle import Bundle
 from pipeline.config import RunConfig
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import EmbeddedBroker, create_topics

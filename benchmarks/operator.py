@@ -29,7 +29,8 @@ import pyarrow.compute as pc
 
 from operators.features import N_FEATURES, FeatureSpec, Normalisation, compute_features, previous_within_groups
 from operators.forecaster import Forecaster
-from operators.model import Bundle, build_keras_model, weights_from_keras
+from operators.bundle import Bundle, weights_from_keras
+from operators.training import build_keras_model
 from operators.state import StateShape, StateTable
 
 HIDDEN = 64
@@ -90,7 +91,7 @@ class BucketedKeras:
     def __init__(self, bundle: Bundle, capacity: int = 1024):
         import tensorflow as tf  # noqa: PLC0415
 
-        from operators.model import _keras  # noqa: PLC0415
+        from operators.bundle import _keras  # noqa: PLC0415
 
         keras = _keras()
         layers, hidden = bundle.shape.layers, bundle.shape.hidden
@@ -265,7 +266,7 @@ def measure_against_peer(bundle: Bundle, batches: list[pa.Table], n_instruments:
 
 def measure_keras_cell(bundle: Bundle, batch: pa.Table, n_ticks: int) -> float:
     """One eager Keras LSTMCell call per tick per layer; state per instrument in a dict."""
-    from operators.model import sequences_from_table  # noqa: PLC0415
+    from operators.training import sequences_from_table  # noqa: PLC0415
 
     seq = sequences_from_table(batch.slice(0, n_ticks))
     x = bundle.normalisation.apply(seq.raw_features)

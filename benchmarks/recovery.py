@@ -98,7 +98,8 @@ def main() -> None:
 
 
 def _model() -> str:
-    from operators.model import TrainConfig, save_bundle, train  # noqa: PLC0415
+    from operators.bundle import save_bundle  # noqa: PLC0415
+    from operators.training import TrainConfig, train  # noqa: PLC0415
     from pipeline.files.synthetic import generate_ticks  # noqa: PLC0415
 
     path = tempfile.mkdtemp(prefix="tickcast-rec-model-")

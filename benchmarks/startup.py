@@ -26,7 +26,7 @@ CHILD = """
 import pyarrow as pa
 import pipeline.live.runner  # the live runtime, as `tickcast run` imports it
 from operators.forecaster import Forecaster
-from operators.model import load_bundle
+from operators.bundle import load_bundle
 fc = Forecaster(load_bundle({path!r}, with_keras={with_keras}))
 fc.step(pa.table({{"instrument": ["A"], "ts": [1_767_225_600_000_000_000], "price": [100.0], "size": [1.0]}}))
 print(next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")))
@@ -37,7 +37,8 @@ def _bundle(directory: Path, layers: int, hidden: int) -> Path:
     import numpy as np  # noqa: PLC0415
 
     from operators.features import FeatureSpec, Normalisation  # noqa: PLC0415
-    from operators.model import Bundle, _version_hash, build_keras_model, save_bundle, weights_from_keras  # noqa: PLC0415
+    from operators.bundle import Bundle, _version_hash, save_bundle, weights_from_keras  # noqa: PLC0415
+    from operators.training import build_keras_model  # noqa: PLC0415
     from operators.state import StateShape  # noqa: PLC0415
 
     n = len(FeatureSpec().names)

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from operators.features import compute_features, previous_within_groups
 from operators.lstm import RaggedLSTM
-from operators.model import Bundle
+from operators.bundle import Bundle
 from operators.state import NO_TS, StateTable
 from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, RejectReason, TickColumns,
                                   TimestampPolicy, out_of_order, validate_values)

@@ -60,6 +60,18 @@ def parse_date_ns(text: str, what: str = "date") -> int:
     return ns
 
 
+def parse_time_ns(text: str | None, flag: str) -> int | None:
+    """An ISO 8601 UTC time ('2013-10-09', '2013-10-09T14:30') -> nanoseconds since the epoch; None stays None."""
+    import numpy as np  # noqa: PLC0415 - config stays importable without numpy
+
+    if text is None:
+        return None
+    try:
+        return int(np.datetime64(text.rstrip("Z"), "ns").astype(np.int64))
+    except ValueError:
+        raise ConfigError(f"{flag} {text!r} is not an ISO 8601 time; write e.g. 2013-10-09 or 2013-10-09T14:30") from None
+
+
 def parse_mapping(text: str | None) -> dict[str, str]:
     """'price=last,ts=time' -> {'price': 'last', 'ts': 'time'} (canonical name = source name)."""
     if not text:

@@ -13,7 +13,8 @@ pytest.register_assert_rewrite("tests.support")  # their asserts explain a failu
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
-from operators.model import Bundle, TrainConfig, load_bundle, save_bundle, sequences_from_table, train  # noqa: E402
+from operators.bundle import Bundle, load_bundle, save_bundle  # noqa: E402
+from operators.training import TrainConfig, sequences_from_table, train  # noqa: E402
 from pipeline.files.synthetic import generate_ticks  # noqa: E402
 
 

@@ -21,7 +21,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from operators.forecaster import Forecaster, ForecasterConfig
-from operators.model import Bundle
+from operators.bundle import Bundle
 from operators.validation import reject_labels
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS
 from pipeline.evaluation.plots import plot_backtest

@@ -172,6 +172,23 @@ def compare(a: pa.Table, b: pa.Table, block: int | None = None, resamples: int =
     return Comparison(n, float(ea.mean()), float(eb.mean()), float(d.mean()), (lo, hi), max(p, 1 / resamples), blk)
 
 
+def compare_runs(dir_a: str | Path, dir_b: str | Path) -> tuple[Comparison, str | None, str | None]:
+    """Two backtest directories compared (``tickcast compare``): the comparison and each run's model version."""
+    from pipeline.config import ConfigError  # noqa: PLC0415
+
+    runs = []
+    for d in (dir_a, dir_b):
+        path = Path(d) / "forecasts.parquet"
+        if not path.is_file():
+            raise ConfigError(f"{d} holds no forecasts.parquet; give two `tickcast backtest --out` directories")
+        runs.append((pq.read_table(path), json.loads((Path(d) / "summary.json").read_text())))
+    try:
+        c = compare(runs[0][0], runs[1][0])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return c, runs[0][1].get("model_version"), runs[1][1].get("model_version")
+
+
 # -- the HTML report ----------------------------------------------------------------------------------
 def _png(fig) -> str:
     buf = io.BytesIO()

@@ -17,7 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.model import TrainConfig, save_bundle, train
+from operators.bundle import save_bundle
+from operators.training import TrainConfig, train
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS
 from pipeline.evaluation.backtest import run_backtest
 from pipeline.evaluation.report import bootstrap_scores, breakdown, write_report

@@ -230,3 +230,20 @@ def _partition_counts(admin, names: list[str]) -> dict[str, int]:
             counts[name] = sum(1 for p in t.get("partitions", ())
                                if p.get("error_code", 0) == 0 and p.get("leader_id", p.get("leader", -1)) >= 0)
     return counts
+
+
+def serve_broker(port: int | None, host: str, topics: list[str], partitions: int) -> None:
+    """``tickcast broker``: an embedded broker with ``topics`` until SIGINT/SIGTERM; its address on stdout."""
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with EmbeddedBroker(port=port, host=host) as broker:
+        if topics:
+            create_topics(broker.bootstrap, {t: partitions for t in topics})
+        print(broker.bootstrap, flush=True)
+        print(f"embedded broker listening on {broker.bootstrap} (in memory; Ctrl-C stops it)", file=sys.stderr)
+        stop.wait()

@@ -76,3 +76,21 @@ def replay(ticks: pa.Table, topic: str, producer: KafkaProducer, speed: float = 
         producer.flush()
         bar.update(sent - bar.n)
     return ReplayStats(sent, time.monotonic() - started)
+
+
+def replay_to_kafka(ticks: pa.Table, topic: str, bootstrap_servers: str, *, speed: float,
+                    progress: bool = True) -> ReplayStats:
+    """``tickcast replay``: :func:`replay` through a producer of its own (acks=all), closed afterwards."""
+    from kafka.errors import KafkaError  # noqa: PLC0415
+
+    from pipeline.config import ConfigError  # noqa: PLC0415
+
+    try:
+        producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=5,
+                                 batch_size=256 * 1024)
+    except KafkaError as exc:
+        raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}; is the broker running?") from None
+    try:
+        return replay(ticks, topic, producer, speed=speed, progress=progress)
+    finally:
+        producer.close(timeout=10)

@@ -186,3 +186,27 @@ def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray,
                          "reason": pa.array([r.label for _, r, _ in decoded.rejected], pa.string()),
                          "detail": pa.array([d for _, _, d in decoded.rejected], pa.string())})
     return TopicRange(ticks, rejected)
+
+
+def load_topic_range(bootstrap: str, topic: str, time_from: str | None, time_to: str | None, *,
+                     quiet: bool = False) -> TopicRange:
+    """A topic's ticks between two ISO 8601 times (``--from``/``--to``), with a progress bar on stderr.
+
+    The user-facing read behind ``--topic``: an unreachable broker or an empty range is a ConfigError
+    in one line."""
+    from kafka.errors import KafkaError  # noqa: PLC0415
+    from tqdm import tqdm  # noqa: PLC0415
+
+    from pipeline.config import ConfigError, parse_time_ns  # noqa: PLC0415
+
+    lo, hi = parse_time_ns(time_from, "--from"), parse_time_ns(time_to, "--to")
+    with tqdm(unit="msg", unit_scale=True, desc=f"reading {topic}", disable=quiet, mininterval=0.5) as bar:
+        try:
+            got = read_topic_range(bootstrap, topic, None if lo is None else lo // 1_000_000,
+                                   None if hi is None else hi // 1_000_000, progress=bar.update)
+        except KafkaError as exc:
+            raise ConfigError(f"cannot read {topic} from {bootstrap}: {exc}; is Kafka "
+                              "running and the address right?") from None
+    if got.ticks.num_rows == 0 and got.rejected.num_rows == 0:
+        raise ConfigError(f"no records in {topic} for the given --from/--to; widen the range")
+    return got

@@ -12,7 +12,7 @@ import pyarrow as pa
 from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster
-from operators.model import Bundle
+from operators.bundle import Bundle
 from pipeline import logs
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import RunConfig

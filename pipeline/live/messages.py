@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.model import Bundle
+from operators.bundle import Bundle
 from pipeline.files.sinks import (
     ARROW_CONTENT_TYPE,
     FORECAST_MESSAGE_SCHEMA,

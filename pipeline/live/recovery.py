@@ -13,7 +13,7 @@ import time
 from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster
-from operators.model import Bundle
+from operators.bundle import Bundle
 from pipeline import logs
 from pipeline.checkpoint import DATA_ERRORS, Problem, StoreUnavailable
 from pipeline.config import RunConfig, parse_duration_ns

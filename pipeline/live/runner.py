@@ -38,7 +38,7 @@ from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster, ForecasterConfig, StepResult
-from operators.model import Bundle
+from operators.bundle import Bundle
 from operators.validation import TICK_COLUMNS, reject_labels
 from pipeline import logs
 from pipeline.checkpoint import group_store

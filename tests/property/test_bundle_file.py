@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from operators.errors import BundleError
-from operators.model import MODEL_FILE, load_bundle
+from operators.bundle import MODEL_FILE, load_bundle
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

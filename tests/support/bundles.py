@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from operators.model import Bundle
+from operators.bundle import Bundle
 
 
 def in_target_units(bundle: Bundle, forecasts: np.ndarray) -> np.ndarray:

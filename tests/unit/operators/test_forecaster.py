@@ -129,7 +129,7 @@ def test_100k_instruments_in_one_batch(bundle):
     res = fc.step(t)
     assert len(res.rows) == n and len(fc.state) == n and res.n_instruments == n
     # Every instrument's first tick from zero state: one batched Keras call is the reference.
-    from operators.model import sequences_from_table
+    from operators.training import sequences_from_table
 
     seq = sequences_from_table(t)
     x = bundle.normalisation.apply(seq.raw_features)

@@ -13,7 +13,7 @@ import pytest
 
 from operators.errors import BundleError
 from operators.forecaster import Forecaster
-from operators.model import _version_hash, load_bundle, save_bundle
+from operators.bundle import _version_hash, load_bundle, save_bundle
 from pipeline.files.synthetic import generate_ticks
 from tests.support.bundles import in_target_units
 
@@ -154,7 +154,7 @@ def test_serving_reads_the_same_weights_as_keras_without_importing_it(fixture, r
             np.testing.assert_array_equal(getattr(mine, name), getattr(theirs, name))
     np.testing.assert_array_equal(served.weights.dense_kernel, b.weights.dense_kernel)
     assert served.weights.dense_bias == b.weights.dense_bias
-    probe = ("import sys\nfrom operators.model import load_bundle\nfrom operators.forecaster import Forecaster\n"
+    probe = ("import sys\nfrom operators.bundle import load_bundle\nfrom operators.forecaster import Forecaster\n"
              f"Forecaster(load_bundle({str(b.path)!r}))\n"
              "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow'))\n"
              "assert not loaded, loaded[:5]\n")
@@ -176,7 +176,7 @@ def test_keras_with_a_known_safe_mode_bypass_is_refused_and_not_admitted_by_the_
 
     import keras
 
-    from operators.model import SAFE_KERAS
+    from operators.bundle import SAFE_KERAS
 
     monkeypatch.setattr(keras, "__version__", "3.8.0")
     with pytest.raises(BundleError, match="CVE-2025-1550"):

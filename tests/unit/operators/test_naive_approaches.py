@@ -12,7 +12,7 @@ import pyarrow as pa
 import pytest
 
 from operators.forecaster import Forecaster
-from operators.model import sequences_from_table
+from operators.training import sequences_from_table
 from tests.support.bundles import in_target_units
 
 T0 = 1_700_000_000_000_000_000

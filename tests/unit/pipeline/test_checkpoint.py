@@ -28,9 +28,9 @@ from pipeline.checkpoint import (
     StoreUnavailable,
     group_store,
     join_uri,
-    path_segment,
     redact_uri,
 )
+from pipeline.checkpoint_format import path_segment
 from pipeline.files.synthetic import generate_ticks
 from tests.support.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
 

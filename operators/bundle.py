@@ -1,4 +1,4 @@
-"""Model bundles: the Keras LSTM's definition, training, saving and loading.
+"""Model bundles: saving, loading, and every refusal of a bundle this build cannot serve exactly.
 
 A bundle is a directory:
 
@@ -9,34 +9,27 @@ A bundle is a directory:
 The model version is a hash of the weights and the serving-relevant metadata,
 so two bundles with the same version forecast the same numbers, and a
 ``model.keras`` swapped under a ``bundle.json`` is caught at load time.
+Training (the Keras model's definition, sequences, windows, fit) is in
+:mod:`operators.training`.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
-from operators.errors import BundleError, InputDataError
-from operators.features import (
-    FeatureSpec,
-    Normalisation,
-    compute_features,
-    log_return_target,
-    previous_within_groups,
-)
+from operators.errors import BundleError
+from operators.features import FeatureSpec, Normalisation
 from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file
 from operators.lstm import LSTMLayerWeights, LSTMWeights
 from operators.state import StateShape
-from operators.validation import RejectReason, TickColumns, out_of_order, validate_values
 
 BUNDLE_FORMAT = "tickcast-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -53,27 +46,6 @@ def _keras():
     import keras  # noqa: PLC0415 - TensorFlow takes seconds to import; only when needed
 
     return keras
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    layers: int = 1
-    hidden: int = 32
-    horizon: int = 10  # ticks of the same instrument
-    epochs: int = 4
-    window: int = 128  # ticks per training sequence
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    max_ticks: int = 400_000  # training ticks used (the first ones, in file order)
-    validation_fraction: float = 0.1
-    seed: int = 0
-
-    def check(self) -> None:
-        for name in ("layers", "hidden", "horizon", "epochs", "window", "batch_size", "max_ticks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.validation_fraction < 1:
-            raise ValueError("--validation-fraction must be in [0, 1)")
 
 
 @dataclass(frozen=True)
@@ -107,23 +79,6 @@ class Bundle:
         }
 
 
-def build_keras_model(n_features: int, layers: int, hidden: int, seed: int = 0):
-    """The architecture every bundle uses: stacked LSTMs and a linear head."""
-    keras = _keras()
-    inputs = keras.Input(shape=(None, n_features), name="features")
-    x = inputs
-    for layer in range(layers):
-        x = keras.layers.LSTM(
-            hidden,
-            return_sequences=True,
-            name=f"lstm_{layer}",
-            kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * layer),
-            recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 2 * layer + 1),
-        )(x)
-    out = keras.layers.Dense(1, name="forecast")(x)
-    return keras.Model(inputs, out, name="tickcast_lstm")
-
-
 def weights_from_keras(model, layers: int) -> LSTMWeights:
     return weights_from_layers(layers_of_model(model), layers)
 
@@ -148,163 +103,6 @@ def _version_hash(weights: LSTMWeights, meta: dict[str, Any]) -> str:
     serving = {k: meta[k] for k in ("feature_spec", "normalisation", "target", "architecture")}
     h.update(json.dumps(serving, sort_keys=True).encode())
     return h.hexdigest()[:16]
-
-
-# -- preparing sequences (shared by training, reference checks and backtests) --
-
-
-@dataclass(frozen=True)
-class Sequences:
-    """Valid ticks of a table, grouped by instrument, in each instrument's order."""
-
-    order: np.ndarray  # (m,) row in the source table of each grouped tick
-    group_starts: np.ndarray  # (G,)
-    instruments: list[str]  # (G,)
-    raw_features: np.ndarray  # (m, F) float64
-    price: np.ndarray  # (m,)
-    ts: np.ndarray  # (m,)
-    rejected: np.ndarray  # (n,) uint8 reason per source row
-
-    @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(np.append(self.group_starts, len(self.order)))
-
-
-def sequences_from_table(ticks: pa.Table) -> Sequences:
-    """Validate and group a whole tick table per instrument (file order within each).
-
-    Features come from :func:`compute_features` with each instrument's first
-    tick having no previous one: exactly what the streaming operator computes
-    for an instrument it has never seen.
-    """
-    cols = TickColumns.from_arrow(ticks)
-    reasons = validate_values(cols)
-    valid = np.flatnonzero(reasons == 0)
-    order = valid[np.argsort(cols.instrument_codes[valid], kind="stable")]
-    codes = cols.instrument_codes[order]
-    starts = np.flatnonzero(np.diff(codes, prepend=-2)) if len(order) else np.zeros(0, np.int64)
-    late = out_of_order(cols.ts[order], starts, np.full(len(starts), np.iinfo(np.int64).min))
-    if late.any():
-        reasons[order[late]] = RejectReason.OUT_OF_ORDER
-        order = order[~late]
-        codes = cols.instrument_codes[order]
-        starts = np.flatnonzero(np.diff(codes, prepend=-2)) if len(order) else np.zeros(0, np.int64)
-    price, ts = cols.price[order], cols.ts[order]
-    g = len(starts)
-    has_prev = np.ones(len(order), dtype=bool)
-    has_prev[starts] = False
-    prev_price = previous_within_groups(price, starts, np.full(g, np.nan))
-    prev_ts = previous_within_groups(ts, starts, np.zeros(g, dtype=np.int64))
-    raw = compute_features(
-        price, ts, cols.size[order], cols.bid[order], cols.ask[order],
-        cols.bid_size[order], cols.ask_size[order], prev_price, prev_ts, has_prev,
-    )
-    return Sequences(
-        order=order,
-        group_starts=starts,
-        instruments=[cols.instruments[c] for c in codes[starts]],
-        raw_features=raw,
-        price=price,
-        ts=ts,
-        rejected=reasons,
-    )
-
-
-def _table_hash(ticks: pa.Table) -> str:
-    h = hashlib.sha256()
-    for name in ("instrument", "ts", "price", "size"):
-        if name in ticks.schema.names:
-            for chunk in ticks.column(name).chunks:
-                for buf in chunk.buffers():
-                    if buf is not None:
-                        h.update(buf)
-    return h.hexdigest()
-
-
-def _windows(seq: Sequences, x: np.ndarray, y: np.ndarray, window: int):
-    """Cut each instrument's sequence into windows of ``window`` ticks (zero-padded)."""
-    lengths = seq.lengths
-    n_win_per_group = -(-lengths // window)
-    win_base = np.concatenate([[0], np.cumsum(n_win_per_group)[:-1]]).astype(np.int64)
-    k = np.arange(len(seq.order)) - np.repeat(seq.group_starts, lengths)
-    win = np.repeat(win_base, lengths) + k // window
-    pos = k % window
-    n_win = int(n_win_per_group.sum())
-    xw = np.zeros((n_win, window, x.shape[1]), dtype=np.float32)
-    yw = np.zeros((n_win, window, 1), dtype=np.float32)
-    ww = np.zeros((n_win, window), dtype=np.float32)
-    xw[win, pos] = x
-    finite = np.isfinite(y)
-    yw[win[finite], pos[finite], 0] = y[finite]
-    ww[win[finite], pos[finite]] = 1.0
-    start_ts = np.full(n_win, np.iinfo(np.int64).max)
-    np.minimum.at(start_ts, win, seq.ts)
-    return xw, yw, ww, start_ts, win
-
-
-def train(
-    ticks: pa.Table,
-    config: TrainConfig,
-    source: str = "",
-    on_epoch: Callable[[int, dict], None] | None = None,
-) -> Bundle:
-    """Train a bundle on a canonical tick table (see ``operators.validation``)."""
-    config.check()
-    keras = _keras()
-    keras.utils.set_random_seed(config.seed)
-    if ticks.num_rows > config.max_ticks:
-        ticks = ticks.slice(0, config.max_ticks)
-    seq = sequences_from_table(ticks)
-    if len(seq.order) < 2 * config.horizon:
-        raise InputDataError(
-            f"only {len(seq.order)} valid ticks to train on; need well over the horizon "
-            f"({config.horizon}); give a larger --input or a smaller --horizon"
-        )
-    target = log_return_target(seq.price, seq.group_starts, config.horizon)
-    *_, start_ts, win = _windows(seq, seq.raw_features, target, config.window)
-    # The windows that start last (in event time) are held out for validation.
-    n_val = int(round(len(start_ts) * config.validation_fraction))
-    val_cut = np.sort(start_ts)[len(start_ts) - n_val] if n_val else np.iinfo(np.int64).max
-    # Normalisation statistics come from the training windows only.
-    in_train = start_ts[win] < val_cut
-    norm = Normalisation.fit(seq.raw_features[in_train], target[in_train])
-    x = norm.apply(seq.raw_features)
-    y = (target - norm.target_mean) / norm.target_std
-    xw, yw, ww, start_ts, _ = _windows(seq, x, y, config.window)
-    tr, va = start_ts < val_cut, start_ts >= val_cut
-
-    model = build_keras_model(x.shape[1], config.layers, config.hidden, seed=config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
-
-    class _Progress(keras.callbacks.Callback):
-        def on_epoch_end(self, epoch, logs=None):
-            if on_epoch is not None:
-                on_epoch(epoch, dict(logs or {}))
-
-    history = model.fit(
-        xw[tr], yw[tr], sample_weight=ww[tr],
-        validation_data=(xw[va], yw[va], ww[va]) if va.any() else None,
-        epochs=config.epochs, batch_size=config.batch_size, shuffle=True, verbose=0,
-        callbacks=[_Progress()],
-    )
-    weights = weights_from_keras(model, config.layers)
-    training = {
-        "source": source,
-        "rows": int(ticks.num_rows),
-        "valid_ticks": int(len(seq.order)),
-        "instruments": len(seq.instruments),
-        "first_ts": int(seq.ts.min()),
-        "last_ts": int(seq.ts.max()),
-        "sha256": _table_hash(ticks),
-        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
-        "loss": [float(v) for v in history.history.get("loss", [])],
-        "val_loss": [float(v) for v in history.history.get("val_loss", [])],
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    draft = Bundle(None, "", FeatureSpec(), norm, config.horizon,
-                  StateShape(config.layers, config.hidden), weights, training, model)
-    version = _version_hash(weights, draft.meta())
-    return Bundle(None, version, draft.feature_spec, norm, config.horizon, draft.shape, weights, training, model)
 
 
 def save_bundle(bundle: Bundle, directory: str | Path) -> Path:

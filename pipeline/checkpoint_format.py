@@ -1,0 +1,184 @@
+"""What one checkpoint is on storage, and the checks a read one must pass before it is used.
+
+Store URIs joined on their path and redacted for display (:func:`join_uri`,
+:func:`redact_uri`); the layout (``<topic segment>/<partition>/<name>.json``
+beside ``<name>.arrow``, :func:`path_segment` for the folder names); the
+:class:`Manifest` record; and
+:func:`check_manifest` / :func:`check_state`, which turn anything read from a
+store into a trusted manifest and state or a ValueError saying what is wrong.
+The rules they enforce are written down in :mod:`pipeline.checkpoint`, next to
+the store that writes and reads these files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+FORMAT = 1
+_INT64_MAX = 2**63 - 1
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def join_uri(uri: str, *parts: str) -> str:
+    """``uri`` with path segments appended on its *path*: query and user info survive.
+
+    >>> join_uri("s3://b/p?region=x", "g")
+    's3://b/p/g?region=x'
+    """
+    if "://" not in uri:
+        return str(Path(uri, *parts))
+    split = urlsplit(uri)
+    path = "/".join([split.path.rstrip("/"), *parts])
+    return urlunsplit(split._replace(path=path if path.startswith("/") else "/" + path))
+
+
+_SECRET_QUERY = re.compile(r"secret|token|password|credential|key", re.IGNORECASE)
+
+
+def redact_uri(uri: str) -> str:
+    """``uri`` fit for a log line: user info and secret-looking query values masked."""
+    if "://" not in uri:
+        return uri
+    split = urlsplit(uri)
+    netloc = split.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = split.query
+    if query:
+        query = urlencode([(k, "***" if _SECRET_QUERY.search(k) else v)
+                           for k, v in parse_qsl(query, keep_blank_values=True)], safe=":*")
+    return urlunsplit(split._replace(netloc=netloc, query=query))
+
+
+def scrub_uri(text: str, uri: str) -> str:
+    """``text`` (an error message that may quote ``uri``) without the URI's credentials."""
+    text = text.replace(uri, redact_uri(uri))
+    if "://" in uri:
+        netloc = urlsplit(uri).netloc
+        if "@" in netloc:
+            userinfo = netloc.rsplit("@", 1)[0]
+            for secret in {userinfo, *userinfo.split(":")} - {""}:
+                text = text.replace(secret, "***")
+    return text
+
+
+def path_segment(name: str) -> str:
+    """A name (group id, topic) as one flat, unsurprising path segment.
+
+    Names that are already ``[A-Za-z0-9._-]``, short, and not ``.``/``..`` stay as they are (every Kafka
+    topic, most group ids); anything else is replaced character-wise and gets a hash of the original, so
+    two different names never share a folder."""
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "._-" else "_" for ch in name)
+    if safe == name and name not in ("", ".", "..") and len(name) <= 100:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{safe.strip('.')[:80] or 'x'}-{digest}"
+
+
+
+@dataclass(frozen=True)
+class Manifest:
+    format: int
+    topic: str
+    partition: int
+    offset: int  # next input offset to read: the state reflects every record before it
+    rows: int
+    model_version: str
+    feature_spec: dict
+    layers: int
+    hidden: int
+    created_at: float  # unix seconds
+    data: str  # file name of the state, beside the manifest
+    bytes: int
+    sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.data.rsplit(".", 1)[0]
+
+_TYPES = {"format": int, "topic": str, "partition": int, "offset": int, "rows": int, "model_version": str,
+          "feature_spec": dict, "layers": int, "hidden": int, "created_at": (int, float), "data": str,
+          "bytes": int, "sha256": str}
+
+
+def check_manifest(raw, manifest_path: str) -> Manifest:
+    """A Manifest from parsed JSON, or ValueError naming the first field that is wrong.
+
+    ``manifest_path`` is where it was found: ``.../<topic segment>/<partition>/<name>.json``."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"manifest is a JSON {type(raw).__name__}, not an object")
+    names = {f.name for f in fields(Manifest)}
+    if set(raw) != names:
+        missing, extra = sorted(names - set(raw)), sorted(set(raw) - names)
+        raise ValueError(f"manifest fields wrong: missing {missing}, unexpected {extra}")
+    for key, typ in _TYPES.items():
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise ValueError(f"manifest field {key!r} is {type(value).__name__}, not {typ}")
+        if isinstance(value, int) and not 0 <= value <= _INT64_MAX:
+            raise ValueError(f"manifest field {key!r} = {value} is out of range")
+    if raw["format"] != FORMAT:
+        raise ValueError(f"checkpoint format {raw['format']}, this build reads {FORMAT}")
+    if not math.isfinite(raw["created_at"]):
+        raise ValueError("manifest field 'created_at' is not finite")
+    if not _SHA256.fullmatch(raw["sha256"]):
+        raise ValueError("manifest field 'sha256' is not a SHA-256 hex digest")
+    parts = manifest_path.replace("\\", "/").rsplit("/", 3)
+    if len(parts) < 3:
+        raise ValueError(f"manifest {manifest_path!r} is not in a <topic>/<partition>/ folder")
+    topic_dir, partition_dir, file_name = parts[-3], parts[-2], parts[-1]
+    if path_segment(raw["topic"]) != topic_dir or str(raw["partition"]) != partition_dir:
+        raise ValueError(f"manifest says {raw['topic']}/{raw['partition']} but sits in {topic_dir}/{partition_dir}")
+    stem = file_name[: -len(".json")] if file_name.endswith(".json") else file_name
+    if raw["data"] != f"{stem}.arrow":
+        raise ValueError(f"manifest names data {raw['data']!r}; only {stem}.arrow beside it is accepted")
+    return Manifest(**{**raw, "created_at": float(raw["created_at"])})
+
+
+def check_state(state: pa.Table, manifest: Manifest) -> None:
+    """Rows consistent with their manifest, finite, with schema metadata import can use; else ValueError."""
+    if state.num_rows != manifest.rows:
+        raise ValueError(f"data file has {state.num_rows} rows, manifest says {manifest.rows}")
+    meta = state.schema.metadata or {}
+    for key, want in ((b"layers", manifest.layers), (b"hidden", manifest.hidden)):
+        if meta.get(key) != str(want).encode():
+            raise ValueError(f"state metadata {key.decode()} = {meta.get(key)!r}, manifest says {want}")
+    for key in (b"tickcast.watermark_ns", b"tickcast.last_sweep_ns"):
+        if key in meta:
+            text = meta[key].decode("ascii", "replace")
+            if not re.fullmatch(r"-?[0-9]{1,19}", text) or not -2**63 <= int(text) <= _INT64_MAX:
+                raise ValueError(f"state metadata {key.decode()} = {meta[key][:40]!r} is not an int64")
+    for column in state.column_names:
+        if state.column(column).null_count:
+            raise ValueError(f"state column {column!r} has nulls")
+    if "last_offset" in state.column_names and state.num_rows:
+        newest = pc.max(state.column("last_offset")).as_py()
+        if newest is not None and newest >= manifest.offset:
+            raise ValueError(f"a row's last_offset {newest} is not below the checkpoint's offset {manifest.offset}")
+    for column in state.column_names:
+        col = state.column(column)
+        typ = col.type
+        if pa.types.is_fixed_size_list(typ) or pa.types.is_list(typ):
+            values = pc.list_flatten(col)
+        elif pa.types.is_floating(typ):
+            values = col
+        else:
+            continue
+        if not pa.types.is_floating(values.type) or len(values) == 0:
+            continue
+        arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        data = arr.to_numpy(zero_copy_only=False)
+        if column == "last_price":  # NaN means "no previous tick"; an infinity is never valid
+            if np.isinf(data).any():
+                raise ValueError(f"state column {column!r} holds an infinity")
+        elif not np.isfinite(data).all():
+            raise ValueError(f"state column {column!r} holds a NaN or an infinity")

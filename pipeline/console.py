@@ -1,0 +1,104 @@
+"""What the commands print: summaries and tables, as text, from the results the pipeline returns.
+
+One function per result; each returns the text (lines joined by newlines) and
+prints nothing, so the words a user reads are in one place and testable.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from operators.bundle import Bundle
+    from operators.training import TrainConfig
+    from pipeline.evaluation.report import Comparison
+    from pipeline.checkpoint import PartitionInventory
+
+
+def format_training_start(rows: int, cfg: TrainConfig) -> str:
+    return (f"training on {min(rows, cfg.max_ticks):,} of {rows:,} ticks "
+            f"({cfg.layers} layer(s) x {cfg.hidden}, horizon {cfg.horizon} ticks, {cfg.epochs} epochs)")
+
+
+def format_epoch(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
+    """One training epoch's losses (Keras' ``logs``); ``epoch`` counts from 0."""
+    val = f" val_loss={logs['val_loss']:.4f}" if "val_loss" in logs else ""
+    return f"  epoch {epoch + 1}/{epochs} loss={logs.get('loss', float('nan')):.4f}{val} ({seconds:.0f}s)"
+
+
+def format_trained(bundle: Bundle, path: Path, seconds: float) -> str:
+    return (f"model {bundle.model_version} written to {path} in {seconds:.1f}s "
+            f"({bundle.training['valid_ticks']:,} valid ticks, {bundle.training['instruments']} instruments)")
+
+
+def format_summary(s: dict, out_dir: Path) -> str:
+    """A file backtest's summary (``summary.json``) as the table ``tickcast backtest`` prints."""
+    def f(v, spec=".3e"):
+        return "-" if v is None else format(v, spec)
+
+    m, rw = s["model"], s["random_walk"]
+    rejected = ", ".join(f"{k}={v}" for k, v in s["rejected"].items()) or "none"
+    r2 = s["r2_vs_random_walk"]
+    lines = [
+        f"backtest of model {s['model_version']} on {s['input']}",
+        (f"  ticks {s['ticks']:,}  forecasts {s['forecasts']:,}  instruments {s['instruments']:,}  "
+         f"batches {s['batches']:,} (max {s['max_batch_ticks']:,} ticks)"),
+        f"  rejected: {rejected}",
+        f"  scored {s['scored']:,} ticks at horizon {s['horizon_ticks']} ticks",
+        f"  {'':14}{'MAE':>11}{'RMSE':>11}{'hit rate':>10}{'IC':>8}",
+        f"  {'model':14}{f(m['mae']):>11}{f(m['rmse']):>11}{f(m['hit_rate'], '.3f'):>10}{f(m['ic'], '.3f'):>8}",
+        f"  {'random walk':14}{f(rw['mae']):>11}{f(rw['rmse']):>11}{'-':>10}{'-':>8}",
+        f"  R^2 vs random walk: {f(r2, '+.4f')}   operator speed: {f(s['operator_ticks_per_second'], ',.0f')} ticks/s",
+        f"  outputs: {out_dir}/report.html, forecasts.parquet, summary.json, per_instrument.parquet, plots/",
+    ]
+    return "\n".join(lines)
+
+
+def format_walkforward(s: dict, folds: int, out_dir: Path) -> str:
+    """A walk-forward's pooled out-of-sample scores with their 95% intervals."""
+    c = s["confidence"]
+
+    def ci(key, spec=".3e"):
+        v = c[key]
+        return f"{v['value']:{spec}} [{v['ci95'][0]:{spec}}, {v['ci95'][1]:{spec}}]" if v["ci95"] else "-"
+
+    return "\n".join([
+        f"walk-forward over {folds} fold(s), {s['scored']:,} out-of-sample ticks scored",
+        f"  MAE model          {ci('mae')}",
+        f"  MAE random walk    {ci('mae_random_walk')}",
+        f"  MAE model - rw     {ci('mae_minus_random_walk', '+.3e')}",
+        f"  R^2 vs random walk {ci('r2_vs_random_walk', '+.4f')}",
+        f"  hit rate           {ci('hit_rate', '.4f')}   IC {c['ic']['value']:.4f}",
+        f"  report: {Path(out_dir) / 'report.html'}; per fold: {Path(out_dir) / 'folds.parquet'}",
+    ])
+
+
+def format_comparison(c: Comparison, run_a: str, run_b: str, version_a: str | None, version_b: str | None) -> str:
+    """Two backtests of the same input: the paired difference, its interval and the verdict."""
+    return "\n".join([
+        f"A: {run_a} (model {version_a})",
+        f"B: {run_b} (model {version_b})",
+        f"  {c.n:,} ticks scored by both; paired, moving-block bootstrap ({c.block_ticks} ticks per block)",
+        f"  MAE A {c.mae_a:.4e}   MAE B {c.mae_b:.4e}",
+        f"  MAE(B) - MAE(A) = {c.diff:+.3e}, 95% interval [{c.ci95[0]:+.3e}, {c.ci95[1]:+.3e}], p = {c.p_value:.4f}",
+        f"  {c.verdict}",
+    ])
+
+
+def format_inventory(rows: list[PartitionInventory]) -> str:
+    """A checkpoint store per partition (``tickcast state inspect``), unusable checkpoints under their row."""
+    def age(s):
+        return "-" if s is None else (f"{s:.0f}s" if s < 120 else f"{s / 60:.0f}m" if s < 7200 else f"{s / 3600:.1f}h")
+
+    lines = [f"{'group/topic/partition':<44} {'offset':>12} {'rows':>10} {'size':>10} {'age':>7} {'model':<18} kept"]
+    for r in rows:
+        size = "-" if r.bytes is None else f"{r.bytes / 2**20:.1f}MiB"
+        lines.append(f"{r.partition:<44} {r.offset if r.offset is not None else '-':>12} "
+                     f"{r.rows if r.rows is not None else '-':>10} {size:>10} {age(r.age_s):>7} "
+                     f"{r.model_version or '-':<18} {r.checkpoints}")
+        lines.extend(f"    UNUSABLE {problem}" for problem in r.problems)
+    bad = sum(r.unusable for r in rows)
+    lines.append(f"{len(rows)} partition(s), {sum(r.checkpoints for r in rows)} checkpoint(s), {bad} unusable"
+                 + ("; recovery skips unusable ones and falls back to the next older" if bad else ""))
+    return "\n".join(lines)
