@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(VENV)/bin/tickcast demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 3
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m 'not slow'
+	$(PY) -m pytest -q -n 3 -m "not slow"
 
 bench: $(STAMP)
 	$(VENV)/bin/tickcast bench operator --json docs/bench-operator.json

@@ -80,7 +80,7 @@ def _crash_loop(kafka_bootstrap, bundle, store, kills: int) -> None:
     messages = tick_messages(ticks)
     args = run_args(store, f"tx-{u}")
     rng = random.Random(kills)
-    feeder = Feeder(kafka_bootstrap, tin, messages, seconds=10.0 * kills)
+    feeder = Feeder(kafka_bootstrap, tin, messages, seconds=5.0 * kills)  # ticks flow through most kill cycles
     feeder.start()
     sources = []
     for _ in range(kills):
