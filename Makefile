@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 3
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 3 -m "not slow"
+	$(PY) -m pytest -q -n 3 tests/unit tests/property
 
 bench: $(STAMP)
 	$(VENV)/bin/tickcast bench operator --json docs/bench-operator.json
