@@ -68,7 +68,10 @@ class Groups:
 
 @dataclass(frozen=True)
 class Preceding:
-    """What precedes each group: its instrument's previous tick, if any."""
+    """What precedes each group: its instrument's previous tick, if any.
+
+    Streaming starts from :meth:`nothing` and fills in, in place, the groups whose instrument holds a row.
+    """
 
     price: np.ndarray  # (G,) float64 previous price (NaN where none)
     ts: np.ndarray  # (G,) int64 previous event time (NO_TS where none); late ticks are judged against it
