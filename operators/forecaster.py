@@ -1,8 +1,10 @@
 """The operator: a micro-batch of ticks in, one forecast per valid tick out.
 
 ``Forecaster.step`` validates the batch, groups the valid ticks by
-(partition, instrument) in arrival order, gathers those instruments' rows from
-the state table, steps the LSTM once per tick (ragged), scatters the new state
+(partition, instrument) in arrival order and refuses late ticks
+(:mod:`operators.grouping`, the path training runs too, here with each
+instrument's previous tick from the state table), gathers those instruments'
+rows from the state table, steps the LSTM once per tick (ragged), scatters the new state
 back, and returns the forecast made from the state *after* each tick.
 
 Because every instrument's state advances only by its own ticks, in its own
@@ -41,12 +43,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from operators.features import compute_features, previous_within_groups
+from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
 from operators.lstm import RaggedLSTM
 from operators.bundle import Bundle
 from operators.state import NO_TS, StateTable
 from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, RejectReason, TickColumns,
-                                  TimestampPolicy, out_of_order, validate_values)
+                                  TimestampPolicy)
 
 
 @dataclass(frozen=True)
@@ -110,23 +112,13 @@ class Forecaster:
 
     def step(self, batch: pa.Table | pa.RecordBatch) -> StepResult:
         cols = TickColumns.from_arrow(batch)
-        reasons = validate_values(cols, self.timestamps)
-        valid = np.flatnonzero(reasons == 0)
-        if len(valid) == 0:
+        reasons, groups = group_ticks(cols, self.timestamps, by_partition=True)
+        if len(groups.order) == 0:
             return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)
-
-        # Group by (partition, instrument), arrival order within each group.
-        n_codes = len(cols.instruments) + 1
-        key = cols.partition[valid].astype(np.int64) * n_codes + cols.instrument_codes[valid]
-        perm = np.argsort(key, kind="stable")
-        order, key = valid[perm], key[perm]
-        starts = np.flatnonzero(np.diff(key, prepend=-1))
-        group_part = key[starts] // n_codes
         names = np.empty(len(cols.instruments), dtype=object)  # the batch's distinct names, indexable by code
         names[:] = cols.instruments
-        group_names = names[key[starts] % n_codes]
         st = self.state
-        rows = st.lookup_many(group_part, group_names)
+        rows = st.lookup_many(groups.partition, names[groups.codes])
         limit = self.config.max_instruments
         refused_rows = np.zeros(0, dtype=np.int64)  # valid ticks refused by the limit: they still move the clock
         if limit is not None:
@@ -134,56 +126,41 @@ class Forecaster:
             free = max(limit - len(st), 0)
             if len(new) > free:
                 # First come, first served: by the batch row of each new instrument's first valid tick.
-                refused = np.zeros(len(starts), dtype=bool)
-                refused[new[np.argsort(order[starts[new]], kind="stable")[free:]]] = True
-                out = np.repeat(refused, _group_lengths(starts, len(order)))
-                refused_rows = order[out]
+                refused = np.zeros(len(groups.starts), dtype=bool)
+                refused[new[np.argsort(groups.order[groups.starts[new]], kind="stable")[free:]]] = True
+                out = np.repeat(refused, groups.lengths)
+                refused_rows = groups.order[out]
                 reasons[refused_rows] = RejectReason.INSTRUMENT_LIMIT
-                order, starts, kept = _drop_ticks(order, starts, out)
-                group_part, rows, group_names = group_part[kept], rows[kept], group_names[kept]
-        if len(order) == 0:
+                groups, kept = groups.drop(out)
+                rows = rows[kept]
+        if len(groups.order) == 0:
             return self._nothing_stepped(cols, reasons, refused_rows)
+        # What precedes each group: its row's previous tick; nothing for an instrument without a row.
         known = rows >= 0
-        last_ts = np.full(len(rows), NO_TS, dtype=np.int64)
-        last_ts[known] = st.column("last_ts")[rows[known]]
-
-        late = out_of_order(cols.ts[order], starts, last_ts)
-        if late.any():
-            reasons[order[late]] = RejectReason.OUT_OF_ORDER
-            order, starts, kept = _drop_ticks(order, starts, late)
-            if len(order) == 0:
-                return self._nothing_stepped(cols, reasons, refused_rows)
-            group_part, rows, group_names = group_part[kept], rows[kept], group_names[kept]
+        preceding = Preceding.nothing(len(rows))
+        preceding.price[known] = st.column("last_price")[rows[known]]
+        preceding.ts[known] = st.column("last_ts")[rows[known]]
+        preceding.present[known] = st.column("tick_count")[rows[known]] > 0
+        groups, kept = refuse_late(cols, groups, preceding, reasons)
+        if len(groups.order) == 0:
+            return self._nothing_stepped(cols, reasons, refused_rows)
+        rows, preceding = rows[kept], preceding.take(kept)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
-            rows[missing] = st.insert([(int(group_part[i]), group_names[i]) for i in missing.tolist()])
-        lengths = _group_lengths(starts, len(order))
+            keys = zip(groups.partition[missing].tolist(), names[groups.codes[missing]])
+            rows[missing] = st.insert(list(keys))
+        lengths = groups.lengths
         if len(lengths) > 1 and (lengths[1:] > lengths[:-1]).any():
             # Longest groups first (stable): the kernel then steps the gathered rows where they lie
             # instead of permuting them in and out of its packed order, layer by layer.
             by_len = np.argsort(-lengths, kind="stable")
-            lengths, rows = lengths[by_len], rows[by_len]
-            new_starts = np.zeros(len(lengths), dtype=np.int64)
-            np.cumsum(lengths[:-1], out=new_starts[1:])
-            order = order[np.repeat(starts[by_len] - new_starts, lengths) + np.arange(len(order))]
-            starts = new_starts
+            groups, preceding = groups.take(by_len), preceding.take(by_len)
+            rows, lengths = rows[by_len], lengths[by_len]
+        order, starts = groups.order, groups.starts
         ends = starts + lengths - 1
         price, ts = cols.price[order], cols.ts[order]
-        prev_price = previous_within_groups(price, starts, st.column("last_price")[rows])
-        prev_ts = previous_within_groups(ts, starts, st.column("last_ts")[rows])
-        has_prev = np.ones(len(order), dtype=bool)
-        has_prev[starts] = st.column("tick_count")[rows] > 0
-        gap = self.config.effective_reset_gap_ns
-        reset = None
-        n_resets = 0
-        if gap is not None:
-            reset = has_prev & (ts - prev_ts > gap)
-            n_resets = int(np.count_nonzero(reset))
-            has_prev &= ~reset
-        raw = compute_features(
-            price, ts, cols.size[order], cols.bid[order], cols.ask[order],
-            cols.bid_size[order], cols.ask_size[order], prev_price, prev_ts, has_prev,
-        )
+        raw, reset = raw_features(cols, groups, preceding, self.config.effective_reset_gap_ns)
+        n_resets = int(np.count_nonzero(reset)) if reset is not None else 0
         x = self.bundle.normalisation.apply(raw)
 
         layers = range(st.shape.layers)
@@ -276,14 +253,3 @@ class Forecaster:
         self.expired_total += n_expired
         return n_expired
 
-
-def _group_lengths(starts: np.ndarray, n: int) -> np.ndarray:
-    return np.diff(np.append(starts, n))
-
-
-def _drop_ticks(order: np.ndarray, starts: np.ndarray, drop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Remove the ticks flagged in ``drop`` from ``order`` (laid out group after group). Returns the kept
-    ticks, the new group starts, and for each remaining group the index of the group it was."""
-    gid = np.repeat(np.arange(len(starts)), _group_lengths(starts, len(order)))[~drop]
-    starts = np.flatnonzero(np.diff(gid, prepend=-1))
-    return order[~drop], starts, gid[starts]

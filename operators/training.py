@@ -1,8 +1,10 @@
 """Training a bundle: the Keras LSTM's definition, sequences per instrument, windows, fit.
 
-:func:`sequences_from_table` is the train-side grouping (validate, group per
-instrument, out-of-order, features) that the reference checks and backtests
-share; the bundle it produces is saved and loaded by :mod:`operators.bundle`.
+:func:`sequences_from_table` runs a whole table through :mod:`operators.grouping`
+(validate, group per instrument, out-of-order, features: the path the
+streaming operator runs per micro-batch) with nothing preceding any
+instrument; reference checks and backtests share it. The bundle it produces
+is saved and loaded by :mod:`operators.bundle`.
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import pyarrow as pa
 
 from operators.bundle import Bundle, _keras, _version_hash, weights_from_keras
 from operators.errors import InputDataError
-from operators.features import FeatureSpec, Normalisation, compute_features, log_return_target, previous_within_groups
+from operators.features import FeatureSpec, Normalisation, log_return_target
+from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
 from operators.state import StateShape
-from operators.validation import RejectReason, TickColumns, out_of_order, validate_values
+from operators.validation import TickColumns
 
 
 @dataclass(frozen=True)
@@ -88,34 +91,17 @@ def sequences_from_table(ticks: pa.Table) -> Sequences:
     for an instrument it has never seen.
     """
     cols = TickColumns.from_arrow(ticks)
-    reasons = validate_values(cols)
-    valid = np.flatnonzero(reasons == 0)
-    order = valid[np.argsort(cols.instrument_codes[valid], kind="stable")]
-    codes = cols.instrument_codes[order]
-    starts = np.flatnonzero(np.diff(codes, prepend=-2)) if len(order) else np.zeros(0, np.int64)
-    late = out_of_order(cols.ts[order], starts, np.full(len(starts), np.iinfo(np.int64).min))
-    if late.any():
-        reasons[order[late]] = RejectReason.OUT_OF_ORDER
-        order = order[~late]
-        codes = cols.instrument_codes[order]
-        starts = np.flatnonzero(np.diff(codes, prepend=-2)) if len(order) else np.zeros(0, np.int64)
-    price, ts = cols.price[order], cols.ts[order]
-    g = len(starts)
-    has_prev = np.ones(len(order), dtype=bool)
-    has_prev[starts] = False
-    prev_price = previous_within_groups(price, starts, np.full(g, np.nan))
-    prev_ts = previous_within_groups(ts, starts, np.zeros(g, dtype=np.int64))
-    raw = compute_features(
-        price, ts, cols.size[order], cols.bid[order], cols.ask[order],
-        cols.bid_size[order], cols.ask_size[order], prev_price, prev_ts, has_prev,
-    )
+    reasons, groups = group_ticks(cols)
+    groups, _ = refuse_late(cols, groups, Preceding.nothing(len(groups.starts)), reasons)
+    raw, _ = raw_features(cols, groups, Preceding.nothing(len(groups.starts)))
+    order = groups.order
     return Sequences(
         order=order,
-        group_starts=starts,
-        instruments=[cols.instruments[c] for c in codes[starts]],
+        group_starts=groups.starts,
+        instruments=[cols.instruments[c] for c in groups.codes.tolist()],
         raw_features=raw,
-        price=price,
-        ts=ts,
+        price=cols.price[order],
+        ts=cols.ts[order],
         rejected=reasons,
     )
 
