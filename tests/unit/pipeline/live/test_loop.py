@@ -161,7 +161,7 @@ def test_a_rebalance_mid_run_drops_the_revoked_partitions_state(bundle):
     broker = new_broker()
     feed(broker)
     runner, _ = make_runner(bundle, broker)
-    pid1 = runner.partitions.pid("ticks", 1)
+    pid1 = runner.partitions.part_id("ticks", 1)
 
     revoked = []
 
