@@ -54,7 +54,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pajson
 
-from operators.validation import NUMERIC_COLUMNS, DecodeReason
+from operators.validation import NUMERIC_COLUMNS, TICK_COLUMNS, DecodeReason
 
 SCHEMA_VERSION = 1
 MAX_KEY_BYTES = 256
@@ -121,6 +121,29 @@ def decode_batch(keys: list[bytes | None], values: list[bytes | None],
     ticks = ticks.add_column(ticks.num_columns - 1, "record_ts", record_ts)
     rejected.sort(key=lambda r: r[0])
     return DecodedBatch(ticks, rejected)
+
+
+@dataclass(frozen=True)
+class DecodedRecords:
+    """A batch of Kafka records decoded: the ticks the operator steps on, and what they came from."""
+
+    # canonical columns + `record_ts` + `partition` (int32) + `offset` (int64), in record order
+    ticks: pa.Table
+    index: np.ndarray  # per tick row, the position of its record in the batch
+    rejected: list[tuple[int, DecodeReason, str]]  # (record index, reason, detail), by index
+
+
+def decode_records(keys: list[bytes | None], values: list[bytes | None],
+                   timestamps_ms: list[int] | np.ndarray | None,
+                   partitions: np.ndarray, offsets: np.ndarray) -> DecodedRecords:
+    """Decode records (``decode_batch``), keep the canonical columns and ``record_ts``, append each
+    tick's ``partition`` and ``offset`` (taken from ``partitions``/``offsets`` by record position)."""
+    decoded = decode_batch(keys, values, timestamps_ms)
+    idx = decoded.ticks.column("index").to_numpy()
+    ticks = decoded.ticks.select(list(TICK_COLUMNS) + ["record_ts"])
+    ticks = ticks.append_column("partition", pa.array(np.asarray(partitions)[idx], pa.int32()))
+    ticks = ticks.append_column("offset", pa.array(np.asarray(offsets)[idx], pa.int64()))
+    return DecodedRecords(ticks, idx, decoded.rejected)
 
 
 def _flat_ascii_objects(vals: list[bytes], lens: np.ndarray) -> tuple[np.ndarray, bytes]:

@@ -23,8 +23,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from operators.errors import TickcastError
-from operators.validation import TICK_COLUMNS
-from pipeline.kafka.ticks import decode_batch
+from pipeline.kafka.ticks import decode_records
 
 log = logging.getLogger(__name__)
 
@@ -175,11 +174,9 @@ def _end_for(consumer: KafkaConsumer, tp: TopicPartition, ends: dict) -> int | N
 
 def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray,
             stamps: np.ndarray | None = None) -> TopicRange:
-    decoded = decode_batch(keys, values, stamps)  # record timestamps: the same timestamp verdicts as live
-    idx = decoded.ticks.column("index").to_numpy()
-    ticks = decoded.ticks.select(list(TICK_COLUMNS) + ["record_ts"])
-    ticks = ticks.append_column("partition", pa.array(partitions[idx], pa.int32()))
-    ticks = ticks.append_column("offset", pa.array(offsets[idx], pa.int64()))
+    # record timestamps: the same timestamp verdicts as live
+    decoded = decode_records(keys, values, stamps, partitions, offsets)
+    ticks = decoded.ticks
     bad = [i for i, _, _ in decoded.rejected]
     rejected = pa.table({"partition": pa.array(partitions[bad] if bad else [], pa.int32()),
                          "offset": pa.array(offsets[bad] if bad else [], pa.int64()),

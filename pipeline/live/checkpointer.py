@@ -78,7 +78,7 @@ class Checkpointer:
         for tp in sorted(partitions):
             st = self.partitions.get(tp)
             if st.next_offset is not None and not st.replaying and st.checkpointed != st.next_offset:
-                out.append((tp, self.forecaster.export_partition(self.partitions.pid(tp.topic, tp.partition)),
+                out.append((tp, self.forecaster.export_partition(self.partitions.part_id(tp.topic, tp.partition)),
                             st.next_offset))
         return out
 

@@ -102,11 +102,11 @@ class JsonNames:
 
 
 def encode_json(bundle: Bundle, json_names: JsonNames, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray,
-                msg_index: np.ndarray, topics: list[str], pid: np.ndarray, offs: np.ndarray) -> list[Message]:
+                msg_index: np.ndarray, topics: list[str], part_ids: np.ndarray, offs: np.ndarray) -> list[Message]:
     """One JSON message per forecast, keyed by instrument (the producer's partitioner places it)."""
     if len(rows) == 0:
         return []
-    part = pid & PARTITION_MASK
+    part = part_ids & PARTITION_MASK
     take = pa.array(rows)
     names = ticks.column("instrument").take(take).to_pylist()
     ts = ticks.column("ts").take(take).to_pylist()
@@ -121,7 +121,7 @@ def encode_json(bundle: Bundle, json_names: JsonNames, ticks: pa.Table, rows: np
 
 
 def encode_arrow(bundle: Bundle, input_topics: list[str], topic: str, partitions, of_key, ticks: pa.Table,
-                 rows: np.ndarray, forecasts: np.ndarray, msg_index: np.ndarray, pid: np.ndarray,
+                 rows: np.ndarray, forecasts: np.ndarray, msg_index: np.ndarray, part_ids: np.ndarray,
                  offs: np.ndarray) -> list[Message]:
     """The batch's forecasts as Arrow IPC streams, one message per output partition (at most
     ``ARROW_ROWS_PER_MESSAGE`` rows each). Each instrument's rows go to the partition its key would
@@ -135,7 +135,7 @@ def encode_arrow(bundle: Bundle, input_topics: list[str], topic: str, partitions
     p_of_name = np.array([of_key(topic, nm.encode(), partitions) for nm in enc.dictionary.to_pylist()],
                          dtype=np.int32)
     out_part = p_of_name[enc.indices.to_numpy(zero_copy_only=False)]
-    src = pid[msg_index]
+    src = part_ids[msg_index]
     table = pa.Table.from_arrays([
         names.cast(pa.string()),
         ticks.column("ts").take(take).cast(pa.int64()),

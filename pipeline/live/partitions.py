@@ -61,13 +61,13 @@ class Partitions:
         """Nothing is known about ``tp`` any more (revoked, or about to be restored anew)."""
         self.states.pop(tp, None)
 
-    def pid(self, topic: str, partition: int) -> int:
+    def part_id(self, topic: str, partition: int) -> int:
         return (self.input_topics.index(topic) << TOPIC_SHIFT) | partition
 
-    def tp_of(self, pid: int) -> TopicPartition:
-        return TopicPartition(self.input_topics[pid >> TOPIC_SHIFT], pid & PARTITION_MASK)
+    def tp_of(self, part_id: int) -> TopicPartition:
+        return TopicPartition(self.input_topics[part_id >> TOPIC_SHIFT], part_id & PARTITION_MASK)
 
-    def pids(self, topics: list[str], part: np.ndarray) -> np.ndarray:
+    def partition_ids(self, topics: list[str], part: np.ndarray) -> np.ndarray:
         """Partition ids of records given their topics and partitions."""
         n = len(part)
         topic_idx = np.fromiter((self.input_topics.index(t) for t in topics), dtype=np.int64, count=n) \
@@ -75,18 +75,18 @@ class Partitions:
         return (topic_idx << TOPIC_SHIFT) | part
 
     # -- replay -------------------------------------------------------------------------------
-    def silent_mask(self, pid: np.ndarray, offs: np.ndarray, stamps: np.ndarray) -> np.ndarray | None:
+    def silent_mask(self, part_ids: np.ndarray, offs: np.ndarray, stamps: np.ndarray) -> np.ndarray | None:
         """Records a recovery or warm-up replays: they update state and emit nothing."""
         replaying = {tp: st for tp, st in self.states.items() if st.replaying}
         if not replaying:
             return None
-        silent = np.zeros(len(pid), dtype=bool)
-        for p in np.unique(pid).tolist():
+        silent = np.zeros(len(part_ids), dtype=bool)
+        for p in np.unique(part_ids).tolist():
             tp = self.tp_of(p)
             st = replaying.get(tp)
             if st is None:
                 continue
-            mine = pid == p
+            mine = part_ids == p
             if st.replay_until is not None:
                 silent[mine] = offs[mine] < st.replay_until
             else:
@@ -104,25 +104,25 @@ class Partitions:
                 log.info("replay done; emitting", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": until})
 
     # -- offsets ------------------------------------------------------------------------------
-    def last_offsets(self, pid: np.ndarray, offs: np.ndarray) -> dict[TopicPartition, int]:
+    def last_offsets(self, part_ids: np.ndarray, offs: np.ndarray) -> dict[TopicPartition, int]:
         """Highest offset per input partition among these records."""
-        if len(pid) == 0:
+        if len(part_ids) == 0:
             return {}
-        order = np.lexsort((offs, pid))
-        last = np.flatnonzero(np.diff(pid[order], append=-1))
-        return {self.tp_of(int(p)): int(o) for p, o in zip(pid[order][last], offs[order][last])}
+        order = np.lexsort((offs, part_ids))
+        last = np.flatnonzero(np.diff(part_ids[order], append=-1))
+        return {self.tp_of(int(p)): int(o) for p, o in zip(part_ids[order][last], offs[order][last])}
 
-    def advance(self, pid: np.ndarray, offs: np.ndarray) -> None:
+    def advance(self, part_ids: np.ndarray, offs: np.ndarray) -> None:
         """The state now reflects these records."""
-        for tp, last in self.last_offsets(pid, offs).items():
+        for tp, last in self.last_offsets(part_ids, offs).items():
             st = self[tp]
             st.next_offset = max(st.next_offset if st.next_offset is not None else -1, last + 1)
 
-    def commit_offsets(self, pid: np.ndarray, offs: np.ndarray, mask: np.ndarray | None) -> dict:
+    def commit_offsets(self, part_ids: np.ndarray, offs: np.ndarray, mask: np.ndarray | None) -> dict:
         """Offsets to commit (next to read) for the assigned partitions of the records in ``mask``."""
         if mask is not None:
-            pid, offs = pid[mask], offs[mask]
-        return {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in self.last_offsets(pid, offs).items()
+            part_ids, offs = part_ids[mask], offs[mask]
+        return {tp: OffsetAndMetadata(o + 1, "", -1) for tp, o in self.last_offsets(part_ids, offs).items()
                 if tp in self.assigned}
 
 

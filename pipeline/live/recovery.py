@@ -89,8 +89,8 @@ class Recovery:
         started = time.perf_counter()
         consumer = self.conn.consumer
         where = f"{tp.topic}/{tp.partition}"
-        pid = self.partitions.pid(tp.topic, tp.partition)
-        self.forecaster.drop_partition(pid)
+        part_id = self.partitions.part_id(tp.topic, tp.partition)
+        self.forecaster.drop_partition(part_id)
         # Whatever the state reflected before is gone: every path below says anew where it stands.
         st = self.partitions[tp]
         st.next_offset = st.checkpointed = st.replay_until = st.replay_until_ts = None
@@ -102,7 +102,7 @@ class Recovery:
             log.info("group has no committed offset for this partition; not using checkpoints",
                      extra={"partition": where})
         elif self.store is not None:
-            loaded = self._load_checkpoint(tp, pid, committed)
+            loaded = self._load_checkpoint(tp, part_id, committed)
         if loaded is not None:
             rows = loaded.state.num_rows
             start = loaded.manifest.offset
@@ -161,7 +161,7 @@ class Recovery:
                    "why": ("new group" if committed is None else
                            "no usable checkpoint" if self.store else "checkpoints are off (checkpoint_uri)")})
 
-    def _load_checkpoint(self, tp: TopicPartition, pid: int, committed: int):
+    def _load_checkpoint(self, tp: TopicPartition, part_id: int, committed: int):
         """The newest checkpoint that is valid *and* imports into the operator (now holding its rows), or
         None. Each manifest is tried at most once; StoreUnavailable propagates (the caller retries)."""
         tried: set[str] = set()
@@ -187,9 +187,9 @@ class Recovery:
                                    "checkpoint_model": loaded.manifest.model_version})
                 return None
             try:
-                self.forecaster.import_partition(pid, loaded.state)
+                self.forecaster.import_partition(part_id, loaded.state)
             except DATA_ERRORS as exc:  # the store's checks passed it, the operator did not: skip it too
-                self.forecaster.drop_partition(pid)
+                self.forecaster.drop_partition(part_id)
                 self.metrics.checkpoint_load_failures.inc()
                 log.warning("skipping unusable checkpoint", extra={"path": loaded.path,
                                                                    "reason": str(exc) or type(exc).__name__})

@@ -39,12 +39,12 @@ from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster, ForecasterConfig, StepResult
 from operators.bundle import Bundle
-from operators.validation import TICK_COLUMNS, reject_labels
+from operators.validation import reject_labels
 from pipeline import logs
 from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
-from pipeline.kafka.ticks import decode_batch
+from pipeline.kafka.ticks import decode_records
 from pipeline.live import clients, messages, status
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import Delivery, Outbox
@@ -65,7 +65,7 @@ class Batch:
     records: list
     received_at: list[float]
     ticks: pa.Table  # decoded valid ticks, with partition id and offset
-    pid: np.ndarray  # partition id of each record
+    part_ids: np.ndarray  # partition id of each record
     offs: np.ndarray  # offset of each record
     idx: np.ndarray  # record index of each decoded tick
     result: StepResult
@@ -207,9 +207,9 @@ class Runner:
             self.checkpointer.checkpoint_now(mine, "revoke")
         parts.revoked |= set(revoked)
         for tp in revoked:
-            pid = parts.pid(tp.topic, tp.partition)
-            self.forecaster.drop_partition(pid)
-            self.scorer.drop_partition(pid)
+            part_id = parts.part_id(tp.topic, tp.partition)
+            self.forecaster.drop_partition(part_id)
+            self.scorer.drop_partition(part_id)
             parts.forget(tp)
             status.drop_lag(self.metrics, tp)
         parts.assigned -= set(revoked)
@@ -278,7 +278,7 @@ class Runner:
     def _process(self, records: list, received_at: list[float]) -> None:
         t_batch = time.perf_counter()
         batch = self._step(records, received_at)
-        offsets = self.partitions.commit_offsets(batch.pid, batch.offs,
+        offsets = self.partitions.commit_offsets(batch.part_ids, batch.offs,
                                                  None if batch.silent is None else ~batch.silent)
         out_rows, forecasts = self._emitted(batch)
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
@@ -295,23 +295,20 @@ class Runner:
         n = len(records)
         part = np.fromiter((r.partition for r in records), dtype=np.int64, count=n)
         offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
-        pid = self.partitions.pids([r.topic for r in records], part)
-        status.count_received(self.metrics, self.partitions, pid)
+        part_ids = self.partitions.partition_ids([r.topic for r in records], part)
+        status.count_received(self.metrics, self.partitions, part_ids)
 
         stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
         # The record timestamp is "now" for the timestamp policy.
-        decoded = decode_batch([r.key for r in records], [r.value for r in records], stamps)
-        idx = decoded.ticks.column("index").to_numpy()
-        ticks = decoded.ticks.select(list(TICK_COLUMNS) + ["record_ts"])
-        ticks = ticks.append_column("partition", pa.array(pid[idx].astype(np.int32)))
-        ticks = ticks.append_column("offset", pa.array(offs[idx]))
+        decoded = decode_records([r.key for r in records], [r.value for r in records], stamps, part_ids, offs)
+        ticks, idx = decoded.ticks, decoded.index
         # Records a recovery replays (before the committed offset) update state and emit nothing.
-        silent = self.partitions.silent_mask(pid, offs, stamps)
+        silent = self.partitions.silent_mask(part_ids, offs, stamps)
         t_step = time.perf_counter()
         self.partitions.dirty = True
         result = self.forecaster.step(ticks)
         self.metrics.step_seconds.observe(time.perf_counter() - t_step)
-        self.partitions.advance(pid, offs)
+        self.partitions.advance(part_ids, offs)
 
         # Dead letters: decode failures and operator refusals, with the original bytes.
         dead = [(i, reason.label, detail) for i, reason, detail in decoded.rejected]
@@ -325,7 +322,7 @@ class Runner:
             n_silent = int(silent.sum())
             self.stats.replayed += n_silent
             self.metrics.replayed_ticks.inc(n_silent)
-        return Batch(records, received_at, ticks, pid, offs, idx, result, rows, forecasts,
+        return Batch(records, received_at, ticks, part_ids, offs, idx, result, rows, forecasts,
                      [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent)
 
     def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
@@ -344,9 +341,9 @@ class Runner:
             topic = self.cfg.output_topic
             return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, self.delivery.await_topic(topic),
                                 self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
-                                batch.pid, batch.offs)
+                                batch.part_ids, batch.offs)
         return messages.encode_json(self.bundle, self.json_names, batch.ticks, out_rows, forecasts, msg_index,
-                           [r.topic for r in batch.records], batch.pid, batch.offs)
+                           [r.topic for r in batch.records], batch.part_ids, batch.offs)
 
     def _account(self, batch: Batch, out_rows: np.ndarray, t_batch: float) -> None:
         """After the commit: latencies, online scores, counters and gauges, lag."""

@@ -51,9 +51,9 @@ class RunStats:
                                                    for k, v in self.percentiles().items()}}
 
 
-def count_received(metrics: Metrics, partitions: Partitions, pid: np.ndarray) -> None:
+def count_received(metrics: Metrics, partitions: Partitions, part_ids: np.ndarray) -> None:
     """ticks_received by input topic and partition (two topics' partition 0 are two series)."""
-    for p, c in zip(*np.unique(pid, return_counts=True)):
+    for p, c in zip(*np.unique(part_ids, return_counts=True)):
         tp = partitions.tp_of(int(p))
         metrics.ticks_received.labels(tp.topic, str(tp.partition)).inc(int(c))
 

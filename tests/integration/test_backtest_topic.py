@@ -16,8 +16,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import create_topics
 from tests.support.cli import tickcast
-from tests.support.faults import read_topic, wait_drained
+from tests.support.faults import wait_drained
 from tests.support.live import RunProcess
+from tests.support.readers import read_all, read_committed
 
 DAY_NS = 86_400 * 10**9
 DAY0 = np.datetime64("2026-03-02", "ns").astype(np.int64)
@@ -42,7 +43,7 @@ def three_days(kafka_bootstrap):
 
 
 def _records(bootstrap, topic):
-    return read_topic(bootstrap, topic, PARTITIONS, committed_only=False, timeout=3)
+    return read_all(bootstrap, topic, PARTITIONS, timeout=3)
 
 
 def test_one_days_range_reads_exactly_that_days_records_from_every_partition(kafka_bootstrap, three_days, bundle,
@@ -76,7 +77,7 @@ def test_topic_backtest_equals_the_live_pipeline_and_leaves_its_group_alone(kafk
     finally:
         assert live.stop(signal.SIGTERM) == 0
     live_out = {(json.loads(m.value())["partition"], json.loads(m.value())["offset"]): json.loads(m.value())["forecast"]
-                for m in read_topic(kafka_bootstrap, tout, 1, timeout=3)}
+                for m in read_committed(kafka_bootstrap, tout, 1, timeout=3)}
 
     def committed():
         c = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": group, "enable.auto.commit": False})

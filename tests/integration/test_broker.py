@@ -17,7 +17,8 @@ import pytest
 from pipeline.files.sinks import write_parquet
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
-from tests.support.live import ENV, consume_all
+from tests.support.live import ENV
+from tests.support.readers import read_all
 
 
 def test_embedded_broker_starts_on_a_free_port_and_stops():
@@ -43,7 +44,7 @@ def test_replay_publishes_keyed_ticks_with_event_time_timestamps(kafka_bootstrap
                          capture_output=True, text=True, env=ENV, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "500 ticks published" in out.stdout
-    got = consume_all(kafka_bootstrap, topic, 500, partitions=2)
+    got = read_all(kafka_bootstrap, topic, 2, expected=500)
     assert len(got) == 500
     rows = {(r["instrument"], r["ts"]): r for r in ticks.to_pylist()}
     per_instrument_partition: dict[str, set] = {}

@@ -28,12 +28,12 @@ from pipeline.kafka.broker import create_topics
 from tests.support.faults import (
     PARTITIONS,
     assert_exactly_the_reference,
-    read_topic,
     reference,
     run_args,
     wait_drained,
 )
 from tests.support.live import RunProcess, produce, tick_messages
+from tests.support.readers import read_all, read_committed
 
 RESTORE_EVENTS = ("partition restored from checkpoint", "partition assigned with EMPTY state: its instruments start "
                   "from zero state", "no usable checkpoint; rebuilding state by replaying the partition from its start",
@@ -96,7 +96,7 @@ def _crash_loop(kafka_bootstrap, bundle, store, kills: int) -> None:
         # The output may be complete already (the last victim finished the input): judge only once the final
         # process holds the partitions, so its shutdown checkpoint is what the state check reads.
         final.wait_for_any(RESTORE_EVENTS, timeout=90)
-        inputs = read_topic(kafka_bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
+        inputs = read_all(kafka_bootstrap, tin, PARTITIONS, timeout=3)
         assert len(inputs) == len(messages)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
         wait_drained(kafka_bootstrap, tout, len(forecasts_ref))
@@ -149,7 +149,7 @@ def test_damaged_latest_checkpoint_falls_back_and_replays(kafka_bootstrap, bundl
                     for p in range(parts)]
         assert all(r["replay"] > 0 for r in restored), "fell back to an older checkpoint and replayed"
         produce(kafka_bootstrap, tin, messages[1200:])
-        inputs = read_topic(kafka_bootstrap, tin, parts, committed_only=False, timeout=3)
+        inputs = read_all(kafka_bootstrap, tin, parts, timeout=3)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, parts)
         wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
         assert second.metric("tickcast_checkpoint_load_failures_total") == parts
@@ -230,7 +230,7 @@ def test_warmup_of_a_fresh_deployment_builds_state_silently(kafka_bootstrap, bun
         assert run.metric("tickcast_replayed_ticks_total") == 400
     finally:
         assert run.stop(signal.SIGTERM) == 0
-    out = read_topic(kafka_bootstrap, tout, 1, timeout=3)
+    out = read_committed(kafka_bootstrap, tout, 1, timeout=3)
     got = {json.loads(m.value())["offset"]: json.loads(m.value())["forecast"] for m in out}
     assert sorted(got) == list(range(400, 700)), "history is silent, every new tick is forecast once"
     res = Forecaster(bundle).step(ticks)
@@ -275,7 +275,7 @@ def test_warmup_on_a_historical_topic_stamped_long_ago(kafka_bootstrap, bundle, 
         assert run.metric("tickcast_replayed_ticks_total") == 0
     finally:
         assert run.stop(signal.SIGTERM) == 0
-    out = read_topic(kafka_bootstrap, tout, 1, timeout=3)
+    out = read_committed(kafka_bootstrap, tout, 1, timeout=3)
     got = {json.loads(m.value())["offset"]: json.loads(m.value())["forecast"] for m in out}
     assert sorted(got) == list(range(400))
     res = Forecaster(bundle).step(ticks)
@@ -327,7 +327,7 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
         procs["d"] = start("d")
         feeder.join()
         assert feeder.error is None, feeder.error
-        inputs = read_topic(kafka_bootstrap, tin, parts, committed_only=False, timeout=3)
+        inputs = read_all(kafka_bootstrap, tin, parts, timeout=3)
         assert len(inputs) == len(messages)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, parts)
         wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=180)
@@ -363,7 +363,7 @@ def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path
             time.sleep(30)
             proxy.heal()
             produce(bootstrap, tin, messages[2000:])
-            inputs = read_topic(bootstrap, tin, PARTITIONS, committed_only=False, timeout=3)
+            inputs = read_all(bootstrap, tin, PARTITIONS, timeout=3)
             assert len(inputs) == len(messages)
             forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
             wait_drained(bootstrap, tout, len(forecasts_ref), timeout=180)

@@ -17,7 +17,8 @@ from kafka.partitioner.default import murmur2
 from operators.forecaster import Forecaster
 from pipeline.files.sinks import FORECAST_MESSAGE_SCHEMA, decode_forecast_message
 from pipeline.files.synthetic import generate_ticks
-from tests.support.live import RunProcess, consume_all, produce, tick_messages
+from tests.support.live import RunProcess, produce, tick_messages
+from tests.support.readers import read_all
 
 
 def _names(prefix: str) -> tuple[str, str, str, str]:
@@ -61,7 +62,7 @@ def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics
                            "--max-batch-ticks", str(max_batch_ticks))
     try:
         produce(kafka_bootstrap, tin, tick_messages(ticks), partition=0)
-        got = consume_all(kafka_bootstrap, tout, n_ticks)
+        got = read_all(kafka_bootstrap, tout, 1, expected=n_ticks)
         assert len(got) == n_ticks
     finally:
         assert run.stop() == 0
@@ -78,26 +79,11 @@ def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics
     assert sorted(json.loads(m.value())["offset"] for m in got) == list(range(n_ticks))
 
 
-def _read_arrow_forecasts(bootstrap: str, topic: str, partitions: int, expected: int, timeout: float = 90.0):
+def _read_arrow_forecasts(bootstrap: str, topic: str, partitions: int, expected: int):
     """(partition, headers, table) of every Arrow forecast message until ``expected`` forecasts (read_committed)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "isolation.level": "read_committed"})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out, rows = [], 0
-    deadline = time.monotonic() + timeout
-    try:
-        while rows < expected and time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            table = decode_forecast_message(msg.value())
-            out.append((msg.partition(), dict(msg.headers() or []), table))
-            rows += table.num_rows
-    finally:
-        c.close()
-    return out
+    msgs = read_all(bootstrap, topic, partitions, expected=expected, isolation="read_committed",
+                    weight=lambda msg: decode_forecast_message(msg.value()).num_rows)
+    return [(msg.partition(), dict(msg.headers() or []), decode_forecast_message(msg.value())) for msg in msgs]
 
 
 @pytest.mark.parametrize("processing", ["at_least_once", "exactly_once"])
@@ -178,8 +164,8 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_ticks_around_it_are_f
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, "--max-batch-ticks", "1000")
     try:
         produce(kafka_bootstrap, tin, stream, partition=0)
-        dead = consume_all(kafka_bootstrap, dlq, len(BAD_MESSAGES))
-        forecasts = consume_all(kafka_bootstrap, tout, len(good))
+        dead = read_all(kafka_bootstrap, dlq, 1, expected=len(BAD_MESSAGES))
+        forecasts = read_all(kafka_bootstrap, tout, 1, expected=len(good))
         time.sleep(1.5)  # let a status/metrics update land
         counts = {reason: run.metric("tickcast_dead_letters_total", reason=reason)
                   for reason in {r for r, _, _ in BAD_MESSAGES}}
@@ -213,7 +199,7 @@ def test_sigterm_commits_what_was_published_and_a_restart_resumes_there(kafka_bo
     first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *store)
     try:
         produce(kafka_bootstrap, tin, msgs[:700], partition=0)
-        assert len(consume_all(kafka_bootstrap, tout, 700)) == 700
+        assert len(read_all(kafka_bootstrap, tout, 1, expected=700)) == 700
     finally:
         started = time.monotonic()
         assert first.stop(signal.SIGTERM) == 0
@@ -226,7 +212,7 @@ def test_sigterm_commits_what_was_published_and_a_restart_resumes_there(kafka_bo
         assert (restored["checkpoint_offset"], restored["committed"], restored["replay"]) == (700, 700, 0)
         assert restored["rows"] == 5
         produce(kafka_bootstrap, tin, msgs[700:], partition=0)
-        out = consume_all(kafka_bootstrap, tout, 1200, timeout=60)
+        out = read_all(kafka_bootstrap, tout, 1, expected=1200, timeout=60)
     finally:
         assert second.stop(signal.SIGINT) == 0
     offsets = sorted(json.loads(m.value())["offset"] for m in out)
@@ -242,7 +228,7 @@ def test_without_checkpoints_a_restart_says_loudly_that_state_is_empty(kafka_boo
     first = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *off)
     try:
         produce(kafka_bootstrap, tin, msgs[:200], partition=0)
-        assert len(consume_all(kafka_bootstrap, tout, 200)) == 200
+        assert len(read_all(kafka_bootstrap, tout, 1, expected=200)) == 200
     finally:
         assert first.stop(signal.SIGTERM) == 0
     second = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *off)
@@ -251,7 +237,7 @@ def test_without_checkpoints_a_restart_says_loudly_that_state_is_empty(kafka_boo
         assert warn["level"] == "warning" and warn["committed"] == 200
         assert "checkpoints are off" in warn["why"]
         produce(kafka_bootstrap, tin, msgs[200:], partition=0)
-        out = consume_all(kafka_bootstrap, tout, 300, timeout=60)
+        out = read_all(kafka_bootstrap, tout, 1, expected=300, timeout=60)
     finally:
         assert second.stop(signal.SIGINT) == 0
     assert sorted(json.loads(m.value())["offset"] for m in out) == list(range(300))
@@ -273,7 +259,7 @@ def test_two_consumers_in_one_group_split_the_partitions(kafka_bootstrap, topics
         msgs = tick_messages(ticks)
         for p in range(4):
             produce(kafka_bootstrap, tin, msgs[p::4], partition=p)
-        out = consume_all(kafka_bootstrap, tout, 2000)
+        out = read_all(kafka_bootstrap, tout, 1, expected=2000)
         assert len(out) == 2000
         time.sleep(1.5)
         ticks_a = a.metric("tickcast_ticks_received_total")
@@ -290,7 +276,7 @@ def test_metrics_endpoint_scrapes_and_passes_promtool(kafka_bootstrap, topics, b
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group)
     try:
         produce(kafka_bootstrap, tin, tick_messages(generate_ticks(3, 200, seed=1, bad_fraction=0.0)), partition=0)
-        assert len(consume_all(kafka_bootstrap, tout, 200)) == 200
+        assert len(read_all(kafka_bootstrap, tout, 1, expected=200)) == 200
         time.sleep(1.5)
         status, text = run.scrape("/metrics")
         health, _ = run.scrape("/healthz")

@@ -23,12 +23,12 @@ from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import create_topics
 from tests.support.faults import (
     assert_exactly_the_reference,
-    read_topic,
     reference,
     run_args,
     wait_drained,
 )
 from tests.support.live import RunProcess, produce, tick_messages
+from tests.support.readers import read_all, read_committed
 
 
 def _produce_large(bootstrap: str, topic: str, key: bytes, value: bytes) -> None:
@@ -55,7 +55,7 @@ def test_dead_letter_over_max_request_size_goes_out_cut_and_nothing_stalls(kafka
         produce(kafka_bootstrap, tin, messages[:300], partition=0)
         _produce_large(kafka_bootstrap, tin, b"BIG", big)
         produce(kafka_bootstrap, tin, messages[300:], partition=0)
-        inputs = read_topic(kafka_bootstrap, tin, 1, committed_only=False, timeout=3)
+        inputs = read_all(kafka_bootstrap, tin, 1, timeout=3)
         assert len(inputs) == len(messages) + 1
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, 1)
         wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=120)
@@ -67,7 +67,7 @@ def test_dead_letter_over_max_request_size_goes_out_cut_and_nothing_stalls(kafka
         assert run.stop(signal.SIGTERM) == 0
     assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
                                  dead_ref, 1)
-    cut = [m for m in read_topic(kafka_bootstrap, dlq, 1, timeout=3) if m.key() == b"BIG"]
+    cut = [m for m in read_committed(kafka_bootstrap, dlq, 1, timeout=3) if m.key() == b"BIG"]
     assert len(cut) == 1
     headers = dict(cut[0].headers())
     assert cut[0].value() == big[:1024]
@@ -109,7 +109,7 @@ def test_broker_stall_longer_than_the_transaction_timeout_loses_and_duplicates_n
             proxy.resume()
             assert set(healthz) == {200}, "liveness must stay true while the loop waits out the broker"
             produce(bootstrap, tin, messages[1600:])
-            inputs = read_topic(bootstrap, tin, 2, committed_only=False, timeout=3)
+            inputs = read_all(bootstrap, tin, 2, timeout=3)
             assert len(inputs) == len(messages)
             forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, 2)
             wait_drained(bootstrap, tout, len(forecasts_ref), timeout=180)
@@ -141,7 +141,7 @@ def test_output_topic_missing_at_start_is_waited_out_then_created(kafka_bootstra
         assert run.metric("tickcast_publish_errors_total", reason="topic_missing") >= 1
         assert run.metric("tickcast_offset_commits_total") == 0
         create_topics(kafka_bootstrap, {tout: 1})
-        inputs = read_topic(kafka_bootstrap, tin, 1, committed_only=False, timeout=3)
+        inputs = read_all(kafka_bootstrap, tin, 1, timeout=3)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs, 1)
         wait_drained(kafka_bootstrap, tout, len(forecasts_ref), timeout=90)
         assert run.scrape("/readyz")[0] == 200

@@ -6,38 +6,17 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 
 import numpy as np
 import pyarrow as pa
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from operators.forecaster import Forecaster
 from pipeline.checkpoint import group_store
 from pipeline.kafka.ticks import decode_batch
-from tests.support.txlog import read_committed
+from tests.support.readers import read_committed
 
 PARTITIONS = 2
-
-
-def read_topic(bootstrap: str, topic: str, partitions: int, committed_only: bool = True, timeout: float = 10.0):
-    """Every record of a topic (all partitions, from the start): the committed ones (read_committed, applied
-    from the log's transaction markers: see txlog.py), or all of them with an independent client."""
-    if committed_only:
-        return read_committed(bootstrap, topic, partitions, timeout=timeout)
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:8]}",
-                  "enable.auto.commit": False, "isolation.level": "read_uncommitted"})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out, idle_since = [], time.monotonic()
-    while time.monotonic() - idle_since < timeout:
-        msg = c.poll(0.5)
-        if msg is None or msg.error():
-            continue
-        out.append(msg)
-        idle_since = time.monotonic()
-    c.close()
-    return out
 
 
 def reference(bundle, inputs, partitions: int = PARTITIONS) -> tuple[dict, dict[int, pa.Table], int]:
@@ -59,7 +38,7 @@ def reference(bundle, inputs, partitions: int = PARTITIONS) -> tuple[dict, dict[
 
 def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, group, forecasts_ref, states_ref,
                                  dead_ref, partitions: int = PARTITIONS):
-    out = read_topic(bootstrap, tout, 1)
+    out = read_committed(bootstrap, tout, 1)
     keys = [(json.loads(m.value())["partition"], json.loads(m.value())["offset"]) for m in out]
     assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} forecasts published twice"
     missing = set(forecasts_ref) - set(keys)
@@ -69,7 +48,7 @@ def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, g
     for m, key in zip(out, keys):
         got = json.loads(m.value())["forecast"] / scale
         assert got == pytest.approx(forecasts_ref[key] / scale, rel=1e-5, abs=1e-5), key
-    assert len(read_topic(bootstrap, dlq, 1, timeout=3)) == dead_ref
+    assert len(read_committed(bootstrap, dlq, 1, timeout=3)) == dead_ref
     store = group_store(str(store_dir), group)  # a directory or a URI (s3://...?endpoint_override=...)
     for p in range(partitions):
         final = store.latest(tin, p)
@@ -95,7 +74,7 @@ def run_args(store_dir, tid: str, *extra: str) -> list[str]:
 def wait_drained(bootstrap, tout, expected: int, timeout: float = 180.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if len(read_topic(bootstrap, tout, 1, timeout=2)) >= expected:
+        if len(read_committed(bootstrap, tout, 1, timeout=2)) >= expected:
             return
         time.sleep(1)
     raise AssertionError(f"forecasts did not reach {expected} within {timeout}s")

@@ -14,7 +14,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 import pyarrow as pa
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "TF_ENABLE_ONEDNN_OPTS": "0"}
 
@@ -131,25 +131,6 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[bytes | None, bytes
         p.poll(0)
     assert p.flush(30) == 0, "messages left unflushed"
     assert not errors, errors
-
-
-def consume_all(bootstrap: str, topic: str, expected: int, timeout: float = 90.0,
-                partitions: int = 1) -> list:
-    """Read `expected` records from the beginning of every partition (no group commits)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{time.monotonic_ns()}",
-                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
-    c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
-    out = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(out) < expected and time.monotonic() < deadline:
-            msg = c.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            out.append(msg)
-    finally:
-        c.close()
-    return out
 
 
 def tick_messages(ticks: pa.Table) -> list[tuple[bytes, bytes]]:

@@ -153,3 +153,26 @@ def test_runner_scorer_follows_the_state_table_through_expiry(bundle):
         assert set(runner.scorer._keys) == held  # every instrument stepped was scored; none expired stays
     assert runner.forecaster.expired_total > 0
     assert len(runner.forecaster.state) <= 50
+
+
+def test_a_forecast_is_scored_horizon_ticks_later_against_the_realised_log_return_and_the_random_walk():
+    """Worked by hand, horizon 2: A's prices 100, 110, 121, 100 with forecasts 0.1, 0.2, 0.05, 0.0.
+
+    Tick 2 matures tick 0's forecast: realised log(121/100) = 0.190620, error |0.1 - 0.190620| = 0.090620.
+    Tick 3 matures tick 1's: realised log(100/110) = -0.095310, error |0.2 + 0.095310| = 0.295310.
+    The random walk forecasts 0, so its errors are |realised|: 0.190620 + 0.095310. B (one tick per
+    batch, interleaved) matures nothing until its third tick: log(55/50) against 0.3."""
+    scorer = OnlineScorer(2)
+    a, b = (0, "A"), (1, "B")
+    # A's ticks 0 and 1 and B's first tick: nothing is 2 ticks old yet.
+    m = scorer.update([a, b], np.array([0, 1, 0]), np.array([100.0, 50.0, 110.0]), np.array([0.1, 0.3, 0.2]))
+    assert (m.count, m.abs_error, m.random_walk_abs_error) == (0, 0.0, 0.0)
+    # A's tick 2 (its forecast from the ring, from the batch before) and B's second tick.
+    m = scorer.update([b, a], np.array([1, 0]), np.array([121.0, 52.0]), np.array([0.05, -0.1]))
+    assert m.count == 1
+    np.testing.assert_allclose([m.abs_error, m.random_walk_abs_error], [0.0906203596, 0.1906203596], rtol=1e-9)
+    # A's tick 3 and B's third tick, which matures B's first forecast.
+    m = scorer.update([a, b], np.array([0, 1]), np.array([100.0, 55.0]), np.array([0.0, 0.0]))
+    assert m.count == 2
+    np.testing.assert_allclose([m.abs_error, m.random_walk_abs_error],
+                               [0.2953101798 + 0.2046898202, 0.0953101798 + 0.0953101798], rtol=1e-9)

@@ -161,7 +161,7 @@ def test_a_rebalance_mid_run_drops_the_revoked_partitions_state(bundle):
     broker = new_broker()
     feed(broker)
     runner, _ = make_runner(bundle, broker)
-    pid1 = runner.partitions.pid("ticks", 1)
+    pid1 = runner.partitions.part_id("ticks", 1)
 
     revoked = []
 
@@ -227,3 +227,33 @@ def test_a_restore_whose_checkpoint_store_fails_is_retried_then_restores_the_che
         "not an empty or replayed start"
     # After the restore, the forecasts are those of a run that never stopped.
     assert_same_forecasts(bundle, forecasts(broker), expected)
+
+
+def test_last_per_instrument_publishes_per_batch_the_forecast_of_each_instruments_last_tick(bundle):
+    broker = new_broker()
+    feed(broker)
+    expected = reference(bundle)
+    runner, fake = make_runner(bundle, broker, output_mode="last_per_instrument", max_batch_ticks=50)
+    batches = []  # per commit: the offsets it covers, and how many forecasts were out by then
+    fake.on_consumer = lambda c: setattr(c, "before_commit", lambda offsets: batches.append(
+        ({tp: o.offset for tp, o in offsets.items()}, len(broker.records("forecasts")))))
+    assert run_until(runner, all_committed(broker)) == 0
+    assert len(batches) > 4, "several batches"
+    instrument = {(r.partition, r.offset): r.key.decode() for r in broker.records("ticks")}
+    published = [json.loads(r.value) for r in broker.records("forecasts")]
+    start, n_before = {0: 0, 1: 0}, 0
+    for offsets, n_out in batches:
+        last = {}  # (partition, instrument) -> the last offset of the batch
+        for tp, end in offsets.items():
+            for o in range(start[tp.partition], end):
+                last[(tp.partition, instrument[(tp.partition, o)])] = o
+            start[tp.partition] = end
+        out = published[n_before:n_out]
+        n_before = n_out
+        assert sorted((m["partition"], m["instrument"]) for m in out) == sorted(last), \
+            "exactly one forecast per instrument of the batch"
+        assert {(m["partition"], m["offset"]) for m in out} == {(p, o) for (p, _), o in last.items()}, \
+            "each the forecast of the instrument's last tick in the batch"
+    got = {(m["partition"], m["offset"]): m["forecast"] for m in published}
+    assert_same_forecasts(bundle, got, {k: expected[k] for k in got})
+    assert n_before == len(published) and start == {0: broker.end(TP0), 1: broker.end(TP1)}
