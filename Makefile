@@ -18,10 +18,10 @@ demo: $(STAMP)
 	$(VENV)/bin/tickcast demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 3
+	$(PY) -m pytest -q -n 5
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 3 tests/unit tests/property
+	$(PY) -m pytest -q -n 5 tests/unit tests/property
 
 bench: $(STAMP)
 	$(VENV)/bin/tickcast bench operator --json docs/bench-operator.json

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 
 import numpy as np
@@ -19,10 +20,18 @@ from pipeline.files.synthetic import generate_ticks  # noqa: E402
 
 
 def _trained(tmp_path_factory, layers: int, hidden: int) -> Bundle:
-    ticks = generate_ticks(12, 20_000, seed=3, bad_fraction=0.0)
-    bundle = train(ticks, TrainConfig(layers=layers, hidden=hidden, epochs=1, window=64, horizon=5))
-    path = tmp_path_factory.mktemp(f"bundle_{layers}x{hidden}")
-    save_bundle(bundle, path)
+    """Trained once per test session and saved; with pytest-xdist the workers share the one the first of
+    them trains (a file lock in the session's common folder), instead of training it once each."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-<n>/: common to this session's workers
+    path = root / f"shared_bundle_{layers}x{hidden}"
+    with open(root / f"shared_bundle_{layers}x{hidden}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "bundle.json").is_file():  # bundle.json is written last: its presence means complete
+            ticks = generate_ticks(12, 20_000, seed=3, bad_fraction=0.0)
+            bundle = train(ticks, TrainConfig(layers=layers, hidden=hidden, epochs=1, window=64, horizon=5))
+            save_bundle(bundle, path)
     return load_bundle(path, with_keras=True)  # the tests' Keras reference runs the model itself
 
 

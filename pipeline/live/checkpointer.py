@@ -1,5 +1,5 @@
-"""When and what to snapshot: periodic checkpoints written by a background writer between batches, and
-synchronous ones on revoke and shutdown. Only state that matches the committed offsets is written: never
+"""When and what to snapshot: periodic checkpoints written by a background writer between batches, one on
+revoke (snapshot taken at once, written by the background writer) and a synchronous one at shutdown. Only state that matches the committed offsets is written: never
 mid-batch (``Partitions.dirty``), never a partition mid-replay, never one unchanged since its last checkpoint.
 """
 
@@ -57,16 +57,27 @@ class Checkpointer:
         self.batches_since = 0
         self.pending_write = self.writer.submit(self.write, snapshots, "periodic")
 
-    def checkpoint_now(self, partitions, why: str) -> None:
-        """Synchronous checkpoint (revoke, shutdown) of partitions whose state matches their committed offsets."""
+    def checkpoint_now(self, partitions, why: str, wait: bool = True) -> None:
+        """Checkpoint partitions whose state matches their committed offsets: the snapshot is taken now; the
+        write happens now (``wait``: shutdown) or on the background writer, after any write queued before it.
+
+        A revoke does not wait: kafka-python runs rebalance listeners on its network thread, where a slow
+        store (S3) would hold up heartbeats until the group evicts this member. The next owner restores from
+        whatever checkpoint is complete when it looks and replays silently from there, so a write that lands
+        later changes how far it replays, never the numbers."""
         if self.store is None or not partitions:
             return
         if self.partitions.dirty:
             log.warning("not checkpointing: the last batch was not committed", extra={"why": why})
             return
+        snapshots = self.snapshots(partitions)
+        if not wait:
+            if snapshots:
+                self.pending_write = self.writer.submit(self.write, snapshots, why)
+            return
         if self.pending_write is not None:
             self.pending_write.result()
-        self.write(self.snapshots(partitions), why)
+        self.write(snapshots, why)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -204,7 +204,7 @@ class Runner:
         parts = self.partitions
         mine = [tp for tp in revoked if tp in parts.assigned]
         if mine:
-            self.checkpointer.checkpoint_now(mine, "revoke")
+            self.checkpointer.checkpoint_now(mine, "revoke", wait=False)  # never block the network thread
         parts.revoked |= set(revoked)
         for tp in revoked:
             part_id = parts.part_id(tp.topic, tp.partition)

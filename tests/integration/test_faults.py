@@ -314,6 +314,7 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
                                 *run_args(store, f"tx-{u}-{name}"))
 
     procs = {name: start(name) for name in ("a", "b", "c")}
+    everyone = dict(procs)  # b's log too, to explain a failure
     deadline = time.monotonic() + 90
     while sum(p.metric("tickcast_assigned_partitions") for p in procs.values()) != parts:
         assert time.monotonic() < deadline, "the group never settled"
@@ -324,7 +325,7 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
         time.sleep(10)
         procs.pop("b").kill()
         time.sleep(12)
-        procs["d"] = start("d")
+        procs["d"] = everyone["d"] = start("d")
         feeder.join()
         assert feeder.error is None, feeder.error
         inputs = read_all(kafka_bootstrap, tin, parts, timeout=3)
@@ -336,8 +337,23 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
     finally:
         for p in procs.values():
             p.stop(signal.SIGTERM)
-    assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
-                                 dead_ref, parts)
+    try:
+        assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref,
+                                     states_ref, dead_ref, parts)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_ownership(everyone)}") from None
+
+
+def _ownership(procs: dict) -> str:
+    """Each process's partition events (assignments, restores, transactions that failed), in order."""
+    keep = ("partition", "partitions", "topic", "offset", "committed", "from_offset", "replay_until", "source")
+    out = []
+    for name, p in procs.items():
+        for line in p.lines:
+            event = str(line.get("event", ""))
+            if any(w in event for w in ("partition", "assigned", "revoked", "transaction", "fenced", "restor")):
+                out.append(f"{name} {line.get('ts', '')} {event} {({k: line[k] for k in keep if k in line})}")
+    return "\n".join(out)
 
 
 @pytest.mark.slow

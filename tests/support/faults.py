@@ -36,11 +36,26 @@ def reference(bundle, inputs, partitions: int = PARTITIONS) -> tuple[dict, dict[
     return forecasts, states, dead
 
 
+def _duplicates(out, keys) -> str:
+    """Who published the duplicated forecasts: per input partition, the output offsets and producer ids of
+    the first few duplicated keys (enough to tell a zombie writer from a replay)."""
+    seen: dict = {}
+    for m, key in zip(out, keys):
+        seen.setdefault(key, []).append((m.offset(), getattr(m, "producer_id", -1)))
+    dup = {k: v for k, v in seen.items() if len(v) > 1}
+    by_part: dict = {}
+    for (part, offset), where in sorted(dup.items()):
+        by_part.setdefault(part, []).append((offset, where))
+    return "; ".join(f"input partition {p}: {len(v)} keys, offsets {v[0][0]}..{v[-1][0]}, first {v[:2]}"
+                     for p, v in by_part.items())
+
+
 def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, group, forecasts_ref, states_ref,
                                  dead_ref, partitions: int = PARTITIONS):
     out = read_committed(bootstrap, tout, 1)
     keys = [(json.loads(m.value())["partition"], json.loads(m.value())["offset"]) for m in out]
-    assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} forecasts published twice"
+    if len(keys) != len(set(keys)):
+        raise AssertionError(f"{len(keys) - len(set(keys))} forecasts published twice: {_duplicates(out, keys)}")
     missing = set(forecasts_ref) - set(keys)
     assert not missing, f"{len(missing)} forecasts missing, e.g. {sorted(missing)[:5]}"
     assert set(keys) == set(forecasts_ref)

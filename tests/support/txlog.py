@@ -42,6 +42,7 @@ class LogRecord:
     _key: bytes | None
     _value: bytes | None
     _headers: tuple
+    producer_id: int = -1  # the producer that wrote it (-1: not known): says who published a duplicate
 
     def partition(self) -> int:
         return self._partition
@@ -105,7 +106,7 @@ def _batches(partition: int, records: MemoryRecords):
             rows = list(batch)
             yield _Batch(partition, batch.base_offset, batch.producer_id, batch.is_transactional, control,
                          control and bool(rows) and rows[0].abort,
-                         () if control else tuple(LogRecord(partition, r.offset, r.key, r.value, tuple(r.headers))
+                         () if control else tuple(LogRecord(partition, r.offset, r.key, r.value, tuple(r.headers), batch.producer_id)
                                                   for r in rows))
         else:  # message format v0/v1: no transactions
             yield _Batch(partition, batch.base_offset, -1, False, False, False,

@@ -1,0 +1,65 @@
+"""The revoke checkpoint never blocks the thread that runs it (kafka-python's network thread: a slow store
+there would stop heartbeats until the group evicts the member and another one takes its partitions)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import pyarrow as pa
+from kafka.structs import TopicPartition
+from prometheus_client import CollectorRegistry
+
+from pipeline.live.checkpointer import Checkpointer
+from pipeline.live.partitions import Partitions
+from pipeline.live.status import RunStats
+from pipeline.metrics import Metrics
+
+TP = TopicPartition("ticks", 0)
+
+
+class SlowStore:
+    """A store whose writes wait until released (an S3 endpoint that is slow to answer)."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self.written: list[tuple[str, int, int]] = []
+
+    def write(self, topic, partition, table, offset, version, spec):
+        assert self.release.wait(30), "never released"
+        self.written.append((topic, partition, offset))
+        return SimpleNamespace(bytes=1, rows=table.num_rows)
+
+
+def _checkpointer(store) -> Checkpointer:
+    parts = Partitions(["ticks"])
+    parts.assigned = {TP}
+    parts[TP].next_offset = 42
+    forecaster = SimpleNamespace(export_partition=lambda part_id: pa.table({"instrument": ["A"]}))
+    bundle = SimpleNamespace(model_version="v", feature_spec=SimpleNamespace(to_dict=lambda: {}))
+    cfg = SimpleNamespace(checkpoint_interval_s=0, checkpoint_every_batches=0)
+    return Checkpointer(cfg, bundle, forecaster, store, parts, Metrics(CollectorRegistry()), RunStats())
+
+
+def test_a_revoke_checkpoint_is_snapshotted_at_once_and_written_in_the_background():
+    store = SlowStore()
+    ck = _checkpointer(store)
+    started = time.monotonic()
+    ck.checkpoint_now([TP], "revoke", wait=False)
+    assert time.monotonic() - started < 5, "the revoke waited for the store"
+    assert store.written == []
+    ck.partitions.forget(TP)  # the revoke goes on to drop the partition's state; the snapshot is already taken
+    store.release.set()
+    ck.pending_write.result(timeout=30)
+    assert store.written == [("ticks", 0, 42)]
+    ck.close()
+
+
+def test_a_shutdown_checkpoint_is_written_before_it_returns():
+    store = SlowStore()
+    ck = _checkpointer(store)
+    threading.Timer(0.5, store.release.set).start()
+    ck.checkpoint_now([TP], "shutdown")
+    assert store.written == [("ticks", 0, 42)]
+    ck.close()
