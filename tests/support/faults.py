@@ -93,3 +93,17 @@ def wait_drained(bootstrap, tout, expected: int, timeout: float = 180.0) -> None
             return
         time.sleep(1)
     raise AssertionError(f"forecasts did not reach {expected} within {timeout}s")
+
+
+def failing_first(times: int, call, error: BaseException):
+    """``call`` that raises ``error`` on its first ``times`` calls, then behaves (a store or broker that
+    recovers)."""
+    left = [times]
+
+    def flaky(*args, **kwargs):
+        if left[0]:
+            left[0] -= 1
+            raise error
+        return call(*args, **kwargs)
+
+    return flaky

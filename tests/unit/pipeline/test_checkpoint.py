@@ -32,6 +32,7 @@ from pipeline.checkpoint import (
 )
 from pipeline.checkpoint_format import path_segment
 from pipeline.files.synthetic import generate_ticks
+from tests.support.faults import failing_first
 from tests.support.s3 import s3_server  # noqa: F401 - the session's S3 endpoint (fixture)
 
 BACKENDS = ["local", "s3"]
@@ -746,15 +747,8 @@ def test_a_checkpoint_the_operator_cannot_import_is_skipped(bundle, tmp_path, st
 def test_store_trouble_is_retried_not_skipped(bundle, tmp_path, state, monkeypatch):
     root, _ = _bad_then_good(bundle, tmp_path, state)
     runner = _runner(bundle, root, FakeConsumer(committed=300))
-    real, failures = runner.store.latest, [2]
-
-    def flaky(*args, **kwargs):
-        if failures[0]:
-            failures[0] -= 1
-            raise StoreUnavailable("cannot list: AWS Error NETWORK_CONNECTION")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(runner.store, "latest", flaky)
+    monkeypatch.setattr(runner.store, "latest", failing_first(
+        2, runner.store.latest, StoreUnavailable("cannot list: AWS Error NETWORK_CONNECTION")))
     waits = []
     runner.stop_event.wait = waits.append
     assert runner.recovery.restore_with_retry([TP]) is True

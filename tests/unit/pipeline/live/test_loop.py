@@ -25,6 +25,7 @@ from pipeline.live.runner import Runner
 from pipeline.metrics import Metrics
 from tests.support.bundles import in_target_units
 from tests.support.fake_kafka import FakeBroker, FakeKafka
+from tests.support.faults import failing_first
 
 TP0, TP1 = TopicPartition("ticks", 0), TopicPartition("ticks", 1)
 
@@ -211,15 +212,8 @@ def test_a_restore_whose_checkpoint_store_fails_is_retried_then_restores_the_che
     assert run_until(first, all_committed(broker)) == 0  # checkpoints at shutdown
     feed(broker, 200, start=400)
     second, _ = make_runner(bundle, broker, checkpoint_uri=ckpt)
-    real, failures = second.store.latest, [2]
-
-    def flaky(*args, **kwargs):
-        if failures[0]:
-            failures[0] -= 1
-            raise StoreUnavailable("cannot list: AWS Error NETWORK_CONNECTION")
-        return real(*args, **kwargs)
-
-    second.store.latest = flaky
+    second.store.latest = failing_first(2, second.store.latest,
+                                      StoreUnavailable("cannot list: AWS Error NETWORK_CONNECTION"))
     with caplog.at_level(logging.WARNING, logger="tickcast.run"):
         assert run_until(second, all_committed(broker)) == 0
     assert [r.getMessage() for r in caplog.records].count("checkpoint store unreachable; retrying the restore") == 2
