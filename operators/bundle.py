@@ -28,6 +28,7 @@ import numpy as np
 from operators.errors import BundleError
 from operators.features import FeatureSpec, Normalisation
 from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file
+from operators.layers import Stack
 from operators.lstm import LSTMLayerWeights, LSTMWeights
 from operators.state import StateShape
 
@@ -58,11 +59,30 @@ class Bundle:
     normalisation: Normalisation
     horizon: int
     shape: StateShape
-    weights: LSTMWeights
+    weights: LSTMWeights | None  # the built-in model's; None for a model brought with `tickcast bundle --keras`
     training: dict[str, Any] = field(default_factory=dict)
     keras_model: Any = None
+    own_stack: Stack | None = None  # a model brought with `tickcast bundle --keras`: its servable chain
+
+    @property
+    def stack(self) -> Stack:
+        """The chain of layers the kernel steps."""
+        return self.own_stack if self.own_stack is not None else self.weights.stack()
+
+    @property
+    def outputs(self) -> int:
+        """Forecasts per tick (K)."""
+        return self.stack.outputs
 
     def meta(self) -> dict[str, Any]:
+        architecture = {
+            "layers": self.shape.layers,
+            "hidden": self.shape.hidden,
+            "n_features": len(self.feature_spec.names),
+        }
+        if self.own_stack is not None:
+            architecture |= {"source": "keras", "outputs": self.own_stack.outputs,
+                             "cells": [list(c) for c in self.shape.cells], "stack": self.own_stack.describe()}
         return {
             "format": BUNDLE_FORMAT,
             "format_version": BUNDLE_FORMAT_VERSION,
@@ -70,11 +90,7 @@ class Bundle:
             "feature_spec": self.feature_spec.to_dict(),
             "normalisation": self.normalisation.to_dict(),
             "target": {"kind": "log_return", "horizon_ticks": self.horizon},
-            "architecture": {
-                "layers": self.shape.layers,
-                "hidden": self.shape.hidden,
-                "n_features": len(self.feature_spec.names),
-            },
+            "architecture": architecture,
             "training": self.training,
         }
 
@@ -93,13 +109,12 @@ def weights_from_layers(described: list[KerasLayer], layers: int) -> LSTMWeights
     return LSTMWeights(tuple(lstm_weights), np.asarray(dk, np.float32).ravel(), float(np.asarray(db).ravel()[0]))
 
 
-def _version_hash(weights: LSTMWeights, meta: dict[str, Any]) -> str:
+def _version_hash(weights: LSTMWeights | Stack, meta: dict[str, Any]) -> str:
+    """Every variable in chain order (for the built-in model: LSTM kernels, then the head), then the metadata."""
     h = hashlib.sha256()
-    for lw in weights.layers:
-        for a in (lw.kernel, lw.recurrent, lw.bias):
-            h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
-    h.update(np.ascontiguousarray(weights.dense_kernel, np.float32).tobytes())
-    h.update(np.float32(weights.dense_bias).tobytes())
+    stack = weights.stack() if isinstance(weights, LSTMWeights) else weights
+    for a in stack.arrays():
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
     serving = {k: meta[k] for k in ("feature_spec", "normalisation", "target", "architecture")}
     h.update(json.dumps(serving, sort_keys=True).encode())
     return h.hexdigest()[:16]

@@ -84,7 +84,7 @@ class StepResult:
     """What one micro-batch produced."""
 
     rows: np.ndarray  # (m,) batch row of each forecast, ascending
-    forecasts: np.ndarray  # (m,) float64 forecast of the log return over the horizon
+    forecasts: np.ndarray  # (m,) float64 forecast of the log return over the horizon; (m, K) for K outputs
     reasons: np.ndarray  # (n,) uint8 RejectReason per batch row (0 = forecast)
     n_instruments: int  # distinct (partition, instrument) stepped
     n_resets: int
@@ -99,13 +99,14 @@ class Forecaster:
         self.bundle = bundle
         self.config = config or ForecasterConfig()
         self.config.check()
-        self.kernel = RaggedLSTM(bundle.weights)
+        self.kernel = RaggedLSTM(bundle.stack)
+        self._no_forecasts = np.zeros((0,) if self.kernel.outputs == 1 else (0, self.kernel.outputs))
         if state is not None and state.shape != bundle.shape:
             raise ValueError(f"state table shape {state.shape} does not match the model's {bundle.shape}")
         self.state = state or StateTable(bundle.shape, self.config.initial_capacity)
         self.timestamps = TimestampPolicy(self.config.ts_floor_ns, self.config.max_ts_ahead_ns,
                                           self.config.now_ns if self.config.now_ns is not None else time.time_ns())
-        self._gather: dict[tuple[str, int], np.ndarray] = {}
+        self._gather: dict[str, np.ndarray] = {}
         self._watermark: dict[int, int] = {}
         self._last_sweep: dict[int, int] = {}
         self.expired_total = 0
@@ -114,7 +115,7 @@ class Forecaster:
         cols = TickColumns.from_arrow(batch)
         reasons, groups = group_ticks(cols, self.timestamps, by_partition=True)
         if len(groups.order) == 0:
-            return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)
+            return StepResult(np.zeros(0, np.int64), self._no_forecasts.copy(), reasons, 0, 0, 0)
         names = np.empty(len(cols.instruments), dtype=object)  # the batch's distinct names, indexable by code
         names[:] = cols.instruments
         st = self.state
@@ -163,20 +164,17 @@ class Forecaster:
         n_resets = int(np.count_nonzero(reset)) if reset is not None else 0
         x = self.bundle.normalisation.apply(raw)
 
-        layers = range(st.shape.layers)
+        vectors = st.shape.vectors
         # Gathered into buffers kept between batches (fresh multi-MB arrays cost page faults each batch);
         # the kernel steps them in place and they are scattered back below.
         if len(rows) and (rows.min() < 0 or rows.max() >= len(st)):
             raise RuntimeError("state rows out of range")  # never: checked so that mode="clip" below clips nothing
         # mode="clip": with the default mode, np.take into `out` goes through a fresh temporary anyway.
-        h0 = [np.take(st.h(layer), rows, axis=0, mode="clip", out=self._gather_buffer("h", layer, len(rows)))
-              for layer in layers]
-        c0 = [np.take(st.c(layer), rows, axis=0, mode="clip", out=self._gather_buffer("c", layer, len(rows)))
-              for layer in layers]
-        y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset, in_place=True)
-        for layer in layers:
-            st.h(layer)[rows] = h_new[layer]
-            st.c(layer)[rows] = c_new[layer]
+        s0 = [np.take(st.vector(name), rows, axis=0, mode="clip", out=self._gather_buffer(name, width, len(rows)))
+              for name, width in vectors]
+        y, s_new = self.kernel.step(x, lengths, s0, reset, in_place=True)
+        for (name, _), new in zip(vectors, s_new):
+            st.vector(name)[rows] = new
         st.column("last_price")[rows] = price[ends]
         st.column("last_ts")[rows] = ts[ends]
         st.column("tick_count")[rows] += lengths
@@ -185,6 +183,8 @@ class Forecaster:
 
         norm = self.bundle.normalisation
         forecast = y.astype(np.float64) * norm.target_std + norm.target_mean
+        if forecast.shape[1] == 1:
+            forecast = forecast[:, 0]  # one output per tick: forecasts (m,), as always
         back = np.argsort(order, kind="stable")
         expired = []
         clock = np.concatenate([order, refused_rows]) if len(refused_rows) else order
@@ -196,16 +196,15 @@ class Forecaster:
         at the limit, only the clock moving on frees rows."""
         expired: list[tuple[int, str]] = []
         n_expired = self._sweep(cols.partition[refused_rows], cols.ts[refused_rows], expired)
-        return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, n_expired, expired)
+        return StepResult(np.zeros(0, np.int64), self._no_forecasts.copy(), reasons, 0, 0, n_expired, expired)
 
-    def _gather_buffer(self, kind: str, layer: int, n: int) -> np.ndarray:
-        """(n, hidden) float32 scratch rows for one layer's h or c; grows by doubling, never shrinks
+    def _gather_buffer(self, name: str, width: int, n: int) -> np.ndarray:
+        """(n, width) float32 scratch rows for one state vector; grows by doubling, never shrinks
         below what a batch needs (a batch touches at most its tick count of instruments)."""
-        buf = self._gather.get((kind, layer))
+        buf = self._gather.get(name)
         if buf is None or len(buf) < n:
-            buf = np.empty((max(n, 2 * (len(buf) if buf is not None else 0), 16), self.bundle.shape.hidden),
-                           dtype=np.float32)
-            self._gather[(kind, layer)] = buf
+            buf = np.empty((max(n, 2 * (len(buf) if buf is not None else 0), 16), width), dtype=np.float32)
+            self._gather[name] = buf
         return buf[:n]
 
     # -- one partition's state, for checkpoints and hand-over ----------------------------

@@ -1,4 +1,4 @@
-"""Ragged stepping of a stacked LSTM over gathered state rows.
+"""Ragged stepping of a stack of recurrent layers over gathered state rows.
 
 The math is Keras' ``LSTMCell`` (gate order i, f, g, o; sigmoid recurrent
 activation, tanh activation), evaluated with NumPy/BLAS on the weights of the
@@ -14,6 +14,13 @@ The input projection ``x @ W_x + b`` is done per block of rows in the wide
 steps and in one GEMM over the ticks of the narrow ones; each step then does
 one small GEMM ``h[:a_t] @ W_h`` and the element-wise gates, in place. An instrument with 500 ticks takes 500 steps; one with 1 takes 1.
 
+The stack (:class:`operators.layers.Stack`) may hold GRU and SimpleRNN layers,
+LSTMs with other activations, and per-tick layers before, between and after
+them; those are stepped in the same packed layout with the NumPy cells of
+:mod:`operators.layers` (per-tick layers run once over all ticks of the
+batch). An LSTM with Keras' default activations (tanh, sigmoid) takes the
+fast path below, whatever else the stack holds.
+
 Sigmoid is evaluated as ``0.5 * tanh(x / 2) + 0.5`` so the four gates need a
 single ``tanh`` call per step; the halving is folded into the weights of the
 i, f, o columns once (exact: scaling by a power of two).
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators import blas, lstm_native
+from operators.layers import PerTick, Recurrent, RecurrentCell, Stack
 
 _BLOCK_ROWS = 1024
 _WIDE_STEP_ROWS = 256  # steps at least this wide project their inputs block by block
@@ -55,6 +63,14 @@ class LSTMWeights:
     @property
     def n_inputs(self) -> int:
         return self.layers[0].kernel.shape[0]
+
+    def stack(self) -> Stack:
+        """The same model as a general stack: the LSTMs, then the Dense(1) head."""
+        layers: list = [Recurrent("lstm", f"lstm_{i}", lw.kernel, lw.recurrent, lw.bias)
+                        for i, lw in enumerate(self.layers)]
+        layers.append(PerTick("dense", "forecast", np.asarray(self.dense_kernel, np.float32).reshape(-1, 1),
+                              np.asarray([self.dense_bias], np.float32)))
+        return Stack(tuple(layers), self.n_inputs)
 
 
 @dataclass(frozen=True)
@@ -91,29 +107,42 @@ class Packing:
 
 
 class RaggedLSTM:
-    """A stacked LSTM + dense head that steps ragged per-instrument sequences."""
+    """A stack of recurrent and per-tick layers that steps ragged per-instrument sequences.
 
-    def __init__(self, weights: LSTMWeights, native: bool = True):
+    Built from :class:`LSTMWeights` (the built-in stacked LSTM + Dense(1) head) or any
+    :class:`operators.layers.Stack`."""
+
+    def __init__(self, weights: LSTMWeights | Stack, native: bool = True):
         self.weights = weights
+        self.stack = weights.stack() if isinstance(weights, LSTMWeights) else weights
         # The compiled element-wise step (operators.lstm_native) when it is available; NumPy otherwise.
         self._native = lstm_native.load() if native else None
         self._gemm_threads = blas.gemm_threads()  # see operators.blas: small GEMMs, one thread each
-        self.hidden = weights.hidden
-        h = self.hidden
+        self.outputs = self.stack.outputs
+        self.state_vectors = self.stack.state_vectors
+        self._plan: list[tuple] = []
+        for layer in self.stack.layers:
+            if isinstance(layer, PerTick):
+                self._plan.append(("tick", layer))
+            elif layer.kind == "lstm" and (layer.activation, layer.recurrent_activation) == ("tanh", "sigmoid"):
+                self._plan.append(("lstm", *self._fast_lstm(layer)))
+            else:
+                self._plan.append(("cell", RecurrentCell(layer)))
+        self._scratch: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def _fast_lstm(layer: Recurrent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        h = layer.units
         # Reorder gate columns i, f, g, o -> i, f, o, g so the three sigmoid
         # gates are contiguous, and halve them (sigmoid via tanh).
         perm = np.concatenate([np.arange(0, 2 * h), np.arange(3 * h, 4 * h), np.arange(2 * h, 3 * h)])
         scale = np.ones(4 * h, dtype=np.float32)
         scale[: 3 * h] = 0.5
-        self._layers = []
-        for lw in weights.layers:
-            wx = np.ascontiguousarray(lw.kernel[:, perm] * scale, dtype=np.float32)
-            wh = np.ascontiguousarray(lw.recurrent[:, perm] * scale, dtype=np.float32)
-            b = np.ascontiguousarray(lw.bias[perm] * scale, dtype=np.float32)
-            self._layers.append((wx, wh, b))
-        self._dense_w = np.asarray(weights.dense_kernel, dtype=np.float32).reshape(h, 1)
-        self._dense_b = np.float32(weights.dense_bias)
-        self._scratch: dict[str, np.ndarray] = {}
+        bias = layer.bias if layer.bias is not None else np.zeros(4 * h, np.float32)
+        wx = np.ascontiguousarray(layer.kernel[:, perm] * scale, dtype=np.float32)
+        wh = np.ascontiguousarray(layer.recurrent[:, perm] * scale, dtype=np.float32)
+        b = np.ascontiguousarray(np.asarray(bias)[perm] * scale, dtype=np.float32)
+        return wx, wh, b
 
     @property
     def native(self) -> bool:
@@ -161,28 +190,43 @@ class RaggedLSTM:
         reset: np.ndarray | None = None,
         in_place: bool = False,
     ) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+        """:meth:`step` for a stack of LSTMs and one output per tick, with h and c per layer apart.
+
+        Returns (y (T,) float32 output after each tick, hN, cN per layer)."""
+        states = [a for pair in zip(h0, c0) for a in pair]
+        y, out = self.step(x, lengths, states, reset, in_place)
+        return y.reshape(-1), out[0::2], out[1::2]
+
+    def step(
+        self,
+        x: np.ndarray,
+        lengths: np.ndarray,
+        states: list[np.ndarray],
+        reset: np.ndarray | None = None,
+        in_place: bool = False,
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
         """Step every group through its ticks.
 
         x: (T, F) float32, ticks group after group, in each group's order.
         lengths: (G,) ticks per group, each >= 1.
-        h0, c0: per layer, (G, H) float32 gathered state rows; not modified unless ``in_place``.
+        states: one (G, width) float32 array of gathered rows per state vector, in the order of
+        ``state_vectors`` (h0, c0 of an LSTM, h1 of a GRU, ...); not modified unless ``in_place``.
         reset: optional (T,) bool; state is zeroed before stepping that tick.
-        in_place: h0 and c0 are the caller's scratch copies (C-contiguous): when the groups come
+        in_place: the state arrays are the caller's scratch copies (C-contiguous): when the groups come
         longest first (always so when every group has one tick) they are stepped where they lie and
-        returned as hN, cN, saving two permutation copies per layer.
-        Returns (y (T,) float32 head output after each tick, hN, cN per layer).
+        returned, saving two permutation copies per vector.
+        Returns (y (T, K) float32 output after each tick, the final state vectors in the same order).
         """
         with blas.limit(self._gemm_threads):
-            return self._run(x, lengths, h0, c0, reset, in_place)
+            return self._run(x, lengths, states, reset, in_place)
 
-    def _run(self, x: np.ndarray, lengths: np.ndarray, h0: list[np.ndarray], c0: list[np.ndarray],
-             reset: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, list[np.ndarray], list[np.ndarray]]:
+    def _run(self, x: np.ndarray, lengths: np.ndarray, states: list[np.ndarray],
+             reset: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, list[np.ndarray]]:
         g = len(lengths)
         t_total = len(x)
         if g == 0 or t_total == 0:
-            return np.zeros(0, np.float32), [a.copy() for a in h0], [a.copy() for a in c0]
+            return np.zeros((0, self.outputs), np.float32), [a.copy() for a in states]
         pk = Packing.build(lengths)
-        hidden = self.hidden
         # Longest first already: the packed order is the group order (stable argsort).
         identity = g < 2 or bool(np.all(lengths[:-1] >= lengths[1:]))
         packed = np.empty((t_total, x.shape[1]), dtype=np.float32)
@@ -195,8 +239,47 @@ class RaggedLSTM:
                 s, a = pk.offsets[t], pk.active[t]
                 reset_steps[t] = np.flatnonzero(packed_reset[s : s + a])
 
-        h_out, c_out = [], []
+        out_states: list[np.ndarray] = []
         layer_in = packed
+        n_rec = 0
+        for kind, *plan in self._plan:
+            if kind == "tick":
+                layer_in = plan[0].apply(layer_in)
+                continue
+            k = len(out_states)
+            if kind == "lstm":
+                new, layer_in = self._lstm_layer(pk, identity, in_place, layer_in, states[k], states[k + 1],
+                                                 reset_steps, n_rec, *plan)
+            else:
+                new, layer_in = self._cell_layer(pk, identity, in_place, layer_in, states[k : k + len(
+                    plan[0].layer.state_names)], reset_steps, n_rec, plan[0])
+            out_states += new
+            n_rec += 1
+        y = layer_in if layer_in.ndim == 2 else layer_in.reshape(t_total, -1)
+        return y[pk.position], out_states
+
+    def _gathered(self, pk: Packing, identity: bool, own: bool, rows: np.ndarray, name: str) -> np.ndarray:
+        """State rows in packed order: the caller's own array, or a workspace copy."""
+        if own:
+            return rows
+        g, width = rows.shape
+        if identity:
+            buf = self._workspace(name, (g, width))
+            buf[...] = rows
+            return buf
+        return np.take(rows, pk.order, axis=0, out=self._workspace(name, (g, width)))
+
+    @staticmethod
+    def _ungathered(pk: Packing, identity: bool, own: bool, rows: np.ndarray) -> np.ndarray:
+        # packed row r holds group order[r]; back to group order
+        return rows if own else rows.copy() if identity else rows[pk.rank]
+
+    def _lstm_layer(self, pk: Packing, identity: bool, in_place: bool, layer_in: np.ndarray, h0: np.ndarray,
+                    c0: np.ndarray, reset_steps: list, layer: int, wx: np.ndarray, wh: np.ndarray,
+                    b: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+        """One tanh/sigmoid LSTM layer: the fast path (compiled element-wise step when available)."""
+        t_total = len(layer_in)
+        hidden = wh.shape[0]
         active = pk.active.tolist()
         offsets = pk.offsets.tolist()
         block = min(active[0], _BLOCK_ROWS)
@@ -208,44 +291,44 @@ class RaggedLSTM:
         # instead of one per step). Steps are widest first, so the wide ones are a prefix.
         n_wide = int(np.count_nonzero(pk.active >= _WIDE_STEP_ROWS))
         tail = offsets[n_wide] if n_wide < len(offsets) else t_total
-        for layer, (wx, wh, b) in enumerate(self._layers):
-            gates = self._workspace("gates", (t_total - tail, 4 * hidden))
-            np.matmul(layer_in[tail:], wx, out=gates)
-            if self._native is None:
-                gates += b  # the compiled step adds the bias in its own pass
-            usable = [a.flags.c_contiguous and a.dtype == np.float32 for a in (h0[layer], c0[layer])]
-            own = identity and in_place and all(usable)
-            if own:
-                h, c = h0[layer], c0[layer]
-            elif identity:
-                h = self._workspace("h", (g, hidden))
-                c = self._workspace("c", (g, hidden))
-                h[...] = h0[layer]
-                c[...] = c0[layer]
-            else:
-                h = np.take(h0[layer], pk.order, axis=0, out=self._workspace("h", (g, hidden)))
-                c = np.take(c0[layer], pk.order, axis=0, out=self._workspace("c", (g, hidden)))
-            # One step (every group has one tick) on the caller's rows: the outputs are h itself, no copy.
-            out = h if own and len(offsets) == 1 else self._workspace(f"out{layer % 2}", (t_total, hidden))
-            for t, (s, a) in enumerate(zip(offsets, active)):
-                if reset_steps[t] is not None:
-                    h[reset_steps[t]] = 0.0
-                    c[reset_steps[t]] = 0.0
-                # Row blocks keep each block's gates in L2 across the element-wise passes.
-                for r0 in range(0, a, _BLOCK_ROWS):
-                    r1 = min(a, r0 + _BLOCK_ROWS)
-                    if t < n_wide:
-                        z = np.matmul(layer_in[s + r0 : s + r1], wx, out=z_all[: r1 - r0])
-                        if self._native is None:
-                            z += b
-                    else:
-                        z = gates[s - tail + r0 : s - tail + r1]
-                    self._cell(z, h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0], tmp_all[: r1 - r0])
-                if out is not h:
-                    out[s : s + a] = h[:a]
-            # packed row r holds group order[r]; back to group order
-            h_out.append(h if own else h.copy() if identity else h[pk.rank])
-            c_out.append(c if own else c.copy() if identity else c[pk.rank])
-            layer_in = out
-        y = (layer_in @ self._dense_w).ravel() + self._dense_b
-        return y[pk.position], h_out, c_out
+        gates = self._workspace("gates", (t_total - tail, 4 * hidden))
+        np.matmul(layer_in[tail:], wx, out=gates)
+        if self._native is None:
+            gates += b  # the compiled step adds the bias in its own pass
+        own = identity and in_place and all(a.flags.c_contiguous and a.dtype == np.float32 for a in (h0, c0))
+        h = self._gathered(pk, identity, own, h0, "h")
+        c = self._gathered(pk, identity, own, c0, "c")
+        # One step (every group has one tick) on the caller's rows: the outputs are h itself, no copy.
+        out = h if own and len(offsets) == 1 else self._workspace(f"out{layer % 2}", (t_total, hidden))
+        for t, (s, a) in enumerate(zip(offsets, active)):
+            if reset_steps[t] is not None:
+                h[reset_steps[t]] = 0.0
+                c[reset_steps[t]] = 0.0
+            # Row blocks keep each block's gates in L2 across the element-wise passes.
+            for r0 in range(0, a, _BLOCK_ROWS):
+                r1 = min(a, r0 + _BLOCK_ROWS)
+                if t < n_wide:
+                    z = np.matmul(layer_in[s + r0 : s + r1], wx, out=z_all[: r1 - r0])
+                    if self._native is None:
+                        z += b
+                else:
+                    z = gates[s - tail + r0 : s - tail + r1]
+                self._cell(z, h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0], tmp_all[: r1 - r0])
+            if out is not h:
+                out[s : s + a] = h[:a]
+        return [self._ungathered(pk, identity, own, h), self._ungathered(pk, identity, own, c)], out
+
+    def _cell_layer(self, pk: Packing, identity: bool, in_place: bool, layer_in: np.ndarray,
+                    state0: list[np.ndarray], reset_steps: list, layer: int,
+                    cell: RecurrentCell) -> tuple[list[np.ndarray], np.ndarray]:
+        """Any other recurrent layer (GRU, SimpleRNN, LSTM with other activations): NumPy cells."""
+        xw = cell.prepare(layer_in)
+        own = identity and in_place and all(a.flags.c_contiguous and a.dtype == np.float32 for a in state0)
+        st = [self._gathered(pk, identity, own, a, f"s{i}") for i, a in enumerate(state0)]
+        out = np.empty((len(layer_in), cell.units), dtype=np.float32)
+        for t, (s, a) in enumerate(zip(pk.offsets.tolist(), pk.active.tolist())):
+            if reset_steps[t] is not None:
+                for v in st:
+                    v[reset_steps[t]] = 0.0
+            out[s : s + a] = cell.step(xw[s : s + a], [v[:a] for v in st])[:a]
+        return [self._ungathered(pk, identity, own, v) for v in st], out

@@ -1,7 +1,8 @@
 """The Arrow-backed per-instrument state table.
 
-One row per (partition, instrument): the LSTM's h and c for every layer as
-fixed-size float32 vectors, plus what the features need from the previous tick.
+One row per (partition, instrument): the model's recurrent state as fixed-size
+float32 vectors (h and c of every LSTM layer, h of a GRU or SimpleRNN layer:
+:attr:`StateShape.vectors`), plus what the features need from the previous tick.
 Every column lives in an Arrow buffer; the hot path reads and writes NumPy
 arrays that are zero-copy views of those buffers, and :meth:`StateTable.to_arrow`
 hands the same memory to Arrow (IPC, Parquet) without copying the numbers.
@@ -35,13 +36,55 @@ NO_TS = np.iinfo(np.int64).min
 
 @dataclass(frozen=True)
 class StateShape:
+    """The recurrent layers whose state a row holds: ``cells`` is (kind, units) per layer, kind "lstm"
+    (h and c), "gru" or "rnn" (h). ``StateShape(layers, hidden)`` is the built-in model's: that many LSTMs
+    of ``hidden`` units; for any other stack ``hidden`` is the widest layer's units (see :meth:`of`)."""
+
     layers: int
     hidden: int
+    cells: tuple[tuple[str, int], ...] = ()
+
+    def __post_init__(self):
+        if not self.cells:
+            object.__setattr__(self, "cells", (("lstm", self.hidden),) * self.layers)
+        elif len(self.cells) != self.layers:
+            raise ValueError(f"StateShape: {self.layers} layers but {len(self.cells)} cells")
+
+    @classmethod
+    def of(cls, cells: "Sequence[tuple[str, int]]") -> "StateShape":
+        cells = tuple((str(k), int(u)) for k, u in cells)
+        return cls(len(cells), max((u for _, u in cells), default=0), cells)
+
+    @property
+    def vectors(self) -> tuple[tuple[str, int], ...]:
+        """(column, width) of each state vector: h<i> (and c<i> for an LSTM) per layer i."""
+        return tuple((f"{s}{i}", units) for i, (kind, units) in enumerate(self.cells)
+                     for s in (("h", "c") if kind == "lstm" else ("h",)))
+
+    @property
+    def builtin(self) -> bool:
+        return self.cells == (("lstm", self.hidden),) * self.layers
 
     @property
     def raw_bytes_per_row(self) -> int:
-        """h and c of every layer, float32."""
-        return 2 * self.layers * self.hidden * 4
+        """Every state vector, float32."""
+        return 4 * sum(width for _, width in self.vectors)
+
+    def metadata(self) -> dict[str, str]:
+        """Arrow schema metadata; ``cells`` only for stacks other than the built-in one (old checkpoints lack it)."""
+        meta = {"layers": str(self.layers), "hidden": str(self.hidden)}
+        if not self.builtin:
+            meta["cells"] = ",".join(f"{k}:{u}" for k, u in self.cells)
+        return meta
+
+    @classmethod
+    def from_metadata(cls, meta: dict) -> "StateShape":
+        layers, hidden = int(meta[b"layers"]), int(meta[b"hidden"])
+        cells = meta.get(b"cells")
+        if not cells:
+            return cls(layers, hidden)
+        parsed = [part.split(":") for part in cells.decode().split(",")]
+        return cls(layers, hidden, tuple((k, int(u)) for k, u in parsed))
 
 
 class _ArrowColumn:
@@ -205,7 +248,7 @@ def _object_array(names: Sequence[str]) -> np.ndarray:
 
 
 class StateTable:
-    """Per-(partition, instrument) rows of LSTM state and previous-tick values."""
+    """Per-(partition, instrument) rows of recurrent state and previous-tick values."""
 
     def __init__(self, shape: StateShape, capacity: int = 1024, min_capacity: int | None = None):
         self.shape = shape
@@ -215,18 +258,21 @@ class StateTable:
         self._names = np.empty(self.capacity, dtype=object)  # instrument of each row (str)
         self._keys = np.zeros(self.capacity, dtype=np.uint64)  # row_keys() of each row
         self._index = RowIndex()
-        self._h = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
-        self._c = [_ArrowColumn(np.float32, shape.hidden, self.capacity) for _ in range(shape.layers)]
+        self._vectors = {name: _ArrowColumn(np.float32, width, self.capacity) for name, width in shape.vectors}
         self._scalars = {
             name: _ArrowColumn(np.dtype(dt), 1, self.capacity) for name, (dt, _, _) in _SCALARS.items()
         }
 
     # -- views for the hot path ------------------------------------------------
     def h(self, layer: int) -> np.ndarray:
-        return self._h[layer].view
+        return self._vectors[f"h{layer}"].view
 
     def c(self, layer: int) -> np.ndarray:
-        return self._c[layer].view
+        return self._vectors[f"c{layer}"].view
+
+    def vector(self, name: str) -> np.ndarray:
+        """A state vector column by name (``StateShape.vectors``)."""
+        return self._vectors[name].view
 
     def column(self, name: str) -> np.ndarray:
         return self._scalars[name].view
@@ -279,9 +325,8 @@ class StateTable:
         return rows
 
     def _reset_rows(self, rows: np.ndarray) -> None:
-        for layer in range(self.shape.layers):
-            self._h[layer].view[rows] = 0.0
-            self._c[layer].view[rows] = 0.0
+        for col in self._vectors.values():
+            col.view[rows] = 0.0
         for name, (_, _, fresh) in _SCALARS.items():
             if name != "partition":
                 self._scalars[name].view[rows] = fresh
@@ -295,7 +340,7 @@ class StateTable:
         self._resize(capacity)
 
     def _resize(self, capacity: int) -> None:
-        for col in [*self._h, *self._c, *self._scalars.values()]:
+        for col in [*self._vectors.values(), *self._scalars.values()]:
             col.resize(capacity, self.n_rows)
         n = self.n_rows
         names, keys = self._names, self._keys
@@ -330,7 +375,7 @@ class StateTable:
         holes, movers = compaction_moves(n, dead)
         if removed is not None:
             removed.extend(zip(repeat(partition), self._names[dead].tolist()))
-        for col in [*self._h, *self._c, *self._scalars.values()]:
+        for col in [*self._vectors.values(), *self._scalars.values()]:
             col.view[holes] = col.view[movers]
         self._names[holes] = self._names[movers]
         self._keys[holes] = self._keys[movers]
@@ -344,24 +389,21 @@ class StateTable:
     @property
     def nbytes(self) -> int:
         """Bytes held by the table's buffers (allocated capacity)."""
-        cols = [*self._h, *self._c, *self._scalars.values()]
+        cols = [*self._vectors.values(), *self._scalars.values()]
         return sum(col.buffer.size for col in cols)
 
     def arrow_schema(self) -> pa.Schema:
-        hidden = pa.list_(pa.float32(), self.shape.hidden)
         fields = [pa.field("instrument", pa.string())]
         fields += [pa.field(name, typ) for name, (_, typ, _) in _SCALARS.items()]
-        for layer in range(self.shape.layers):
-            fields += [pa.field(f"h{layer}", hidden), pa.field(f"c{layer}", hidden)]
-        return pa.schema(fields, metadata={"layers": str(self.shape.layers), "hidden": str(self.shape.hidden)})
+        fields += [pa.field(name, pa.list_(pa.float32(), width)) for name, width in self.shape.vectors]
+        return pa.schema(fields, metadata=self.shape.metadata())
 
     def to_arrow(self) -> pa.Table:
         """The live rows as an Arrow table; numeric columns share memory with the table."""
         n = self.n_rows
         arrays = [pa.array(self._names[:n], type=pa.string())]
         arrays += [self._scalars[name].to_arrow(n, typ) for name, (_, typ, _) in _SCALARS.items()]
-        for layer in range(self.shape.layers):
-            arrays += [self._h[layer].to_arrow(n, None), self._c[layer].to_arrow(n, None)]
+        arrays += [col.to_arrow(n, None) for col in self._vectors.values()]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
 
     def partition_to_arrow(self, partition: int) -> pa.Table:
@@ -378,8 +420,8 @@ class StateTable:
             raise ValueError(f"state columns {[f'{f.name}:{f.type}' for f in got]} do not match this model's "
                              f"{[f'{f.name}:{f.type}' for f in want]}")
         meta = got.metadata or {}
-        for key in (b"layers", b"hidden"):
-            if meta.get(key) != want.metadata[key]:
+        for key in (b"layers", b"hidden", b"cells"):
+            if meta.get(key) != want.metadata.get(key):
                 raise ValueError(f"state {key.decode()} {meta.get(key)!r} does not match this model's "
                                  f"{want.metadata[key]!r}")
         names = table.column("instrument")
@@ -397,10 +439,10 @@ class StateTable:
         The rows are relabelled to ``partition`` whatever id they had when written.
         """
         meta = table.schema.metadata or {}
-        shape = StateShape(layers=int(meta[b"layers"]), hidden=int(meta[b"hidden"]))
+        shape = StateShape.from_metadata(meta)
         if shape != self.shape:
-            raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units; "
-                             f"this table holds {self.shape.layers} x {self.shape.hidden}")
+            raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units {list(shape.cells)}; "
+                             f"this table holds {self.shape.layers} x {self.shape.hidden} {list(self.shape.cells)}")
         self.drop_partition(partition)
         n = len(table)
         if n == 0:
@@ -414,7 +456,7 @@ class StateTable:
     def from_arrow(cls, table: pa.Table) -> "StateTable":
         """A table holding exactly ``table``'s rows, in the same order."""
         meta = table.schema.metadata or {}
-        shape = StateShape(layers=int(meta[b"layers"]), hidden=int(meta[b"hidden"]))
+        shape = StateShape.from_metadata(meta)
         state = cls(shape, capacity=max(len(table), 1), min_capacity=1024)
         n = len(table)
         instruments = table.column("instrument").to_pylist()
@@ -428,7 +470,6 @@ class StateTable:
         for name in _SCALARS:
             if name != "partition":
                 self._scalars[name].view[rows] = table.column(name).to_numpy()
-        for layer in range(self.shape.layers):
-            for prefix, cols in (("h", self._h), ("c", self._c)):
-                flat = table.column(f"{prefix}{layer}").combine_chunks().flatten().to_numpy()
-                cols[layer].view[rows] = flat.reshape(n, self.shape.hidden)
+        for name, width in self.shape.vectors:
+            flat = table.column(name).combine_chunks().flatten().to_numpy()
+            self._vectors[name].view[rows] = flat.reshape(n, width)
