@@ -26,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from operators.errors import BundleError
-from operators.features import FeatureSpec, Normalisation
-from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file
+from operators.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureSpec, Normalisation
+from operators.keras_chain import UnservableModel, describe
+from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file, read_keras_model
 from operators.layers import Stack
 from operators.lstm import LSTMLayerWeights, LSTMWeights
 from operators.state import StateShape
@@ -73,6 +74,12 @@ class Bundle:
     def outputs(self) -> int:
         """Forecasts per tick (K)."""
         return self.stack.outputs
+
+    def model_inputs(self, raw: np.ndarray) -> np.ndarray:
+        """All features (n, N_FEATURES) -> the model's normalised inputs (its features, in its order)."""
+        if self.feature_spec.names != FEATURE_NAMES:
+            raw = raw[:, [FEATURE_NAMES.index(name) for name in self.feature_spec.names]]
+        return self.normalisation.apply(raw)
 
     def meta(self) -> dict[str, Any]:
         architecture = {
@@ -120,10 +127,16 @@ def _version_hash(weights: LSTMWeights | Stack, meta: dict[str, Any]) -> str:
     return h.hexdigest()[:16]
 
 
-def save_bundle(bundle: Bundle, directory: str | Path) -> Path:
+def save_bundle(bundle: Bundle, directory: str | Path, model_file: str | Path | None = None) -> Path:
+    """Write the bundle; ``model_file``: copy this ``.keras`` file as it is instead of saving ``keras_model``."""
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
-    bundle.keras_model.save(path / MODEL_FILE)
+    if model_file is not None:
+        tmp_model = path / (MODEL_FILE + ".tmp")
+        tmp_model.write_bytes(Path(model_file).read_bytes())
+        tmp_model.replace(path / MODEL_FILE)
+    else:
+        bundle.keras_model.save(path / MODEL_FILE)
     tmp = path / (META_FILE + ".tmp")
     tmp.write_text(json.dumps(bundle.meta(), indent=2, sort_keys=True) + "\n")
     tmp.replace(path / META_FILE)  # metadata last: a bundle is complete once it exists
@@ -162,9 +175,15 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
         horizon = int(meta["target"]["horizon_ticks"])
         arch = meta["architecture"]
         shape = StateShape(int(arch["layers"]), int(arch["hidden"]))
+        brought = "stack" in arch
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{meta_path} is incomplete (missing or bad {exc}); retrain the bundle") from None
-    if spec != FeatureSpec():
+    if brought:
+        check_feature_names(spec.names, f"bundle {path}")
+        if spec.version != FEATURE_SPEC_VERSION:
+            raise BundleError(f"bundle {path} uses feature spec v{spec.version}; this tickcast computes "
+                              f"v{FEATURE_SPEC_VERSION}; bundle the model again with `tickcast bundle --keras`")
+    elif spec != FeatureSpec():
         raise BundleError(
             f"bundle {path} was trained on feature spec v{spec.version} {list(spec.names)}; this tickcast "
             f"serves v{FeatureSpec().version} {list(FeatureSpec().names)}; retrain with `tickcast train`"
@@ -180,16 +199,26 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
             model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
         except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
             raise BundleError(f"cannot load {path / MODEL_FILE} in safe mode: {exc}") from None
-        described = layers_of_model(model)
+    if brought:
+        stack = stack_of_keras_file(path / MODEL_FILE, len(spec.names))
+        bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape_of(stack), None,
+                        dict(meta.get("training", {})), model, stack)
+        if bundle.meta()["architecture"] != arch:
+            raise BundleError(f"bundle {path}: {MODEL_FILE} is not the model {META_FILE} describes; "
+                              "bundle it again with `tickcast bundle --keras`")
+        weights: LSTMWeights | Stack = stack
     else:
-        try:
-            described = read_keras_file(path / MODEL_FILE)
-        except KerasFileError as exc:
-            raise BundleError(f"cannot load {path / MODEL_FILE}: {exc}") from None
-    _check_architecture(described, shape, len(spec.names), path / MODEL_FILE)
-    weights = weights_from_layers(described, shape.layers)
-    bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape, weights,
-                    dict(meta.get("training", {})), model)
+        if with_keras:
+            described = layers_of_model(model)
+        else:
+            try:
+                described = read_keras_file(path / MODEL_FILE)
+            except KerasFileError as exc:
+                raise BundleError(f"cannot load {path / MODEL_FILE}: {exc}") from None
+        _check_architecture(described, shape, len(spec.names), path / MODEL_FILE)
+        weights = weights_from_layers(described, shape.layers)
+        bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape, weights,
+                        dict(meta.get("training", {})), model)
     expected = _version_hash(weights, bundle.meta())
     if bundle.model_version != expected:
         raise BundleError(
@@ -197,6 +226,34 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
             f"weights hash to {expected}); the files come from different trainings"
         )
     return bundle
+
+
+def check_feature_names(names: tuple[str, ...], where: str) -> None:
+    """A model's features: some of tickcast's, each once, in any order."""
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if not names or unknown or len(set(names)) != len(names):
+        why = f"unknown {unknown}" if unknown else "none given" if not names else "a feature named twice"
+        raise BundleError(f"{where}: features {list(names)} are not usable ({why}); choose from "
+                          f"{', '.join(FEATURE_NAMES)}")
+
+
+def stack_of_keras_file(model_file: str | Path, n_features: int) -> Stack:
+    """The servable chain of a ``.keras`` file read as data, or BundleError in one line."""
+    try:
+        stack = describe(read_keras_model(model_file))
+    except KerasFileError as exc:
+        raise BundleError(f"cannot read {model_file}: {exc}") from None
+    except UnservableModel as exc:
+        raise BundleError(f"{model_file}: {exc}") from None
+    if stack.n_inputs != n_features:
+        raise BundleError(f"{model_file}: the model takes {stack.n_inputs} features per tick, "
+                          f"but {n_features} are named")
+    return stack
+
+
+def shape_of(stack: Stack) -> StateShape:
+    """The state a row holds for this chain: each recurrent layer's kind and units."""
+    return StateShape.of([(layer.kind, layer.units) for layer in stack.recurrent])
 
 
 # Keras before 3.9 lets a crafted .keras file run code despite safe_mode (CVE-2025-1550); pyproject.toml

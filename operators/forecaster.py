@@ -162,7 +162,7 @@ class Forecaster:
         price, ts = cols.price[order], cols.ts[order]
         raw, reset = raw_features(cols, groups, preceding, self.config.effective_reset_gap_ns)
         n_resets = int(np.count_nonzero(reset)) if reset is not None else 0
-        x = self.bundle.normalisation.apply(raw)
+        x = self.bundle.model_inputs(raw)
 
         vectors = st.shape.vectors
         # Gathered into buffers kept between batches (fresh multi-MB arrays cost page faults each batch);

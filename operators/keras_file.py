@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +43,27 @@ class KerasLayer:
     name: str
     config: dict[str, Any]
     weights: tuple[np.ndarray, ...]
+    inbound: list | None = field(default=None, compare=False)  # a Functional model's inbound_nodes entry
+
+
+@dataclass(frozen=True)
+class KerasModel:
+    """The whole file: the model's class ("Functional", "Sequential"), its layers, and for a Functional
+    model the names of its input and output layers (``[name, node, tensor]`` triples, as saved)."""
+
+    kind: str
+    layers: list[KerasLayer]
+    inputs: list = field(default_factory=list)
+    outputs: list = field(default_factory=list)
 
 
 def read_keras_file(path: str | Path) -> list[KerasLayer]:
     """The model's layers in the order of its config."""
+    return read_keras_model(path).layers
+
+
+def read_keras_model(path: str | Path) -> KerasModel:
+    """The model's layers in the order of its config, with the graph of a Functional model."""
     try:
         with zipfile.ZipFile(path) as archive:
             config = _read_config(archive)
@@ -59,11 +76,21 @@ def read_keras_file(path: str | Path) -> list[KerasLayer]:
     layers = []
     for entry in _layer_entries(config):
         name = entry["config"]["name"]
+        inbound = entry.get("inbound_nodes")
         layers.append(KerasLayer(entry["class_name"], str(entry.get("module") or ""), name, entry["config"],
-                                 weights.pop(name, ())))
+                                 weights.pop(name, ()), inbound if isinstance(inbound, list) else None))
     if weights:
         raise KerasFileError(f"{WEIGHTS} holds variables of layers the config does not name: {sorted(weights)}")
-    return layers
+    inner = config["config"]
+    return KerasModel(config["class_name"], layers, _tensor_list(inner.get("input_layers")),
+                      _tensor_list(inner.get("output_layers")))
+
+
+def _tensor_list(value) -> list:
+    """``[name, node, tensor]`` or a list of them, as a list of them."""
+    if not isinstance(value, list) or not value:
+        return []
+    return [value] if isinstance(value[0], str) else list(value)
 
 
 def layers_of_model(model) -> list[KerasLayer]:
