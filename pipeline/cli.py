@@ -22,8 +22,8 @@ from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, par
 from pipeline.inputs import TickInput, load_ticks
 
 
-def _add_input_args(p: argparse.ArgumentParser, topic: bool = True) -> None:
-    p.add_argument("--input", default=None, required=not topic,
+def _add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = "--input") -> None:
+    p.add_argument(flag, dest="input", default=None, required=not topic,
                    help="tick file or directory (Parquet, CSV, or a vendor layout)")
     if topic:
         p.add_argument("--topic", default=None,
@@ -93,6 +93,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         console.format_epoch(epoch, cfg.epochs, logs, time.perf_counter() - started), file=sys.stderr))
     path = save_bundle(bundle, args.out)
     print(console.format_trained(bundle, path, time.perf_counter() - started))
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    from pipeline.bundling import bundle_keras, describe_bundle  # noqa: PLC0415
+
+    bundle, path = bundle_keras(args.keras, args.features, _tick_input(args), args.out, args.horizon, args.target_scale)
+    print(describe_bundle(bundle, path))
     return 0
 
 
@@ -258,6 +266,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"ticks per micro-batch (default: {DEFAULT_MAX_BATCH_TICKS})")
     _add_train_args(p)
     p.set_defaults(func=cmd_walkforward)
+
+    p = sub.add_parser("bundle", help="wrap a Keras model trained elsewhere into a model bundle")
+    p.add_argument("--keras", required=True, metavar="MODEL.keras", help="the Keras 3 model file")
+    p.add_argument("--features", required=True, metavar="F1,F2,...", help="the model's inputs in order, from: "
+                   "log_return, log_gap_seconds, log_size, relative_spread, book_imbalance")
+    p.add_argument("--out", required=True, help="model bundle directory to write")
+    p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
+    p.add_argument("--target-scale", default="fitted", choices=["fitted", "none"], help="fitted: outputs are "
+                   "normalised log returns (statistics fitted on the ticks); none: used as they are (default: fitted)")
+    _add_input_args(p, topic=False, flag="--fit-normalisation-on")
+    p.set_defaults(func=cmd_bundle)
     _add_later_parsers(sub)
     return parser
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
 from operators.validation import reject_labels
+from pipeline.bundling import require_one_output
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS
 from pipeline.evaluation.plots import plot_backtest
 from pipeline.evaluation.report import bootstrap_scores, breakdown, write_report
@@ -53,6 +54,7 @@ def run_backtest(
     """``ticks`` may carry ``partition`` and ``offset`` (a topic backtest): the state is kept per partition as
     live, and both columns are copied into forecasts.parquet. ``undecodable``: messages of a topic that were
     not ticks (partition, offset, reason, detail), counted and written to undecodable.parquet."""
+    require_one_output(bundle, "tickcast backtest")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     forecaster = Forecaster(bundle, config)
