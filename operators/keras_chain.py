@@ -62,24 +62,25 @@ def describe(model: KerasModel) -> Stack:
     """The servable chain of ``model``, or :class:`UnservableModel`."""
     chain = _chain(model)
     n_inputs = None
-    for layer in chain:
-        _check_code(layer)
-        if layer.class_name == "InputLayer":
-            shape = layer.config.get("batch_shape") or layer.config.get("batch_input_shape")
-            if not isinstance(shape, list) or len(shape) != 3 or not isinstance(shape[-1], int):
-                raise _refuse(layer, f"input shape {shape} is not (batch, time, features)")
-            n_inputs = shape[-1]
-    body = [layer for layer in chain if layer.class_name != "InputLayer"]
+    if chain and chain[0].class_name == "InputLayer":
+        _check_code(chain[0])
+        shape = chain[0].config.get("batch_shape") or chain[0].config.get("batch_input_shape")
+        if not isinstance(shape, list) or len(shape) != 3 or not isinstance(shape[-1], int):
+            raise _refuse(chain[0], f"input shape {shape} is not (batch, time, features)")
+        n_inputs = shape[-1]
+    body = [layer for layer in chain if layer is not chain[0] or layer.class_name != "InputLayer"]
     if not body:
         raise _refuse(None, "it has no layers")
-    if n_inputs is None:
-        n_inputs = _first_width(body)
+    recurrent_at = [i for i, layer in enumerate(body) if layer.class_name in RECURRENT]
     layers: list[Layer] = []
     width = n_inputs
-    recurrent_at = [i for i, layer in enumerate(body) if layer.class_name in RECURRENT]
-    if not recurrent_at:
-        raise _refuse(None, "it has no LSTM, GRU or SimpleRNN layer, so no state to carry from tick to tick")
-    for i, layer in enumerate(body):
+    for i, layer in enumerate(body):  # in chain order: the first layer that cannot be served is named
+        _check_code(layer)
+        if layer.class_name == "InputLayer":
+            raise _refuse(layer, "a second input inside the chain")
+        if width is None:
+            width = _first_width(body)
+            n_inputs = width
         if layer.class_name in RECURRENT:
             converted = _recurrent(layer, width, last=i == recurrent_at[-1])
             width = converted.units
@@ -87,6 +88,8 @@ def describe(model: KerasModel) -> Stack:
             converted = _per_tick(layer, width)
             width = converted.width(width)
         layers.append(converted)
+    if not recurrent_at:
+        raise _refuse(None, "it has no LSTM, GRU or SimpleRNN layer, so no state to carry from tick to tick")
     return Stack(tuple(layers), n_inputs)
 
 

@@ -276,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-scale", default="fitted", choices=["fitted", "none"], help="fitted: outputs are "
                    "normalised log returns (statistics fitted on the ticks); none: used as they are (default: fitted)")
     _add_input_args(p, topic=False, flag="--fit-normalisation-on")
-    p.set_defaults(func=cmd_bundle)
+    p.set_defaults(func=cmd_bundle, source_is_topic=False)
     _add_later_parsers(sub)
     return parser
 

@@ -45,3 +45,17 @@ def splits(draw, n: int):
 
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def reinterleaved(ticks: pa.Table, rnd) -> tuple[pa.Table, np.ndarray]:
+    """The same ticks merged in another random order that keeps each instrument's own order; and, for each
+    row of the result, the row of ``ticks`` it came from."""
+    n = ticks.num_rows
+    inst = ticks.column("instrument").to_pylist()
+    perm = np.array(sorted(range(n), key=lambda _: rnd.random()), dtype=np.int64)
+    origin = np.empty(n, dtype=np.int64)
+    for name in set(inst):
+        idx = np.array([i for i, s in enumerate(inst) if s == name])
+        slots = np.sort(np.flatnonzero(np.isin(perm, idx)))
+        origin[slots] = idx
+    return ticks.take(pa.array(origin, pa.int64())), origin

@@ -1,0 +1,115 @@
+"""What `tickcast bundle --keras` refuses: one line naming the layer and why; and what it reads from the file."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import pytest
+
+from operators.bundle import _keras
+from operators.errors import BundleError
+from operators.keras_bundle import bundle_keras_model
+from tests.support.keras_models import FEATURES, build, fit_ticks
+
+N = len(FEATURES)
+
+
+def _save(model, tmp_path):
+    path = tmp_path / "m.keras"
+    model.save(path)
+    return path
+
+
+def _refusal(path) -> str:
+    with pytest.raises(BundleError) as err:
+        bundle_keras_model(path, FEATURES, fit_ticks())
+    message = str(err.value)
+    assert "\n" not in message
+    return message
+
+
+def _models():
+    keras = _keras()
+    L = keras.layers
+
+    def seq(*layers, batch=None):
+        inp = keras.Input(batch_shape=(batch, None, N)) if batch else keras.Input((None, N))
+        return keras.Sequential([inp, *layers])
+
+    def branch():
+        inp = keras.Input((None, N))
+        x = L.LSTM(3, return_sequences=True, name="trunk")(inp)
+        return keras.Model(inp, L.Add()([L.Dense(2)(x), L.Dense(2)(x)]))
+
+    def two_outputs():
+        inp = keras.Input((None, N))
+        x = L.GRU(3, return_sequences=True, name="shared")(inp)
+        return keras.Model(inp, [L.Dense(1)(x), L.Dense(1)(x)])
+
+    return {
+        "stateful": (lambda: seq(L.LSTM(3, stateful=True, return_sequences=True, name="kept"), L.Dense(1), batch=1),
+                     r"layer kept \(LSTM\).*stateful=True"),
+        "go_backwards": (lambda: seq(L.GRU(3, go_backwards=True, return_sequences=True, name="rev"), L.Dense(1)),
+                         r"layer rev \(GRU\).*go_backwards=True"),
+        "bidirectional": (lambda: seq(L.Bidirectional(L.LSTM(3, return_sequences=True), name="both"), L.Dense(1)),
+                          r"layer both \(Bidirectional\).*backwards"),
+        "lambda": (lambda: seq(L.LSTM(3, return_sequences=True), L.Lambda(lambda t: t * 2, name="double"),
+                               L.Dense(1)), r"layer double \(Lambda\).*Python code"),
+        "masking": (lambda: seq(L.Masking(name="mask"), L.LSTM(3, return_sequences=True), L.Dense(1)),
+                    r"layer mask \(Masking\).*skips ticks"),
+        "return_sequences_false_not_last": (
+            lambda: seq(L.LSTM(3, name="first"), L.RepeatVector(2), L.LSTM(2), L.Dense(1)),
+            r"layer first \(LSTM\).*return_sequences=False"),
+        "other_layer": (lambda: seq(L.Conv1D(3, 2, name="conv"), L.LSTM(3), L.Dense(1)),
+                        r"layer conv \(Conv1D\).*does not compute Conv1D"),
+        "branch": (branch, r"layer trunk \(LSTM\).*more than one layer"),
+        "two_outputs": (two_outputs, r"2 outputs"),
+        "no_recurrent_layer": (lambda: seq(L.Dense(2), L.Dense(1)), r"no LSTM, GRU or SimpleRNN"),
+        "unknown_activation": (lambda: seq(L.SimpleRNN(3, activation="gelu", return_sequences=True, name="g"),
+                                           L.Dense(1)), r"layer g \(SimpleRNN\).*activation 'gelu'"),
+        "mixed_precision": (lambda: seq(L.LSTM(3, return_sequences=True, dtype="mixed_float16", name="half"),
+                                        L.Dense(1)), r"layer half \(LSTM\).*mixed_float16"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_models()))
+def test_unservable_models_are_refused_in_one_line_naming_the_layer_and_why(case, tmp_path):
+    make, pattern = _models()[case]
+    assert __import__("re").search(pattern, _refusal(_save(make(), tmp_path)))
+
+
+def test_a_layer_class_from_outside_keras_is_refused_without_running_its_code(tmp_path):
+    """A custom layer's code is not in the file; the class name and module in config.json are all there is.
+    The file is edited to claim a layer from another module; nothing is imported or run to refuse it."""
+    path = _save(build("lstm"), tmp_path)
+    with zipfile.ZipFile(path) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    config = json.loads(files["config.json"])
+    dense = config["config"]["layers"][-1]
+    dense.update(module="evil_package.layers", class_name="Dense", registered_name="evil_package>Dense")
+    files["config.json"] = json.dumps(config).encode()
+    edited = tmp_path / "edited.keras"
+    with zipfile.ZipFile(edited, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    message = _refusal(edited)
+    assert f"layer {dense['config']['name']} (Dense)" in message and "evil_package.layers" in message
+
+
+def test_features_must_match_the_models_inputs_and_come_from_tickcasts_set(tmp_path):
+    path = _save(build("gru"), tmp_path)
+    with pytest.raises(BundleError, match="takes 4 features per tick, but 3 are named"):
+        bundle_keras_model(path, FEATURES[:3], fit_ticks())
+    with pytest.raises(BundleError, match=r"unknown \['vwap'\]"):
+        bundle_keras_model(path, [*FEATURES[:3], "vwap"], fit_ticks())
+    with pytest.raises(BundleError, match="a feature named twice"):
+        bundle_keras_model(path, [*FEATURES[:3], FEATURES[0]], fit_ticks())
+
+
+def test_the_state_a_row_holds_is_each_recurrent_layers_vectors(tmp_path):
+    b = bundle_keras_model(_save(build("lstm_layernorm_gru_k3"), tmp_path), FEATURES, fit_ticks())
+    assert b.shape.cells == (("lstm", 4), ("gru", 3))
+    assert b.shape.vectors == (("h0", 4), ("c0", 4), ("h1", 3))
+    assert b.outputs == 3
+    assert [layer["kind"] for layer in b.meta()["architecture"]["stack"]] == ["lstm", "layer_norm", "gru", "dense"]
