@@ -117,6 +117,7 @@ class RaggedLSTM:
         self.stack = weights.stack() if isinstance(weights, LSTMWeights) else weights
         # The compiled element-wise step (operators.lstm_native) when it is available; NumPy otherwise.
         self._native = lstm_native.load() if native else None
+        self._native_gru = lstm_native.load_gru() if native else None
         self._gemm_threads = blas.gemm_threads()  # see operators.blas: small GEMMs, one thread each
         self.outputs = self.stack.outputs
         self.state_vectors = self.stack.state_vectors
@@ -326,9 +327,19 @@ class RaggedLSTM:
         own = identity and in_place and all(a.flags.c_contiguous and a.dtype == np.float32 for a in state0)
         st = [self._gathered(pk, identity, own, a, f"s{i}") for i, a in enumerate(state0)]
         out = np.empty((len(layer_in), cell.units), dtype=np.float32)
+        gru = self._native_gru if cell.native_gru else None
+        if gru is not None:
+            b_rec = cell.b_rec if cell.b_rec is not None else np.zeros(3 * cell.units, np.float32)
+            inner_all = self._workspace("inner", (int(pk.active[0]), 3 * cell.units))
         for t, (s, a) in enumerate(zip(pk.offsets.tolist(), pk.active.tolist())):
             if reset_steps[t] is not None:
                 for v in st:
                     v[reset_steps[t]] = 0.0
-            out[s : s + a] = cell.step(xw[s : s + a], [v[:a] for v in st])[:a]
+            if gru is not None:  # a GRU with Keras' defaults: the compiled element-wise step
+                h = st[0][:a]
+                inner = np.matmul(h, cell.wh, out=inner_all[:a])
+                gru(xw[s : s + a], inner, b_rec, h)
+                out[s : s + a] = h
+            else:
+                out[s : s + a] = cell.step(xw[s : s + a], [v[:a] for v in st])[:a]
         return [self._ungathered(pk, identity, own, v) for v in st], out

@@ -1,4 +1,4 @@
-"""An optional compiled kernel for the element-wise half of an LSTM step.
+"""An optional compiled kernel for the element-wise half of an LSTM (and a GRU) step.
 
 NumPy evaluates a step's gates in separate passes over memory, and its float32
 ``tanh`` costs about twenty times a multiply here; at one or two ticks per
@@ -76,12 +76,32 @@ void lstm_step(const float *restrict z, const float *restrict rec, const float *
         }
     }
 }
+
+/* One GRU step (Keras' GRUCell, reset_after=True, sigmoid/tanh) for `rows` rows, in place.
+   xw: (rows, 3H) x @ W_x + input bias, columns z, r, h; inner: (rows, 3H) h @ W_h;
+   bias: (3H,) recurrent bias; h: (rows, H), updated. */
+void gru_step(const float *restrict xw, const float *restrict inner, const float *restrict bias,
+              float *restrict h, long rows, long hidden) {
+    const float *bz = bias, *br = bz + hidden, *bh = br + hidden;
+    for (long r = 0; r < rows; r++) {
+        const float *xz = xw + r * 3 * hidden, *xr = xz + hidden, *xh = xr + hidden;
+        const float *iz = inner + r * 3 * hidden, *ir = iz + hidden, *ih = ir + hidden;
+        float *hr = h + r * hidden;
+        for (long j = 0; j < hidden; j++) {
+            float z = 0.5f * tanh_rational(0.5f * (xz[j] + iz[j] + bz[j])) + 0.5f;
+            float g = 0.5f * tanh_rational(0.5f * (xr[j] + ir[j] + br[j])) + 0.5f;
+            float hh = tanh_rational(xh[j] + g * (ih[j] + bh[j]));
+            hr[j] = z * hr[j] + (1.0f - z) * hh;
+        }
+    }
+}
 """
 
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-shared", "-fPIC"]
 _LOADED: dict[str, Callable | None] = {}
 
 LSTMStep = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
+GRUStep = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 def _cpu_signature() -> str:
@@ -113,32 +133,64 @@ def _build(target: Path) -> None:
         os.replace(out, target)  # atomic: a concurrent build never loads half a file
 
 
-def load() -> LSTMStep | None:
-    """The compiled step, or None (NumPy fallback) when it is disabled or cannot be built."""
+def _library() -> ctypes.CDLL | None:
+    """The compiled kernels, or None when disabled or they cannot be built."""
     if os.environ.get("TICKCAST_NATIVE_KERNEL", "1") == "0":
         return None
     key = hashlib.sha256("\0".join([SOURCE, *_FLAGS, platform.machine(), _cpu_signature()]).encode()).hexdigest()[:16]
     if key in _LOADED:
         return _LOADED[key]
-    fn = None
+    lib = None
     try:
         target = cache_dir() / f"lstm_step-{key}.so"
         if not target.exists():
             _build(target)
         lib = ctypes.CDLL(str(target))
-        c_fn = lib.lstm_step
-        ptr = ctypes.c_void_p
-        c_fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ctypes.c_long, ctypes.c_long]
-        c_fn.restype = None
-
-        def fn(z: np.ndarray, rec: np.ndarray, bias: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
-            rows, hidden = h.shape
-            for a, shape in ((z, (rows, 4 * hidden)), (rec, (rows, 4 * hidden)), (bias, (4 * hidden,)),
-                             (h, (rows, hidden)), (c, (rows, hidden))):
-                if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
-                    raise ValueError("lstm_step needs C-contiguous float32 blocks of matching rows")
-            c_fn(z.ctypes.data, rec.ctypes.data, bias.ctypes.data, h.ctypes.data, c.ctypes.data, rows, hidden)
     except (OSError, subprocess.SubprocessError):
-        fn = None
-    _LOADED[key] = fn
+        lib = None
+    _LOADED[key] = lib
+    return lib
+
+
+def _checked(name: str, arrays) -> None:
+    for a, shape in arrays:
+        if a.dtype != np.float32 or not a.flags.c_contiguous or a.shape != shape:
+            raise ValueError(f"{name} needs C-contiguous float32 blocks of matching rows")
+
+
+def load() -> LSTMStep | None:
+    """The compiled LSTM step, or None (NumPy fallback) when it is disabled or cannot be built."""
+    lib = _library()
+    if lib is None:
+        return None
+    c_fn = lib.lstm_step
+    ptr = ctypes.c_void_p
+    c_fn.argtypes = [ptr, ptr, ptr, ptr, ptr, ctypes.c_long, ctypes.c_long]
+    c_fn.restype = None
+
+    def fn(z: np.ndarray, rec: np.ndarray, bias: np.ndarray, h: np.ndarray, c: np.ndarray) -> None:
+        rows, hidden = h.shape
+        _checked("lstm_step", ((z, (rows, 4 * hidden)), (rec, (rows, 4 * hidden)), (bias, (4 * hidden,)),
+                               (h, (rows, hidden)), (c, (rows, hidden))))
+        c_fn(z.ctypes.data, rec.ctypes.data, bias.ctypes.data, h.ctypes.data, c.ctypes.data, rows, hidden)
+
+    return fn
+
+
+def load_gru() -> GRUStep | None:
+    """The compiled GRU step (reset_after=True, sigmoid/tanh), or None (NumPy cells) as :func:`load`."""
+    lib = _library()
+    if lib is None:
+        return None
+    c_fn = lib.gru_step
+    ptr = ctypes.c_void_p
+    c_fn.argtypes = [ptr, ptr, ptr, ptr, ctypes.c_long, ctypes.c_long]
+    c_fn.restype = None
+
+    def fn(xw: np.ndarray, inner: np.ndarray, bias: np.ndarray, h: np.ndarray) -> None:
+        rows, hidden = h.shape
+        _checked("gru_step", ((xw, (rows, 3 * hidden)), (inner, (rows, 3 * hidden)), (bias, (3 * hidden,)),
+                              (h, (rows, hidden))))
+        c_fn(xw.ctypes.data, inner.ctypes.data, bias.ctypes.data, h.ctypes.data, rows, hidden)
+
     return fn

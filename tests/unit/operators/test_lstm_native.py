@@ -87,3 +87,26 @@ def test_a_failed_build_falls_back_to_numpy(monkeypatch, tmp_path):
     monkeypatch.setattr(lstm_native, "_LOADED", {})
     assert lstm_native.load() is None
     assert not RaggedLSTM(_weights(1)).native
+
+
+@needs_native
+def test_native_gru_step_equals_numpy_gru_cell():
+    """Keras' default GRU (reset_after, sigmoid/tanh) takes the compiled step; the NumPy cell is the reference."""
+    from operators.layers import PerTick, Recurrent, Stack
+
+    rng = np.random.default_rng(5)
+    h = HIDDEN
+    gru = Recurrent("gru", "gru", rng.normal(0, 0.3, (5, 3 * h)).astype(np.float32),
+                    rng.normal(0, 0.3, (h, 3 * h)).astype(np.float32), rng.normal(0, 0.5, (2, 3 * h)).astype(np.float32))
+    stack = Stack((gru, PerTick("dense", "d", rng.normal(0, 1, (h, 2)).astype(np.float32), None)), 5)
+    lengths = rng.integers(1, 40, 1500)
+    t = int(lengths.sum())
+    x = (rng.standard_normal((t, 5)) * rng.choice([1e-5, 1.0, 30.0], (t, 1))).astype(np.float32)
+    s0 = [rng.uniform(-1, 1, (len(lengths), h)).astype(np.float32)]
+    reset = rng.random(t) < 0.01
+    native, numpy_only = RaggedLSTM(stack), RaggedLSTM(stack, native=False)
+    y1, s1 = native.step(x, lengths, s0, reset)
+    y2, s2 = numpy_only.step(x, lengths, s0, reset)
+    assert y1.shape == (t, 2)
+    np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(s1[0], s2[0], rtol=1e-5, atol=2e-6)
