@@ -13,6 +13,9 @@ hidden size 64, 1 and 2 layers:
 4. the machine's limit for the same arithmetic: one NumPy/BLAS GEMM of the
    LSTM's gates ``[x, h] @ W`` over all ticks of a batch, per layer, rows/s.
 State memory is reported per instrument at 1M instruments (hidden 64, 1 layer).
+Last, a GRU of the same size (Keras' default GRU, as a model brought with
+``tickcast bundle --keras`` would have) against the 1-layer LSTM, operator ticks/s of
+each over the same batches, alternating round by round, best round each.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import pyarrow.compute as pc
 
 from operators.features import N_FEATURES, FeatureSpec, Normalisation, compute_features, previous_within_groups
 from operators.forecaster import Forecaster
-from operators.bundle import Bundle, weights_from_keras
+from operators.bundle import Bundle, shape_of, weights_from_keras
+from operators.layers import PerTick, Recurrent, Stack
 from operators.training import build_keras_model
 from operators.state import StateShape, StateTable
 
@@ -317,6 +321,42 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _recurrent_bundle(kind: str, hidden: int = HIDDEN, seed: int = 0) -> Bundle:
+    """A one-layer LSTM or GRU + Dense(1), Glorot-sized random weights (no Keras needed)."""
+    rng = np.random.default_rng(seed)
+    gates = {"lstm": 4, "gru": 3}[kind]
+    bias = rng.normal(0, 0.1, (2, 3 * hidden) if kind == "gru" else (4 * hidden,)).astype(np.float32)
+    layer = Recurrent(kind, kind, rng.normal(0, 0.2, (N_FEATURES, gates * hidden)).astype(np.float32),
+                      rng.normal(0, 0.1, (hidden, gates * hidden)).astype(np.float32), bias)
+    stack = Stack((layer, PerTick("dense", "forecast", rng.normal(0, 0.1, (hidden, 1)).astype(np.float32),
+                                  np.zeros(1, np.float32))), N_FEATURES)
+    norm = Normalisation(np.zeros(N_FEATURES), np.ones(N_FEATURES), 0.0, 1e-3)
+    return Bundle(None, f"bench-{kind}{hidden}", FeatureSpec(), norm, 10, shape_of(stack), None, {}, None, stack)
+
+
+def measure_gru_vs_lstm(instrument_counts: list[int], batch_ticks: int, rounds: int, batches_per_round: int,
+                        hidden: int = HIDDEN) -> list[dict]:
+    """Operator ticks/s of a GRU and the same-size LSTM over the same batches, alternating, best round each."""
+    rows = []
+    for n in instrument_counts:
+        batches = _stream(n, "uniform", 1 + rounds * batches_per_round, batch_ticks, seed=n)
+        ops = {kind: Forecaster(_recurrent_bundle(kind, hidden), state=None) for kind in ("lstm", "gru")}
+        best = dict.fromkeys(ops, float("inf"))
+        for fc in ops.values():
+            fc.step(batches[0])
+        for r in range(rounds):
+            for kind, fc in ops.items():
+                t0 = time.perf_counter()
+                for b in batches[1 + r * batches_per_round: 1 + (r + 1) * batches_per_round]:
+                    fc.step(b)
+                best[kind] = min(best[kind], time.perf_counter() - t0)
+        ticks = batches_per_round * batch_ticks
+        lstm, gru = ticks / best["lstm"], ticks / best["gru"]
+        rows.append({"instruments": n, "hidden": hidden, "lstm_ticks_per_second": round(lstm, 1),
+                     "gru_ticks_per_second": round(gru, 1), "lstm_over_gru": round(lstm / gru, 2)})
+    return rows
+
+
 def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict:
     gc.collect()
     before = _rss_bytes()
@@ -404,5 +444,10 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
             f"raw h+c {memory['raw_state_bytes_per_instrument']} B, table {memory['table_bytes_per_instrument']:.0f} B, "
             f"index {memory['index_bytes_per_instrument']:.0f} B, "
             f"with index and names (RSS) {memory['rss_bytes_per_instrument_with_index']:.0f} B per instrument")
-    return {"cases": rows, "zipf_slowdown": skew, "memory": memory, "skipped": [list(k) for k in skip],
+    gru = measure_gru_vs_lstm(instrument_counts, batch_ticks, rounds, batches_per_round)
+    printer(f"GRU vs LSTM (hidden {HIDDEN}, 1 layer, uniform, operator ticks/s, best round each): " + ", ".join(
+        f"{g['instruments']:,} instruments GRU {g['gru_ticks_per_second']:,.0f} / LSTM "
+        f"{g['lstm_ticks_per_second']:,.0f} (LSTM/GRU {g['lstm_over_gru']})" for g in gru))
+    return {"cases": rows, "zipf_slowdown": skew, "memory": memory, "gru_vs_lstm": gru,
+            "skipped": [list(k) for k in skip],
             "machine": {"cpus": os.cpu_count()}, "quick": quick}
