@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,3 +144,32 @@ def test_grow_and_shrink_cycles_keep_every_surviving_row(sizes, cut):
         for (p, name), v in ref.items():
             r = int(t.lookup(p, [name])[0])
             assert t.column("last_price")[r] == v and t.h(0)[r, 2] == np.float32(v)
+
+
+def test_a_stack_of_other_recurrent_layers_keeps_one_column_per_state_vector_and_round_trips():
+    shape = StateShape.of([("lstm", 3), ("gru", 2), ("rnn", 4)])
+    assert shape.vectors == (("h0", 3), ("c0", 3), ("h1", 2), ("h2", 4))
+    assert shape.raw_bytes_per_row == 4 * (3 + 3 + 2 + 4)
+    t = StateTable(shape, capacity=2)
+    rows = t.insert([(0, f"I{i}") for i in range(5)])
+    for k, (name, width) in enumerate(shape.vectors):
+        t.vector(name)[rows] = np.arange(5 * width, dtype=np.float32).reshape(5, width) + k
+    table = t.to_arrow()
+    assert [f.name for f in table.schema][-4:] == ["h0", "c0", "h1", "h2"]
+    again = StateTable.from_arrow(table)
+    assert again.shape == shape
+    for name, _ in shape.vectors:
+        np.testing.assert_array_equal(again.vector(name)[:5], t.vector(name)[:5])
+    # Same columns and widths, other cells (a GRU's h where a SimpleRNN's was): refused, not misread.
+    other = StateTable(StateShape.of([("lstm", 3), ("rnn", 2), ("rnn", 4)]))
+    with pytest.raises(ValueError, match="cells"):
+        other.check_rows(table)
+    with pytest.raises(ValueError, match="units"):
+        other.load_partition(t.partition_to_arrow(0), 0)
+
+
+def test_the_built_in_models_state_schema_is_unchanged():
+    """Checkpoints written before other recurrent layers existed load: same columns, same metadata."""
+    schema = StateTable(StateShape(2, 4)).arrow_schema()
+    assert [f.name for f in schema][-4:] == ["h0", "c0", "h1", "c1"]
+    assert schema.metadata == {b"layers": b"2", b"hidden": b"4"}
