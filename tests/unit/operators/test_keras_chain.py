@@ -113,3 +113,17 @@ def test_the_state_a_row_holds_is_each_recurrent_layers_vectors(tmp_path):
     assert b.shape.vectors == (("h0", 4), ("c0", 4), ("h1", 3))
     assert b.outputs == 3
     assert [layer["kind"] for layer in b.meta()["architecture"]["stack"]] == ["lstm", "layer_norm", "gru", "dense"]
+
+
+def test_a_custom_layer_subclass_saved_by_keras_is_refused(tmp_path):
+    keras = _keras()
+
+    @keras.saving.register_keras_serializable(package="mine")
+    class Doubling(keras.layers.Layer):
+        def call(self, x):
+            return 2 * x
+
+    model = keras.Sequential([keras.Input((None, N)), keras.layers.GRU(3, return_sequences=True),
+                              Doubling(name="twice"), keras.layers.Dense(1)])
+    message = _refusal(_save(model, tmp_path))
+    assert "layer twice (Doubling)" in message and "never runs" in message
