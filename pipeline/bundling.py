@@ -37,7 +37,8 @@ def bundle_keras(model_file: str, features: str, ticks_from: TickInput, out: str
 
 
 def describe_bundle(bundle: Bundle, path: Path) -> str:
-    cells = " + ".join(f"{kind.upper() if kind != 'rnn' else 'SimpleRNN'}({units})" for kind, units in bundle.shape.cells)
+    names = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
+    cells = " + ".join(f"{names[kind]}({units})" for kind, units in bundle.shape.cells)
     return (f"bundled {path}: model {bundle.model_version}, {cells}, {bundle.outputs} output(s) per tick, features "
             f"{', '.join(bundle.feature_spec.names)}, horizon {bundle.horizon} ticks, normalisation fitted on "
             f"{bundle.training.get('valid_ticks', 0):,} ticks")
