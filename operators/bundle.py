@@ -49,9 +49,9 @@ def _keras(needed_for: str = "training"):
     except ModuleNotFoundError as exc:
         if (exc.name or "").split(".")[0] not in ("keras", "tensorflow"):
             raise
+        hint = f"pip install {training_requirements()}"
         raise TrainingUnavailable(f"{needed_for} needs TensorFlow and Keras, which this install leaves out "
-                                  f"(the serving install); install them with: pip install {training_requirements()}"
-                                  ) from None
+                                  f"(the serving install); install them with: {hint}") from None
     return keras
 
 

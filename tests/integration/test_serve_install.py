@@ -62,6 +62,18 @@ def test_train_says_in_one_line_that_it_needs_tensorflow_and_how_to_install_it(n
     assert not (tmp_path / "m").exists()
 
 
+def test_loading_a_bundle_through_keras_says_what_it_needs(no_tf, bundle):
+    probe = ("from operators.bundle import load_bundle\nfrom operators.errors import TrainingUnavailable\n"
+             f"try:\n    load_bundle({str(bundle.path)!r}, with_keras=True)\n"
+             "except TrainingUnavailable as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=no_tf, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == (f"loading {bundle.path / 'model.keras'} with Keras needs TensorFlow and Keras, "
+                                   "which this install leaves out (the serving install); install them with: "
+                                   f"pip install {training_requirements()}")
+
+
 def test_the_install_hint_asks_for_what_pyproject_requires():
     deps = [Requirement(d) for d in
             tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
