@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from operators.errors import BundleError
+from operators.errors import BundleError, TrainingUnavailable
 from operators.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureSpec, Normalisation
 from operators.keras_chain import UnservableModel, describe
 from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file, read_keras_model
@@ -39,15 +40,30 @@ MODEL_FILE = "model.keras"
 META_FILE = "bundle.json"
 
 
-def _keras():
+def _keras(needed_for: str = "training"):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # oneDNN's reordered float sums make TensorFlow's numbers vary by machine
     # and thread count; tickcast wants the reference numbers reproducible.
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-    import keras  # noqa: PLC0415 - TensorFlow takes seconds to import; only when needed
-
+    try:
+        import keras  # noqa: PLC0415 - TensorFlow takes seconds to import; only when needed
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in ("keras", "tensorflow"):
+            raise
+        hint = f"pip install {training_requirements()}"
+        raise TrainingUnavailable(f"{needed_for} needs TensorFlow and Keras, which this install leaves out "
+                                  f"(the serving install); install them with: {hint}") from None
     return keras
+
+
+# What pyproject.toml asks for, for the message above (tests check the two agree).
+TENSORFLOW_MIN = "2.16"
+
+
+def training_requirements() -> str:
+    tensorflow = "tensorflow-cpu" if platform.machine() == "x86_64" else "tensorflow"
+    return f"'{tensorflow}>={TENSORFLOW_MIN}' 'keras>={SAFE_KERAS[0]}.{SAFE_KERAS[1]}'"
 
 
 @dataclass(frozen=True)
@@ -193,7 +209,7 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
     _check_normalisation(norm, spec, meta_path)
     model = None
     if with_keras:
-        keras = _keras()
+        keras = _keras(f"loading {path / MODEL_FILE} with Keras")
         _check_keras_is_safe(keras.__version__)
         try:
             model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)

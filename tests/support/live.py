@@ -28,14 +28,16 @@ class RunProcess:
     raw: list[str] = field(default_factory=list)
 
     @classmethod
-    def start(cls, bootstrap: str, model: str, topic: str, out: str, dlq: str, group: str, *extra: str) -> "RunProcess":
+    def start(cls, bootstrap: str, model: str, topic: str, out: str, dlq: str, group: str, *extra: str,
+              env: dict[str, str] | None = None) -> "RunProcess":
         args = [sys.executable, "-m", "pipeline.cli", "run", "--model", model, "--bootstrap-servers", bootstrap,
                 "--input-topics", topic, "--output-topic", out, "--dead-letter-topic", dlq, "--group-id", group,
                 "--metrics-address", "127.0.0.1:0", "--status-interval-s", "1", "--log-format", "json",
                 "--max-batch-ms", "20", *extra]
         if "--checkpoint-uri" not in extra:  # never litter the working directory
             args += ["--checkpoint-uri", tempfile.mkdtemp(prefix="tickcast-ckpt-")]
-        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=ENV if env is None else env)
         rp = cls(proc)
         threading.Thread(target=rp._pump, daemon=True).start()
         return rp
