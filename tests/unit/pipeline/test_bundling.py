@@ -1,4 +1,4 @@
-"""`tickcast bundle --keras` as a user runs it; the bundle serves without TensorFlow; bad flags in one line."""
+"""`tickcast bundle --keras` as a user runs it; bundling and serving need no TensorFlow; bad flags in one line."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from operators.bundle import load_bundle
 from tests.support.bundles import in_target_units
 from tests.support.cli import tickcast
 from tests.support.keras_models import FEATURES, ChainReference, build, fit_ticks
+from tests.support.no_tensorflow import env_without_tensorflow
 
 ROOT = Path(__file__).parents[3]
 
@@ -27,29 +28,35 @@ def made(tmp_path_factory):
     folder = tmp_path_factory.mktemp("bring")
     pq.write_table(fit_ticks(), folder / "ticks.parquet")
     out = {}
+    no_tf = env_without_tensorflow(folder / "no_tf")
     for name, model in (("k3", keras_model), ("k1", one_output)):
         model.save(folder / f"{name}.keras")
-        done = tickcast("bundle", "--keras", str(folder / f"{name}.keras"), "--features", ",".join(FEATURES),
-                        "--fit-normalisation-on", str(folder / "ticks.parquet"), "--out", str(folder / name),
-                        "--horizon", "7")
+        # As the serving install runs it: TensorFlow and Keras cannot be imported.
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "bundle", "--keras", str(folder / f"{name}.keras"),
+                               "--features", ",".join(FEATURES), "--fit-normalisation-on",
+                               str(folder / "ticks.parquet"), "--out", str(folder / name), "--horizon", "7"],
+                              capture_output=True, text=True, timeout=300, env=no_tf, cwd=ROOT)
+        assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.startswith(f"bundled {folder / name}")
         out[name] = (folder / name, model)
-    return folder, out
+    return folder, out, no_tf
 
 
 def test_bundle_command_writes_a_bundle_that_loads_without_tensorflow_and_serves_as_keras(made):
-    folder, out = made
+    folder, out, no_tf = made
     path, model = out["k1"]
     meta = json.loads((path / "bundle.json").read_text())
     assert meta["feature_spec"]["names"] == FEATURES and meta["target"]["horizon_ticks"] == 7
     assert meta["architecture"]["source"] == "keras" and meta["architecture"]["cells"] == [["gru", 4]]
     probe = ("import sys, json\nimport pyarrow.parquet as pq\nimport pipeline.cli, pipeline.serve\n"
+             "try:\n    import tensorflow\nexcept ModuleNotFoundError:\n    pass\nelse:\n    raise SystemExit('tf')\n"
              "from operators.bundle import load_bundle\nfrom operators.forecaster import Forecaster\n"
              f"r = Forecaster(load_bundle({str(path)!r})).step(pq.read_table({str(folder / 'ticks.parquet')!r}))\n"
              "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow'))\n"
              "assert not loaded, loaded[:5]\n"
              "print(json.dumps({'rows': r.rows.tolist(), 'forecasts': r.forecasts.tolist()}))\n")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                          env=no_tf)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads(done.stdout)
     bundle = load_bundle(path)
@@ -59,7 +66,7 @@ def test_bundle_command_writes_a_bundle_that_loads_without_tensorflow_and_serves
 
 
 def test_several_outputs_per_tick_are_refused_by_backtest_in_one_line(made, tmp_path):
-    folder, out = made
+    folder, out, _ = made
     done = tickcast("backtest", "--model", str(out["k3"][0]), "--input", str(folder / "ticks.parquet"),
                     "--out", str(tmp_path / "bt"), "--quiet", check=False)
     assert done.returncode == 2
@@ -75,7 +82,7 @@ def test_several_outputs_per_tick_are_refused_by_backtest_in_one_line(made, tmp_
     ({"--fit-normalisation-on": "nowhere.parquet"}, "nowhere.parquet"),
 ])
 def test_bad_flags_are_one_line_saying_what_is_wrong(made, tmp_path, change, message):
-    folder, out = made
+    folder, _, _ = made
     flags = {"--keras": str(folder / "k1.keras"), "--features": ",".join(FEATURES),
              "--fit-normalisation-on": str(folder / "ticks.parquet"), "--out": str(tmp_path / "b"), **change}
     done = tickcast("bundle", *[a for kv in flags.items() for a in kv], check=False)
