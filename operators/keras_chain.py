@@ -150,11 +150,16 @@ def _tensors(args) -> list[str]:
     return out
 
 
+def _from_keras(module: str) -> bool:
+    """Keras' own classes name module ``keras`` or ``keras.<...>`` (not, say, ``keras_extras``)."""
+    return module == "keras" or module.startswith("keras.")
+
+
 def _check_code(layer: KerasLayer) -> None:
-    if layer.class_name in _WHY:
+    if layer.class_name in _WHY and _from_keras(layer.module):
         raise _refuse(layer, _WHY[layer.class_name])
-    if not layer.module.startswith("keras") or layer.class_name not in SUPPORTED:
-        if not layer.module.startswith("keras"):
+    if not _from_keras(layer.module) or layer.class_name not in SUPPORTED:
+        if not _from_keras(layer.module):
             raise _refuse(layer, f"its class comes from {layer.module or 'an unnamed module'!r}, code the file "
                                  "does not hold and tickcast never runs")
         raise _refuse(layer, f"the NumPy kernel does not compute {layer.class_name} layers "
@@ -239,7 +244,7 @@ def _per_tick(layer: KerasLayer, width: int) -> PerTick:
     if cls == "TimeDistributed":
         inner = cfg.get("layer")
         if not (isinstance(inner, dict) and inner.get("class_name") == "Dense"
-                and str(inner.get("module", "keras")).startswith("keras") and isinstance(inner.get("config"), dict)):
+                and _from_keras(str(inner.get("module", "keras"))) and isinstance(inner.get("config"), dict)):
             shown = inner.get("class_name") if isinstance(inner, dict) else "?"
             raise _refuse(layer, f"TimeDistributed({shown}); only TimeDistributed(Dense) is served")
         return _dense(layer, inner["config"], width)

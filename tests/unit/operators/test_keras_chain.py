@@ -87,14 +87,14 @@ def test_a_layer_class_from_outside_keras_is_refused_without_running_its_code(tm
         files = {n: z.read(n) for n in z.namelist()}
     config = json.loads(files["config.json"])
     dense = config["config"]["layers"][-1]
-    dense.update(module="evil_package.layers", class_name="Dense", registered_name="evil_package>Dense")
+    dense.update(module="keras_extras.layers", class_name="Dense", registered_name="keras_extras>Dense")
     files["config.json"] = json.dumps(config).encode()
     edited = tmp_path / "edited.keras"
     with zipfile.ZipFile(edited, "w") as z:
         for name, data in files.items():
             z.writestr(name, data)
     message = _refusal(edited)
-    assert f"layer {dense['config']['name']} (Dense)" in message and "evil_package.layers" in message
+    assert f"layer {dense['config']['name']} (Dense)" in message and "keras_extras.layers" in message
 
 
 def test_features_must_match_the_models_inputs_and_come_from_tickcasts_set(tmp_path):

@@ -88,3 +88,10 @@ def test_bad_flags_are_one_line_saying_what_is_wrong(made, tmp_path, change, mes
     done = tickcast("bundle", *[a for kv in flags.items() for a in kv], check=False)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr, done.stderr
+
+
+def test_several_outputs_per_tick_are_refused_by_run_in_one_line_before_it_connects(made):
+    _, out, _ = made
+    done = tickcast("run", "--model", str(out["k3"][0]), "--bootstrap-servers", "127.0.0.1:1", check=False)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().count("\n") == 0 and "tickcast run: the model gives 3 outputs per tick" in done.stderr
