@@ -142,6 +142,8 @@ class Forecaster:
         preceding.price[known] = st.column("last_price")[rows[known]]
         preceding.ts[known] = st.column("last_ts")[rows[known]]
         preceding.present[known] = st.column("tick_count")[rows[known]] > 0
+        for what in st.shape.previous:  # what else the bundle's features need of it (mid, trade sign)
+            getattr(preceding, what)[known] = st.previous(what)[rows[known]]
         groups, kept = refuse_late(cols, groups, preceding, reasons)
         if len(groups.order) == 0:
             return self._nothing_stepped(cols, reasons, refused_rows)
@@ -160,7 +162,9 @@ class Forecaster:
         order, starts = groups.order, groups.starts
         ends = starts + lengths - 1
         price, ts = cols.price[order], cols.ts[order]
-        raw, reset = raw_features(cols, groups, preceding, self.config.effective_reset_gap_ns)
+        after = dict.fromkeys(st.shape.previous)
+        raw, reset = raw_features(cols, groups, preceding, self.config.effective_reset_gap_ns,
+                                  self.bundle.feature_spec.names, after)
         n_resets = int(np.count_nonzero(reset)) if reset is not None else 0
         x = self.bundle.model_inputs(raw)
 
@@ -178,6 +182,8 @@ class Forecaster:
         st.column("last_price")[rows] = price[ends]
         st.column("last_ts")[rows] = ts[ends]
         st.column("tick_count")[rows] += lengths
+        for what, values in after.items():
+            st.previous(what)[rows] = values[ends]
         offsets = cols.offset[order][ends]
         st.column("last_offset")[rows] = np.maximum(st.column("last_offset")[rows], offsets)
 

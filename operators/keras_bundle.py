@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from operators.bundle import Bundle, _version_hash, check_feature_names, shape_of, stack_of_keras_file
 from operators.errors import BundleError, InputDataError
-from operators.features import FEATURE_NAMES, FeatureSpec, Normalisation, log_return_target
+from operators.features import FeatureSpec, Normalisation, log_return_target
 
 
 def bundle_keras_model(model_file: str | Path, features: list[str], ticks: pa.Table, horizon: int = 10,
@@ -34,10 +34,10 @@ def bundle_keras_model(model_file: str | Path, features: list[str], ticks: pa.Ta
     if not Path(model_file).is_file():
         raise BundleError(f"--keras {model_file}: no such file")
     stack = stack_of_keras_file(model_file, len(names))
-    seq = sequences_from_table(ticks)
+    seq = sequences_from_table(ticks, names)
     if len(seq.order) < 2:
         raise InputDataError(f"only {len(seq.order)} valid ticks to fit the normalisation on; give more ticks")
-    raw = seq.raw_features[:, [FEATURE_NAMES.index(n) for n in names]]
+    raw = seq.raw_features
     target = log_return_target(seq.price, seq.group_starts, horizon)
     norm = Normalisation.fit(raw, target)
     if not target_normalised:

@@ -2,7 +2,9 @@
 
 One row per (partition, instrument): the model's recurrent state as fixed-size
 float32 vectors (h and c of every LSTM layer, h of a GRU or SimpleRNN layer:
-:attr:`StateShape.vectors`), plus what the features need from the previous tick.
+:attr:`StateShape.vectors`), plus what the features need from the previous tick: its price and event time
+always, its mid and trade sign only for a bundle whose features need them
+(:attr:`StateShape.previous`; the built-in five features need neither).
 Every column lives in an Arrow buffer; the hot path reads and writes NumPy
 arrays that are zero-copy views of those buffers, and :meth:`StateTable.to_arrow`
 hands the same memory to Arrow (IPC, Parquet) without copying the numbers.
@@ -38,11 +40,14 @@ NO_TS = np.iinfo(np.int64).min
 class StateShape:
     """The recurrent layers whose state a row holds: ``cells`` is (kind, units) per layer, kind "lstm"
     (h and c), "gru" or "rnn" (h). ``StateShape(layers, hidden)`` is the built-in model's: that many LSTMs
-    of ``hidden`` units; for any other stack ``hidden`` is the widest layer's units (see :meth:`of`)."""
+    of ``hidden`` units; for any other stack ``hidden`` is the widest layer's units (see :meth:`of`).
+    ``previous``: what the rows keep of each instrument's previous tick beyond price and time ("mid",
+    "sign": :attr:`operators.features.FeatureSpec.previous`), one column each."""
 
     layers: int
     hidden: int
     cells: tuple[tuple[str, int], ...] = ()
+    previous: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.cells:
@@ -71,20 +76,24 @@ class StateShape:
         return 4 * sum(width for _, width in self.vectors)
 
     def metadata(self) -> dict[str, str]:
-        """Arrow schema metadata; ``cells`` only for stacks other than the built-in one (old checkpoints lack it)."""
+        """Arrow schema metadata; ``cells`` only for stacks other than the built-in one (old checkpoints lack it),
+        ``previous`` only when the rows keep more than the previous price and time."""
         meta = {"layers": str(self.layers), "hidden": str(self.hidden)}
         if not self.builtin:
             meta["cells"] = ",".join(f"{k}:{u}" for k, u in self.cells)
+        if self.previous:
+            meta["previous"] = ",".join(self.previous)
         return meta
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "StateShape":
         layers, hidden = int(meta[b"layers"]), int(meta[b"hidden"])
+        previous = tuple(meta[b"previous"].decode().split(",")) if meta.get(b"previous") else ()
         cells = meta.get(b"cells")
         if not cells:
-            return cls(layers, hidden)
+            return cls(layers, hidden, previous=previous)
         parsed = [part.split(":") for part in cells.decode().split(",")]
-        return cls(layers, hidden, tuple((k, int(u)) for k, u in parsed))
+        return cls(layers, hidden, tuple((k, int(u)) for k, u in parsed), previous)
 
 
 class _ArrowColumn:
@@ -221,6 +230,19 @@ _SCALARS: dict[str, tuple[str, pa.DataType, float | int]] = {
     "tick_count": ("int64", pa.int64(), 0),
     "last_offset": ("int64", pa.int64(), -1),
 }
+# Kept only when StateShape.previous names them: previous-tick value -> (column, numpy dtype, arrow type, fresh)
+_PREVIOUS: dict[str, tuple[str, str, pa.DataType, float | int]] = {
+    "mid": ("last_mid", "float64", pa.float64(), np.nan),  # NaN: no previous tick, or it had no quotes
+    "sign": ("last_sign", "int8", pa.int8(), 0),
+}
+
+
+def scalar_columns(shape: StateShape) -> dict[str, tuple[str, pa.DataType, float | int]]:
+    """The scalar columns of a table of ``shape``: the fixed ones, then one per ``shape.previous``."""
+    unknown = [p for p in shape.previous if p not in _PREVIOUS]
+    if unknown:
+        raise ValueError(f"state rows cannot keep {unknown} of the previous tick; known: {', '.join(_PREVIOUS)}")
+    return _SCALARS | {_PREVIOUS[p][0]: _PREVIOUS[p][1:] for p in shape.previous}
 
 
 def compaction_moves(n_rows: int, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -259,8 +281,9 @@ class StateTable:
         self._keys = np.zeros(self.capacity, dtype=np.uint64)  # row_keys() of each row
         self._index = RowIndex()
         self._vectors = {name: _ArrowColumn(np.float32, width, self.capacity) for name, width in shape.vectors}
+        self._scalar_types = scalar_columns(shape)
         self._scalars = {
-            name: _ArrowColumn(np.dtype(dt), 1, self.capacity) for name, (dt, _, _) in _SCALARS.items()
+            name: _ArrowColumn(np.dtype(dt), 1, self.capacity) for name, (dt, _, _) in self._scalar_types.items()
         }
 
     # -- views for the hot path ------------------------------------------------
@@ -276,6 +299,10 @@ class StateTable:
 
     def column(self, name: str) -> np.ndarray:
         return self._scalars[name].view
+
+    def previous(self, what: str) -> np.ndarray:
+        """The column keeping ``what`` ("mid", "sign": one of ``shape.previous``) of each row's previous tick."""
+        return self._scalars[_PREVIOUS[what][0]].view
 
     @property
     def instruments(self) -> list[str]:
@@ -327,7 +354,7 @@ class StateTable:
     def _reset_rows(self, rows: np.ndarray) -> None:
         for col in self._vectors.values():
             col.view[rows] = 0.0
-        for name, (_, _, fresh) in _SCALARS.items():
+        for name, (_, _, fresh) in self._scalar_types.items():
             if name != "partition":
                 self._scalars[name].view[rows] = fresh
 
@@ -394,7 +421,7 @@ class StateTable:
 
     def arrow_schema(self) -> pa.Schema:
         fields = [pa.field("instrument", pa.string())]
-        fields += [pa.field(name, typ) for name, (_, typ, _) in _SCALARS.items()]
+        fields += [pa.field(name, typ) for name, (_, typ, _) in self._scalar_types.items()]
         fields += [pa.field(name, pa.list_(pa.float32(), width)) for name, width in self.shape.vectors]
         return pa.schema(fields, metadata=self.shape.metadata())
 
@@ -402,7 +429,7 @@ class StateTable:
         """The live rows as an Arrow table; numeric columns share memory with the table."""
         n = self.n_rows
         arrays = [pa.array(self._names[:n], type=pa.string())]
-        arrays += [self._scalars[name].to_arrow(n, typ) for name, (_, typ, _) in _SCALARS.items()]
+        arrays += [self._scalars[name].to_arrow(n, typ) for name, (_, typ, _) in self._scalar_types.items()]
         arrays += [col.to_arrow(n, None) for col in self._vectors.values()]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
 
@@ -420,10 +447,10 @@ class StateTable:
             raise ValueError(f"state columns {[f'{f.name}:{f.type}' for f in got]} do not match this model's "
                              f"{[f'{f.name}:{f.type}' for f in want]}")
         meta = got.metadata or {}
-        for key in (b"layers", b"hidden", b"cells"):
+        for key in (b"layers", b"hidden", b"cells", b"previous"):
             if meta.get(key) != want.metadata.get(key):
                 raise ValueError(f"state {key.decode()} {meta.get(key)!r} does not match this model's "
-                                 f"{want.metadata[key]!r}")
+                                 f"{want.metadata.get(key)!r}")
         names = table.column("instrument")
         if names.null_count or len(pa.compute.unique(names)) != len(names):
             raise ValueError("state rows have missing or repeated instruments")
@@ -441,8 +468,9 @@ class StateTable:
         meta = table.schema.metadata or {}
         shape = StateShape.from_metadata(meta)
         if shape != self.shape:
-            raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units {list(shape.cells)}; "
-                             f"this table holds {self.shape.layers} x {self.shape.hidden} {list(self.shape.cells)}")
+            raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units {list(shape.cells)} "
+                             f"keeping previous {list(shape.previous)}; this table holds {self.shape.layers} x "
+                             f"{self.shape.hidden} {list(self.shape.cells)} keeping previous {list(self.shape.previous)}")
         self.drop_partition(partition)
         n = len(table)
         if n == 0:
@@ -467,7 +495,7 @@ class StateTable:
 
     def _fill(self, rows: np.ndarray, table: pa.Table) -> None:
         n = len(rows)
-        for name in _SCALARS:
+        for name in self._scalar_types:
             if name != "partition":
                 self._scalars[name].view[rows] = table.column(name).to_numpy()
         for name, width in self.shape.vectors:

@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from operators.bundle import Bundle, _keras, _version_hash, weights_from_keras
+from operators.bundle import Bundle, _keras, _version_hash, check_feature_names, weights_from_keras
 from operators.errors import InputDataError
-from operators.features import FeatureSpec, Normalisation, log_return_target
+from operators.features import FEATURE_NAMES, FeatureSpec, Normalisation, log_return_target
 from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
 from operators.state import StateShape
 from operators.validation import TickColumns
@@ -37,6 +37,7 @@ class TrainConfig:
     max_ticks: int = 400_000  # training ticks used (the first ones, in file order)
     validation_fraction: float = 0.1
     seed: int = 0
+    features: tuple[str, ...] = FEATURE_NAMES  # the model's inputs, in order (operators.features.REGISTRY)
 
     def check(self) -> None:
         for name in ("layers", "hidden", "horizon", "epochs", "window", "batch_size", "max_ticks"):
@@ -44,6 +45,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("--validation-fraction must be in [0, 1)")
+        check_feature_names(tuple(self.features), "--features")
 
 
 def build_keras_model(n_features: int, layers: int, hidden: int, seed: int = 0):
@@ -83,8 +85,8 @@ class Sequences:
         return np.diff(np.append(self.group_starts, len(self.order)))
 
 
-def sequences_from_table(ticks: pa.Table) -> Sequences:
-    """Validate and group a whole tick table per instrument (file order within each).
+def sequences_from_table(ticks: pa.Table, names: tuple[str, ...] = FEATURE_NAMES) -> Sequences:
+    """Validate and group a whole tick table per instrument (file order within each); features ``names``.
 
     Features come from :func:`compute_features` with each instrument's first
     tick having no previous one: exactly what the streaming operator computes
@@ -93,7 +95,7 @@ def sequences_from_table(ticks: pa.Table) -> Sequences:
     cols = TickColumns.from_arrow(ticks)
     reasons, groups = group_ticks(cols)
     groups, _ = refuse_late(cols, groups, Preceding.nothing(len(groups.starts)), reasons)
-    raw, _ = raw_features(cols, groups, Preceding.nothing(len(groups.starts)))
+    raw, _ = raw_features(cols, groups, Preceding.nothing(len(groups.starts)), names=tuple(names))
     order = groups.order
     return Sequences(
         order=order,
@@ -150,7 +152,7 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if ticks.num_rows > config.max_ticks:
         ticks = ticks.slice(0, config.max_ticks)
-    seq = sequences_from_table(ticks)
+    seq = sequences_from_table(ticks, tuple(config.features))
     if len(seq.order) < 2 * config.horizon:
         raise InputDataError(
             f"only {len(seq.order)} valid ticks to train on; need well over the horizon "
@@ -197,7 +199,7 @@ def train(
         "val_loss": [float(v) for v in history.history.get("val_loss", [])],
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    draft = Bundle(None, "", FeatureSpec(), norm, config.horizon,
+    draft = Bundle(None, "", FeatureSpec(names=tuple(config.features)), norm, config.horizon,
                   StateShape(config.layers, config.hidden), weights, training, model)
     version = _version_hash(weights, draft.meta())
     return Bundle(None, version, draft.feature_spec, norm, config.horizon, draft.shape, weights, training, model)

@@ -17,6 +17,7 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from operators.errors import TickcastError
+from operators.features import FEATURE_NAMES, KNOWN_FEATURES
 from pipeline import console
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, parse_duration_ns
 from pipeline.inputs import TickInput, load_ticks
@@ -67,12 +68,16 @@ def _train_config(args: argparse.Namespace):
 
     cfg = TrainConfig(layers=args.layers, hidden=args.hidden, horizon=args.horizon, epochs=args.epochs,
                       window=args.window, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      max_ticks=args.max_ticks, seed=args.seed)
+                      max_ticks=args.max_ticks, seed=args.seed, features=_feature_names(args.features))
     try:
         cfg.check()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg
+
+
+def _feature_names(flag: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in flag.split(",") if name.strip())
 
 
 def _run_config(args: argparse.Namespace):
@@ -270,7 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="wrap a Keras model trained elsewhere into a model bundle")
     p.add_argument("--keras", required=True, metavar="MODEL.keras", help="the Keras 3 model file")
     p.add_argument("--features", required=True, metavar="F1,F2,...", help="the model's inputs in order, from: "
-                   "log_return, log_gap_seconds, log_size, relative_spread, book_imbalance")
+                   f"{', '.join(KNOWN_FEATURES)} (docs/features.md)")
     p.add_argument("--out", required=True, help="model bundle directory to write")
     p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
     p.add_argument("--target-scale", default="fitted", choices=["fitted", "none"], help="fitted: outputs are "
@@ -292,6 +297,9 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ticks", type=int, default=400_000,
                    help="train on at most this many ticks, the first in the file (default: 400000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--features", default=",".join(FEATURE_NAMES), metavar="F1,F2,...",
+                   help=f"the model's inputs in order, from: {', '.join(KNOWN_FEATURES)} (docs/features.md; "
+                        f"default: {','.join(FEATURE_NAMES)})")
 
 
 def _add_run_config_args(p: argparse.ArgumentParser) -> None:
