@@ -30,7 +30,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.features import N_FEATURES, FeatureSpec, Normalisation, compute_features, previous_within_groups
+from operators.features import (FEATURE_NAMES, N_FEATURES, FeatureInputs, FeatureSpec, Normalisation,
+                                 compute_features, previous_within_groups)
 from operators.forecaster import Forecaster
 from operators.bundle import Bundle, shape_of, weights_from_keras
 from operators.layers import PerTick, Recurrent, Stack
@@ -167,8 +168,8 @@ class BucketedKeras:
         has_prev = np.ones(len(order), dtype=bool)
         has_prev[starts] = self.tick_count[rows] > 0
         nan = np.full(len(order), np.nan)
-        x = self.bundle.normalisation.apply(
-            compute_features(price, ts, size, nan, nan, nan, nan, prev_price, prev_ts, has_prev))
+        x = self.bundle.normalisation.apply(compute_features(FEATURE_NAMES, FeatureInputs(
+            price, ts, size, nan, nan, nan, nan, starts, has_prev, prev_price, prev_ts)))
         y = np.empty(len(order), np.float32)
         by_length = np.argsort(lengths, kind="stable")
         bounds = np.flatnonzero(np.diff(lengths[by_length], prepend=-1))

@@ -468,9 +468,10 @@ class StateTable:
         meta = table.schema.metadata or {}
         shape = StateShape.from_metadata(meta)
         if shape != self.shape:
+            mine = self.shape
             raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units {list(shape.cells)} "
-                             f"keeping previous {list(shape.previous)}; this table holds {self.shape.layers} x "
-                             f"{self.shape.hidden} {list(self.shape.cells)} keeping previous {list(self.shape.previous)}")
+                             f"keeping previous {list(shape.previous)}; this table holds {mine.layers} x "
+                             f"{mine.hidden} {list(mine.cells)} keeping previous {list(mine.previous)}")
         self.drop_partition(partition)
         n = len(table)
         if n == 0:

@@ -21,8 +21,11 @@ def test_normalisation_is_fitted_on_the_models_features_as_training_fits_it(tmp_
     ticks = fit_ticks()
     b = bundle_keras_model(path, FEATURES, ticks, horizon=6)
     seq = sequences_from_table(ticks)
-    want = Normalisation.fit(seq.raw_features[:, [FEATURE_NAMES.index(n) for n in FEATURES]],
-                             log_return_target(seq.price, seq.group_starts, 6))
+    # The model's features picked from all five, row-major as training holds them (a column pick is
+    # column-major, and numpy sums those columns in another order: the means differ in the last bit).
+    picked = np.ascontiguousarray(seq.raw_features[:, [FEATURE_NAMES.index(n) for n in FEATURES]])
+    np.testing.assert_array_equal(picked, sequences_from_table(ticks, tuple(FEATURES)).raw_features)
+    want = Normalisation.fit(picked, log_return_target(seq.price, seq.group_starts, 6))
     np.testing.assert_array_equal(b.normalisation.mean, want.mean)
     np.testing.assert_array_equal(b.normalisation.std, want.std)
     assert (b.normalisation.target_mean, b.normalisation.target_std) == (want.target_mean, want.target_std)
