@@ -285,9 +285,9 @@ KAFKA_CLIENTS = ("kafka-python", "confluent")
 def check_kafka_client(name: str, what: str = "kafka_client") -> None:
     """A known client whose library is installed; ConfigError in one line otherwise."""
     if name not in KAFKA_CLIENTS:
-        raise ConfigError(f"{what} = {name!r} is not one of 'kafka-python', 'confluent'")
+        raise ConfigError(f"{what} {name!r} is not one of 'kafka-python', 'confluent'")
     if name == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
-        raise ConfigError(f"{what} = confluent needs the confluent-kafka package; install it with "
+        raise ConfigError(f"{what} confluent needs the confluent-kafka package; install it with "
                           f"pip install 'tickcast[confluent]', or use kafka-python")
 
 
