@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import namedtuple
 from typing import Any
 
@@ -116,6 +117,11 @@ def consumer_config(config: dict) -> dict:
         out.update({"fetch.max.bytes": fetch, "queued.max.messages.kbytes": max(1, fetch // 1024),
                     "receive.message.max.bytes": max(100_000_000, fetch + 512)})
     out.setdefault("enable.auto.commit", True)
+    if "group.id" not in out:
+        # No group (manual assignment only): confluent-kafka insists on a group.id; one of its own, never joined
+        # or committed to, so no real group is touched.
+        out["group.id"] = f"tickcast-no-group-{uuid.uuid4().hex}"
+        out["enable.auto.commit"] = False
     out["enable.auto.offset.store"] = False  # offsets are committed by hand, explicitly
     out["logger"] = log
     return out
@@ -130,6 +136,8 @@ def producer_config(config: dict) -> dict:
     out.setdefault("message.timeout.ms", 120_000)  # kafka-python's delivery_timeout_ms
     if "request.timeout.ms" in out:
         out["message.timeout.ms"] = max(out["message.timeout.ms"], out["request.timeout.ms"] + 1)
+    if "transaction.timeout.ms" in out:  # librdkafka: a record may not outlive its transaction
+        out["message.timeout.ms"] = min(out["message.timeout.ms"], out["transaction.timeout.ms"])
     out["logger"] = log
     return out
 
