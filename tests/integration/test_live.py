@@ -54,7 +54,9 @@ def _assert_equal_to_offline(bundle, ticks: pa.Table, messages) -> None:
         assert value / scale == pytest.approx(expected[row] / scale, rel=1e-5, abs=1e-5), row
 
 
-@pytest.mark.parametrize("max_batch_ticks, n_ticks", [(1, 300), (37, 2000), (5000, 2000)])
+@pytest.mark.parametrize("max_batch_ticks, n_ticks, kafka_client", [
+    (1, 300, "kafka-python"), (37, 2000, "kafka-python"), (5000, 2000, "kafka-python"),
+    (37, 2000, "confluent")])  # batch sizes and the client are independent: librdkafka at one size
 def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics, bundle, max_batch_ticks, n_ticks,
                                                          kafka_client):
     tin, tout, dlq, group = topics("e2e")
