@@ -5,11 +5,9 @@ future``, ``kafka.errors`` classes). ``ConfluentClients`` makes a ``Consumer`` a
 subset over ``confluent_kafka``, so the loop, the restore policy, the delivery policy and the topic reader stay
 one code path for both clients. What differs, and how it is bridged:
 
-- Config: kafka-python keyword arguments are translated to librdkafka properties (``consumer_config``,
-  ``producer_config``); a key without a translation is refused, so a new runtime option cannot be dropped quietly.
+- Config and errors: translated by ``pipeline.kafka.confluent_mapping`` (kafka-python options to librdkafka
+  properties; librdkafka errors to the ``kafka.errors`` class of the same code or meaning).
 - Records: a ``Record`` tuple with ``topic partition offset timestamp key value headers``.
-- Errors: ``kafka_error`` turns a librdkafka error into the ``kafka.errors`` class of the same Kafka protocol code,
-  or of the same meaning for librdkafka's local codes, so retries and ``publish_error_reason`` judge both alike.
 - Sends: ``send`` returns a ``Delivery`` (``is_done``, ``failed()``, ``exception``), completed by librdkafka's
   delivery report, which ``flush`` serves.
 - Rebalances: librdkafka calls on_assign/on_revoke inside ``poll`` on the loop's own thread; they are forwarded
@@ -23,123 +21,26 @@ one code path for both clients. What differs, and how it is bridged:
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
-import uuid
 from collections import namedtuple
-from typing import Any
 
 import confluent_kafka as ck
 from kafka import errors as kerr
 from kafka.structs import OffsetAndTimestamp, TopicPartition
 
-log = logging.getLogger("tickcast.kafka")
+from pipeline.kafka.confluent_mapping import (
+    LIBRDKAFKA_LOG as log,
+    consumer_config,
+    kafka_error,
+    producer_config,
+    raise_kafka_error,
+)
 
 Record = namedtuple("Record", "topic partition offset timestamp key value headers")
 _new_record = tuple.__new__
 _E = ck.KafkaError
-# librdkafka's local error codes (negative) -> the kafka-python class of the same meaning. Broker codes (positive)
-# are Kafka protocol codes, the same numbers kafka.errors.for_code knows.
-LOCAL_ERRORS = {
-    _E._TIMED_OUT: kerr.KafkaTimeoutError, _E._MSG_TIMED_OUT: kerr.KafkaTimeoutError,
-    _E._TRANSPORT: kerr.KafkaConnectionError, _E._ALL_BROKERS_DOWN: kerr.KafkaConnectionError,
-    _E._RESOLVE: kerr.KafkaConnectionError, _E._FENCED: kerr.ProducerFencedError,
-    _E._STATE: kerr.IllegalStateError, _E._UNKNOWN_TOPIC: kerr.UnknownTopicOrPartitionError,
-    _E._UNKNOWN_PARTITION: kerr.UnknownTopicOrPartitionError, _E._ASSIGNMENT_LOST: kerr.CommitFailedError,
-}
-# A commit refused because the group moved on: kafka-python raises CommitFailedError for these.
-COMMIT_REFUSED = {_E.REBALANCE_IN_PROGRESS, _E.ILLEGAL_GENERATION, _E.UNKNOWN_MEMBER_ID, _E._ASSIGNMENT_LOST}
 NO_OFFSET = ck.OFFSET_INVALID  # librdkafka's "no offset" (-1001)
-
-
-def kafka_error(err: ck.KafkaError, commit: bool = False) -> kerr.KafkaError:
-    """The kafka.errors exception for a librdkafka error (``commit``: a commit's refusal is CommitFailedError)."""
-    code = err.code()
-    text = f"{err.name()}: {err.str()}"
-    if commit and code in COMMIT_REFUSED:
-        return kerr.CommitFailedError(text)
-    if code in LOCAL_ERRORS:
-        return LOCAL_ERRORS[code](text)
-    if code > 0:
-        return kerr.for_code(code)(text)
-    exc = kerr.KafkaError(text)  # another local error: librdkafka says whether it is worth retrying
-    exc.retriable = err.retriable() and not err.fatal()
-    return exc
-
-
-def _raise(exc: ck.KafkaException, commit: bool = False):
-    err = exc.args[0] if exc.args and isinstance(exc.args[0], ck.KafkaError) else None
-    if err is None:
-        raise kerr.KafkaError(str(exc)) from None
-    raise kafka_error(err, commit) from None
-
-
-_COMMON = {"bootstrap_servers": "bootstrap.servers", "client_id": "client.id",
-           "security_protocol": "security.protocol", "sasl_mechanism": "sasl.mechanism",
-           "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
-           "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
-           "ssl_keyfile": "ssl.key.location", "ssl_password": "ssl.key.password"}
-_CONSUMER = {**_COMMON, "group_id": "group.id", "enable_auto_commit": "enable.auto.commit",
-             "isolation_level": "isolation.level", "auto_offset_reset": "auto.offset.reset",
-             "max_partition_fetch_bytes": "max.partition.fetch.bytes", "session_timeout_ms": "session.timeout.ms",
-             "heartbeat_interval_ms": "heartbeat.interval.ms", "fetch_max_wait_ms": "fetch.wait.max.ms",
-             "request_timeout_ms": "socket.timeout.ms"}
-_PRODUCER = {**_COMMON, "acks": "acks", "linger_ms": "linger.ms", "retries": "retries",
-             "max_in_flight_requests_per_connection": "max.in.flight", "batch_size": "batch.size",
-             "enable_idempotence": "enable.idempotence", "transactional_id": "transactional.id",
-             "transaction_timeout_ms": "transaction.timeout.ms", "request_timeout_ms": "request.timeout.ms",
-             "allow_auto_create_topics": "allow.auto.create.topics", "delivery_timeout_ms": "message.timeout.ms"}
-# Handled by the adapter itself (not librdkafka properties).
-_CONSUMER_OWN = {"max_poll_records", "fetch_max_bytes"}
-_PRODUCER_OWN = {"max_block_ms", "partitioner"}
-
-
-def _translate(config: dict, table: dict, own: set, what: str) -> dict:
-    out: dict[str, Any] = {}
-    for key, value in config.items():
-        if key in own or value is None:
-            continue
-        if key not in table:
-            raise TypeError(f"the confluent {what} has no translation for kafka-python option {key!r}")
-        if key == "bootstrap_servers" and not isinstance(value, str):
-            value = ",".join(value)
-        out[table[key]] = value
-    return out
-
-
-def consumer_config(config: dict) -> dict:
-    """librdkafka consumer properties for kafka-python ``KafkaConsumer`` keyword arguments."""
-    out = _translate(config, _CONSUMER, _CONSUMER_OWN, "consumer")
-    fetch = config.get("fetch_max_bytes")
-    if fetch:
-        # fetch_max_bytes is the runtime's memory cap: librdkafka's prefetch queue gets the same bound.
-        out.update({"fetch.max.bytes": fetch, "queued.max.messages.kbytes": max(1, fetch // 1024),
-                    "receive.message.max.bytes": max(100_000_000, fetch + 512)})
-    out.setdefault("enable.auto.commit", True)
-    if "group.id" not in out:
-        # No group (manual assignment only): confluent-kafka insists on a group.id; one of its own, never joined
-        # or committed to, so no real group is touched.
-        out["group.id"] = f"tickcast-no-group-{uuid.uuid4().hex}"
-        out["enable.auto.commit"] = False
-    out["enable.auto.offset.store"] = False  # offsets are committed by hand, explicitly
-    out["logger"] = log
-    return out
-
-
-def producer_config(config: dict) -> dict:
-    """librdkafka producer properties for kafka-python ``KafkaProducer`` keyword arguments."""
-    out = _translate(config, _PRODUCER, _PRODUCER_OWN, "producer")
-    # kafka-python's key partitioner is the Java client's murmur2 rule: librdkafka's murmur2_random is the same.
-    out["partitioner"] = "murmur2_random"
-    out.setdefault("message.max.bytes", 1_048_576)  # kafka-python's max_request_size: the same size refusals
-    out.setdefault("message.timeout.ms", 120_000)  # kafka-python's delivery_timeout_ms
-    if "request.timeout.ms" in out:
-        out["message.timeout.ms"] = max(out["message.timeout.ms"], out["request.timeout.ms"] + 1)
-    if "transaction.timeout.ms" in out:  # librdkafka: a record may not outlive its transaction
-        out["message.timeout.ms"] = min(out["message.timeout.ms"], out["transaction.timeout.ms"])
-    out["logger"] = log
-    return out
 
 
 def _ck(tp: TopicPartition, offset: int = NO_OFFSET) -> ck.TopicPartition:
@@ -247,7 +148,7 @@ class Consumer:
             self._c.seek(_ck(tp, offset))
         except ck.KafkaException as exc:
             if exc.args[0].code() != _E._STATE:
-                _raise(exc)
+                raise_kafka_error(exc)
             # Not fetching it yet (just assigned): assign again, this partition starting at ``offset``.
             starts = {t: self._start_of(t) for t in self._assignment}
             starts[tp] = offset
@@ -291,7 +192,7 @@ class Consumer:
         try:
             got = self._c.committed([_ck(tp)], timeout=(timeout_ms or self._timeout_s * 1000) / 1000)[0]
         except ck.KafkaException as exc:
-            _raise(exc)
+            raise_kafka_error(exc)
         if got.error is not None:
             raise kafka_error(got.error)
         return got.offset if got.offset >= 0 else None
@@ -304,7 +205,7 @@ class Consumer:
             try:
                 return self._c.commit(offsets=parts, asynchronous=False)
             except ck.KafkaException as exc:
-                _raise(exc, commit=True)
+                raise_kafka_error(exc, commit=True)
 
         done = _bounded(call, (timeout_ms or self._timeout_s * 1000) / 1000, "commit")
         for part in done or ():
@@ -316,7 +217,7 @@ class Consumer:
             return {tp: self._c.get_watermark_offsets(_ck(tp), timeout=self._timeout_s, cached=False)
                     for tp in tps}
         except ck.KafkaException as exc:
-            _raise(exc)
+            raise_kafka_error(exc)
 
     def beginning_offsets(self, partitions) -> dict:
         return {tp: lo for tp, (lo, _) in self._watermarks(partitions).items()}
@@ -331,7 +232,7 @@ class Consumer:
         try:
             got = self._c.offsets_for_times(query, timeout=self._timeout_s)
         except ck.KafkaException as exc:
-            _raise(exc)
+            raise_kafka_error(exc)
         out = {}
         for part in got:
             if part.error is not None:
@@ -344,7 +245,7 @@ class Consumer:
         try:
             meta = self._c.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
         except ck.KafkaException as exc:
-            _raise(exc)
+            raise_kafka_error(exc)
         if meta is None or meta.error is not None or not meta.partitions:
             return None
         return set(meta.partitions)
@@ -409,7 +310,7 @@ class Producer:
                     raise kerr.KafkaTimeoutError("the producer's queue stayed full for max_block_ms") from None
                 self._p.poll(0.05)
             except ck.KafkaException as exc:
-                _raise(exc)
+                raise_kafka_error(exc)
         self._unpolled += 1
         if self._unpolled >= 1000:  # serve delivery reports now and then, not only at flush
             self._unpolled = 0
@@ -434,7 +335,7 @@ class Producer:
             try:
                 meta = self._p.list_topics(topic, timeout=left).topics.get(topic)
             except ck.KafkaException as exc:
-                _raise(exc)
+                raise_kafka_error(exc)
             if meta is not None and meta.error is None and meta.partitions:
                 parts = set(meta.partitions)
                 self._topics[topic] = (time.monotonic(), parts)
@@ -448,7 +349,7 @@ class Producer:
         try:
             return call(*args)
         except ck.KafkaException as exc:
-            _raise(exc)
+            raise_kafka_error(exc)
 
     def init_transactions(self) -> None:
         self._tx(self._p.init_transactions, self._timeout_s)

@@ -1,5 +1,5 @@
-"""The librdkafka adapter's mapping onto kafka-python's interface: config, errors, records, rebalances, seeks,
-deliveries. librdkafka itself is replaced by recording fakes (``ck.Consumer``/``ck.Producer``); the adapter
+"""The librdkafka adapter (pipeline/kafka/confluent.py, confluent_mapping.py) and its mapping onto kafka-python's
+interface: config, errors, records, rebalances, seeks, deliveries, transactions. librdkafka itself is replaced by recording fakes (``ck.Consumer``/``ck.Producer``); the adapter
 against a real broker is covered by the integration tests run under both clients."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from kafka import errors as kerr
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline.config import ConfigError, RunConfig
-from pipeline.kafka import confluent
+from pipeline.kafka import confluent, confluent_mapping
 from pipeline.live.clients import (
     CachingPartitioner,
     KafkaClients,
@@ -148,16 +148,16 @@ def _cfg(**kw) -> RunConfig:
 # -- errors ------------------------------------------------------------------------------------
 @given(st.sampled_from(BROKER_CODES))
 def test_a_broker_error_maps_to_kafka_pythons_class_of_the_same_code(code):
-    exc = confluent.kafka_error(E(code))
+    exc = confluent_mapping.kafka_error(E(code))
     assert type(exc) is kerr.for_code(code)
     assert publish_error_reason(exc) == publish_error_reason(kerr.for_code(code)())
 
 
 @given(st.sampled_from(LOCAL_CODES), st.booleans(), st.booleans())
 def test_every_local_error_maps_to_a_kafka_error_that_retries_only_when_librdkafka_says_so(code, retriable, fatal):
-    exc = confluent.kafka_error(E(code, "x", fatal=fatal, retriable=retriable))
+    exc = confluent_mapping.kafka_error(E(code, "x", fatal=fatal, retriable=retriable))
     assert isinstance(exc, kerr.KafkaError)
-    if code not in confluent.LOCAL_ERRORS:
+    if code not in confluent_mapping.LOCAL_ERRORS:
         assert exc.retriable == (retriable and not fatal)
 
 
@@ -168,7 +168,7 @@ def test_every_local_error_maps_to_a_kafka_error_that_retries_only_when_librdkaf
     (E.NOT_LEADER_FOR_PARTITION, "retriable"), (E._UNKNOWN_TOPIC, "retriable"),
     (E.TOPIC_AUTHORIZATION_FAILED, "refused"), (E.INVALID_RECORD, "refused")])
 def test_publish_errors_get_the_policy_class_kafka_python_would_give_them(code, reason):
-    assert publish_error_reason(confluent.kafka_error(E(code))) == reason
+    assert publish_error_reason(confluent_mapping.kafka_error(E(code))) == reason
 
 
 @pytest.mark.parametrize("code", [E.REBALANCE_IN_PROGRESS, E.ILLEGAL_GENERATION, E.UNKNOWN_MEMBER_ID,
