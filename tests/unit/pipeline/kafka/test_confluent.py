@@ -1,6 +1,7 @@
 """The librdkafka adapter (pipeline/kafka/confluent.py, confluent_mapping.py) and its mapping onto kafka-python's
-interface: config, errors, records, rebalances, seeks, deliveries, transactions. librdkafka itself is replaced by recording fakes (``ck.Consumer``/``ck.Producer``); the adapter
-against a real broker is covered by the integration tests run under both clients."""
+interface: config, errors, records, rebalances, seeks, deliveries, transactions. librdkafka itself is replaced
+by recording fakes (``ck.Consumer``/``ck.Producer``); the adapter against a real broker is covered by the
+integration tests run under both clients."""
 
 from __future__ import annotations
 
