@@ -83,7 +83,13 @@ class Consumer:
     def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict:
         """Records by partition, in offset order. An error with no record beside it is raised (kafka-python's
         class); librdkafka retries on its own, so with records it is only logged."""
-        msgs = self._c.consume(max_records or self._max_records, timeout_ms / 1000)
+        limit = max_records or self._max_records
+        # librdkafka's consume() waits out its whole timeout unless the batch fills; kafka-python's poll returns
+        # as soon as records are there. So: what is queued now, else wait for one record, then what came with it.
+        msgs = self._c.consume(limit, 0)
+        if not msgs and timeout_ms > 0:
+            first = self._c.poll(timeout_ms / 1000)
+            msgs = [] if first is None else [first] + (self._c.consume(limit - 1, 0) if limit > 1 else [])
         by: dict = {}
         error = None
         for m in msgs:

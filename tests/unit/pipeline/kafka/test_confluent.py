@@ -57,6 +57,10 @@ class FakeCkConsumer:
         self.calls.append(("consume", n, timeout))
         return self.batches.pop(0) if self.batches else []
 
+    def poll(self, timeout):
+        self.calls.append(("poll", timeout))
+        return self.arriving.pop(0) if getattr(self, "arriving", None) else None
+
     def subscribe(self, topics, on_assign, on_revoke, on_lost):
         self.callbacks = (on_assign, on_revoke, on_lost)
 
@@ -242,13 +246,25 @@ def test_poll_gives_records_by_partition_in_order_with_kafka_pythons_fields(fake
     c._c.batches.append([Msg("t", 1, 5, b"a", b"1", 11, [("h", b"x")]), Msg("t", 0, 2, None, None, 12),
                          Msg("t", 1, 6, b"b", b"2", 13), Msg(error=E(E._PARTITION_EOF))])
     got = c.poll(timeout_ms=250)
-    assert c._c.calls[0] == ("consume", 7, 0.25)
+    assert c._c.calls == [("consume", 7, 0)], "records already there: no waiting"
     assert list(got) == [TopicPartition("t", 1), TopicPartition("t", 0)]
     r = got[TopicPartition("t", 1)][0]
     assert (r.topic, r.partition, r.offset, r.key, r.value, r.timestamp, r.headers) == ("t", 1, 5, b"a", b"1", 11,
                                                                                       [("h", b"x")])
     assert [r.offset for r in got[TopicPartition("t", 1)]] == [5, 6]
     assert got[TopicPartition("t", 0)][0].headers == () and got[TopicPartition("t", 0)][0].value is None
+
+
+def test_poll_returns_as_soon_as_a_record_is_there_as_kafka_pythons_does(fakes):
+    """librdkafka's consume() would wait out its whole timeout unless the batch fills: the adapter waits for the
+    first record only (librdkafka's poll), then takes what is already queued."""
+    c = confluent.Consumer(max_poll_records=100)
+    c._c.batches += [[], [Msg(offset=2), Msg(offset=3)], []]
+    c._c.arriving = [Msg(offset=1)]
+    got = c.poll(timeout_ms=500, max_records=10)
+    assert [r.offset for r in got[TopicPartition("t", 0)]] == [1, 2, 3]
+    assert c._c.calls == [("consume", 10, 0), ("poll", 0.5), ("consume", 9, 0)]
+    assert c.poll(timeout_ms=200) == {} and c._c.calls[-1] == ("poll", 0.2), "nothing within the timeout"
 
 
 def test_a_consumer_error_is_raised_only_when_no_record_came_with_it(fakes):
