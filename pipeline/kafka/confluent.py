@@ -355,6 +355,7 @@ class Producer:
         try:
             return call(*args)
         except ck.KafkaException as exc:
+            self._p.poll(0)  # the delivery reports that came meanwhile: the caller judges the sends by them
             raise_kafka_error(exc)
 
     def init_transactions(self) -> None:

@@ -114,6 +114,9 @@ class FakeCkProducer:
         self.produced.append((topic, value, key, partition, on_delivery, timestamp, headers))
 
     def poll(self, timeout):
+        for report, err in getattr(self, "reports", []):  # delivery reports waiting to be served
+            report(err, None)
+        self.reports = []
         return 0
 
     def flush(self, timeout):
@@ -372,3 +375,16 @@ def test_a_transaction_carries_the_offsets_and_fencing_is_kafka_pythons_fenced(f
     p._p.commit_error = E(E.INVALID_PRODUCER_EPOCH)
     with pytest.raises(kerr.InvalidProducerEpochError):
         p.commit_transaction()
+
+
+def test_a_failed_commit_leaves_the_sends_judged_by_their_delivery_reports(fakes):
+    """A record the broker refused for size in a transaction: by the time commit_transaction raises, its
+    future says so (delivery.py cuts a dead letter refused for size in the redo)."""
+    p = confluent.Producer(transactional_id="x")
+    p.init_transactions()
+    fut = p.send("dlq", value=b"big")
+    p._p.reports = [(p._p.produced[0][4], E(E.MSG_SIZE_TOO_LARGE))]
+    p._p.commit_error = E(E._INVALID_ARG, "txn requires abort")
+    with pytest.raises(kerr.KafkaError):
+        p.commit_transaction()
+    assert fut.failed() and publish_error_reason(fut.exception) == "too_large"
