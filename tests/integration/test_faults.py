@@ -88,6 +88,7 @@ def _crash_loop(kafka_bootstrap, bundle, store, kills: int, kafka_client: str) -
     sources = []
     for _ in range(kills):
         run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
+        assert run.wait_for("starting")["kafka_client"] == kafka_client
         # Once it holds partitions (restoring, replaying or forecasting), kill it at a random moment.
         sources.append(run.wait_for_any(RESTORE_EVENTS, timeout=60)["event"])
         time.sleep(rng.uniform(0.0, 3.0))
@@ -318,6 +319,7 @@ def _rebalance(kafka_bootstrap, bundle, store, kafka_client: str) -> None:
                                 *run_args(store, f"tx-{u}-{name}", "--kafka-client", kafka_client))
 
     procs = {name: start(name) for name in ("a", "b", "c")}
+    assert all(p.wait_for("starting")["kafka_client"] == kafka_client for p in procs.values())
     everyone = dict(procs)  # b's log too, to explain a failure
     deadline = time.monotonic() + 90
     while sum(p.metric("tickcast_assigned_partitions") for p in procs.values()) != parts:
@@ -376,6 +378,7 @@ def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path
         run = RunProcess.start(bootstrap, str(bundle.path), tin, tout, dlq, group, *run_args(store, f"tx-{u}"),
                                "--request-timeout-ms", "5000", "--kafka-client", kafka_client)
         try:
+            assert run.wait_for("starting")["kafka_client"] == kafka_client
             produce(bootstrap, tin, messages[:1000])
             wait_drained(bootstrap, tout, 900, timeout=90)
             produce(bootstrap, tin, messages[1000:2000])

@@ -64,6 +64,7 @@ def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
                            "--max-batch-ticks", str(max_batch_ticks), "--kafka-client", kafka_client)
     try:
+        assert run.wait_for("starting")["kafka_client"] == kafka_client
         produce(kafka_bootstrap, tin, tick_messages(ticks), partition=0)
         got = read_all(kafka_bootstrap, tout, 1, expected=n_ticks)
         assert len(got) == n_ticks
@@ -167,6 +168,7 @@ def test_bad_input_goes_to_the_dead_letter_topic_and_valid_ticks_around_it_are_f
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, "--max-batch-ticks", "1000",
                            "--kafka-client", kafka_client)
     try:
+        assert run.wait_for("starting")["kafka_client"] == kafka_client
         produce(kafka_bootstrap, tin, stream, partition=0)
         dead = read_all(kafka_bootstrap, dlq, 1, expected=len(BAD_MESSAGES))
         forecasts = read_all(kafka_bootstrap, tout, 1, expected=len(good))
