@@ -31,6 +31,9 @@ def _add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = 
                             "--from/--to select by record timestamp")
         p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
                        help="Kafka for --topic [env: TICKCAST_BOOTSTRAP_SERVERS] (default: localhost:9092)")
+        p.add_argument("--kafka-client", default=os.environ.get("TICKCAST_KAFKA_CLIENT", "kafka-python"),
+                       help="client library for --topic: kafka-python or confluent (librdkafka, pip install "
+                            "'tickcast[confluent]') [env: TICKCAST_KAFKA_CLIENT] (default: kafka-python)")
     p.add_argument("--format", default="auto",
                    help="input format: auto, parquet, csv, lean-equity, lean-fx, lobster, binance-gz, nautilus "
                         "(default: auto, from the path)")
@@ -48,7 +51,8 @@ def _add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = 
 
 def _tick_input(args: argparse.Namespace) -> TickInput:
     return TickInput(path=args.input, topic=args.topic if getattr(args, "source_is_topic", True) else None,
-                     bootstrap_servers=getattr(args, "bootstrap_servers", "localhost:9092"), format=args.format,
+                     bootstrap_servers=getattr(args, "bootstrap_servers", "localhost:9092"),
+                     kafka_client=getattr(args, "kafka_client", "kafka-python"), format=args.format,
                      mapping=args.map, instrument=args.instrument, price_scale=args.price_scale, ts_unit=args.ts_unit,
                      time_from=args.time_from, time_to=args.time_to, quiet=getattr(args, "quiet", False))
 

@@ -29,7 +29,7 @@ def serve(cfg: RunConfig) -> int:
                                 **{k: v for k, v in cfg.redacted().items() if k in
                                    ("bootstrap_servers", "group_id", "output_topic", "dead_letter_topic",
                                     "max_batch_ticks", "max_batch_ms", "output_mode", "output_format",
-                                    "processing")}})
+                                    "processing", "kafka_client")}})
     runner = Runner(cfg, bundle, metrics)
     runner.install_signal_handlers()
     try:
