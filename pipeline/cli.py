@@ -69,10 +69,11 @@ def _forecaster_config(args: argparse.Namespace):
 def _train_config(args: argparse.Namespace):
     from operators.training import TrainConfig  # noqa: PLC0415
 
-    cfg = TrainConfig(layers=args.layers, hidden=args.hidden, horizon=args.horizon, epochs=args.epochs,
-                      window=args.window, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      max_ticks=args.max_ticks, seed=args.seed)
     try:
+        cfg = TrainConfig.with_outputs(args.horizons, args.quantiles, layers=args.layers, hidden=args.hidden,
+                                       horizon=args.horizon, epochs=args.epochs, window=args.window,
+                                       batch_size=args.batch_size, learning_rate=args.learning_rate,
+                                       max_ticks=args.max_ticks, seed=args.seed, cell=args.cell)
         cfg.check()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
@@ -103,7 +104,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from pipeline.bundling import bundle_keras, describe_bundle  # noqa: PLC0415
 
-    bundle, path = bundle_keras(args.keras, args.features, _tick_input(args), args.out, args.horizon, args.target_scale)
+    bundle, path = bundle_keras(args.keras, args.features, _tick_input(args), args.out, args.horizon, args.target_scale,
+                                args.outputs)
     print(describe_bundle(bundle, path))
     return 0
 
@@ -146,12 +148,15 @@ def cmd_walkforward(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.evaluation.report import compare_runs  # noqa: PLC0415
 
-    c, version_a, version_b = compare_runs(args.run_a, args.run_b)
+    per_output, version_a, version_b = compare_runs(args.run_a, args.run_b)
+    several = per_output[0][0] is not None
     if args.json:
+        scores = {"outputs": {n: c.to_dict() for n, c in per_output}} if several else per_output[0][1].to_dict()
         print(json.dumps({"a": {"dir": args.run_a, "model_version": version_a},
-                          "b": {"dir": args.run_b, "model_version": version_b}, **c.to_dict()}, indent=2))
+                          "b": {"dir": args.run_b, "model_version": version_b}, **scores}, indent=2))
         return 0
-    print(console.format_comparison(c, args.run_a, args.run_b, version_a, version_b))
+    print(console.format_comparisons(per_output, args.run_a, args.run_b, version_a, version_b) if several else
+          console.format_comparison(per_output[0][1], args.run_a, args.run_b, version_a, version_b))
     return 0
 
 
@@ -277,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "log_return, log_gap_seconds, log_size, relative_spread, book_imbalance")
     p.add_argument("--out", required=True, help="model bundle directory to write")
     p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
+    p.add_argument("--outputs", default="", metavar="NAME:H[:Q],...", help="what each model output forecasts: "
+                   "the log return over H ticks (its mean, or its Q-quantile), e.g. h1:1,h10:10,h10_q0.9:10:0.9 "
+                   "(default: one output at --horizon)")
     p.add_argument("--target-scale", default="fitted", choices=["fitted", "none"], help="fitted: outputs are "
                    "normalised log returns (statistics fitted on the ticks); none: used as they are (default: fitted)")
     _add_input_args(p, topic=False, flag="--fit-normalisation-on")
@@ -286,9 +294,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, default=1, help="LSTM layers (default: 1)")
-    p.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default: 32)")
+    p.add_argument("--layers", type=int, default=1, help="recurrent layers (default: 1)")
+    p.add_argument("--hidden", type=int, default=32, help="units per recurrent layer (default: 32)")
     p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
+    p.add_argument("--cell", default="lstm", choices=["lstm", "gru"], help="recurrent cell (default: lstm)")
+    p.add_argument("--horizons", default="", metavar="H1,H2,...", help="several outputs: a forecast per horizon "
+                   "(overrides --horizon), e.g. 1,10,100")
+    p.add_argument("--quantiles", default="", metavar="Q1,Q2,...", help="per horizon also these quantiles "
+                   "(pinball loss), e.g. 0.1,0.9")
     p.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
     p.add_argument("--window", type=int, default=128, help="ticks per training sequence (default: 128)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per training step (default: 64)")
