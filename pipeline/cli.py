@@ -19,6 +19,7 @@ from pathlib import Path
 from operators.errors import TickcastError
 from pipeline import console
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, parse_duration_ns
+from pipeline.flags import add_train_args, train_config
 from pipeline.inputs import TickInput, load_ticks
 
 
@@ -66,20 +67,6 @@ def _forecaster_config(args: argparse.Namespace):
     )
 
 
-def _train_config(args: argparse.Namespace):
-    from operators.training import TrainConfig  # noqa: PLC0415
-
-    try:
-        cfg = TrainConfig.with_outputs(args.horizons, args.quantiles, layers=args.layers, hidden=args.hidden,
-                                       horizon=args.horizon, epochs=args.epochs, window=args.window,
-                                       batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                       max_ticks=args.max_ticks, seed=args.seed, cell=args.cell)
-        cfg.check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return cfg
-
-
 def _run_config(args: argparse.Namespace):
     flags = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     return RunConfig.load(args.config, flags=flags)
@@ -89,7 +76,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from operators.bundle import save_bundle  # noqa: PLC0415
     from operators.training import train  # noqa: PLC0415
 
-    cfg = _train_config(args)
+    cfg = train_config(args)
     source = _tick_input(args)
     ticks = load_ticks(source).ticks
     print(console.format_training_start(ticks.num_rows, cfg), file=sys.stderr)
@@ -130,7 +117,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_walkforward(args: argparse.Namespace) -> int:
     from pipeline.evaluation.walkforward import run_walkforward  # noqa: PLC0415
 
-    cfg = _train_config(args)
+    cfg = train_config(args)
     if args.folds < 1:
         raise ConfigError(f"--folds must be >= 1, got {args.folds}")
     source = _tick_input(args)
@@ -263,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model bundle on a tick file or a topic's time range")
     _add_input_args(p)
     p.add_argument("--out", required=True, help="model bundle directory to write")
-    _add_train_args(p)
+    add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("walkforward", help="train on window k, backtest on window k+1, roll; one report")
@@ -273,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "windows (default: 3)")
     p.add_argument("--max-batch-ticks", type=int, default=DEFAULT_MAX_BATCH_TICKS,
                    help=f"ticks per micro-batch (default: {DEFAULT_MAX_BATCH_TICKS})")
-    _add_train_args(p)
+    add_train_args(p)
     p.set_defaults(func=cmd_walkforward)
 
     p = sub.add_parser("bundle", help="wrap a Keras model trained elsewhere into a model bundle")
@@ -291,24 +278,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bundle, source_is_topic=False)
     _add_later_parsers(sub)
     return parser
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, default=1, help="recurrent layers (default: 1)")
-    p.add_argument("--hidden", type=int, default=32, help="units per recurrent layer (default: 32)")
-    p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
-    p.add_argument("--cell", default="lstm", choices=["lstm", "gru"], help="recurrent cell (default: lstm)")
-    p.add_argument("--horizons", default="", metavar="H1,H2,...", help="several outputs: a forecast per horizon "
-                   "(overrides --horizon), e.g. 1,10,100")
-    p.add_argument("--quantiles", default="", metavar="Q1,Q2,...", help="per horizon also these quantiles "
-                   "(pinball loss), e.g. 0.1,0.9")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
-    p.add_argument("--window", type=int, default=128, help="ticks per training sequence (default: 128)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per training step (default: 64)")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default: 0.002)")
-    p.add_argument("--max-ticks", type=int, default=400_000,
-                   help="train on at most this many ticks, the first in the file (default: 400000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
 
 
 def _add_run_config_args(p: argparse.ArgumentParser) -> None:
