@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 
 
 def format_training_start(rows: int, cfg: TrainConfig) -> str:
+    what = (f"horizon {cfg.horizon} ticks" if not cfg.outputs else
+            f"{len(cfg.outputs)} outputs: {', '.join(o.name for o in cfg.outputs)}")
+    cell = "" if cfg.cell == "lstm" else f" {cfg.cell.upper()}"
     return (f"training on {min(rows, cfg.max_ticks):,} of {rows:,} ticks "
-            f"({cfg.layers} layer(s) x {cfg.hidden}, horizon {cfg.horizon} ticks, {cfg.epochs} epochs)")
+            f"({cfg.layers}{cell} layer(s) x {cfg.hidden}, {what}, {cfg.epochs} epochs)")
 
 
 def format_epoch(epoch: int, epochs: int, logs: dict, seconds: float) -> str:

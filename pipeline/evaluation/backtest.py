@@ -153,4 +153,6 @@ def _stacked(tables: list[pa.Table], names: list[str]) -> pa.Table:
     """Per-output breakdowns in one table, an ``output`` column first."""
     parts = [t.add_column(0, "output", pa.array([n] * t.num_rows, pa.string())) for t, n in zip(tables, names)
              if t.num_rows]
-    return pa.concat_tables(parts, promote_options="permissive") if parts else pa.table({"output": pa.array([], pa.string())})
+    if not parts:
+        return pa.table({"output": pa.array([], pa.string())})
+    return pa.concat_tables(parts, promote_options="permissive")
