@@ -1,9 +1,9 @@
 """File backtest: the tick file through the operator in micro-batches, as live.
 
 Outputs in ``OUT_DIR``:
-- ``forecasts.parquet``: instrument, ts, seq, price, forecast, realized; for a model with several outputs
-  ``forecast_<name>`` and ``realized_<name>`` per output instead (summary.json then has ``outputs``: each
-  output's scores against its own target, pinball loss and coverage for quantiles)
+- ``forecasts.parquet``: instrument, ts, seq, price, forecast, realized; for a model with several outputs (or
+  one quantile output) ``forecast_<name>`` and ``realized_<name>`` per output instead (summary.json then has
+  ``outputs``: each output's scores against its own target, pinball loss and coverage for quantiles)
 - ``rejected.parquet``: seq, reason (ticks the operator refused)
 - ``summary.json``: scores of the model and of the random walk (see ``pipeline.evaluation.scores``)
 - ``per_instrument.parquet``, ``per_hour.parquet``: the same scores broken down
@@ -57,7 +57,8 @@ def run_backtest(
     live, and both columns are copied into forecasts.parquet. ``undecodable``: messages of a topic that were
     not ticks (partition, offset, reason, detail), counted and written to undecodable.parquet."""
     out = Path(out_dir)
-    several = bundle.outputs > 1
+    # Per output: several, or one quantile (which MAE against the random walk would misjudge).
+    several = bundle.outputs > 1 or bundle.output_list[0].kind != "mean"
     out.mkdir(parents=True, exist_ok=True)
     forecaster = Forecaster(bundle, config)
     source = TableSource(ticks, max_batch_ticks)

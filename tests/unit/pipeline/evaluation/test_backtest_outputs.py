@@ -106,3 +106,21 @@ def test_compare_is_per_output_with_each_outputs_own_loss(backtest, tmp_path):
             assert c.diff == 0 and c.metric == ("pinball" if "_q" in name else "MAE")
     text = format_comparisons(per_output, "A", "B", version_a, version_b).splitlines()
     assert [ln.split()[0] for ln in text[3:]] == [o.name for o in bundle.output_list]
+
+
+def test_a_single_quantile_output_is_scored_by_pinball_loss_not_mae(tmp_path):
+    from operators.bundle import load_bundle, save_bundle
+    from operators.keras_bundle import bundle_keras_model
+    from operators.outputs import OutputSpec
+    from tests.support.keras_models import FEATURES, build, fit_ticks
+
+    model_file = tmp_path / "m.keras"
+    build("gru").save(model_file)
+    b = bundle_keras_model(model_file, FEATURES, fit_ticks(), outputs=(OutputSpec("med", 3, "quantile", 0.5),))
+    bundle = load_bundle(save_bundle(b, tmp_path / "b", model_file=model_file))
+    result = run_backtest(fit_ticks(), bundle, tmp_path / "bt", plots=False, progress=False)
+    (s,) = result.summary["outputs"]
+    assert (s["name"], s["kind"], s["quantile"]) == ("med", "quantile", 0.5) and "pinball" in s["model"]
+    f, r = result.forecasts.column("forecast_med").to_numpy(), result.forecasts.column("realized_med").to_numpy()
+    ok = np.isfinite(r)
+    assert s["model"]["pinball"] == pytest.approx(np.mean(0.5 * np.abs(f[ok] - r[ok])), rel=1e-12)
