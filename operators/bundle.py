@@ -4,7 +4,9 @@ A bundle is a directory:
 
     model.keras    the Keras model (loaded in safe mode: no arbitrary code)
     bundle.json    feature spec, normalisation statistics, horizon, shape,
-                   model version, and a description + hash of the training window
+                   model version, and a description + hash of the training window;
+                   for a model with several outputs (or a GRU trained by tickcast) what
+                   each output forecasts (``target.outputs``) and target statistics per output
 
 The model version is a hash of the weights and the serving-relevant metadata,
 so two bundles with the same version forecast the same numbers, and a
