@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test,broker]'
+	$(PY) -m pip install --quiet -e '.[test,broker,confluent]'
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -1,9 +1,11 @@
 """`tickcast bench e2e`: the full pipeline against the client's own ceiling, one run, one broker.
 
-1. ceiling: a bare kafka-python consumer that only polls and decodes the same
-   JSON ticks (manual assignment, same decoder), ticks/s;
+1. ceiling: a bare consumer that only polls and decodes the same JSON ticks
+   (manual assignment, same decoder), ticks/s, for each client library:
+   kafka-python and librdkafka (confluent-kafka);
 2. pipeline: ``Runner`` (consume, decode, step, publish, commit) draining the
-   same backlog, ticks/s, for both output modes in JSON and for every tick in Arrow;
+   same backlog, ticks/s, for both output modes in JSON and for every tick in Arrow,
+   under each ``kafka_client``; each against its own client's ceiling;
 3. latency: ticks produced at 50 % of the measured pipeline rate; p50/p99 of
    receipt-by-consumer -> forecast-acknowledged;
 4. memory: RSS sampled every second while the pipeline drains a backlog.
@@ -73,6 +75,30 @@ def measure_ceiling(bootstrap: str, topic: str, n: int, batch: int) -> float:
     return n / elapsed
 
 
+def measure_ceiling_confluent(bootstrap: str, topic: str, n: int, batch: int) -> float:
+    """The same ceiling with a bare librdkafka consumer (confluent-kafka's own API, no adapter)."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer  # noqa: PLC0415
+    from confluent_kafka import TopicPartition as CkTopicPartition  # noqa: PLC0415
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"ceiling-{uuid.uuid4().hex[:8]}",
+                  "enable.auto.commit": False, "fetch.max.bytes": 16 * 1024 * 1024,
+                  "queued.max.messages.kbytes": 16 * 1024})
+    c.assign([CkTopicPartition(topic, 0, OFFSET_BEGINNING)])
+    got = 0
+    started = None
+    while got < n:
+        msgs = [m for m in c.consume(batch, 0.5) if m.error() is None]
+        if not msgs:
+            continue
+        if started is None:
+            started = time.perf_counter()
+        decode_batch([m.key() for m in msgs], [m.value() for m in msgs])
+        got += len(msgs)
+    elapsed = time.perf_counter() - started
+    c.close()
+    return n / elapsed
+
+
 def measure_producer(bootstrap: str, topic: str, n: int) -> float:
     """kafka-python's own send+acknowledge rate for forecast-sized messages, producer set up as the runner's."""
     from benchmarks.producers import _messages, kafka_python  # noqa: PLC0415
@@ -80,18 +106,39 @@ def measure_producer(bootstrap: str, topic: str, n: int) -> float:
     return 1.0 / kafka_python(bootstrap, topic, _messages(n))
 
 
-# Benchmark modes: name -> (output_mode, output_format).
-MODES = {"every_tick": ("every_tick", "json"), "last_per_instrument": ("last_per_instrument", "json"),
-         "every_tick_arrow": ("every_tick", "arrow")}
+def measure_producer_confluent(bootstrap: str, topic: str, n: int) -> float:
+    """The same through the librdkafka adapter the runner uses with kafka_client = confluent."""
+    from benchmarks.producers import _messages  # noqa: PLC0415
+    from pipeline.kafka.confluent import Producer  # noqa: PLC0415
+
+    p = Producer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, retries=5,
+                 max_in_flight_requests_per_connection=1, batch_size=256 * 1024)
+    msgs = _messages(n)
+    started = time.perf_counter()
+    for k, v in msgs:
+        p.send(topic, key=k, value=v)
+    p.flush()
+    elapsed = time.perf_counter() - started
+    p.close()
+    return n / elapsed
+
+
+# Benchmark modes: name -> (output_mode, output_format, kafka_client).
+MODES = {"every_tick": ("every_tick", "json", "kafka-python"),
+         "last_per_instrument": ("last_per_instrument", "json", "kafka-python"),
+         "every_tick_arrow": ("every_tick", "arrow", "kafka-python"),
+         "confluent_every_tick": ("every_tick", "json", "confluent"),
+         "confluent_last_per_instrument": ("last_per_instrument", "json", "confluent"),
+         "confluent_every_tick_arrow": ("every_tick", "arrow", "confluent")}
 
 
 def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode: str, batch: int) -> Runner:
-    output_mode, output_format = MODES[mode]
+    output_mode, output_format, kafka_client = MODES[mode]
     cfg = RunConfig.load(env={}, flags=dict(
         model=str(bundle.path or "bench"), bootstrap_servers=bootstrap, input_topics=tin, output_topic=tout,
         dead_letter_topic=dlq, group_id=f"bench-{uuid.uuid4().hex[:8]}", status_interval_s=0,
         max_batch_ticks=batch, max_batch_ms=20, output_mode=output_mode,
-        output_format=output_format, checkpoint_uri=""))
+        output_format=output_format, checkpoint_uri="", kafka_client=kafka_client))
     return Runner(cfg, bundle, Metrics())
 
 
@@ -160,25 +207,42 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
         _produce(bootstrap, tin, encode_ticks(ticks))
         ceiling = measure_ceiling(bootstrap, tin, n, batch)
         printer(f"  ceiling (kafka-python poll + decode):            {ceiling:>10,.0f} ticks/s")
+        ceiling_ck = measure_ceiling_confluent(bootstrap, tin, n, batch)
+        printer(f"  ceiling (confluent-kafka poll + decode):         {ceiling_ck:>10,.0f} ticks/s")
         prod = measure_producer(bootstrap, tout, n)
         bound = 1 / (1 / ceiling + 1 / prod)
         printer(f"  producer (kafka-python send + ack, 1 msg/tick): {prod:>10,.0f} msgs/s "
                 f"({1e6 / prod:.1f} us/msg)")
         printer(f"  consume + produce bound, every tick:            {bound:>10,.0f} ticks/s")
+        prod_ck = measure_producer_confluent(bootstrap, tout, n)
+        bound_ck = 1 / (1 / ceiling_ck + 1 / prod_ck)
+        printer(f"  producer (confluent adapter send + ack):        {prod_ck:>10,.0f} msgs/s "
+                f"({1e6 / prod_ck:.1f} us/msg)")
+        printer(f"  confluent consume + produce bound, every tick:  {bound_ck:>10,.0f} ticks/s")
         results = {"ceiling_ticks_per_second": ceiling, "producer_messages_per_second": prod,
                    "consume_plus_produce_bound_ticks_per_second": bound,
+                   "confluent": {"ceiling_ticks_per_second": ceiling_ck, "producer_messages_per_second": prod_ck,
+                                 "consume_plus_produce_bound_ticks_per_second": bound_ck},
                    "ticks": n, "instruments": instruments, "modes": {}}
+        ceilings = {"kafka-python": ceiling, "confluent": ceiling_ck}
         for mode in MODES:
             p = measure_pipeline(bundle, bootstrap, tin, tout, dlq, n, mode, batch)
-            p["fraction_of_ceiling"] = p["ticks_per_second"] / ceiling
+            p["kafka_client"] = MODES[mode][2]
+            p["fraction_of_ceiling"] = p["ticks_per_second"] / ceilings[p["kafka_client"]]
             results["modes"][mode] = p
-            printer(f"  pipeline, {mode:<20} {p['ticks_per_second']:>10,.0f} ticks/s "
-                    f"({100 * p['fraction_of_ceiling']:.0f}% of ceiling, {p['forecasts']:,} forecasts)")
+            printer(f"  pipeline, {mode:<30} {p['ticks_per_second']:>10,.0f} ticks/s "
+                    f"({100 * p['fraction_of_ceiling']:.0f}% of its client's ceiling, {p['forecasts']:,} forecasts)")
+        ratio = results["modes"]["confluent_every_tick"]["ticks_per_second"] / \
+            results["modes"]["every_tick"]["ticks_per_second"]
+        results["confluent_over_kafka_python_every_tick"] = ratio
+        printer(f"  every_tick JSON, confluent over kafka-python:   {ratio:>10.2f}x")
         # At half the measured maximum (the target), and at a light 2,000 ticks/s for comparison.
         for mode, key, rate in (("every_tick", "latency_at_half_max", None),
                                 ("last_per_instrument", "latency_at_half_max", None),
                                 ("every_tick_arrow", "latency_at_half_max", None),
-                                ("every_tick", "latency_at_2000_per_second", 2000.0)):
+                                ("confluent_every_tick", "latency_at_half_max", None),
+                                ("every_tick", "latency_at_2000_per_second", 2000.0),
+                                ("confluent_every_tick", "latency_at_2000_per_second", 2000.0)):
             rate = rate or 0.5 * results["modes"][mode]["ticks_per_second"]
             lt = f"lat-{uuid.uuid4().hex[:6]}"
             create_topics(bootstrap, {lt: 1})

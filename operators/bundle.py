@@ -4,7 +4,9 @@ A bundle is a directory:
 
     model.keras    the Keras model (loaded in safe mode: no arbitrary code)
     bundle.json    feature spec, normalisation statistics, horizon, shape,
-                   model version, and a description + hash of the training window
+                   model version, and a description + hash of the training window;
+                   for a model with several outputs (or a GRU trained by tickcast) what
+                   each output forecasts (``target.outputs``) and target statistics per output
 
 The model version is a hash of the weights and the serving-relevant metadata,
 so two bundles with the same version forecast the same numbers, and a
@@ -32,6 +34,7 @@ from operators.keras_chain import UnservableModel, describe
 from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file, read_keras_model
 from operators.layers import Stack
 from operators.lstm import LSTMLayerWeights, LSTMWeights
+from operators.outputs import OutputSpec, check_outputs
 from operators.state import StateShape
 
 BUNDLE_FORMAT = "tickcast-bundle"
@@ -80,6 +83,8 @@ class Bundle:
     training: dict[str, Any] = field(default_factory=dict)
     keras_model: Any = None
     own_stack: Stack | None = None  # a model brought with `tickcast bundle --keras`: its servable chain
+    output_specs: tuple[OutputSpec, ...] = ()  # named outputs; () for the single output at ``horizon``
+    stack_source: str = "keras"  # own_stack's origin: "keras" (brought) or "train" (a GRU or several outputs)
 
     def __post_init__(self):
         # The state rows keep what the features need of the previous tick (shape.previous): it follows from
@@ -97,6 +102,15 @@ class Bundle:
         """Forecasts per tick (K)."""
         return self.stack.outputs
 
+    @property
+    def output_list(self) -> tuple[OutputSpec, ...]:
+        """What each of the K forecasts means, in the model's output order."""
+        if self.output_specs:
+            return self.output_specs
+        if self.outputs == 1:
+            return (OutputSpec(f"h{self.horizon}", self.horizon),)
+        return tuple(OutputSpec(f"y{k}", self.horizon) for k in range(self.outputs))
+
     def model_inputs(self, raw: np.ndarray) -> np.ndarray:
         """Raw features (n, F) of the spec, in its order -> the model's normalised inputs."""
         return self.normalisation.apply(raw)
@@ -108,7 +122,7 @@ class Bundle:
             "n_features": len(self.feature_spec.names),
         }
         if self.own_stack is not None:
-            architecture |= {"source": "keras", "outputs": self.own_stack.outputs,
+            architecture |= {"source": self.stack_source, "outputs": self.own_stack.outputs,
                              "cells": [list(c) for c in self.shape.cells], "stack": self.own_stack.describe()}
         return {
             "format": BUNDLE_FORMAT,
@@ -116,7 +130,8 @@ class Bundle:
             "model_version": self.model_version,
             "feature_spec": self.feature_spec.to_dict(),
             "normalisation": self.normalisation.to_dict(),
-            "target": {"kind": "log_return", "horizon_ticks": self.horizon},
+            "target": {"kind": "log_return", "horizon_ticks": self.horizon}
+            | ({"outputs": [o.to_dict() for o in self.output_specs]} if self.output_specs else {}),
             "architecture": architecture,
             "training": self.training,
         }
@@ -196,10 +211,14 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
         arch = meta["architecture"]
         shape = StateShape(int(arch["layers"]), int(arch["hidden"]))
         brought = "stack" in arch
+        outputs = tuple(OutputSpec.from_dict(o) for o in meta["target"].get("outputs", ()))
+        if outputs:
+            check_outputs(outputs)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{meta_path} is incomplete (missing or bad {exc}); retrain the bundle") from None
     if spec.version != FEATURE_SPEC_VERSION:
-        again = "bundle the model again with `tickcast bundle --keras`" if brought else "retrain with `tickcast train`"
+        again = ("bundle the model again with `tickcast bundle --keras`" if brought and arch.get("source") != "train"
+                 else "retrain with `tickcast train`")
         raise BundleError(f"bundle {path} uses feature spec v{spec.version} {list(spec.names)}; this tickcast "
                           f"computes v{FEATURE_SPEC_VERSION}; {again}")
     check_feature_names(spec.names, f"bundle {path}")
@@ -217,7 +236,8 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
     if brought:
         stack = stack_of_keras_file(path / MODEL_FILE, len(spec.names))
         bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape_of(stack), None,
-                        dict(meta.get("training", {})), model, stack)
+                        dict(meta.get("training", {})), model, stack, outputs, arch.get("source", "keras"))
+        _check_outputs(bundle, meta_path)
         if bundle.meta()["architecture"] != arch:
             raise BundleError(f"bundle {path}: {MODEL_FILE} is not the model {META_FILE} describes; "
                               "bundle it again with `tickcast bundle --keras`")
@@ -233,7 +253,8 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
         _check_architecture(described, shape, len(spec.names), path / MODEL_FILE)
         weights = weights_from_layers(described, shape.layers)
         bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape, weights,
-                        dict(meta.get("training", {})), model)
+                        dict(meta.get("training", {})), model, None, outputs)
+        _check_outputs(bundle, meta_path)
     expected = _version_hash(weights, bundle.meta())
     if bundle.model_version != expected:
         raise BundleError(
@@ -289,13 +310,27 @@ def _check_normalisation(norm: Normalisation, spec: FeatureSpec, meta_path: Path
     bad = [f"std of {name} = {s!r}" for name, s in zip(spec.names, norm.std.tolist())
            if not (np.isfinite(s) and s > 0)]
     bad += [f"mean of {name} = {m!r}" for name, m in zip(spec.names, norm.mean.tolist()) if not np.isfinite(m)]
-    if not (np.isfinite(norm.target_std) and norm.target_std > 0):
+    if not np.all(np.isfinite(norm.target_std) & (np.asarray(norm.target_std) > 0)):
         bad.append(f"target_std = {norm.target_std!r}")
-    if not np.isfinite(norm.target_mean):
+    if not np.all(np.isfinite(norm.target_mean)):
         bad.append(f"target_mean = {norm.target_mean!r}")
     if bad:
         raise BundleError(f"{meta_path}: normalisation must be finite with positive standard deviations, got "
                           f"{', '.join(bad)}; retrain the bundle")
+
+
+def _check_outputs(bundle: Bundle, meta_path: Path) -> None:
+    """bundle.json names as many outputs as the model gives, with a target statistic per output."""
+    k = bundle.outputs
+    if bundle.output_specs and len(bundle.output_specs) != k:
+        raise BundleError(f"{meta_path} names {len(bundle.output_specs)} outputs, the model gives {k} per tick; "
+                          "bundle the model again")
+    norm = bundle.normalisation
+    for name in ("target_mean", "target_std"):
+        value = getattr(norm, name)
+        if np.ndim(value) not in (0, 1) or (np.ndim(value) == 1 and len(value) != k):
+            raise BundleError(f"{meta_path}: normalisation {name} has {np.size(value)} values for {k} outputs; "
+                              "bundle the model again")
 
 
 _ARCHITECTURE = ("InputLayer", "LSTM", "Dense")

@@ -226,12 +226,13 @@ class FeatureSpec:
 
 @dataclass(frozen=True)
 class Normalisation:
-    """Per-feature mean/std of the training window, plus the target's."""
+    """Per-feature mean/std of the training window, plus the target's (per output for a model with several:
+    arrays (K,), which scale the (n, K) outputs column by column)."""
 
     mean: np.ndarray  # (F,) float64, one per feature of the spec
     std: np.ndarray  # (F,) float64, > 0
-    target_mean: float
-    target_std: float
+    target_mean: float | np.ndarray
+    target_std: float | np.ndarray
 
     def apply(self, raw: np.ndarray) -> np.ndarray:
         """Raw features (n, F) -> normalised, clipped float32 (n, F)."""
@@ -243,8 +244,8 @@ class Normalisation:
         return {
             "mean": [float(v) for v in self.mean],
             "std": [float(v) for v in self.std],
-            "target_mean": float(self.target_mean),
-            "target_std": float(self.target_std),
+            "target_mean": _number_or_list(self.target_mean),
+            "target_std": _number_or_list(self.target_std),
         }
 
     @classmethod
@@ -252,19 +253,35 @@ class Normalisation:
         return cls(
             mean=np.asarray(d["mean"], dtype=np.float64),
             std=np.asarray(d["std"], dtype=np.float64),
-            target_mean=float(d["target_mean"]),
-            target_std=float(d["target_std"]),
+            target_mean=_float_or_array(d["target_mean"]),
+            target_std=_float_or_array(d["target_std"]),
         )
 
     @classmethod
     def fit(cls, raw: np.ndarray, target: np.ndarray) -> "Normalisation":
+        """``target`` (n,): one output, scalar statistics; (n, K): per output (each over its finite values)."""
         mean = raw.mean(axis=0) if len(raw) else np.zeros(raw.shape[1])
         std = raw.std(axis=0) if len(raw) else np.ones(raw.shape[1])
         std = np.where(std > 1e-12, std, 1.0)
-        t = target[np.isfinite(target)]
-        t_mean = float(t.mean()) if len(t) else 0.0
-        t_std = float(t.std()) if len(t) > 1 else 1.0
-        return cls(mean, std, t_mean, t_std if t_std > 1e-12 else 1.0)
+        if target.ndim == 2:
+            stats = [_target_stats(target[:, k]) for k in range(target.shape[1])]
+            return cls(mean, std, np.array([m for m, _ in stats]), np.array([s for _, s in stats]))
+        return cls(mean, std, *_target_stats(target))
+
+
+def _target_stats(target: np.ndarray) -> tuple[float, float]:
+    t = target[np.isfinite(target)]
+    t_mean = float(t.mean()) if len(t) else 0.0
+    t_std = float(t.std()) if len(t) > 1 else 1.0
+    return t_mean, t_std if t_std > 1e-12 else 1.0
+
+
+def _number_or_list(v):
+    return [float(x) for x in v] if isinstance(v, np.ndarray) else float(v)
+
+
+def _float_or_array(v):
+    return np.asarray(v, dtype=np.float64) if isinstance(v, list) else float(v)
 
 
 def previous_within_groups(

@@ -15,16 +15,22 @@ from __future__ import annotations
 import datetime as _dt
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 
 from operators.bundle import Bundle, _version_hash, check_feature_names, shape_of, stack_of_keras_file
 from operators.errors import BundleError, InputDataError
 from operators.features import FeatureSpec, Normalisation, log_return_target
+from operators.outputs import OutputSpec, targets
 
 
 def bundle_keras_model(model_file: str | Path, features: list[str], ticks: pa.Table, horizon: int = 10,
-                       target_normalised: bool = True, source: str = "") -> Bundle:
-    """A servable bundle (unsaved; ``save_bundle(b, out, model_file=model_file)`` writes it) or BundleError."""
+                       target_normalised: bool = True, source: str = "",
+                       outputs: tuple[OutputSpec, ...] = ()) -> Bundle:
+    """A servable bundle (unsaved; ``save_bundle(b, out, model_file=model_file)`` writes it) or BundleError.
+
+    ``outputs``: what each of the model's K outputs forecasts (``--outputs``), each normalised with its own
+    target's statistics; () : every output is the log return over ``horizon`` (today's single output)."""
     from operators.training import _table_hash, sequences_from_table  # noqa: PLC0415 - training imports bundle
 
     names = tuple(features)
@@ -34,14 +40,21 @@ def bundle_keras_model(model_file: str | Path, features: list[str], ticks: pa.Ta
     if not Path(model_file).is_file():
         raise BundleError(f"--keras {model_file}: no such file")
     stack = stack_of_keras_file(model_file, len(names))
+    if outputs and len(outputs) != stack.outputs:
+        raise BundleError(f"--outputs names {len(outputs)} outputs; the model gives {stack.outputs} per tick")
+    horizon = outputs[0].horizon if outputs else horizon
     seq = sequences_from_table(ticks, names)
     if len(seq.order) < 2:
         raise InputDataError(f"only {len(seq.order)} valid ticks to fit the normalisation on; give more ticks")
     raw = seq.raw_features
-    target = log_return_target(seq.price, seq.group_starts, horizon)
+    if outputs:
+        target = targets(seq.price, seq.group_starts, outputs)
+    else:
+        target = log_return_target(seq.price, seq.group_starts, horizon)
     norm = Normalisation.fit(raw, target)
     if not target_normalised:
-        norm = Normalisation(norm.mean, norm.std, 0.0, 1.0)
+        zero = np.zeros(len(outputs)) if outputs else 0.0
+        norm = Normalisation(norm.mean, norm.std, zero, zero + 1.0)
     training = {
         "source": source,
         "model_file": Path(model_file).name,
@@ -54,6 +67,7 @@ def bundle_keras_model(model_file: str | Path, features: list[str], ticks: pa.Ta
         "target_normalised": bool(target_normalised),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    draft = Bundle(None, "", FeatureSpec(names=names), norm, horizon, shape_of(stack), None, training, None, stack)
+    draft = Bundle(None, "", FeatureSpec(names=names), norm, horizon, shape_of(stack), None, training, None, stack,
+                   outputs)
     version = _version_hash(stack, draft.meta())
-    return Bundle(None, version, draft.feature_spec, norm, horizon, draft.shape, None, training, None, stack)
+    return Bundle(None, version, draft.feature_spec, norm, horizon, draft.shape, None, training, None, stack, outputs)

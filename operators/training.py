@@ -17,10 +17,11 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from operators.bundle import Bundle, _keras, _version_hash, check_feature_names, weights_from_keras
+from operators.bundle import Bundle, _keras, _version_hash, check_feature_names, stack_of_keras_file, weights_from_keras
 from operators.errors import InputDataError
 from operators.features import FEATURE_NAMES, FeatureSpec, Normalisation, log_return_target
 from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
+from operators.outputs import OutputSpec, check_outputs, outputs_for, targets
 from operators.state import StateShape
 from operators.validation import TickColumns
 
@@ -37,6 +38,8 @@ class TrainConfig:
     max_ticks: int = 400_000  # training ticks used (the first ones, in file order)
     validation_fraction: float = 0.1
     seed: int = 0
+    cell: str = "lstm"  # or "gru"
+    outputs: tuple[OutputSpec, ...] = ()  # () : one mean output at ``horizon`` (the default model)
     features: tuple[str, ...] = FEATURE_NAMES  # the model's inputs, in order (operators.features.REGISTRY)
 
     def check(self) -> None:
@@ -46,23 +49,73 @@ class TrainConfig:
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("--validation-fraction must be in [0, 1)")
         check_feature_names(tuple(self.features), "--features")
+        if self.cell not in CELLS:
+            raise ValueError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
+        if self.outputs:
+            check_outputs(self.outputs)
+
+    @property
+    def default_model(self) -> bool:
+        """Stacked LSTMs and one mean output: the model bundles hold as LSTM weights (and always did)."""
+        return self.cell == "lstm" and not self.outputs
+
+    @property
+    def output_list(self) -> tuple[OutputSpec, ...]:
+        return self.outputs or outputs_for([self.horizon])
+
+    @classmethod
+    def with_outputs(cls, horizons: str, quantiles: str = "", **kwargs) -> TrainConfig:
+        """``--horizons``/``--quantiles`` as given (empty horizons: the single ``horizon``)."""
+        if not horizons and quantiles:
+            horizons = str(kwargs.get("horizon", cls.horizon))
+        if not horizons:
+            return cls(**kwargs)
+        outputs = outputs_for(horizons, quantiles)
+        if len(outputs) == 1 and outputs[0].kind == "mean":  # one mean output: the default model at that horizon
+            return cls(**(kwargs | {"horizon": outputs[0].horizon}))
+        return cls(**(kwargs | {"horizon": outputs[0].horizon, "outputs": outputs}))
 
 
-def build_keras_model(n_features: int, layers: int, hidden: int, seed: int = 0):
-    """The architecture every bundle uses: stacked LSTMs and a linear head."""
+CELLS = ("lstm", "gru")
+
+
+def build_keras_model(n_features: int, layers: int, hidden: int, seed: int = 0, cell: str = "lstm",
+                      outputs: int = 1):
+    """The architecture ``tickcast train`` builds: stacked LSTMs (or GRUs) and a linear head of one unit
+    per output."""
     keras = _keras()
+    layer_class = {"lstm": keras.layers.LSTM, "gru": keras.layers.GRU}[cell]
     inputs = keras.Input(shape=(None, n_features), name="features")
     x = inputs
     for layer in range(layers):
-        x = keras.layers.LSTM(
+        x = layer_class(
             hidden,
             return_sequences=True,
-            name=f"lstm_{layer}",
+            name=f"{cell}_{layer}",
             kernel_initializer=keras.initializers.GlorotUniform(seed=seed + 2 * layer),
             recurrent_initializer=keras.initializers.Orthogonal(seed=seed + 2 * layer + 1),
         )(x)
-    out = keras.layers.Dense(1, name="forecast")(x)
-    return keras.Model(inputs, out, name="tickcast_lstm")
+    out = keras.layers.Dense(outputs, name="forecast")(x)
+    return keras.Model(inputs, out, name="tickcast_lstm" if cell == "lstm" else f"tickcast_{cell}")
+
+
+def make_loss(outputs: tuple[OutputSpec, ...]):
+    """Per output, squared error (means) or pinball loss (quantiles) on the normalised target; a tick
+    whose target lies past its sequence's end for an output (weight 0 for it) counts for none of that
+    output's loss. Returns a Keras loss of (y_true, y_pred) where y_true holds the targets, then the weights."""
+    import tensorflow as tf  # noqa: PLC0415 - the training backend; only when training
+
+    k = len(outputs)
+    q = tf.constant([o.quantile if o.kind == "quantile" else 0.0 for o in outputs], tf.float32)
+    is_q = tf.constant([o.kind == "quantile" for o in outputs])
+
+    def loss(y_true, y_pred):
+        y, w = y_true[..., :k], y_true[..., k:]
+        d = y - y_pred
+        per = tf.where(is_q, tf.maximum(q * d, (q - 1.0) * d), tf.square(d))
+        return tf.reduce_sum(per * w, axis=-1) / float(k)
+
+    return loss
 
 
 # -- preparing sequences (shared by training, reference checks and backtests) --
@@ -129,12 +182,19 @@ def _windows(seq: Sequences, x: np.ndarray, y: np.ndarray, window: int):
     pos = k % window
     n_win = int(n_win_per_group.sum())
     xw = np.zeros((n_win, window, x.shape[1]), dtype=np.float32)
-    yw = np.zeros((n_win, window, 1), dtype=np.float32)
-    ww = np.zeros((n_win, window), dtype=np.float32)
     xw[win, pos] = x
-    finite = np.isfinite(y)
-    yw[win[finite], pos[finite], 0] = y[finite]
-    ww[win[finite], pos[finite]] = 1.0
+    if y.ndim == 2:  # several outputs: targets then per-output weights (1 where the target is known)
+        yw = np.zeros((n_win, window, 2 * y.shape[1]), dtype=np.float32)
+        finite = np.isfinite(y)
+        yw[win, pos] = np.concatenate([np.where(finite, y, 0.0), finite], axis=1)
+        ww = np.zeros((n_win, window), dtype=np.float32)
+        ww[win, pos] = finite.any(axis=1)
+    else:
+        yw = np.zeros((n_win, window, 1), dtype=np.float32)
+        ww = np.zeros((n_win, window), dtype=np.float32)
+        finite = np.isfinite(y)
+        yw[win[finite], pos[finite], 0] = y[finite]
+        ww[win[finite], pos[finite]] = 1.0
     start_ts = np.full(n_win, np.iinfo(np.int64).max)
     np.minimum.at(start_ts, win, seq.ts)
     return xw, yw, ww, start_ts, win
@@ -153,12 +213,16 @@ def train(
     if ticks.num_rows > config.max_ticks:
         ticks = ticks.slice(0, config.max_ticks)
     seq = sequences_from_table(ticks, tuple(config.features))
-    if len(seq.order) < 2 * config.horizon:
+    longest = max(o.horizon for o in config.output_list)
+    if len(seq.order) < 2 * longest:
         raise InputDataError(
             f"only {len(seq.order)} valid ticks to train on; need well over the horizon "
-            f"({config.horizon}); give a larger --input or a smaller --horizon"
+            f"({longest}); give a larger --input or a smaller --horizon"
         )
-    target = log_return_target(seq.price, seq.group_starts, config.horizon)
+    if config.default_model:
+        target = log_return_target(seq.price, seq.group_starts, config.horizon)
+    else:
+        target = targets(seq.price, seq.group_starts, config.output_list)
     *_, start_ts, win = _windows(seq, seq.raw_features, target, config.window)
     # The windows that start last (in event time) are held out for validation.
     n_val = int(round(len(start_ts) * config.validation_fraction))
@@ -171,8 +235,10 @@ def train(
     xw, yw, ww, start_ts, _ = _windows(seq, x, y, config.window)
     tr, va = start_ts < val_cut, start_ts >= val_cut
 
-    model = build_keras_model(x.shape[1], config.layers, config.hidden, seed=config.seed)
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    k = len(config.output_list)
+    model = build_keras_model(x.shape[1], config.layers, config.hidden, seed=config.seed, cell=config.cell, outputs=k)
+    loss = "mse" if config.default_model else make_loss(config.output_list)
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=loss)
 
     class _Progress(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -185,7 +251,6 @@ def train(
         epochs=config.epochs, batch_size=config.batch_size, shuffle=True, verbose=0,
         callbacks=[_Progress()],
     )
-    weights = weights_from_keras(model, config.layers)
     training = {
         "source": source,
         "rows": int(ticks.num_rows),
@@ -194,12 +259,43 @@ def train(
         "first_ts": int(seq.ts.min()),
         "last_ts": int(seq.ts.max()),
         "sha256": _table_hash(ticks),
-        "config": {k: getattr(config, k) for k in config.__dataclass_fields__},
+        "config": _config_dict(config),
         "loss": [float(v) for v in history.history.get("loss", [])],
         "val_loss": [float(v) for v in history.history.get("val_loss", [])],
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if not config.default_model:
+        return _own_stack_bundle(model, norm, config, training)
+    weights = weights_from_keras(model, config.layers)
     draft = Bundle(None, "", FeatureSpec(names=tuple(config.features)), norm, config.horizon,
-                  StateShape(config.layers, config.hidden), weights, training, model)
+                   StateShape(config.layers, config.hidden), weights, training, model)
     version = _version_hash(weights, draft.meta())
     return Bundle(None, version, draft.feature_spec, norm, config.horizon, draft.shape, weights, training, model)
+
+
+def _config_dict(config: TrainConfig) -> dict:
+    """The training config for bundle.json: the default model's keys exactly as before (its bundles unchanged)."""
+    d = {k: getattr(config, k) for k in config.__dataclass_fields__ if k not in ("cell", "outputs", "features")}
+    if not config.default_model:
+        d |= {"cell": config.cell, "outputs": [o.to_dict() for o in config.output_list]}
+    if tuple(config.features) != FEATURE_NAMES:
+        d["features"] = list(config.features)
+    return d
+
+
+def _own_stack_bundle(model, norm: Normalisation, config: TrainConfig, training: dict) -> Bundle:
+    """A GRU or several outputs: served as the chain the saved model file describes (as a brought model is)."""
+    import tempfile  # noqa: PLC0415
+
+    from operators.bundle import shape_of  # noqa: PLC0415
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = f"{tmp}/model.keras"
+        model.save(path)
+        stack = stack_of_keras_file(path, len(config.features))
+    outputs = config.output_list
+    draft = Bundle(None, "", FeatureSpec(names=tuple(config.features)), norm, outputs[0].horizon, shape_of(stack),
+                   None, training, model, stack, outputs, "train")
+    version = _version_hash(stack, draft.meta())
+    return Bundle(None, version, draft.feature_spec, norm, draft.horizon, draft.shape, None, training, model, stack,
+                  outputs, "train")

@@ -17,9 +17,10 @@ from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 from operators.errors import TickcastError
-from operators.features import FEATURE_NAMES, KNOWN_FEATURES
+from operators.features import KNOWN_FEATURES
 from pipeline import console
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, parse_duration_ns
+from pipeline.flags import add_train_args, train_config
 from pipeline.inputs import TickInput, load_ticks
 
 
@@ -32,6 +33,9 @@ def _add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = 
                             "--from/--to select by record timestamp")
         p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
                        help="Kafka for --topic [env: TICKCAST_BOOTSTRAP_SERVERS] (default: localhost:9092)")
+        p.add_argument("--kafka-client", default=os.environ.get("TICKCAST_KAFKA_CLIENT", "kafka-python"),
+                       help="client library for --topic: kafka-python or confluent (librdkafka, pip install "
+                            "'tickcast[confluent]') [env: TICKCAST_KAFKA_CLIENT] (default: kafka-python)")
     p.add_argument("--format", default="auto",
                    help="input format: auto, parquet, csv, lean-equity, lean-fx, lobster, binance-gz, nautilus "
                         "(default: auto, from the path)")
@@ -49,7 +53,8 @@ def _add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = 
 
 def _tick_input(args: argparse.Namespace) -> TickInput:
     return TickInput(path=args.input, topic=args.topic if getattr(args, "source_is_topic", True) else None,
-                     bootstrap_servers=getattr(args, "bootstrap_servers", "localhost:9092"), format=args.format,
+                     bootstrap_servers=getattr(args, "bootstrap_servers", "localhost:9092"),
+                     kafka_client=getattr(args, "kafka_client", "kafka-python"), format=args.format,
                      mapping=args.map, instrument=args.instrument, price_scale=args.price_scale, ts_unit=args.ts_unit,
                      time_from=args.time_from, time_to=args.time_to, quiet=getattr(args, "quiet", False))
 
@@ -63,23 +68,6 @@ def _forecaster_config(args: argparse.Namespace):
     )
 
 
-def _train_config(args: argparse.Namespace):
-    from operators.training import TrainConfig  # noqa: PLC0415
-
-    cfg = TrainConfig(layers=args.layers, hidden=args.hidden, horizon=args.horizon, epochs=args.epochs,
-                      window=args.window, batch_size=args.batch_size, learning_rate=args.learning_rate,
-                      max_ticks=args.max_ticks, seed=args.seed, features=_feature_names(args.features))
-    try:
-        cfg.check()
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    return cfg
-
-
-def _feature_names(flag: str) -> tuple[str, ...]:
-    return tuple(name.strip() for name in flag.split(",") if name.strip())
-
-
 def _run_config(args: argparse.Namespace):
     flags = {f.name: getattr(args, f.name) for f in fields(RunConfig)}
     return RunConfig.load(args.config, flags=flags)
@@ -89,7 +77,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from operators.bundle import save_bundle  # noqa: PLC0415
     from operators.training import train  # noqa: PLC0415
 
-    cfg = _train_config(args)
+    cfg = train_config(args)
     source = _tick_input(args)
     ticks = load_ticks(source).ticks
     print(console.format_training_start(ticks.num_rows, cfg), file=sys.stderr)
@@ -104,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_bundle(args: argparse.Namespace) -> int:
     from pipeline.bundling import bundle_keras, describe_bundle  # noqa: PLC0415
 
-    bundle, path = bundle_keras(args.keras, args.features, _tick_input(args), args.out, args.horizon, args.target_scale)
+    bundle, path = bundle_keras(args.keras, args.features, _tick_input(args), args.out, args.horizon, args.target_scale,
+                                args.outputs)
     print(describe_bundle(bundle, path))
     return 0
 
@@ -129,7 +118,7 @@ def cmd_backtest(args: argparse.Namespace) -> int:
 def cmd_walkforward(args: argparse.Namespace) -> int:
     from pipeline.evaluation.walkforward import run_walkforward  # noqa: PLC0415
 
-    cfg = _train_config(args)
+    cfg = train_config(args)
     if args.folds < 1:
         raise ConfigError(f"--folds must be >= 1, got {args.folds}")
     source = _tick_input(args)
@@ -147,12 +136,15 @@ def cmd_walkforward(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from pipeline.evaluation.report import compare_runs  # noqa: PLC0415
 
-    c, version_a, version_b = compare_runs(args.run_a, args.run_b)
+    per_output, version_a, version_b = compare_runs(args.run_a, args.run_b)
+    several = per_output[0][0] is not None
     if args.json:
+        scores = {"outputs": {n: c.to_dict() for n, c in per_output}} if several else per_output[0][1].to_dict()
         print(json.dumps({"a": {"dir": args.run_a, "model_version": version_a},
-                          "b": {"dir": args.run_b, "model_version": version_b}, **c.to_dict()}, indent=2))
+                          "b": {"dir": args.run_b, "model_version": version_b}, **scores}, indent=2))
         return 0
-    print(console.format_comparison(c, args.run_a, args.run_b, version_a, version_b))
+    print(console.format_comparisons(per_output, args.run_a, args.run_b, version_a, version_b) if several else
+          console.format_comparison(per_output[0][1], args.run_a, args.run_b, version_a, version_b))
     return 0
 
 
@@ -259,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model bundle on a tick file or a topic's time range")
     _add_input_args(p)
     p.add_argument("--out", required=True, help="model bundle directory to write")
-    _add_train_args(p)
+    add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("walkforward", help="train on window k, backtest on window k+1, roll; one report")
@@ -269,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "windows (default: 3)")
     p.add_argument("--max-batch-ticks", type=int, default=DEFAULT_MAX_BATCH_TICKS,
                    help=f"ticks per micro-batch (default: {DEFAULT_MAX_BATCH_TICKS})")
-    _add_train_args(p)
+    add_train_args(p)
     p.set_defaults(func=cmd_walkforward)
 
     p = sub.add_parser("bundle", help="wrap a Keras model trained elsewhere into a model bundle")
@@ -278,28 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{', '.join(KNOWN_FEATURES)} (docs/features.md)")
     p.add_argument("--out", required=True, help="model bundle directory to write")
     p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
+    p.add_argument("--outputs", default="", metavar="NAME:H[:Q],...", help="what each model output forecasts: "
+                   "the log return over H ticks (its mean, or its Q-quantile), e.g. h1:1,h10:10,h10_q0.9:10:0.9 "
+                   "(default: one output at --horizon)")
     p.add_argument("--target-scale", default="fitted", choices=["fitted", "none"], help="fitted: outputs are "
                    "normalised log returns (statistics fitted on the ticks); none: used as they are (default: fitted)")
     _add_input_args(p, topic=False, flag="--fit-normalisation-on")
     p.set_defaults(func=cmd_bundle, source_is_topic=False)
     _add_later_parsers(sub)
     return parser
-
-
-def _add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--layers", type=int, default=1, help="LSTM layers (default: 1)")
-    p.add_argument("--hidden", type=int, default=32, help="LSTM hidden size (default: 32)")
-    p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
-    p.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
-    p.add_argument("--window", type=int, default=128, help="ticks per training sequence (default: 128)")
-    p.add_argument("--batch-size", type=int, default=64, help="sequences per training step (default: 64)")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default: 0.002)")
-    p.add_argument("--max-ticks", type=int, default=400_000,
-                   help="train on at most this many ticks, the first in the file (default: 400000)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--features", default=",".join(FEATURE_NAMES), metavar="F1,F2,...",
-                   help=f"the model's inputs in order, from: {', '.join(KNOWN_FEATURES)} (docs/features.md; "
-                        f"default: {','.join(FEATURE_NAMES)})")
 
 
 def _add_run_config_args(p: argparse.ArgumentParser) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import os
 import re
 import tomllib
@@ -134,6 +135,9 @@ class RunConfig:
                          "ts_unit_s/_ms/_us when the value is a time in that unit)")
     max_ts_ahead: str = _opt("5m", "refuse ticks whose event time is more than this after the record's own "
                              "Kafka timestamp (ts_ahead)")
+    kafka_client: str = _opt("kafka-python", "Kafka client library: kafka-python (pure Python) or confluent "
+                             "(librdkafka through confluent-kafka, pip install 'tickcast[confluent]': about 10x cheaper "
+                             "per produced message, fetches on a native thread)", choices=("kafka-python", "confluent"))
     metrics_address: str = _opt("127.0.0.1:9108", "host:port for /metrics, /healthz, /readyz (port 0: any free)")
     status_interval_s: float = _opt(5.0, "seconds between one-line status reports (0: off)")
     log_format: str = _opt("text", "log lines as key=value text or JSON", choices=("text", "json"))
@@ -227,6 +231,7 @@ class RunConfig:
             if getattr(self, name):
                 parse_duration_ns(getattr(self, name), name)
         parse_date_ns(self.ts_floor, "ts_floor")
+        check_kafka_client(self.kafka_client)
         host, _, port = self.metrics_address.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
             raise ConfigError(f"metrics_address {self.metrics_address!r} is not host:port, e.g. 127.0.0.1:9108")
@@ -272,6 +277,18 @@ class RunConfig:
                 if getattr(self, key):
                     opts[key] = getattr(self, key)
         return opts
+
+
+KAFKA_CLIENTS = ("kafka-python", "confluent")
+
+
+def check_kafka_client(name: str, what: str = "kafka_client") -> None:
+    """A known client whose library is installed; ConfigError in one line otherwise."""
+    if name not in KAFKA_CLIENTS:
+        raise ConfigError(f"{what} {name!r} is not one of 'kafka-python', 'confluent'")
+    if name == "confluent" and importlib.util.find_spec("confluent_kafka") is None:
+        raise ConfigError(f"{what} confluent needs the confluent-kafka package; install it with "
+                          f"pip install 'tickcast[confluent]', or use kafka-python")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -17,8 +17,11 @@ if TYPE_CHECKING:
 
 
 def format_training_start(rows: int, cfg: TrainConfig) -> str:
+    what = (f"horizon {cfg.horizon} ticks" if not cfg.outputs else
+            f"{len(cfg.outputs)} outputs: {', '.join(o.name for o in cfg.outputs)}")
+    cell = "" if cfg.cell == "lstm" else f" {cfg.cell.upper()}"
     return (f"training on {min(rows, cfg.max_ticks):,} of {rows:,} ticks "
-            f"({cfg.layers} layer(s) x {cfg.hidden}, horizon {cfg.horizon} ticks, {cfg.epochs} epochs)")
+            f"({cfg.layers}{cell} layer(s) x {cfg.hidden}, {what}, {cfg.epochs} epochs)")
 
 
 def format_epoch(epoch: int, epochs: int, logs: dict, seconds: float) -> str:
@@ -37,21 +40,37 @@ def format_summary(s: dict, out_dir: Path) -> str:
     def f(v, spec=".3e"):
         return "-" if v is None else format(v, spec)
 
-    m, rw = s["model"], s["random_walk"]
     rejected = ", ".join(f"{k}={v}" for k, v in s["rejected"].items()) or "none"
-    r2 = s["r2_vs_random_walk"]
     lines = [
         f"backtest of model {s['model_version']} on {s['input']}",
         (f"  ticks {s['ticks']:,}  forecasts {s['forecasts']:,}  instruments {s['instruments']:,}  "
          f"batches {s['batches']:,} (max {s['max_batch_ticks']:,} ticks)"),
         f"  rejected: {rejected}",
-        f"  scored {s['scored']:,} ticks at horizon {s['horizon_ticks']} ticks",
-        f"  {'':14}{'MAE':>11}{'RMSE':>11}{'hit rate':>10}{'IC':>8}",
-        f"  {'model':14}{f(m['mae']):>11}{f(m['rmse']):>11}{f(m['hit_rate'], '.3f'):>10}{f(m['ic'], '.3f'):>8}",
-        f"  {'random walk':14}{f(rw['mae']):>11}{f(rw['rmse']):>11}{'-':>10}{'-':>8}",
-        f"  R^2 vs random walk: {f(r2, '+.4f')}   operator speed: {f(s['operator_ticks_per_second'], ',.0f')} ticks/s",
-        f"  outputs: {out_dir}/report.html, forecasts.parquet, summary.json, per_instrument.parquet, plots/",
     ]
+    if "outputs" in s:  # several outputs: a line per output, each against its own realised target
+        lines.append(f"  {'output':16}{'scored':>10}{'MAE':>11}{'MAE rw':>11}{'R^2 vs rw':>11}{'hit rate':>10}"
+                     f"{'pinball':>11}{'pinball rw':>11}{'coverage':>10}")
+        for o in s["outputs"]:
+            m, rw = o["model"], o["random_walk"]
+            if o["kind"] == "quantile":
+                lines.append(f"  {o['name']:16}{o['scored']:>10,}{'-':>11}{'-':>11}{'-':>11}{'-':>10}"
+                             f"{f(m['pinball']):>11}{f(rw['pinball']):>11}{f(m['coverage'], '.3f'):>10}")
+            else:
+                lines.append(f"  {o['name']:16}{o['scored']:>10,}{f(m['mae']):>11}{f(rw['mae']):>11}"
+                             f"{f(o['r2_vs_random_walk'], '+.4f'):>11}{f(m['hit_rate'], '.3f'):>10}"
+                             f"{'-':>11}{'-':>11}{'-':>10}")
+        lines.append(f"  operator speed: {f(s['operator_ticks_per_second'], ',.0f')} ticks/s")
+    else:
+        m, rw = s["model"], s["random_walk"]
+        lines += [
+            f"  scored {s['scored']:,} ticks at horizon {s['horizon_ticks']} ticks",
+            f"  {'':14}{'MAE':>11}{'RMSE':>11}{'hit rate':>10}{'IC':>8}",
+            f"  {'model':14}{f(m['mae']):>11}{f(m['rmse']):>11}{f(m['hit_rate'], '.3f'):>10}{f(m['ic'], '.3f'):>8}",
+            f"  {'random walk':14}{f(rw['mae']):>11}{f(rw['rmse']):>11}{'-':>10}{'-':>8}",
+            (f"  R^2 vs random walk: {f(s['r2_vs_random_walk'], '+.4f')}   operator speed: "
+             f"{f(s['operator_ticks_per_second'], ',.0f')} ticks/s"),
+        ]
+    lines.append(f"  outputs: {out_dir}/report.html, forecasts.parquet, summary.json, per_instrument.parquet, plots/")
     return "\n".join(lines)
 
 
@@ -72,6 +91,19 @@ def format_walkforward(s: dict, folds: int, out_dir: Path) -> str:
         f"  hit rate           {ci('hit_rate', '.4f')}   IC {c['ic']['value']:.4f}",
         f"  report: {Path(out_dir) / 'report.html'}; per fold: {Path(out_dir) / 'folds.parquet'}",
     ])
+
+
+def format_comparisons(per_output: list[tuple[str, Comparison]], run_a: str, run_b: str, version_a: str | None,
+                       version_b: str | None) -> str:
+    """Two backtests of a model with several outputs: a line per output (MAE for means, pinball for quantiles)."""
+    lines = [f"A: {run_a} (model {version_a})", f"B: {run_b} (model {version_b})",
+             f"  {'output':16}{'ticks':>10}{'metric':>9}{'A':>11}{'B':>11}{'B - A':>11}  {'95% interval':<25}"
+             f"{'p':>7}  verdict"]
+    for name, c in per_output:
+        short = "B better" if c.ci95[1] < 0 else "A better" if c.ci95[0] > 0 else "no significant difference"
+        lines.append(f"  {name:16}{c.n:>10,}{c.metric:>9}{c.mae_a:>11.4e}{c.mae_b:>11.4e}{c.diff:>+11.3e}  "
+                     f"{f'[{c.ci95[0]:+.3e}, {c.ci95[1]:+.3e}]':<25}{c.p_value:>7.4f}  {short}")
+    return "\n".join(lines)
 
 
 def format_comparison(c: Comparison, run_a: str, run_b: str, version_a: str | None, version_b: str | None) -> str:

@@ -26,6 +26,7 @@ class TickInput:
     path: str | None = None
     topic: str | None = None
     bootstrap_servers: str = "localhost:9092"
+    kafka_client: str = "kafka-python"  # the client library reading a topic: kafka-python or confluent
     format: str = "auto"
     mapping: str | None = None  # the --map text: canonical=source,...
     instrument: str | None = None
@@ -59,7 +60,7 @@ def load_ticks(source: TickInput) -> LoadedTicks:
         from pipeline.kafka.topics import load_topic_range  # noqa: PLC0415 - kafka only when a topic is read
 
         got = load_topic_range(source.bootstrap_servers, source.topic, source.time_from, source.time_to,
-                               quiet=source.quiet)
+                               quiet=source.quiet, kafka_client=source.kafka_client)
         return LoadedTicks(got.ticks, got.rejected)
     return LoadedTicks(read_file(source))
 

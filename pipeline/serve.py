@@ -11,13 +11,11 @@ def serve(cfg: RunConfig) -> int:
     """Run :class:`pipeline.live.runner.Runner` under ``cfg`` with its metrics endpoint; the runner's exit code."""
     from operators.bundle import load_bundle  # noqa: PLC0415
     from pipeline import logs  # noqa: PLC0415
-    from pipeline.bundling import require_one_output  # noqa: PLC0415
     from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
 
     logs.configure(cfg.log_format, cfg.log_level)
     bundle = load_bundle(cfg.model)
-    require_one_output(bundle, "tickcast run")
     metrics = Metrics()
     try:
         server = MetricsServer(metrics, cfg.metrics_address).start()
@@ -29,7 +27,7 @@ def serve(cfg: RunConfig) -> int:
                                 **{k: v for k, v in cfg.redacted().items() if k in
                                    ("bootstrap_servers", "group_id", "output_topic", "dead_letter_topic",
                                     "max_batch_ticks", "max_batch_ms", "output_mode", "output_format",
-                                    "processing")}})
+                                    "processing", "kafka_client")}})
     runner = Runner(cfg, bundle, metrics)
     runner.install_signal_handlers()
     try:

@@ -20,18 +20,22 @@ from pipeline.files.synthetic import generate_ticks  # noqa: E402
 
 
 def _trained(tmp_path_factory, layers: int, hidden: int) -> Bundle:
+    return _trained_as(tmp_path_factory, f"{layers}x{hidden}", lambda: TrainConfig(
+        layers=layers, hidden=hidden, epochs=1, window=64, horizon=5))
+
+
+def _trained_as(tmp_path_factory, name: str, config, n_ticks: int = 20_000) -> Bundle:
     """Trained once per test session and saved; with pytest-xdist the workers share the one the first of
     them trains (a file lock in the session's common folder), instead of training it once each."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # pytest-of-<user>/pytest-<n>/: common to this session's workers
-    path = root / f"shared_bundle_{layers}x{hidden}"
-    with open(root / f"shared_bundle_{layers}x{hidden}.lock", "w") as lock:
+    path = root / f"shared_bundle_{name}"
+    with open(root / f"shared_bundle_{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (path / "bundle.json").is_file():  # bundle.json is written last: its presence means complete
-            ticks = generate_ticks(12, 20_000, seed=3, bad_fraction=0.0)
-            bundle = train(ticks, TrainConfig(layers=layers, hidden=hidden, epochs=1, window=64, horizon=5))
-            save_bundle(bundle, path)
+            ticks = generate_ticks(12, n_ticks, seed=3, bad_fraction=0.0)
+            save_bundle(train(ticks, config()), path)
     return load_bundle(path, with_keras=True)  # the tests' Keras reference runs the model itself
 
 
@@ -45,6 +49,13 @@ def bundle(tmp_path_factory) -> Bundle:
 def bundle2(tmp_path_factory) -> Bundle:
     """A trained 2-layer bundle, hidden 8."""
     return _trained(tmp_path_factory, 2, 8)
+
+
+@pytest.fixture(scope="session")
+def multi_bundle(tmp_path_factory) -> Bundle:
+    """A trained GRU (hidden 8) with a mean and two quantile outputs at horizons 1 and 5 (six outputs)."""
+    return _trained_as(tmp_path_factory, "gru_multi", lambda: TrainConfig.with_outputs(
+        "1,5", "0.1,0.9", layers=1, hidden=8, epochs=1, window=64, cell="gru"), n_ticks=6_000)
 
 
 class KerasReference:

@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline.evaluation.scores import score, spearman
+from operators.outputs import pinball
+from pipeline.evaluation.scores import output_names, output_view, score, spearman
 
 RESAMPLES = 2000
 SEED = 20260301
@@ -128,18 +129,21 @@ class Comparison:
     ci95: tuple[float, float]
     p_value: float
     block_ticks: int
+    metric: str = "MAE"  # or "pinball" (a quantile output): mae_a, mae_b, diff are then mean pinball losses
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "mae_a": self.mae_a, "mae_b": self.mae_b, "mae_b_minus_a": self.diff,
+        key = "mae" if self.metric == "MAE" else "pinball"
+        return {"n": self.n, f"{key}_a": self.mae_a, f"{key}_b": self.mae_b, f"{key}_b_minus_a": self.diff,
                 "ci95": list(self.ci95), "p_value": self.p_value, "block_ticks": self.block_ticks,
-                "verdict": self.verdict}
+                "verdict": self.verdict} | ({"metric": self.metric} if self.metric != "MAE" else {})
 
     @property
     def verdict(self) -> str:
+        m = self.metric
         if self.ci95[1] < 0:
-            return "B is better (the 95 % interval of MAE(B) - MAE(A) is below zero)"
+            return f"B is better (the 95 % interval of {m}(B) - {m}(A) is below zero)"
         if self.ci95[0] > 0:
-            return "A is better (the 95 % interval of MAE(B) - MAE(A) is above zero)"
+            return f"A is better (the 95 % interval of {m}(B) - {m}(A) is above zero)"
         return "no significant difference (the 95 % interval contains zero)"
 
 
@@ -148,8 +152,9 @@ def _key_columns(t: pa.Table) -> list[str]:
 
 
 def compare(a: pa.Table, b: pa.Table, block: int | None = None, resamples: int = RESAMPLES,
-            seed: int = SEED) -> Comparison:
-    """Paired comparison on the ticks both runs scored (joined on the tick's identity)."""
+            seed: int = SEED, quantile: float | None = None) -> Comparison:
+    """Paired comparison on the ticks both runs scored (joined on the tick's identity): of the absolute error,
+    or with ``quantile`` of the pinball loss at that quantile."""
     keys = _key_columns(a)
     if keys != _key_columns(b):
         raise ValueError("the two backtests read different kinds of input (file vs topic); compare like with like")
@@ -159,7 +164,11 @@ def compare(a: pa.Table, b: pa.Table, block: int | None = None, resamples: int =
     if j.num_rows < 2:
         raise ValueError(f"the two backtests share {j.num_rows} scored ticks; they must cover the same input")
     r = j.column("ra").to_numpy()
-    ea, eb = np.abs(j.column("fa").to_numpy() - r), np.abs(j.column("fb").to_numpy() - r)
+    fa, fb = j.column("fa").to_numpy(), j.column("fb").to_numpy()
+    if quantile is None:
+        ea, eb = np.abs(fa - r), np.abs(fb - r)
+    else:
+        ea, eb = pinball(fa, r, quantile), pinball(fb, r, quantile)
     d = eb - ea
     n = len(d)
     blk = _block_size(n, block)
@@ -169,11 +178,15 @@ def compare(a: pa.Table, b: pa.Table, block: int | None = None, resamples: int =
     # Two-sided bootstrap p-value for "mean difference = 0": how often the centred resamples reach |mean|.
     centred = means - d.mean()
     p = float(np.mean(np.abs(centred) >= abs(d.mean())))
-    return Comparison(n, float(ea.mean()), float(eb.mean()), float(d.mean()), (lo, hi), max(p, 1 / resamples), blk)
+    return Comparison(n, float(ea.mean()), float(eb.mean()), float(d.mean()), (lo, hi), max(p, 1 / resamples), blk,
+                      "MAE" if quantile is None else "pinball")
 
 
-def compare_runs(dir_a: str | Path, dir_b: str | Path) -> tuple[Comparison, str | None, str | None]:
-    """Two backtest directories compared (``tickcast compare``): the comparison and each run's model version."""
+def compare_runs(dir_a: str | Path, dir_b: str | Path) -> tuple[list[tuple[str | None, Comparison]], str | None,
+                                                                   str | None]:
+    """Two backtest directories compared (``tickcast compare``): per output (name None for a model with one)
+    the comparison, and each run's model version. Runs of models with several outputs compare the outputs
+    both have, each by its own loss (MAE for a mean, pinball for a quantile)."""
     from pipeline.config import ConfigError  # noqa: PLC0415
 
     runs = []
@@ -182,11 +195,20 @@ def compare_runs(dir_a: str | Path, dir_b: str | Path) -> tuple[Comparison, str 
         if not path.is_file():
             raise ConfigError(f"{d} holds no forecasts.parquet; give two `tickcast backtest --out` directories")
         runs.append((pq.read_table(path), json.loads((Path(d) / "summary.json").read_text())))
+    (ta, sa), (tb, sb) = runs
+    names_a, names_b = output_names(ta), output_names(tb)
+    if (names_a is None) != (names_b is None):
+        raise ConfigError("one backtest has one output per tick, the other several; compare like with like")
+    meaning = {o["name"]: o for o in sa.get("outputs", [])}
+    shared = [n for n in names_a if n in (names_b or [])] if names_a is not None else [None]
+    if not shared:
+        raise ConfigError(f"the two backtests share no output (A: {', '.join(names_a)}; B: {', '.join(names_b)})")
     try:
-        c = compare(runs[0][0], runs[1][0])
+        per_output = [(n, compare(output_view(ta, n), output_view(tb, n),
+                                  quantile=meaning.get(n, {}).get("quantile") if n else None)) for n in shared]
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    return c, runs[0][1].get("model_version"), runs[1][1].get("model_version")
+    return per_output, sa.get("model_version"), sb.get("model_version")
 
 
 # -- the HTML report ----------------------------------------------------------------------------------
@@ -213,7 +235,8 @@ def _table(t: pa.Table, specs: dict[str, str], limit: int = 60) -> str:
 
 
 def write_report(out_dir: Path) -> Path:
-    """report.html from forecasts.parquet and summary.json in ``out_dir`` (self-contained: images inlined)."""
+    """report.html from forecasts.parquet and summary.json in ``out_dir`` (self-contained: images inlined).
+    A model with several outputs gets a table of every output's scores, then a section per mean output."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -222,9 +245,55 @@ def write_report(out_dir: Path) -> Path:
     out_dir = Path(out_dir)
     summary = json.loads((out_dir / "summary.json").read_text())
     forecasts = pq.read_table(out_dir / "forecasts.parquet")
+    rejected = html.escape(json.dumps(summary.get('rejected', {})))
+    if "outputs" in summary:
+        rows = "".join(_output_row(o) for o in summary["outputs"])
+        sections = "".join(
+            f"<h2>Output {html.escape(o['name'])}: log return over {o['horizon_ticks']} ticks</h2>"
+            + _sections(output_view(forecasts, o["name"]), o.get("confidence"), plt)[0].replace("h2>", "h3>")
+            for o in summary["outputs"] if o["kind"] == "mean")
+        intro = (f"{summary.get('forecasts', 0):,} forecasts of {len(summary['outputs'])} outputs per tick, each "
+                 f"scored against its own realised log return · rejected: {rejected}</p>"
+                 "<h2>Every output</h2><p>Means: MAE and R² against the random walk (a zero return); quantiles: "
+                 "pinball loss (model and random walk) and coverage (share of realised returns at or below the "
+                 "forecast; a calibrated q-quantile covers q).</p><table><tr><th>output</th><th>horizon</th>"
+                 "<th>scored</th><th>MAE</th><th>MAE rw</th><th>R² vs rw</th><th>hit rate</th><th>pinball</th>"
+                 f"<th>pinball rw</th><th>coverage</th></tr>{rows}</table>")
+    else:
+        sections, ci = _sections(forecasts, summary.get("confidence"), plt)
+        intro = (f"{summary.get('forecasts', 0):,} forecasts · {ci.get('n', 0):,} scored at a horizon of "
+                 f"{summary.get('horizon_ticks')} ticks · rejected: {rejected}</p>")
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tickcast backtest</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
+td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
+<h1>Backtest of model {html.escape(str(summary.get('model_version')))}</h1>
+<p>Input: <code>{html.escape(str(summary.get('input')))}</code> · {summary.get('ticks', 0):,} ticks ·
+{intro}
+{sections}
+</body></html>
+"""
+    path = out_dir / "report.html"
+    path.write_text(page)
+    return path
+
+
+def _output_row(o: dict) -> str:
+    m, rw = o["model"], o["random_walk"]
+    cells = [o["name"], o["horizon_ticks"], o["scored"]]
+    if o["kind"] == "quantile":
+        cells += [None, None, None, None, m["pinball"], rw["pinball"], m["coverage"]]
+    else:
+        cells += [m["mae"], rw["mae"], o["r2_vs_random_walk"], m["hit_rate"], None, None, None]
+    specs = ["", "", ",", ".3e", ".3e", "+.4f", ".3f", ".3e", ".3e", ".3f"]
+    return "<tr>" + "".join(f"<td>{_fmt(c, spec)}</td>" for c, spec in zip(cells, specs)) + "</tr>"
+
+
+def _sections(forecasts: pa.Table, ci: dict | None, plt) -> tuple[str, dict]:
+    """One output's scores with intervals, plots and breakdowns (``forecasts``: its forecast/realized columns)."""
     t = _scored(forecasts)
     f, r = t.column("forecast").to_numpy(), t.column("realized").to_numpy()
-    ci = summary.get("confidence") or bootstrap_scores(f, r)
+    ci = ci or bootstrap_scores(f, r)
     per_inst = breakdown(forecasts, "instrument")
     per_hour = breakdown(forecasts, "hour")
     figs = []
@@ -299,15 +368,7 @@ def write_report(out_dir: Path) -> Path:
     ])
     specs = {"mae": ".3e", "mae_random_walk": ".3e", "mae_ratio": ".3f", "rmse": ".3e", "rmse_random_walk": ".3e",
              "hit_rate": ".3f", "ic": ".3f"}
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tickcast backtest</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
-table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}
-td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></head><body>
-<h1>Backtest of model {html.escape(str(summary.get('model_version')))}</h1>
-<p>Input: <code>{html.escape(str(summary.get('input')))}</code> · {summary.get('ticks', 0):,} ticks ·
-{summary.get('forecasts', 0):,} forecasts · {ci.get('n', 0):,} scored at a horizon of
-{summary.get('horizon_ticks')} ticks · rejected: {html.escape(json.dumps(summary.get('rejected', {})))}</p>
-<h2>Model vs random walk</h2>
+    return f"""<h2>Model vs random walk</h2>
 <p>95 % intervals from a moving-block bootstrap ({ci.get('block_ticks', '–')} ticks per block,
 {ci.get('resamples', '–')} resamples): when the interval of "model − random walk" excludes zero, the
 difference is unlikely to be luck.</p>
@@ -315,8 +376,4 @@ difference is unlikely to be luck.</p>
 {''.join(f'<h2>{html.escape(title)}</h2><img src="{src}" alt="{html.escape(title)}">' for title, src in figs)}
 <h2>Per instrument</h2>{_table(per_inst.sort_by([('n', 'descending')]), specs)}
 <h2>Per hour of day (UTC)</h2>{_table(per_hour, specs, limit=24)}
-</body></html>
-"""
-    path = out_dir / "report.html"
-    path.write_text(page)
-    return path
+""", ci

@@ -8,6 +8,11 @@ Scores (over ticks whose realised value is known):
 - ``r2_vs_random_walk``: 1 - SSE(model) / SSE(random walk).
 The random walk forecasts a zero return: it has MAE/RMSE but no direction and
 no rank, so its hit rate and IC are reported as null.
+
+A model with several outputs is scored output by output, each against its own
+realised target (the log return over that output's horizon); a quantile
+output by its pinball loss and its coverage (share of ticks whose realised
+return is at or below the forecast; a calibrated q-quantile covers q).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators.features import log_return_target
+from operators.outputs import OutputSpec, pinball
 
 
 @dataclass(frozen=True)
@@ -87,3 +93,34 @@ def realized_returns(forecasts: pa.Table, horizon: int) -> np.ndarray:
     out[order] = target
     return out
 
+
+
+def quantile_score(forecast: np.ndarray, realized: np.ndarray, q: float) -> dict:
+    """Pinball loss (mean) and coverage of a q-quantile forecast over ticks whose realised value is known."""
+    ok = np.isfinite(forecast) & np.isfinite(realized)
+    f, r = forecast[ok], realized[ok]
+    if not len(f):
+        return {"n": 0, "pinball": None, "coverage": None}
+    return {"n": int(len(f)), "pinball": float(np.mean(pinball(f, r, q))), "coverage": float(np.mean(r <= f))}
+
+
+def output_names(forecasts: pa.Table) -> list[str] | None:
+    """The outputs of a forecasts table with several (``forecast_<name>`` columns); None for one (``forecast``)."""
+    if "forecast" in forecasts.column_names:
+        return None
+    return [c[len("forecast_"):] for c in forecasts.column_names if c.startswith("forecast_")]
+
+
+def output_view(forecasts: pa.Table, name: str | None) -> pa.Table:
+    """One output's forecasts as ``forecast`` and ``realized`` columns (the table as it is for one output)."""
+    if name is None:
+        return forecasts
+    own = {f"forecast_{name}": "forecast", f"realized_{name}": "realized"}
+    keep = [c for c in forecasts.column_names if c in own or not c.startswith(("forecast_", "realized_"))]
+    return forecasts.select(keep).rename_columns([own.get(c, c) for c in keep])
+
+
+def realized_per_output(forecasts: pa.Table, outputs: tuple[OutputSpec, ...]) -> dict[str, np.ndarray]:
+    """Each output's realised target, computed once per distinct horizon."""
+    by_horizon = {h: realized_returns(forecasts, h) for h in sorted({o.horizon for o in outputs})}
+    return {o.name: by_horizon[o.horizon] for o in outputs}

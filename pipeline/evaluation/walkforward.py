@@ -42,6 +42,9 @@ def run_walkforward(ticks: pa.Table, folds: int, config: TrainConfig, out_dir: s
                     max_batch_ticks: int = DEFAULT_MAX_BATCH_TICKS, source_name: str = "", say=print) -> dict:
     if folds < 1:
         raise ValueError(f"--folds must be >= 1, got {folds}")
+    if len(config.output_list) > 1:
+        raise ValueError("tickcast walkforward pools one output per tick; give one horizon and no --quantiles "
+                         "(backtest a model with several outputs with `tickcast backtest`)")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     spans = windows(ticks, folds)

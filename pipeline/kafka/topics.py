@@ -39,11 +39,14 @@ class TopicRange:
 
 
 def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int | None, *,
-                     client_options: dict | None = None, timeout_s: float = 60.0, progress=None) -> TopicRange:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
-                             isolation_level="read_committed", max_poll_records=20_000,
-                             fetch_max_bytes=32 * 1024 * 1024, client_id="tickcast-backtest",
-                             **(client_options or {}))
+                     client_options: dict | None = None, timeout_s: float = 60.0, progress=None,
+                     clients=None) -> TopicRange:
+    """``clients``: the factory of the consumer (``pipeline.live.clients.make_clients``); kafka-python's
+    ``KafkaConsumer`` when None."""
+    consumer = (clients.consumer if clients is not None else KafkaConsumer)(
+        bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed", max_poll_records=20_000, fetch_max_bytes=32 * 1024 * 1024,
+        client_id="tickcast-backtest", **(client_options or {}))
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
@@ -186,7 +189,7 @@ def _decode(keys, values, partitions: np.ndarray, offsets: np.ndarray,
 
 
 def load_topic_range(bootstrap: str, topic: str, time_from: str | None, time_to: str | None, *,
-                     quiet: bool = False) -> TopicRange:
+                     quiet: bool = False, kafka_client: str = "kafka-python") -> TopicRange:
     """A topic's ticks between two ISO 8601 times (``--from``/``--to``), with a progress bar on stderr.
 
     The user-facing read behind ``--topic``: an unreachable broker or an empty range is a ConfigError
@@ -194,13 +197,16 @@ def load_topic_range(bootstrap: str, topic: str, time_from: str | None, time_to:
     from kafka.errors import KafkaError  # noqa: PLC0415
     from tqdm import tqdm  # noqa: PLC0415
 
-    from pipeline.config import ConfigError, parse_time_ns  # noqa: PLC0415
+    from pipeline.config import ConfigError, check_kafka_client, parse_time_ns  # noqa: PLC0415
+    from pipeline.live.clients import make_clients  # noqa: PLC0415
 
+    check_kafka_client(kafka_client, "--kafka-client")
     lo, hi = parse_time_ns(time_from, "--from"), parse_time_ns(time_to, "--to")
     with tqdm(unit="msg", unit_scale=True, desc=f"reading {topic}", disable=quiet, mininterval=0.5) as bar:
         try:
             got = read_topic_range(bootstrap, topic, None if lo is None else lo // 1_000_000,
-                                   None if hi is None else hi // 1_000_000, progress=bar.update)
+                                   None if hi is None else hi // 1_000_000, progress=bar.update,
+                                   clients=make_clients(kafka_client))
         except KafkaError as exc:
             raise ConfigError(f"cannot read {topic} from {bootstrap}: {exc}; is Kafka "
                               "running and the address right?") from None

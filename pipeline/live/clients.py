@@ -1,8 +1,10 @@
 """The run's Kafka clients: where they come from (a factory), how they are configured, the key partitioner,
 the stall watch, one retry-with-backoff helper, and calls bounded in time.
 
-The factory is the seam for tests: ``KafkaClients`` makes kafka-python's clients; ``tests/support/fake_kafka``
-makes in-memory ones with the same methods, so the real loop runs without a broker.
+The factory is the seam between the runtime and a client library: ``KafkaClients`` makes kafka-python's clients;
+``pipeline.kafka.confluent.ConfluentClients`` makes librdkafka ones behind the same methods (``kafka_client =
+confluent``, chosen by ``make_clients``); ``tests/support/fake_kafka`` makes in-memory ones, so the real loop runs
+without a broker.
 """
 
 from __future__ import annotations
@@ -46,6 +48,15 @@ class KafkaClients:
 
     def producer(self, **config) -> Any:
         return KafkaProducer(**config)
+
+
+def make_clients(kind: str = "kafka-python") -> Any:
+    """The factory for ``kafka_client``: kafka-python's (the default) or librdkafka's (``confluent``)."""
+    if kind == "confluent":
+        from pipeline.kafka.confluent import ConfluentClients  # noqa: PLC0415 - an optional dependency
+
+        return ConfluentClients()
+    return KafkaClients()
 
 
 @dataclass

@@ -16,8 +16,8 @@ import pyarrow.compute as pc
 from operators.bundle import Bundle
 from pipeline.files.sinks import (
     ARROW_CONTENT_TYPE,
-    FORECAST_MESSAGE_SCHEMA,
     encode_forecast_batch,
+    forecast_message_schema,
 )
 from pipeline.live.partitions import PARTITION_MASK, TOPIC_SHIFT
 
@@ -111,9 +111,25 @@ def encode_json(bundle: Bundle, json_names: JsonNames, ticks: pa.Table, rows: np
     names = ticks.column("instrument").take(take).to_pylist()
     ts = ticks.column("ts").take(take).to_pylist()
     cache = json_names.lookup(names)
+    if forecasts.ndim == 2:
+        return _encode_json_v2(bundle, cache, names, ts, forecasts, msg_index, topics, part, offs)
     head = f'{{"v":1,"model_version":"{bundle.model_version}","horizon_ticks":{bundle.horizon},'
     return [
         Message(nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
+                             f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode(), None, None)
+        for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
+                                     part[msg_index].tolist(), offs[msg_index].tolist())
+    ]
+
+
+def _encode_json_v2(bundle: Bundle, cache: dict[str, str], names: list[str], ts: list[int], forecasts: np.ndarray,
+                    msg_index: np.ndarray, topics: list[str], part: np.ndarray, offs: np.ndarray) -> list[Message]:
+    """Schema v2 (several outputs per tick): ``"forecasts": {name: value, ...}`` in the model's output order."""
+    head = f'{{"v":2,"model_version":"{bundle.model_version}",'
+    keys = [json.dumps(o.name) + ":" for o in bundle.output_list]
+    return [
+        Message(nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecasts":{{'
+                             f'{",".join(k + repr(v) for k, v in zip(keys, f))}}},'
                              f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode(), None, None)
         for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
                                      part[msg_index].tolist(), offs[msg_index].tolist())
@@ -136,19 +152,25 @@ def encode_arrow(bundle: Bundle, input_topics: list[str], topic: str, partitions
                          dtype=np.int32)
     out_part = p_of_name[enc.indices.to_numpy(zero_copy_only=False)]
     src = part_ids[msg_index]
+    several = forecasts.ndim == 2
+    outputs = bundle.output_list
     table = pa.Table.from_arrays([
         names.cast(pa.string()),
         ticks.column("ts").take(take).cast(pa.int64()),
-        pa.array(forecasts, type=pa.float64()),
+        *(pa.array(np.ascontiguousarray(c), type=pa.float64()) for c in (forecasts.T if several else [forecasts])),
         pa.DictionaryArray.from_arrays(pa.array(src >> TOPIC_SHIFT, type=pa.int32()),
                                        pa.array(input_topics, type=pa.string())),
         pa.array(src & PARTITION_MASK, type=pa.int32()),
         pa.array(offs[msg_index], type=pa.int64()),
-    ], schema=FORECAST_MESSAGE_SCHEMA)  # the documented contract, whatever types the decoder produced
-    meta = {"v": "1", "model_version": bundle.model_version, "horizon_ticks": str(bundle.horizon)}
+    ], schema=forecast_message_schema([o.name for o in outputs] if several else None))  # the documented contract
+    if several:
+        meta = {"v": "2", "model_version": bundle.model_version,
+                "outputs": json.dumps([o.to_dict() for o in outputs])}
+    else:
+        meta = {"v": "1", "model_version": bundle.model_version, "horizon_ticks": str(bundle.horizon)}
     headers = [("content-type", ARROW_CONTENT_TYPE)]
     # Rows per message so that no message can exceed ARROW_MESSAGE_BYTES, whatever the names' lengths.
-    widest = 64 + int(pc.max(pc.binary_length(names)).as_py() or 0)
+    widest = 56 + 8 * (forecasts.shape[1] if several else 1) + int(pc.max(pc.binary_length(names)).as_py() or 0)
     per_message = max(1, min(ARROW_ROWS_PER_MESSAGE, ARROW_MESSAGE_BYTES // widest))
     out = []
     for p in np.unique(out_part).tolist():

@@ -81,7 +81,7 @@ class Runner:
         self.cfg = config
         self.bundle = bundle
         self.metrics = metrics
-        self.kafka_clients = kafka_clients or clients.KafkaClients()
+        self.kafka_clients = kafka_clients or clients.make_clients(config.kafka_client)
         self.forecaster = Forecaster(bundle, ForecasterConfig(
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,

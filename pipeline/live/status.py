@@ -121,6 +121,8 @@ def _score_batch(scorer: OnlineScorer, metrics: Metrics, ticks: pa.Table, rows: 
     dictionary = enc.dictionary.to_pylist()
     keys = [(int(u // n_codes), dictionary[int(u % n_codes)]) for u in uniq]
     price = ticks.column("price").take(take).to_numpy()
+    if forecasts.ndim == 2:  # several outputs: the online error is the first output's (its horizon: bundle.horizon)
+        forecasts = forecasts[:, 0]
     m = scorer.update(keys, group, price, forecasts)
     if m.count:
         metrics.forecast_abs_error.inc(m.abs_error)

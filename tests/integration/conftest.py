@@ -26,6 +26,16 @@ def kafka_bootstrap():
         broker.stop()
 
 
+# The Kafka client libraries `tickcast run` can use (kafka_client); the guarantee tests run under each.
+KAFKA_CLIENTS = ("kafka-python", "confluent")
+
+
+@pytest.fixture(params=KAFKA_CLIENTS)
+def kafka_client(request) -> str:
+    """Each client in turn; a test passes ``"--kafka-client", kafka_client`` to `tickcast run`."""
+    return request.param
+
+
 @pytest.fixture
 def topic_factory(kafka_bootstrap):
     from pipeline.kafka.broker import create_topics

@@ -47,7 +47,7 @@ def _records(bootstrap, topic):
 
 
 def test_one_days_range_reads_exactly_that_days_records_from_every_partition(kafka_bootstrap, three_days, bundle,
-                                                                              tmp_path):
+                                                                              tmp_path, kafka_client):
     topic, _ = three_days
     records = _records(kafka_bootstrap, topic)
     lo, hi = (DAY0 + DAY_NS) // 1_000_000, (DAY0 + 2 * DAY_NS) // 1_000_000
@@ -55,7 +55,8 @@ def test_one_days_range_reads_exactly_that_days_records_from_every_partition(kaf
     assert {p for p, _ in want} == set(range(PARTITIONS)), "the fixture should spread the day over all partitions"
     out = tmp_path / "bt"
     tickcast("backtest", "--topic", topic, "--bootstrap-servers", kafka_bootstrap, "--from", "2026-03-03",
-             "--to", "2026-03-04", "--model", str(bundle.path), "--out", str(out), "--no-plots", "--quiet")
+             "--to", "2026-03-04", "--model", str(bundle.path), "--out", str(out), "--no-plots", "--quiet",
+             "--kafka-client", kafka_client)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ticks"] == len(want)
     f = pq.read_table(out / "forecasts.parquet")

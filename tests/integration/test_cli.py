@@ -149,3 +149,29 @@ def test_walkforward_and_compare(tmp_path):
     assert same["mae_b_minus_a"] == 0 and same["verdict"].startswith("no significant")
     bad = tickcast("compare", str(runs[0]), str(tmp_path), check=False)
     assert bad.returncode == 2 and "holds no forecasts.parquet" in bad.stderr
+
+
+def test_train_gru_with_horizons_and_quantiles_then_backtest_and_compare_per_output(tmp_path):
+    ticks = tmp_path / "ticks.parquet"
+    write_parquet(generate_ticks(6, 4000, seed=12, bad_fraction=0.0), ticks)
+    tickcast("train", "--input", str(ticks), "--out", str(tmp_path / "m"), "--cell", "gru", "--horizons", "1,4",
+             "--quantiles", "0.25", "--hidden", "4", "--epochs", "1", "--window", "32")
+    meta = json.loads((tmp_path / "m" / "bundle.json").read_text())
+    assert [o["name"] for o in meta["target"]["outputs"]] == ["h1", "h1_q0.25", "h4", "h4_q0.25"]
+    runs = []
+    for name in ("a", "b"):
+        runs.append(tmp_path / name)
+        out = tickcast("backtest", "--input", str(ticks), "--model", str(tmp_path / "m"), "--out", str(runs[-1]),
+                       "--quiet", "--no-plots").stdout
+        assert [ln.split()[0] for ln in out.splitlines() if ln.startswith("  h")] == ["h1", "h1_q0.25", "h4",
+                                                                                       "h4_q0.25"]
+    text = tickcast("compare", str(runs[0]), str(runs[1])).stdout.splitlines()
+    assert [(ln.split()[0], ln.split()[2]) for ln in text[3:]] == [("h1", "MAE"), ("h1_q0.25", "pinball"),
+                                                                   ("h4", "MAE"), ("h4_q0.25", "pinball")]
+    res = json.loads(tickcast("compare", str(runs[0]), str(runs[1]), "--json").stdout)
+    assert res["outputs"]["h4_q0.25"]["pinball_b_minus_a"] == 0 and res["outputs"]["h1"]["mae_b_minus_a"] == 0
+    bad = tickcast("train", "--input", str(ticks), "--out", str(tmp_path / "x"), "--quantiles", "0.5,2", check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "quantile must be in (0, 1)" in bad.stderr
+    wf = tickcast("walkforward", "--input", str(ticks), "--out", str(tmp_path / "wf"), "--horizons", "1,4",
+                  check=False)
+    assert wf.returncode == 2 and "walkforward pools one output per tick" in wf.stderr

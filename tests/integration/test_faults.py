@@ -59,32 +59,36 @@ class Feeder(threading.Thread):
             self.error = exc
 
 
+# Both clients (kafka_client) go through the crash loop and the rebalance: kafka-python with checkpoints in a
+# directory (and the 20-kill loop), librdkafka with checkpoints on S3 (the checkpoint store and the client are
+# independent; one run each keeps the suite within its time budget).
 @pytest.mark.parametrize("kills", [pytest.param(3, id="3-kills"),
                                    pytest.param(20, id="20-kills", marks=pytest.mark.slow)])
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(kafka_bootstrap, bundle, tmp_path, kills):
-    _crash_loop(kafka_bootstrap, bundle, tmp_path / "ckpt", kills)
+    _crash_loop(kafka_bootstrap, bundle, tmp_path / "ckpt", kills, "kafka-python")
 
 
-def test_sigkill_crash_loop_with_checkpoints_on_s3(kafka_bootstrap, bundle, s3_server):
-    """The same crash loop with checkpoint_uri on a real S3 endpoint, given the way MinIO/Ceph users must:
-    credentials in the user info, endpoint, scheme and region in the query. The processes share only the
-    broker and the bucket."""
-    _crash_loop(kafka_bootstrap, bundle, s3_server.bucket("tickcast/prod"), 3)
+def test_sigkill_crash_loop_with_checkpoints_on_s3_and_the_confluent_client(kafka_bootstrap, bundle, s3_server):
+    """The same crash loop under kafka_client = confluent (librdkafka), with checkpoint_uri on a real S3
+    endpoint, given the way MinIO/Ceph users must: credentials in the user info, endpoint, scheme and region
+    in the query. The processes share only the broker and the bucket."""
+    _crash_loop(kafka_bootstrap, bundle, s3_server.bucket("tickcast/prod"), 3, "confluent")
 
 
-def _crash_loop(kafka_bootstrap, bundle, store, kills: int) -> None:
+def _crash_loop(kafka_bootstrap, bundle, store, kills: int, kafka_client: str) -> None:
     u = uuid.uuid4().hex[:8]
     tin, tout, dlq, group = f"crash-in-{u}", f"crash-out-{u}", f"crash-dlq-{u}", f"crash-g-{u}"
     create_topics(kafka_bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
     ticks = generate_ticks(16, 400 * kills + 1500, seed=kills, bad_fraction=0.01)
     messages = tick_messages(ticks)
-    args = run_args(store, f"tx-{u}")
+    args = run_args(store, f"tx-{u}", "--kafka-client", kafka_client)
     rng = random.Random(kills)
     feeder = Feeder(kafka_bootstrap, tin, messages, seconds=5.0 * kills)  # ticks flow through most kill cycles
     feeder.start()
     sources = []
     for _ in range(kills):
         run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, *args)
+        assert run.wait_for("starting")["kafka_client"] == kafka_client
         # Once it holds partitions (restoring, replaying or forecasting), kill it at a random moment.
         sources.append(run.wait_for_any(RESTORE_EVENTS, timeout=60)["event"])
         time.sleep(rng.uniform(0.0, 3.0))
@@ -287,22 +291,23 @@ def test_warmup_on_a_historical_topic_stamped_long_ago(kafka_bootstrap, bundle, 
 @pytest.mark.slow
 def test_rebalance_one_of_three_killed_and_one_added(kafka_bootstrap, bundle, tmp_path):
     """Three processes share four partitions; one is SIGKILLed and a fourth joins while ticks flow."""
-    _rebalance(kafka_bootstrap, bundle, tmp_path / "ckpt")
+    _rebalance(kafka_bootstrap, bundle, tmp_path / "ckpt", "kafka-python")
 
 
 @pytest.mark.slow
-def test_rebalance_with_checkpoints_on_s3(kafka_bootstrap, bundle, s3_server):
-    """The rebalance test with checkpoint_uri on S3 (endpoint in the URI's query): partitions move between
-    processes that share only the broker and the bucket."""
+def test_rebalance_with_checkpoints_on_s3_and_the_confluent_client(kafka_bootstrap, bundle, s3_server):
+    """The rebalance test under kafka_client = confluent (librdkafka's rebalance callbacks, on the loop's
+    thread), with checkpoint_uri on S3 (endpoint in the URI's query): partitions move between processes that
+    share only the broker and the bucket."""
     store = s3_server.bucket("tickcast/prod")
-    _rebalance(kafka_bootstrap, bundle, store)
+    _rebalance(kafka_bootstrap, bundle, store, "confluent")
     bucket = store.split("@", 1)[1].split("/", 1)[0]
     keys = [i.path for i in s3_server.filesystem().get_file_info(pafs.FileSelector(bucket, recursive=True))
             if i.type == pafs.FileType.File]
     assert keys and all(k.startswith(f"{bucket}/tickcast/prod/rb-g-") for k in keys), keys[:5]
 
 
-def _rebalance(kafka_bootstrap, bundle, store) -> None:
+def _rebalance(kafka_bootstrap, bundle, store, kafka_client: str) -> None:
     u = uuid.uuid4().hex[:8]
     tin, tout, dlq, group = f"rb-in-{u}", f"rb-out-{u}", f"rb-dlq-{u}", f"rb-g-{u}"
     parts = 4
@@ -311,9 +316,10 @@ def _rebalance(kafka_bootstrap, bundle, store) -> None:
 
     def start(name: str) -> RunProcess:
         return RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
-                                *run_args(store, f"tx-{u}-{name}"))
+                                *run_args(store, f"tx-{u}-{name}", "--kafka-client", kafka_client))
 
     procs = {name: start(name) for name in ("a", "b", "c")}
+    assert all(p.wait_for("starting")["kafka_client"] == kafka_client for p in procs.values())
     everyone = dict(procs)  # b's log too, to explain a failure
     deadline = time.monotonic() + 90
     while sum(p.metric("tickcast_assigned_partitions") for p in procs.values()) != parts:
@@ -357,7 +363,7 @@ def _ownership(procs: dict) -> str:
 
 
 @pytest.mark.slow
-def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path):
+def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path, kafka_client):
     """Every client reaches the broker through a proxy (the broker advertises it); the test cuts all
     connections for 30 s while a wave of ticks is being processed."""
     from tests.support.proxy import broker_behind_proxy
@@ -370,8 +376,9 @@ def test_broker_cut_for_30_seconds_loses_and_duplicates_nothing(bundle, tmp_path
         messages = tick_messages(generate_ticks(12, 3000, seed=41, bad_fraction=0.005))
         store = tmp_path / "ckpt"
         run = RunProcess.start(bootstrap, str(bundle.path), tin, tout, dlq, group, *run_args(store, f"tx-{u}"),
-                               "--request-timeout-ms", "5000")
+                               "--request-timeout-ms", "5000", "--kafka-client", kafka_client)
         try:
+            assert run.wait_for("starting")["kafka_client"] == kafka_client
             produce(bootstrap, tin, messages[:1000])
             wait_drained(bootstrap, tout, 900, timeout=90)
             produce(bootstrap, tin, messages[1000:2000])

@@ -54,13 +54,17 @@ def _assert_equal_to_offline(bundle, ticks: pa.Table, messages) -> None:
         assert value / scale == pytest.approx(expected[row] / scale, rel=1e-5, abs=1e-5), row
 
 
-@pytest.mark.parametrize("max_batch_ticks, n_ticks", [(1, 300), (37, 2000), (5000, 2000)])
-def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics, bundle, max_batch_ticks, n_ticks):
+@pytest.mark.parametrize("max_batch_ticks, n_ticks, kafka_client", [
+    (1, 300, "kafka-python"), (37, 2000, "kafka-python"), (5000, 2000, "kafka-python"),
+    (37, 2000, "confluent")])  # batch sizes and the client are independent: librdkafka at one size
+def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics, bundle, max_batch_ticks, n_ticks,
+                                                         kafka_client):
     tin, tout, dlq, group = topics("e2e")
     ticks = generate_ticks(12, n_ticks, seed=max_batch_ticks, bad_fraction=0.0)
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
-                           "--max-batch-ticks", str(max_batch_ticks))
+                           "--max-batch-ticks", str(max_batch_ticks), "--kafka-client", kafka_client)
     try:
+        assert run.wait_for("starting")["kafka_client"] == kafka_client
         produce(kafka_bootstrap, tin, tick_messages(ticks), partition=0)
         got = read_all(kafka_bootstrap, tout, 1, expected=n_ticks)
         assert len(got) == n_ticks
@@ -154,15 +158,17 @@ BAD_MESSAGES = [
 
 
 def test_bad_input_goes_to_the_dead_letter_topic_and_valid_ticks_around_it_are_forecast(
-        kafka_bootstrap, topics, bundle):
+        kafka_bootstrap, topics, bundle, kafka_client):
     tin, tout, dlq, group = topics("bad")
     good = [(b"A", json.dumps({"v": 1, "instrument": "A", "ts": 1_700_000_000_000_000_000 + i,
                                "price": 10.0 + i / 100, "size": 5}).encode()) for i in range(len(BAD_MESSAGES) + 1)]
     stream = [good[0]]
     for (_, key, value), g in zip(BAD_MESSAGES, good[1:]):
         stream += [(key, value), g]
-    run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, "--max-batch-ticks", "1000")
+    run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group, "--max-batch-ticks", "1000",
+                           "--kafka-client", kafka_client)
     try:
+        assert run.wait_for("starting")["kafka_client"] == kafka_client
         produce(kafka_bootstrap, tin, stream, partition=0)
         dead = read_all(kafka_bootstrap, dlq, 1, expected=len(BAD_MESSAGES))
         forecasts = read_all(kafka_bootstrap, tout, 1, expected=len(good))

@@ -18,6 +18,7 @@ from tests.support.keras_models import FEATURES, ChainReference, build, fit_tick
 from tests.support.no_tensorflow import env_without_tensorflow
 
 ROOT = Path(__file__).parents[3]
+K3_OUTPUTS = "near:1,far:7,far_q0.9:7:0.9"
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,12 @@ def made(tmp_path_factory):
     pq.write_table(fit_ticks(), folder / "ticks.parquet")
     out = {}
     no_tf = env_without_tensorflow(folder / "no_tf")
-    for name, model in (("k3", keras_model), ("k1", one_output)):
+    for name, model, extra in (("k3", keras_model, ["--outputs", K3_OUTPUTS]), ("k1", one_output, [])):
         model.save(folder / f"{name}.keras")
         # As the serving install runs it: TensorFlow and Keras cannot be imported.
         done = subprocess.run([sys.executable, "-m", "pipeline.cli", "bundle", "--keras", str(folder / f"{name}.keras"),
                                "--features", ",".join(FEATURES), "--fit-normalisation-on",
-                               str(folder / "ticks.parquet"), "--out", str(folder / name), "--horizon", "7"],
+                               str(folder / "ticks.parquet"), "--out", str(folder / name), "--horizon", "7", *extra],
                               capture_output=True, text=True, timeout=300, env=no_tf, cwd=ROOT)
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.startswith(f"bundled {folder / name}")
@@ -65,13 +66,27 @@ def test_bundle_command_writes_a_bundle_that_loads_without_tensorflow_and_serves
     np.testing.assert_allclose(in_target_units(bundle, np.array(got["forecasts"])), want[:, 0], rtol=1e-5, atol=1e-5)
 
 
-def test_several_outputs_per_tick_are_refused_by_backtest_in_one_line(made, tmp_path):
+def test_a_brought_model_with_several_outputs_is_bundled_with_their_meanings_and_backtested_output_by_output(
+        made, tmp_path):
     folder, out, _ = made
-    done = tickcast("backtest", "--model", str(out["k3"][0]), "--input", str(folder / "ticks.parquet"),
-                    "--out", str(tmp_path / "bt"), "--quiet", check=False)
-    assert done.returncode == 2
-    assert done.stderr.strip().count("\n") == 0
-    assert "3 outputs per tick" in done.stderr
+    path = out["k3"][0]
+    meta = json.loads((path / "bundle.json").read_text())
+    assert meta["target"]["outputs"] == [{"name": "near", "horizon": 1, "kind": "mean"},
+                                         {"name": "far", "horizon": 7, "kind": "mean"},
+                                         {"name": "far_q0.9", "horizon": 7, "kind": "quantile", "quantile": 0.9}]
+    # Each output's target statistics are its own horizon's: far and far_q0.9 share them, near differs.
+    means, stds = meta["normalisation"]["target_mean"], meta["normalisation"]["target_std"]
+    assert len(means) == len(stds) == 3 and stds[1] == stds[2] and stds[0] != stds[1]
+    done = tickcast("backtest", "--model", str(path), "--input", str(folder / "ticks.parquet"),
+                    "--out", str(tmp_path / "bt"), "--quiet", "--no-plots")
+    summary = json.loads((tmp_path / "bt" / "summary.json").read_text())
+    assert [(o["name"], o["horizon_ticks"], o["kind"]) for o in summary["outputs"]] == [
+        ("near", 1, "mean"), ("far", 7, "mean"), ("far_q0.9", 7, "quantile")]
+    columns = pq.read_table(tmp_path / "bt" / "forecasts.parquet").column_names
+    assert {"forecast_near", "forecast_far", "forecast_far_q0.9", "realized_near", "realized_far_q0.9"} <= set(columns)
+    assert "forecast" not in columns
+    lines = done.stdout.splitlines()
+    assert [ln.split()[0] for ln in lines if ln.strip().startswith(("near", "far"))] == ["near", "far", "far_q0.9"]
 
 
 @pytest.mark.parametrize("change, message", [
@@ -80,6 +95,9 @@ def test_several_outputs_per_tick_are_refused_by_backtest_in_one_line(made, tmp_
     ({"--features": "log_return,log_size"}, "takes 4 features per tick, but 2 are named"),
     ({"--horizon": "0"}, "--horizon must be >= 1"),
     ({"--fit-normalisation-on": "nowhere.parquet"}, "nowhere.parquet"),
+    ({"--outputs": "a:1,b:2"}, "--outputs names 2 outputs; the model gives 1 per tick"),
+    ({"--outputs": "a:x"}, "--outputs 'a:x': give name:horizon or name:horizon:quantile"),
+    ({"--outputs": "a:1:1.5"}, "output a: quantile must be in (0, 1), got 1.5"),
 ])
 def test_bad_flags_are_one_line_saying_what_is_wrong(made, tmp_path, change, message):
     folder, _, _ = made
@@ -88,10 +106,3 @@ def test_bad_flags_are_one_line_saying_what_is_wrong(made, tmp_path, change, mes
     done = tickcast("bundle", *[a for kv in flags.items() for a in kv], check=False)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr, done.stderr
-
-
-def test_several_outputs_per_tick_are_refused_by_run_in_one_line_before_it_connects(made):
-    _, out, _ = made
-    done = tickcast("run", "--model", str(out["k3"][0]), "--bootstrap-servers", "127.0.0.1:1", check=False)
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().count("\n") == 0 and "tickcast run: the model gives 3 outputs per tick" in done.stderr

@@ -45,3 +45,9 @@ def test_name_is_the_path_or_the_topic_with_its_range():
     topic = TickInput(topic="ticks", bootstrap_servers="k:9092", time_from="2013-10-09")
     assert topic.name() == "kafka://k:9092/ticks"
     assert topic.name(with_range=True) == "kafka://k:9092/ticks[2013-10-09, )"
+
+
+def test_a_topic_reads_refuse_an_unknown_kafka_client_in_one_line_before_connecting():
+    with pytest.raises(ConfigError, match="--kafka-client 'rdkafka' is not one of 'kafka-python', 'confluent'") as bad:
+        load_ticks(TickInput(topic="ticks", bootstrap_servers="127.0.0.1:1", kafka_client="rdkafka", quiet=True))
+    assert "\n" not in str(bad.value)

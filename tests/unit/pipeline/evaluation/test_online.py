@@ -176,3 +176,28 @@ def test_a_forecast_is_scored_horizon_ticks_later_against_the_realised_log_retur
     assert m.count == 2
     np.testing.assert_allclose([m.abs_error, m.random_walk_abs_error],
                                [0.2953101798 + 0.2046898202, 0.0953101798 + 0.0953101798], rtol=1e-9)
+
+
+def test_online_error_of_a_model_with_several_outputs_is_its_first_outputs(multi_bundle):
+    """The live metrics score output 0 at its horizon (bundle.horizon): the same sums as scoring that column."""
+    import pyarrow as pa
+
+    from pipeline.live.status import score
+    from pipeline.metrics import Metrics
+
+    assert multi_bundle.horizon == multi_bundle.output_list[0].horizon
+    rng = np.random.default_rng(3)
+    runs = []
+    for first_only in (False, True):
+        scorer, metrics = OnlineScorer(multi_bundle.horizon), Metrics()
+        for _ in range(5):
+            n = 30
+            ticks = pa.table({"instrument": pa.array([f"I{i % 4}" for i in range(n)]),
+                              "price": pa.array(100 * np.exp(rng.normal(0, 1e-3, n))),
+                              "partition": pa.array([0] * n, pa.int32())})
+            forecasts = rng.normal(0, 1e-3, (n, multi_bundle.outputs))
+            score(scorer, metrics, ticks, np.arange(n), forecasts[:, 0] if first_only else forecasts)
+        runs.append([metrics.registry.get_sample_value(f"tickcast_{m}_total") for m in
+                     ("forecast_abs_error", "random_walk_abs_error", "forecasts_scored")])
+        rng = np.random.default_rng(3)  # the same batches for the second run
+    assert runs[0] == runs[1] and runs[0][2] > 0
