@@ -17,9 +17,11 @@ from operators.training import sequences_from_table
 from pipeline.files.synthetic import generate_ticks
 from tests.support.bundles import in_target_units
 from tests.support.cli import tickcast
+from tests.support.keras_models import ChainReference
 
 # Every feature, the new ones first: the model's input order is the spec's, not the registry's.
 NAMES = (*KNOWN_FEATURES[5:], *KNOWN_FEATURES[:5])
+GRU = ("trade_sign", "time_of_day_sin", "log_return")
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +30,8 @@ def trained(tmp_path_factory):
     pq.write_table(generate_ticks(3, 900, seed=2, bad_fraction=0.0), folder / "ticks.parquet")
     tickcast("train", "--input", str(folder / "ticks.parquet"), "--out", str(folder / "model"), "--epochs", "1",
              "--hidden", "4", "--window", "32", "--horizon", "3", "--features", ",".join(NAMES))
+    tickcast("train", "--input", str(folder / "ticks.parquet"), "--out", str(folder / "gru"), "--epochs", "1",
+             "--hidden", "4", "--window", "32", "--cell", "gru", "--horizons", "1,3", "--features", ",".join(GRU))
     return folder
 
 
@@ -61,6 +65,19 @@ def test_the_operator_serves_what_the_keras_model_computes_in_any_micro_batches(
     by_row = dict(zip(np.concatenate(got_rows).tolist(), np.concatenate(got).tolist()))
     got = np.array([by_row[r] for r in seq.order.tolist()])
     np.testing.assert_allclose(in_target_units(bundle, got), in_target_units(bundle, want), rtol=1e-5, atol=1e-5)
+
+
+def test_a_gru_with_several_outputs_over_registry_features_serves_what_keras_computes(trained):
+    bundle = load_bundle(trained / "gru", with_keras=True)
+    meta = json.loads((trained / "gru" / "bundle.json").read_text())
+    assert meta["feature_spec"]["names"] == list(GRU) and meta["training"]["config"]["features"] == list(GRU)
+    assert bundle.outputs == 2 and bundle.shape.previous == ("sign",)
+    ticks = generate_ticks(3, 240, seed=4, bad_fraction=0.0)
+    rows, want, _ = ChainReference(bundle, bundle.keras_model).run(ticks)
+    fc = Forecaster(bundle)
+    got = np.concatenate([fc.step(ticks.slice(a, 50)).forecasts for a in range(0, ticks.num_rows, 50)])
+    np.testing.assert_array_equal(rows, np.arange(ticks.num_rows))
+    np.testing.assert_allclose(in_target_units(bundle, got), want, rtol=1e-5, atol=1e-5)
 
 
 def test_a_bundle_naming_an_unknown_feature_is_refused_listing_the_known_ones(trained, tmp_path):
