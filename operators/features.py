@@ -189,7 +189,7 @@ REGISTRY: dict[str, Feature] = {f.name: f for f in (
             ("ts",), (), lambda t: np.cos(t.day_angle)),
 )}
 KNOWN_FEATURES: tuple[str, ...] = tuple(REGISTRY)
-# The features of a spec that names none (every bundle before the registry, and `tickcast train`'s default).
+# The default spec's features: the five every bundle used before the registry (`tickcast train`'s default).
 FEATURE_NAMES: tuple[str, ...] = KNOWN_FEATURES[:5]
 N_FEATURES = len(FEATURE_NAMES)
 # What the state table always keeps of an instrument's previous tick; anything else a spec's features need
