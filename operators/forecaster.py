@@ -46,7 +46,7 @@ import pyarrow as pa
 from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
 from operators.lstm import RaggedLSTM
 from operators.bundle import Bundle
-from operators.state import NO_TS, StateTable
+from operators.state import NO_TS, StateTable, put_rows, take_rows
 from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, RejectReason, TickColumns,
                                   TimestampPolicy)
 
@@ -168,15 +168,12 @@ class Forecaster:
         # the kernel steps them in place and they are scattered back below.
         if len(rows) and (rows.min() < 0 or rows.max() >= len(st)):
             raise RuntimeError("state rows out of range")  # never: checked so that mode="clip" below clips nothing
-        # mode="clip": with the default mode, np.take into `out` goes through a fresh temporary anyway.
-        h0 = [np.take(st.h(layer), rows, axis=0, mode="clip", out=self._gather_buffer("h", layer, len(rows)))
-              for layer in layers]
-        c0 = [np.take(st.c(layer), rows, axis=0, mode="clip", out=self._gather_buffer("c", layer, len(rows)))
-              for layer in layers]
+        h0 = [take_rows(st.h(layer), rows, self._gather_buffer("h", layer, len(rows))) for layer in layers]
+        c0 = [take_rows(st.c(layer), rows, self._gather_buffer("c", layer, len(rows))) for layer in layers]
         y, h_new, c_new = self.kernel.run(x, lengths, h0, c0, reset, in_place=True)
         for layer in layers:
-            st.h(layer)[rows] = h_new[layer]
-            st.c(layer)[rows] = c_new[layer]
+            put_rows(st.h(layer), rows, h_new[layer])
+            put_rows(st.c(layer), rows, c_new[layer])
         st.column("last_price")[rows] = price[ends]
         st.column("last_ts")[rows] = ts[ends]
         st.column("tick_count")[rows] += lengths

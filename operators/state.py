@@ -198,6 +198,26 @@ def shrunk_capacity(capacity: int, n_rows: int, min_capacity: int) -> int:
     return capacity
 
 
+def _records(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous (n, width) array as n opaque records of width * itemsize bytes (a view)."""
+    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(a.shape[0])
+
+
+def take_rows(table: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[i] = table[rows[i]]`` for (n, width) C-contiguous arrays; rows must be in range.
+
+    Rows move as whole records (one memcpy each): about twice as fast as NumPy's
+    row-wise fancy indexing on a large table, and the same bytes.
+    """
+    np.take(_records(table), rows, mode="clip", out=_records(out))  # "clip": no temporary (rows are checked)
+    return out
+
+
+def put_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``table[rows[i]] = values[i]`` for (n, width) C-contiguous arrays, as whole records (see take_rows)."""
+    _records(table)[rows] = _records(np.ascontiguousarray(values, dtype=table.dtype))
+
+
 def _object_array(names: Sequence[str]) -> np.ndarray:
     out = np.empty(len(names), dtype=object)
     out[:] = names

@@ -131,8 +131,8 @@ class TickColumns:
         enc = pc.dictionary_encode(inst)
         codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         instruments = enc.dictionary.to_pylist()
-        empty = [i for i, s in enumerate(instruments) if s == ""]
-        if empty:
+        empty = np.flatnonzero(pc.binary_length(enc.dictionary).to_numpy(zero_copy_only=False) == 0)
+        if len(empty):  # an empty name is a missing instrument
             codes[np.isin(codes, empty)] = -1
 
         ts_arr = col("ts")
