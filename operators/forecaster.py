@@ -44,6 +44,7 @@ import numpy as np
 import pyarrow as pa
 
 from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
+from operators.index import name_words
 from operators.lstm import RaggedLSTM
 from operators.bundle import Bundle
 from operators.state import NO_TS, StateTable, put_rows, take_rows
@@ -117,8 +118,10 @@ class Forecaster:
             return StepResult(np.zeros(0, np.int64), np.zeros(0), reasons, 0, 0, 0)
         names = np.empty(len(cols.instruments), dtype=object)  # the batch's distinct names, indexable by code
         names[:] = cols.instruments
+        # The index compares names by their bytes (operators.index), taken from the Arrow dictionary.
+        words = name_words(cols.instrument_names if cols.instrument_names is not None else names)  # by code
         st = self.state
-        rows = st.lookup_many(groups.partition, names[groups.codes])
+        rows = st.lookup_many(groups.partition, names[groups.codes], words[groups.codes])
         limit = self.config.max_instruments
         refused_rows = np.zeros(0, dtype=np.int64)  # valid ticks refused by the limit: they still move the clock
         if limit is not None:
@@ -148,7 +151,7 @@ class Forecaster:
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             keys = zip(groups.partition[missing].tolist(), names[groups.codes[missing]])
-            rows[missing] = st.insert(list(keys))
+            rows[missing] = st.insert(list(keys), words[groups.codes[missing]])
         lengths = groups.lengths
         if len(lengths) > 1 and (lengths[1:] > lengths[:-1]).any():
             # Longest groups first (stable): the kernel then steps the gathered rows where they lie

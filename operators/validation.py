@@ -106,6 +106,7 @@ class TickColumns:
     price_null: np.ndarray  # (n,) bool
     size_null: np.ndarray  # (n,) bool; null size = absent, not invalid
     record_ts: np.ndarray | None = None  # (n,) int64 ns, the record's own timestamp; -1 where it has none
+    instrument_names: pa.Array | None = None  # `instruments` as the Arrow string array they came from
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -175,6 +176,7 @@ class TickColumns:
             record_ts=record_ts,
             instrument_codes=codes,
             instruments=instruments,
+            instrument_names=enc.dictionary,
             ts=ts_arr.fill_null(0).to_numpy(zero_copy_only=False),
             price=price,
             size=size,
