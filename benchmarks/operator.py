@@ -329,7 +329,7 @@ def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict
         "instruments": n_instruments,
         "raw_state_bytes_per_instrument": StateShape(1, hidden).raw_bytes_per_row,
         "table_bytes_per_instrument": table.nbytes / n_instruments,
-        "index_bytes_per_instrument": table.index_nbytes / n_instruments,  # hash slots, keys, name pointers
+        "index_bytes_per_instrument": table.index_nbytes / n_instruments,  # hash slots, keys, identities, name pointers
         "rss_bytes_per_instrument_with_index": (after - before) / n_instruments,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
@@ -337,7 +337,7 @@ def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict
 
 def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrument_counts: list[int] | None = None,
         layer_counts: list[int] | None = None, rounds: int = 3, batches_per_round: int = 4,
-        skip: tuple[tuple[int, int], ...] = ()) -> dict:
+        skip: tuple[tuple[int, int], ...] = (), activities: tuple[str, ...] | None = None) -> dict:
     """Every case: operator vs the bucketed-Keras peer (interleaved, best round), the per-tick
     Keras cell, and the GEMM limit. ``skip`` lists (instruments, layers) cases left out."""
     if instrument_counts is None:
@@ -365,7 +365,7 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
         for n in instrument_counts:
             if (n, layers) in skip:
                 continue
-            for activity in ("uniform", "zipf"):
+            for activity in activities or ("uniform", "zipf"):
                 batches = _stream(n, activity, n_batches, batch_ticks, seed=n + layers)
                 m = measure_against_peer(bundle, batches, n, rounds)
                 cell = measure_keras_cell(bundle, batches[0], cell_ticks)
@@ -393,9 +393,9 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
                         f"{100 * row['fraction_of_gemm_limit']:>8.1f}%")
     skew = []
     for r in rows:
-        if r["activity"] == "zipf":
-            u = next(x for x in rows if x["activity"] == "uniform" and x["instruments"] == r["instruments"]
-                     and x["layers"] == r["layers"])
+        u = next((x for x in rows if x["activity"] == "uniform" and x["instruments"] == r["instruments"]
+                  and x["layers"] == r["layers"]), None)
+        if r["activity"] == "zipf" and u is not None:
             skew.append({"instruments": r["instruments"], "layers": r["layers"],
                          "uniform_over_zipf": round(u["operator_ticks_per_second"] / r["operator_ticks_per_second"], 2)})
     printer("zipf slowdown (uniform t/s / zipf t/s): " +

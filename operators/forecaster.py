@@ -140,10 +140,14 @@ class Forecaster:
             return self._nothing_stepped(cols, reasons, refused_rows)
         # What precedes each group: its row's previous tick; nothing for an instrument without a row.
         known = rows >= 0
-        preceding = Preceding.nothing(len(rows))
-        preceding.price[known] = st.column("last_price")[rows[known]]
-        preceding.ts[known] = st.column("last_ts")[rows[known]]
-        preceding.present[known] = st.column("tick_count")[rows[known]] > 0
+        if known.all():  # the common case: no new instrument in the batch
+            preceding = Preceding(st.column("last_price")[rows], st.column("last_ts")[rows],
+                                  st.column("tick_count")[rows] > 0)
+        else:
+            preceding = Preceding.nothing(len(rows))
+            preceding.price[known] = st.column("last_price")[rows[known]]
+            preceding.ts[known] = st.column("last_ts")[rows[known]]
+            preceding.present[known] = st.column("tick_count")[rows[known]] > 0
         groups, kept = refuse_late(cols, groups, preceding, reasons)
         if len(groups.order) == 0:
             return self._nothing_stepped(cols, reasons, refused_rows)

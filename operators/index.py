@@ -68,8 +68,16 @@ def name_words(names: "pa.Array | Sequence[str] | np.ndarray") -> np.ndarray:
     out[:, 0] = lengths
     take = np.minimum(lengths, WORD_BYTES)
     total = int(take.sum())
-    if total:
-        data = np.frombuffer(data_buf, dtype=np.uint8)
+    if total == 0:
+        return out
+    data = np.frombuffer(data_buf, dtype=np.uint8)
+    width = int(lengths[0])
+    if width <= WORD_BYTES and (lengths == width).all():
+        # Names of one length (fixed-width codes) lie back to back: no per-byte scatter.
+        padded = np.zeros((n, WORD_BYTES), dtype=np.uint8)
+        padded[:, :width] = data[offsets[0]:offsets[0] + n * width].reshape(n, width)
+        out[:, 1:] = padded.view(np.uint64)
+    else:
         first = np.cumsum(take) - take  # where each name's kept bytes start among all kept bytes
         within = np.arange(total) - np.repeat(first, take)
         padded = np.zeros(n * WORD_BYTES, dtype=np.uint8)

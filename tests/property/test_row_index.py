@@ -138,3 +138,16 @@ def test_a_large_table_finds_every_row_and_nothing_else():
     want = np.array([i if i < n else -1 for i in range(0, n + 500, 3)])
     assert np.array_equal(rows, want)
     assert (t.lookup_many((parts + 1) % 7, probe) == -1).all()  # right name, wrong partition
+
+
+@settings(max_examples=100, deadline=None)
+@given(width=st.integers(1, 20), data=st.data())
+def test_name_words_of_names_of_one_length(width, data):
+    """Names of one byte length take a shortcut (no per-byte scatter); the words are the same bytes."""
+    alphabet = st.characters(min_codepoint=0, max_codepoint=127)
+    names = data.draw(st.lists(st.text(alphabet, min_size=width, max_size=width), min_size=1, max_size=10))
+    cut = data.draw(st.integers(0, 3))
+    words = name_words(pa.array(["z" * width] * cut + names).slice(cut))
+    for n, w in zip(names, words):
+        assert int(w[0]) == width
+        assert w[1:].tobytes() == n.encode()[:16].ljust(16, b"\0")
