@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-BENCHMARKS = ("operator", "e2e", "checkpoint", "backtest", "memory", "startup")
+BENCHMARKS = ("operator", "operator-profile", "e2e", "checkpoint", "backtest", "memory", "startup")
 
 
 def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int = 10_000, instruments: int = 1_000,
@@ -16,6 +16,11 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int = 10_000, 
 
         return bench_operator(quick=quick, batch_ticks=batch_ticks, instrument_counts=list(sizes) if sizes else None,
                               layer_counts=list(layers) if layers else None, activities=activities)
+    if what == "operator-profile":
+        from benchmarks.operator_profile import run as bench_profile  # noqa: PLC0415
+
+        return bench_profile(sizes=list(sizes) if sizes else None, layer_counts=list(layers) if layers else None,
+                             activities=activities, quick=quick, batch_ticks=batch_ticks)
     if what == "memory":
         from benchmarks.memory import run as bench_memory  # noqa: PLC0415
 

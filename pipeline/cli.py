@@ -16,6 +16,7 @@ import time
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
+from benchmarks.suite import BENCHMARKS
 from operators.errors import TickcastError
 from pipeline import console
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, parse_duration_ns
@@ -401,16 +402,17 @@ def _add_later_parsers(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest", "memory", "startup"], help="which benchmark")
+    p.add_argument("what", choices=list(BENCHMARKS), help="which benchmark")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
     p.add_argument("--batch-ticks", type=int, default=10_000,
                    help="operator: ticks per micro-batch (default: 10000)")
     p.add_argument("--sizes", default=None, metavar="N,...",
-                   help="operator: instrument counts (default: 10,1000,10000,100000,1000000; --quick: 10,1000)")
+                   help="operator: instrument counts (default: 10,1000,10000,100000,1000000; --quick: 10,1000); "
+                        "operator-profile: (default: 100000,1000000)")
     p.add_argument("--layers", default=None, metavar="N,...", help="operator: LSTM layer counts (default: 1,2)")
     p.add_argument("--activities", default=None, metavar="KIND,...",
-                   help="operator: uniform, zipf or both (default: uniform,zipf)")
+                   help="operator: uniform, zipf or both (default: uniform,zipf; operator-profile: uniform)")
     p.add_argument("--instruments", type=int, default=1_000, help="e2e: instruments (default: 1000)")
     p.add_argument("--drain-minutes", type=float, default=0.0,
                    help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
