@@ -5,7 +5,8 @@ hidden size 64, 1 and 2 layers:
 1. the operator (``Forecaster.step`` on micro-batches of Arrow ticks: validation,
    grouping, features, gather, ragged LSTM, scatter), ticks/s;
 2. the strongest plain-TensorFlow peer, bucketed Keras (:class:`BucketedKeras`),
-   over the same batches, alternating with the operator round by round; its whole
+   over the same batches, alternating with the operator round by round (8 rounds of
+   2 batches; best round of each, the median of the per-round ratios, CPU time); its whole
    step and its LSTM + Dense calls alone, ticks/s; checked to give the operator's
    forecasts before anything is timed;
 3. the naive correct approach: one Keras ``LSTMCell`` call per tick, with each
@@ -231,6 +232,11 @@ def measure_against_peer(bundle: Bundle, batches: list[pa.Table], n_instruments:
     ``batches[0]`` warms both up (not timed); the rest is cut into ``rounds`` rounds.
     In each round the operator steps the round's batches, then the peer steps the same
     batches: both see the same stream, in the same order, under the same machine load.
+    Also per round: the ratio of the two sides' wall times (its median over rounds is
+    ``paired_ratio``: each pair ran back to back, so a burst of load on this shared
+    machine moves one pair, not the median) and the CPU time each side used (all of the
+    process's threads: TensorFlow runs the peer's ops on a pool of threads, the operator
+    runs on the calling thread).
     """
     fc = Forecaster(bundle)
     peer = BucketedKeras(bundle, capacity=n_instruments)
@@ -242,24 +248,32 @@ def measure_against_peer(bundle: Bundle, batches: list[pa.Table], n_instruments:
     timed = batches[1:]
     per_round = max(len(timed) // rounds, 1)
     best_op = best_peer = best_model = float("inf")
+    best_op_cpu = best_peer_cpu = float("inf")
+    pairs = []
     instruments_per_batch = []
     ticks = 0
     for r in range(rounds):
         chunk = timed[r * per_round:(r + 1) * per_round]
         ticks = sum(b.num_rows for b in chunk)
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         for b in chunk:
             instruments_per_batch.append(fc.step(b).n_instruments)
-        best_op = min(best_op, time.perf_counter() - started)
+        op = time.perf_counter() - started
+        best_op_cpu = min(best_op_cpu, time.process_time() - cpu)
         model_before = peer.model_seconds
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         for b in chunk:
             peer.step(b)
-        best_peer = min(best_peer, time.perf_counter() - started)
+        other = time.perf_counter() - started
+        best_peer_cpu = min(best_peer_cpu, time.process_time() - cpu)
+        best_op, best_peer = min(best_op, op), min(best_peer, other)
         best_model = min(best_model, peer.model_seconds - model_before)
+        pairs.append(other / op)
     return {"operator_ticks_per_second": ticks / best_op,
             "peer_ticks_per_second": ticks / best_peer,
             "peer_model_only_ticks_per_second": ticks / best_model,
+            "paired_ratio": float(np.median(pairs)),
+            "cpu_ratio": best_peer_cpu / best_op_cpu,
             "batches_per_round": per_round, "rounds": rounds,
             "mean_instruments_per_batch": float(np.mean(instruments_per_batch))}
 
@@ -336,7 +350,7 @@ def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict
 
 
 def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrument_counts: list[int] | None = None,
-        layer_counts: list[int] | None = None, rounds: int = 3, batches_per_round: int = 4,
+        layer_counts: list[int] | None = None, rounds: int = 8, batches_per_round: int = 2,
         skip: tuple[tuple[int, int], ...] = (), activities: tuple[str, ...] | None = None) -> dict:
     """Every case: operator vs the bucketed-Keras peer (interleaved, best round), the per-tick
     Keras cell, and the GEMM limit. ``skip`` lists (instruments, layers) cases left out."""
@@ -353,7 +367,7 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
     printer(f"operator benchmark: hidden {HIDDEN}, micro-batches of {batch_ticks:,} ticks; operator and "
             f"bucketed-Keras peer alternate over {rounds} rounds of {batches_per_round} batches, best round each")
     header = (f"{'instruments':>11} {'activity':>8} {'layers':>6} {'inst/batch':>10} {'operator t/s':>13} "
-              f"{'peer t/s':>10} {'ratio':>6} {'peer LSTM+Dense t/s':>19} {'ratio':>6} {'keras cell t/s':>14} "
+              f"{'peer t/s':>10} {'ratio':>6} {'paired':>6} {'CPU':>6} {'peer LSTM+Dense t/s':>19} {'ratio':>6} {'keras cell t/s':>14} "
               f"{'GEMM rows/s':>12} {'% of GEMM':>9}")
     printer(header)
     for layers in layer_counts:
@@ -376,6 +390,8 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
                     "operator_ticks_per_second": round(op, 1),
                     "peer_ticks_per_second": round(m["peer_ticks_per_second"], 1),
                     "operator_over_peer": round(op / m["peer_ticks_per_second"], 2),
+                    "operator_over_peer_paired_median": round(m["paired_ratio"], 2),
+                    "operator_over_peer_cpu_time": round(m["cpu_ratio"], 2),
                     "peer_model_only_ticks_per_second": round(m["peer_model_only_ticks_per_second"], 1),
                     "operator_over_peer_model_only": round(op / m["peer_model_only_ticks_per_second"], 2),
                     "keras_cell_ticks_per_second": round(cell, 1),
@@ -388,6 +404,7 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
                 rows.append(row)
                 printer(f"{n:>11,} {activity:>8} {layers:>6} {row['mean_instruments_per_batch']:>10,.0f} "
                         f"{op:>13,.0f} {row['peer_ticks_per_second']:>10,.0f} {row['operator_over_peer']:>6.2f} "
+                        f"{row['operator_over_peer_paired_median']:>6.2f} {row['operator_over_peer_cpu_time']:>6.2f} "
                         f"{row['peer_model_only_ticks_per_second']:>19,.0f} "
                         f"{row['operator_over_peer_model_only']:>6.2f} {cell:>14,.0f} {gemm:>12,.0f} "
                         f"{100 * row['fraction_of_gemm_limit']:>8.1f}%")
