@@ -24,8 +24,8 @@ on the same batches for scale.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from typing import Callable, Iterator
 
 import operators.forecaster as forecaster_mod
 import operators.grouping as grouping_mod

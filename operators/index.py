@@ -32,17 +32,17 @@ _EMPTY = np.uint64(np.iinfo(np.uint64).max)  # the row of an empty slot
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
-def _name_hashes(names: "Sequence[str] | np.ndarray") -> np.ndarray:
+def _name_hashes(names: Sequence[str] | np.ndarray) -> np.ndarray:
     """Python's own str hash of each name, as uint64 (cached on each str object)."""
     return np.fromiter(map(hash, names), dtype=np.int64, count=len(names)).view(np.uint64)
 
 
-def row_keys(partitions: np.ndarray, names: "Sequence[str] | np.ndarray") -> np.ndarray:
+def row_keys(partitions: np.ndarray, names: Sequence[str] | np.ndarray) -> np.ndarray:
     """64-bit hash key of each (partition, instrument): where its probe starts."""
     return _name_hashes(names) ^ (np.asarray(partitions).astype(np.uint64) * _GOLDEN)
 
 
-def name_words(names: "pa.Array | Sequence[str] | np.ndarray") -> np.ndarray:
+def name_words(names: pa.Array | Sequence[str] | np.ndarray) -> np.ndarray:
     """(n, 3) uint64 per name: its UTF-8 length in bytes, then its first 16 bytes zero-padded as two words.
 
     ``names`` is an Arrow string array without nulls (a batch's dictionary: no Python strings
@@ -84,6 +84,11 @@ def name_words(names: "pa.Array | Sequence[str] | np.ndarray") -> np.ndarray:
         padded[np.repeat(np.arange(n) * WORD_BYTES, take) + within] = data[np.repeat(offsets[:-1], take) + within]
         out[:, 1:] = padded.view(np.uint64).reshape(n, 2)
     return out
+
+
+def _records(a: np.ndarray) -> np.ndarray:
+    """(n, 4) uint64 as n opaque 32-byte records (a view)."""
+    return a.view(np.dtype((np.void, 32))).reshape(len(a))
 
 
 def identities(partitions: np.ndarray, words: np.ndarray) -> np.ndarray:
@@ -140,7 +145,7 @@ class RowIndex:
         i0, i1, i2 = ident[:, 0], ident[:, 1], ident[:, 2]
         long = is_long(ident)
         step_mask = int(self.mask)
-        records = self.slots.view(np.dtype((np.void, 32))).reshape(-1)
+        records = _records(self.slots)
         while len(pending):
             rec = np.take(records, pos).view(np.uint64).reshape(-1, 4)  # one 32-byte record per probe
             empty = rec[:, 3] == _EMPTY  # an empty slot ends the probe: absent
@@ -161,16 +166,21 @@ class RowIndex:
             raise ValueError("RowIndex.add past half full: rebuild it larger first")
         step_mask = int(self.mask)
         pos = (keys & self.mask).astype(np.int64)
-        ident, row = ident, np.asarray(rows, dtype=np.int64).astype(np.uint64)
+        record = np.empty((len(rows), 4), dtype=np.uint64)  # identity and row, written as one 32-byte record
+        record[:, :3] = ident
+        record[:, 3] = np.asarray(rows, dtype=np.int64).astype(np.uint64)
+        records, new = _records(self.slots), _records(record)
         slot_row = self.slots[:, 3]
-        while len(row):
+        which = np.arange(len(rows))
+        row = record[:, 3]
+        while len(which):
             free = np.flatnonzero(slot_row[pos] == _EMPTY)
             slot_row[pos[free]] = row[free]  # several rows may race for one slot: the last write wins
             won = free[slot_row[pos[free]] == row[free]]
-            self.slots[pos[won], :3] = ident[won]
-            lost = np.ones(len(row), dtype=bool)
+            records[pos[won]] = new[which[won]]
+            lost = np.ones(len(which), dtype=bool)
             lost[won] = False
-            ident, row = ident[lost], row[lost]
+            which, row = which[lost], row[lost]
             pos = (pos[lost] + 1) & step_mask
         self.size += len(rows)
 
