@@ -81,8 +81,10 @@ class Preceding:
     price: np.ndarray  # (G,) float64 previous price (NaN where none)
     ts: np.ndarray  # (G,) int64 previous event time (NO_TS where none); late ticks are judged against it
     present: np.ndarray  # (G,) bool: a previous tick the features may use
-    mid: np.ndarray  # (G,) float64 previous tick's mid (NaN where none or without quotes)
-    sign: np.ndarray  # (G,) int8 previous tick's trade sign (0 where none)
+    # Only for features that need them (None: none anywhere): the previous tick's mid (float64, NaN where none
+    # or without quotes) and trade sign (int8, 0 where none).
+    mid: np.ndarray | None = None
+    sign: np.ndarray | None = None
 
     @classmethod
     def nothing(cls, n_groups: int) -> "Preceding":
@@ -91,8 +93,9 @@ class Preceding:
                    np.zeros(n_groups, dtype=bool), np.full(n_groups, np.nan), np.zeros(n_groups, dtype=np.int8))
 
     def take(self, groups: np.ndarray) -> "Preceding":
-        return Preceding(self.price[groups], self.ts[groups], self.present[groups], self.mid[groups],
-                         self.sign[groups])
+        mid = None if self.mid is None else self.mid[groups]
+        sign = None if self.sign is None else self.sign[groups]
+        return Preceding(self.price[groups], self.ts[groups], self.present[groups], mid, sign)
 
 
 def group_ticks(cols: TickColumns, timestamps: TimestampPolicy | None = None,

@@ -16,6 +16,7 @@ import time
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
+from benchmarks.suite import BENCHMARKS
 from operators.errors import TickcastError
 from operators.features import KNOWN_FEATURES
 from pipeline import console
@@ -175,12 +176,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     metrics_address=args.metrics_address)
 
 
+def _int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
+
+
+def _choices(text: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    values = tuple(text.split(","))
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        raise ConfigError(f"{flag} takes a comma-separated subset of {', '.join(allowed)}, got {text!r}")
+    return values
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.suite import run_benchmark  # noqa: PLC0415
 
     results = run_benchmark(args.what, quick=args.quick, batch_ticks=args.batch_ticks, instruments=args.instruments,
                             drain_minutes=args.drain_minutes, bootstrap_servers=args.bootstrap_servers,
-                            names=args.names, modes=tuple(m for m in args.modes.split(",") if m))
+                            names=args.names, modes=tuple(m for m in args.modes.split(",") if m),
+                            sizes=_int_list(args.sizes, "--sizes"), layers=_int_list(args.layers, "--layers"),
+                            activities=_choices(args.activities, "--activities", ("uniform", "zipf")))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.json}")
@@ -383,11 +408,17 @@ def _add_later_parsers(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest", "memory", "startup"], help="which benchmark")
+    p.add_argument("what", choices=list(BENCHMARKS), help="which benchmark")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
     p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
     p.add_argument("--batch-ticks", type=int, default=10_000,
                    help="operator: ticks per micro-batch (default: 10000)")
+    p.add_argument("--sizes", default=None, metavar="N,...",
+                   help="operator: instrument counts (default: 10,1000,10000,100000,1000000; --quick: 10,1000); "
+                        "operator-profile: (default: 100000,1000000)")
+    p.add_argument("--layers", default=None, metavar="N,...", help="operator: LSTM layer counts (default: 1,2)")
+    p.add_argument("--activities", default=None, metavar="KIND,...",
+                   help="operator: uniform, zipf or both (default: uniform,zipf; operator-profile: uniform)")
     p.add_argument("--instruments", type=int, default=1_000, help="e2e: instruments (default: 1000)")
     p.add_argument("--drain-minutes", type=float, default=0.0,
                    help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
