@@ -12,7 +12,7 @@ duration only (nothing in the operator knows it is being timed):
 - ``late ticks``: ``refuse_late``;
 - ``features``: raw features and normalisation;
 - ``gather`` / ``scatter``: h and c rows out of and back into the state table;
-- ``LSTM + head``: ``RaggedLSTM.run`` (packing, GEMMs, the element-wise step, the dense head);
+- ``LSTM + head``: ``RaggedLSTM.step`` (packing, GEMMs, the element-wise step, the dense head);
 - ``rest``: what is left (previous-tick values, sorting groups by length, the scalar columns'
   scatter, forecasts back to batch order, the expiry clock).
 
@@ -84,7 +84,7 @@ def _timers(spent: dict[str, float]) -> ExitStack:
     stack.enter_context(_patched(Normalisation, "apply", timed("features")))
     stack.enter_context(_patched(forecaster_mod, "take_rows", timed("gather")))
     stack.enter_context(_patched(forecaster_mod, "put_rows", timed("scatter")))
-    stack.enter_context(_patched(RaggedLSTM, "run", timed("LSTM + head")))
+    stack.enter_context(_patched(RaggedLSTM, "step", timed("LSTM + head")))
     return stack
 
 

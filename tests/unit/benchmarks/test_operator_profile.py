@@ -16,13 +16,13 @@ from pipeline.cli import main
 
 def test_profile_splits_the_step_into_stages_and_restores_the_operator():
     originals = (TickColumns.__dict__["from_arrow"], grouping_mod.validate_values, forecaster_mod.take_rows,
-                 forecaster_mod.put_rows, forecaster_mod.name_words, StateTable.lookup_many, RaggedLSTM.run)
+                 forecaster_mod.put_rows, forecaster_mod.name_words, StateTable.lookup_many, RaggedLSTM.step)
     r = profile(300, 1, n_batches=2, repeats=1, batch_ticks=400, peer=False)
     assert set(STAGES) <= set(r)
     assert all(r[s] > 0 for s in ("arrow -> columns", "index", "gather", "LSTM + head", "scatter"))
     assert sum(r[s] for s in STAGES) == pytest.approx(r["total"])
     after = (TickColumns.__dict__["from_arrow"], grouping_mod.validate_values, forecaster_mod.take_rows,
-             forecaster_mod.put_rows, forecaster_mod.name_words, StateTable.lookup_many, RaggedLSTM.run)
+             forecaster_mod.put_rows, forecaster_mod.name_words, StateTable.lookup_many, RaggedLSTM.step)
     assert all(a is b for a, b in zip(originals, after))
 
 
