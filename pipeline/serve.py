@@ -26,7 +26,7 @@ def serve(cfg: RunConfig) -> int:
     log.info("starting", extra={"model_version": bundle.model_version, "metrics": f"http://{server.address}/metrics",
                                 **{k: v for k, v in cfg.redacted().items() if k in
                                    ("bootstrap_servers", "group_id", "output_topic", "dead_letter_topic",
-                                    "max_batch_ticks", "max_batch_ms", "output_mode", "output_format",
+                                    "max_batch_ticks", "max_batch_ms", "max_batches_in_flight", "output_mode", "output_format",
                                     "processing")}})
     runner = Runner(cfg, bundle, metrics)
     runner.install_signal_handlers()

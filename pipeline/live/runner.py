@@ -48,6 +48,7 @@ from pipeline.kafka.ticks import decode_records
 from pipeline.live import clients, messages, status
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import Delivery, Outbox
+from pipeline.live.inflight import BatchSizer, InFlight, InFlightBatch
 from pipeline.live.messages import DeadLetter, Message
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
@@ -104,6 +105,8 @@ class Runner:
                                  self.stopping, clients.StallWatch(metrics), self.recovery.rewind)
         self.checkpointer = Checkpointer(config, bundle, self.forecaster, self.store, self.partitions, metrics,
                                          self.stats)
+        self.inflight = InFlight(config.max_batches_in_flight)
+        self.sizer = BatchSizer(config.max_batch_ticks, config.max_batch_ms)
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
                                  "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden)})
 
@@ -154,20 +157,28 @@ class Runner:
         return code
 
     def _loop(self) -> None:
-        """Collect a batch (restoring newly assigned partitions on the way), process and deliver it, then
-        maybe checkpoint; a status line now and then."""
+        """Collect a batch (restoring newly assigned partitions on the way), process it and dispatch it while
+        older batches settle (``inflight``), then maybe checkpoint; a status line now and then. No input, a
+        checkpoint due, or a stop: every batch in flight is settled first."""
         last_status = time.monotonic()
         while not self.stop_event.is_set():
+            if self.inflight and self.checkpointer.due():
+                self._drain()  # only committed state is checkpointed
             records, received_at = self._collect()
             if self.stopping.fatal:
                 raise FatalError(self.stopping.fatal)
             if records:
                 self._process(records, received_at)
-                self.checkpointer.maybe_checkpoint()
+            else:
+                self._drain()
+            self.checkpointer.maybe_checkpoint()
             now = time.monotonic()
             if self.cfg.status_interval_s and now - last_status >= self.cfg.status_interval_s:
                 status.report_status(self.stats, self.partitions, len(self.forecaster.state))
                 last_status = now
+        if self.stopping.fatal:
+            raise FatalError(self.stopping.fatal)
+        self._drain()
 
     def summary(self) -> dict:
         return self.stats.summary()
@@ -202,6 +213,12 @@ class Runner:
     def on_revoked(self, revoked) -> None:
         """Before another member takes them: checkpoint what we hold (committed already), then forget it."""
         parts = self.partitions
+        if self.delivery.transactional:  # the open transaction's commit ends first: the next owner sees it
+            self.inflight.wait_commits(self.cfg.longest_bounded_wait_ms / 1000)
+            if self.inflight.all_committed():
+                parts.dirty = False  # nothing stepped is uncommitted (a revoke comes inside a poll)
+        else:  # abandon: never commit a revoked partition's offsets (its new owner reprocesses them)
+            self.inflight.forget_partitions(revoked)
         mine = [tp for tp in revoked if tp in parts.assigned]
         if mine:
             self.checkpointer.checkpoint_now(mine, "revoke", wait=False)  # never block the network thread
@@ -241,10 +258,12 @@ class Runner:
         records: list = []
         received: list[float] = []
         deadline = None
-        limit = self.cfg.max_batch_ticks
+        limit = self.sizer.limit()
         parts = self.partitions
         while len(records) < limit and not self.stop_event.is_set():
-            wait_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            # With batches in flight, an empty poll returns at once: the loop then settles them.
+            idle_ms = 0 if self.inflight else 200
+            wait_ms = idle_ms if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             try:
                 polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(records))
                 self.metrics.broker_up.set(1)
@@ -256,6 +275,8 @@ class Runner:
                 self.stop_event.wait(1.0)
                 continue
             self.metrics.beat()
+            while self.inflight.ready():  # commit in order as acknowledgements arrive
+                self._settle_oldest()
             now = time.monotonic()
             for recs in polled.values():
                 records.extend(recs)
@@ -276,19 +297,56 @@ class Runner:
         return records, received
 
     def _process(self, records: list, received_at: list[float]) -> None:
+        """Step and encode a batch; settle the oldest batches until there is room; dispatch this one (sends
+        issued, or its transaction opened with its commit on a helper thread). One transaction at a time:
+        exactly-once settles the open one first, and an abort there rewinds this batch's state too."""
         t_batch = time.perf_counter()
         batch = self._step(records, received_at)
         offsets = self.partitions.commit_offsets(batch.part_ids, batch.offs,
                                                  None if batch.silent is None else ~batch.silent)
         out_rows, forecasts = self._emitted(batch)
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
-        if not self.delivery.deliver(outbox):
-            return  # aborted and rewound: these records come again
-        self.partitions.dirty = False
+        work_s = time.perf_counter() - t_batch
+        while self.inflight and (self.delivery.transactional or not self.inflight.room_for_next()):
+            if not self._settle_oldest(stepped=True):
+                return  # aborted and rewound: these records come again
+        t_dispatch = time.perf_counter()
+        entry = InFlightBatch(outbox, batch, out_rows, t_batch)
+        if self.delivery.transactional:
+            entry.tx = self.delivery.start_transaction(outbox)
+            if entry.tx is None:
+                return  # aborted and rewound: these records come again
+        else:
+            entry.sent = self.delivery.send(outbox)
+        self.sizer.observe(len(records), work_s + time.perf_counter() - t_dispatch)
+        self.inflight.push(entry)
+        while len(self.inflight) >= self.inflight.depth:
+            self._settle_oldest()
+
+    def _settle_oldest(self, stepped: bool = False) -> bool:
+        """Settle the oldest batch in flight: its acknowledgements then its offsets (at-least-once), or its
+        transaction's commit (exactly-once); then account it. False: aborted, the state rewound and every
+        batch in flight dropped (their records come again). ``stepped``: a newer batch is stepped, not yet
+        dispatched (the state stays ahead of the committed offsets)."""
+        entry = self.inflight.oldest()
+        if self.delivery.transactional:
+            if not self.delivery.finish_transaction(entry.outbox, entry.tx):
+                self.inflight.clear()
+                return False
+        else:
+            self.delivery.settle(entry.outbox, entry.sent)
+        self.inflight.pop()
+        self.partitions.dirty = stepped or bool(self.inflight)
         self.checkpointer.batch_done()
-        if batch.silent is not None:
+        if entry.batch.silent is not None:
             self.partitions.end_replays()
-        self._account(batch, out_rows, t_batch)
+        self._account(entry.batch, entry.out_rows, entry.started)
+        return True
+
+    def _drain(self) -> None:
+        """Settle every batch in flight, oldest first."""
+        while self.inflight and self._settle_oldest():
+            pass
 
     def _step(self, records: list, received_at: list[float]) -> Batch:
         """Decode the records, step the operator on the valid ticks; dead letters and silent records found."""
