@@ -27,9 +27,9 @@ from pipeline.live import status
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.clients import CachingPartitioner, Connection, KafkaClients
 from pipeline.live.delivery import Delivery, Outbox
+from pipeline.live.inflight import InFlight
 from pipeline.live.messages import DeadLetter, Message
 from pipeline.live.partitions import Partitions
-from pipeline.live.inflight import InFlight
 from pipeline.live.runner import Runner
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
