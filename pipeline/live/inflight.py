@@ -12,6 +12,7 @@ commit to end first, so the new owner reads committed offsets that include it (n
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -77,10 +78,8 @@ class InFlight:
         """Exactly-once: let every open transaction's commit end (success or not) before going on."""
         for entry in self.batches:
             if entry.tx is not None:
-                try:
+                with contextlib.suppress(TimeoutError):  # still running: the loop's thread judges it later
                     entry.tx.commit.exception(timeout=timeout_s)
-                except Exception:  # noqa: BLE001 - a timeout: the loop's thread judges the commit later
-                    pass
 
     def all_committed(self) -> bool:
         """Exactly-once: every batch in flight is committed (none failed, none still running)."""

@@ -18,10 +18,14 @@ valid checkpoint and replayed silently up to the committed offset; with
 checkpoints off it begins with empty state, and the log says so loudly.
 ``processing = exactly_once`` replaces steps 4-6 with one Kafka transaction.
 
+Pipelining (``max_batches_in_flight`` > 1): steps 1-3 of the next batch run while the previous batch
+waits in step 5 (or, exactly-once, for its transaction's commit); batches are settled oldest first, so
+offsets are still committed in input order and never past a batch not yet acknowledged.
+
 Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (what each owned partition's state
-reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``delivery`` (steps 4-6),
-``checkpointer`` (snapshots), ``status`` (stats, lag, status line). This module holds the lifecycle and
-the loop.
+reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``batch`` (steps 2-3),
+``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
+(snapshots), ``status`` (stats, lag, status line). This module holds the lifecycle and the loop.
 """
 
 from __future__ import annotations
@@ -29,27 +33,24 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from operators.forecaster import Forecaster, ForecasterConfig, StepResult
+from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
-from operators.validation import reject_labels
 from pipeline import logs
 from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
-from pipeline.kafka.ticks import decode_records
 from pipeline.live import clients, messages, status
+from pipeline.live.batch import Batch, step_batch
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import Delivery, Outbox
 from pipeline.live.inflight import BatchSizer, InFlight, InFlightBatch
-from pipeline.live.messages import DeadLetter, Message
+from pipeline.live.messages import Message
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
@@ -57,23 +58,6 @@ from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
 
 log = logs.get("run")
-
-
-@dataclass
-class Batch:
-    """One micro-batch after the operator: the records, their decoded ticks and what came out."""
-
-    records: list
-    received_at: list[float]
-    ticks: pa.Table  # decoded valid ticks, with partition id and offset
-    part_ids: np.ndarray  # partition id of each record
-    offs: np.ndarray  # offset of each record
-    idx: np.ndarray  # record index of each decoded tick
-    result: StepResult
-    rows: np.ndarray  # tick rows with a forecast to emit (not silent)
-    forecasts: np.ndarray
-    dead: list[DeadLetter]
-    silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
 
 
 class Runner:
@@ -301,7 +285,7 @@ class Runner:
         issued, or its transaction opened with its commit on a helper thread). One transaction at a time:
         exactly-once settles the open one first, and an abort there rewinds this batch's state too."""
         t_batch = time.perf_counter()
-        batch = self._step(records, received_at)
+        batch = step_batch(records, received_at, self.partitions, self.forecaster, self.metrics, self.stats)
         offsets = self.partitions.commit_offsets(batch.part_ids, batch.offs,
                                                  None if batch.silent is None else ~batch.silent)
         out_rows, forecasts = self._emitted(batch)
@@ -347,41 +331,6 @@ class Runner:
         """Settle every batch in flight, oldest first."""
         while self.inflight and self._settle_oldest():
             pass
-
-    def _step(self, records: list, received_at: list[float]) -> Batch:
-        """Decode the records, step the operator on the valid ticks; dead letters and silent records found."""
-        n = len(records)
-        part = np.fromiter((r.partition for r in records), dtype=np.int64, count=n)
-        offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
-        part_ids = self.partitions.partition_ids([r.topic for r in records], part)
-        status.count_received(self.metrics, self.partitions, part_ids)
-
-        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
-        # The record timestamp is "now" for the timestamp policy.
-        decoded = decode_records([r.key for r in records], [r.value for r in records], stamps, part_ids, offs)
-        ticks, idx = decoded.ticks, decoded.index
-        # Records a recovery replays (before the committed offset) update state and emit nothing.
-        silent = self.partitions.silent_mask(part_ids, offs, stamps)
-        t_step = time.perf_counter()
-        self.partitions.dirty = True
-        result = self.forecaster.step(ticks)
-        self.metrics.step_seconds.observe(time.perf_counter() - t_step)
-        self.partitions.advance(part_ids, offs)
-
-        # Dead letters: decode failures and operator refusals, with the original bytes.
-        dead = [(i, reason.label, detail) for i, reason, detail in decoded.rejected]
-        bad_rows = np.flatnonzero(result.reasons)
-        dead += [(int(i), label, "") for i, label in zip(idx[bad_rows], reject_labels(result.reasons[bad_rows]))]
-        rows, forecasts = result.rows, result.forecasts
-        if silent is not None:
-            loud = ~silent[idx[rows]]
-            rows, forecasts = rows[loud], forecasts[loud]
-            dead = [d for d in dead if not silent[d[0]]]
-            n_silent = int(silent.sum())
-            self.stats.replayed += n_silent
-            self.metrics.replayed_ticks.inc(n_silent)
-        return Batch(records, received_at, ticks, part_ids, offs, idx, result, rows, forecasts,
-                     [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent)
 
     def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Tick rows to publish and their forecasts: all, or the last per instrument (``output_mode``)."""
