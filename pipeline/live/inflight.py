@@ -119,6 +119,7 @@ class BatchSizer:
 
     def limit(self) -> int:
         """Ticks the next batch may hold."""
-        if not self.seconds_per_tick:
+        spt = self.seconds_per_tick
+        if not spt or self.budget_s >= spt * self.cap:
             return self.cap
-        return max(self.floor, min(self.cap, int(self.budget_s / self.seconds_per_tick)))
+        return max(self.floor, int(self.budget_s / spt))
