@@ -98,7 +98,8 @@ def committed(commit: Future) -> bool:
 
 class BatchSizer:
     """Caps a batch's ticks by what the loop processes within ``max_batch_ms``: an exponentially weighted
-    average of seconds per tick (decode, step, encode, send) times the budget. A slow batch makes the next
+    average of seconds per tick (decode, step, encode, issuing the sends; not the broker's round trips, which
+    do not grow with the batch) times the budget. A slow batch makes the next
     ones smaller instead of letting them fill to ``max_batch_ticks`` while it ran. Never below ``floor``
     ticks (fixed per-batch costs would otherwise shrink batches to nothing on an overloaded machine)."""
 
