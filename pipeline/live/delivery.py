@@ -223,8 +223,8 @@ class Delivery:
         return tx is not None and self.finish_transaction(outbox, tx)
 
     def start_transaction(self, outbox: Outbox) -> Transaction | None:
-        """Forecasts, dead letters and the input offsets in one transaction, whose commit then runs on a helper
-        thread (``finish_transaction`` waits for it). None: it failed before the commit, aborted and rewound.
+        """Forecasts, dead letters and the input offsets in one transaction: sends issued here, the offsets and
+        the commit on a helper thread (``finish_transaction`` waits for them). None: it failed, aborted, rewound.
 
         A dead letter refused for its size is cut in the redo (``cuts`` remembers it by source); a permanent
         refusal stops the run. Fenced after the transaction was open longer than transaction_timeout_ms: the
@@ -253,15 +253,20 @@ class Delivery:
                         raise fut
                     tx.sent.append((msg, fut))
                 self.send_seconds = time.perf_counter() - started
-                if offsets:
-                    self._bounded(producer.send_offsets_to_transaction, offsets, self.conn.consumer.group_metadata())
+            group = self.conn.consumer.group_metadata() if offsets else None
         except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
             self._aborted(tx, exc)
             return None
-        tx.commit = self.committer.submit(self._bounded, producer.commit_transaction)
+        tx.commit = self.committer.submit(self._commit, producer, offsets, group)
         return tx
+
+    def _commit(self, producer, offsets: dict, group) -> None:
+        """On the helper thread: the input offsets into the transaction, then its commit; each bounded."""
+        if offsets:
+            self._bounded(producer.send_offsets_to_transaction, offsets, group)
+        self._bounded(producer.commit_transaction)
 
     def finish_transaction(self, outbox: Outbox, tx: Transaction) -> bool:
         """Wait for the transaction's commit. False: it failed, was aborted and the state rewound."""
