@@ -146,15 +146,13 @@ class Runner:
         checkpoint due, or a stop: every batch in flight is settled first."""
         last_status = time.monotonic()
         while not self.stop_event.is_set():
-            if self.inflight and self.checkpointer.due():
-                self._drain()  # only committed state is checkpointed
             records, received_at = self._collect()
             if self.stopping.fatal:
                 raise FatalError(self.stopping.fatal)
             if records:
                 self._process(records, received_at)
-            else:
-                self._drain()
+            if not records or self.checkpointer.due():
+                self._drain()  # idle, or only committed state is checkpointed
             self.checkpointer.maybe_checkpoint()
             now = time.monotonic()
             if self.cfg.status_interval_s and now - last_status >= self.cfg.status_interval_s:

@@ -193,6 +193,29 @@ def test_exactly_once_a_revoke_waits_for_the_open_transaction_so_the_next_owner_
     assert len(forecasts(broker)) == 400, "each forecast once"
 
 
+def test_periodic_checkpoints_are_taken_while_input_flows_with_batches_in_flight(bundle, tmp_path):
+    """A checkpoint holds committed state only: when one is due, the batches in flight are settled first,
+    then it is taken, without waiting for the input to pause."""
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, checkpoint_uri=str(tmp_path), checkpoint_every_batches=2,
+                               checkpoint_interval_s=0, max_batch_ticks=50, max_batches_in_flight=2)
+    fake.on_producer = lambda p: setattr(p, "hold_acks", True)
+    sizes = watch_steps(runner)
+    snapshots_at = []
+    snapshots = runner.checkpointer.snapshots
+
+    def watched(partitions):
+        assert not runner.partitions.dirty and not runner.inflight, "a snapshot of state ahead of the commits"
+        snapshots_at.append(len(sizes))
+        return snapshots(partitions)
+
+    runner.checkpointer.snapshots = watched
+    assert run_until(runner, all_committed(broker)) == 0
+    assert len(sizes) == 8
+    assert [n for n in snapshots_at if n < 8], "periodic checkpoints while batches were still coming"
+
+
 def test_a_slow_batch_makes_the_next_ones_smaller_instead_of_filling_to_the_cap(bundle):
     broker = new_broker()
     feed(broker, 1000)
