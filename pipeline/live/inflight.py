@@ -100,15 +100,16 @@ class BatchSizer:
     """Caps a batch's ticks by what the loop processes within ``max_batch_ms``: an exponentially weighted
     average of seconds per tick (decode, step, encode, issuing the sends; not the broker's round trips, which
     do not grow with the batch) times the budget. A slow batch makes the next
-    ones smaller instead of letting them fill to ``max_batch_ticks`` while it ran. Never below ``floor``
-    ticks (fixed per-batch costs would otherwise shrink batches to nothing on an overloaded machine)."""
+    ones smaller instead of letting them fill to ``max_batch_ticks`` while it ran. Never below a tenth of
+    ``max_batch_ticks``: on an overloaded machine, fixed per-batch costs (commit round trip, poll) would
+    otherwise take over as batches shrink."""
 
     ALPHA = 0.2
 
-    def __init__(self, max_batch_ticks: int, max_batch_ms: int, floor: int = 100):
+    def __init__(self, max_batch_ticks: int, max_batch_ms: int):
         self.cap = max_batch_ticks
         self.budget_s = max_batch_ms / 1000
-        self.floor = min(floor, max_batch_ticks)
+        self.floor = max(1, max_batch_ticks // 10)
         self.seconds_per_tick: float | None = None
 
     def observe(self, ticks: int, seconds: float) -> None:
