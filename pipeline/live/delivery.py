@@ -1,9 +1,11 @@
-"""Getting a batch's output out and its input offsets committed: ``Delivery.deliver(outbox)``.
+"""Getting a batch's output out and its input offsets committed, in two halves so the loop can step the
+next batch in between (``inflight``).
 
-At-least-once: send every forecast and dead letter, flush, check every acknowledgement (resend until all
-are acknowledged, or shutdown gives up: then nothing is committed), then commit the offsets. Exactly-once:
-the same records and the offsets in one Kafka transaction; a failed one is aborted and the state rewound
-to the committed offsets (the batch comes again).
+At-least-once: ``send`` every forecast and dead letter; ``settle``: flush, check every acknowledgement
+(resend until all are acknowledged, or shutdown gives up: then nothing is committed), then commit the
+offsets. Exactly-once: ``start_transaction`` sends the same records in one Kafka transaction whose offsets
+and commit run on a helper thread; ``finish_transaction`` waits for it; a failed one is aborted and the
+state rewound to the committed offsets (the batch, and any stepped after it, comes again).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pipeline.live.clients import (
     publish_error_reason,
     retry,
 )
+from pipeline.live.inflight import Transaction
 from pipeline.live.messages import (
     DEAD_LETTER_CUTS,
     DeadLetter,
@@ -57,18 +60,6 @@ class Outbox:
     dead: list[DeadLetter]
     records: list  # the batch's input records (dead letters' cut levels are forgotten once delivered)
     offsets: dict
-
-
-@dataclass
-class Transaction:
-    """One exactly-once batch's open transaction: its sends, when it began, its producer, and its commit
-    (running on the helper thread)."""
-
-    sent: list
-    begun: float
-    producer: object
-    commit: Future
-    empty: bool = False  # nothing to send or commit
 
 
 class _Unacknowledged(Exception):
@@ -96,13 +87,6 @@ class Delivery:
         # exactly-once: a transaction's commit runs here while the loop steps the next batch
         self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tx-commit") \
             if self.transactional else None
-
-    def deliver(self, outbox: Outbox) -> bool:
-        """Publish and commit one batch. False: exactly-once aborted and rewound (the records come again)."""
-        if self.transactional:
-            return self.transaction(outbox)
-        self.settle(outbox, self.send(outbox))
-        return True
 
     # -- at-least-once ------------------------------------------------------------------------
     def send(self, outbox: Outbox) -> list:

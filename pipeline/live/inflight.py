@@ -20,16 +20,28 @@ from dataclasses import dataclass, field
 
 
 @dataclass
+class Transaction:
+    """One exactly-once batch's open transaction: its sends, when it began, its producer, and its commit
+    (running on the helper thread)."""
+
+    sent: list
+    begun: float
+    producer: object
+    commit: Future
+    empty: bool = False  # nothing to send or commit
+
+
+@dataclass
 class InFlightBatch:
     """One batch between its dispatch and its settling: what ``Delivery`` needs to finish it (``outbox``,
     the sends issued or the open transaction) and what the runner accounts afterwards."""
 
     outbox: object  # delivery.Outbox; its offsets shrink on revoke
-    batch: object  # runner.Batch
+    batch: object  # batch.Batch
     out_rows: object
     started: float  # perf_counter at the batch's start (batch duration)
     sent: list = field(default_factory=list)  # at-least-once: (Outgoing, future) per send
-    tx: object = None  # exactly-once: delivery.Transaction, its commit running on a helper thread
+    tx: Transaction | None = None  # exactly-once: the open transaction
 
     def acknowledged(self) -> bool:
         """Every send answered (at-least-once) or the transaction committed (exactly-once), without waiting.
