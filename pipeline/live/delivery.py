@@ -83,7 +83,6 @@ class Delivery:
         self.rewind = rewind
         self.transactional = cfg.processing == "exactly_once"
         self.cuts: dict[tuple[str, int, int], int] = {}  # dead letters (by source) refused for size: cut level
-        self.send_seconds = 0.0  # issuing the last batch's sends (per-message work, no waiting on the broker)
         # exactly-once: a transaction's commit runs here while the loop steps the next batch
         self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tx-commit") \
             if self.transactional else None
@@ -95,10 +94,7 @@ class Delivery:
         pending = self._outgoing(outbox)
         for topic in dict.fromkeys(m.topic for m in pending):
             self.await_topic(topic)
-        started = time.perf_counter()
-        sent = [(msg, self._send(msg)) for msg in pending]
-        self.send_seconds = time.perf_counter() - started
-        return sent
+        return [(msg, self._send(msg)) for msg in pending]
 
     def settle(self, outbox: Outbox, sent: list) -> None:
         """Wait for every acknowledgement of a batch issued by ``send`` (resending what failed), then commit its
@@ -215,7 +211,6 @@ class Delivery:
         broker aborted it for time, so a new producer takes over and the batch is redone from the committed
         offsets. Fenced sooner: another process took the transactional id, which is fatal."""
         offsets = outbox.offsets
-        self.send_seconds = 0.0
         tx = Transaction([], time.monotonic(), self.conn.producer, Future())
         if not outbox.forecasts and not outbox.dead and not offsets:
             tx.commit.set_result(None)
@@ -230,13 +225,11 @@ class Delivery:
         try:
             with self.stall("transaction"):
                 producer.begin_transaction()
-                started = time.perf_counter()
                 for msg in outgoing:
                     fut = self._send(msg)
                     if isinstance(fut, BaseException):
                         raise fut
                     tx.sent.append((msg, fut))
-                self.send_seconds = time.perf_counter() - started
             group = self.conn.consumer.group_metadata() if offsets else None
         except FatalError:
             raise

@@ -109,9 +109,9 @@ def committed(commit: Future) -> bool:
 
 
 class BatchSizer:
-    """Caps a batch's ticks by what the loop processes within ``max_batch_ms``: an exponentially weighted
-    average of seconds per tick (decode, step, encode, issuing the sends; not the broker's round trips, which
-    do not grow with the batch) times the budget. A slow batch makes the next
+    """Caps a batch's ticks by what the loop steps within ``max_batch_ms``: the budget over an exponentially
+    weighted average of step seconds per tick (decoding the records and the operator's step; what a batch
+    sends costs per message whatever the batch size, and broker round trips do not grow with it). A slow batch makes the next
     ones smaller instead of letting them fill to ``max_batch_ticks`` while it ran. Never below a tenth of
     ``max_batch_ticks``: on an overloaded machine, fixed per-batch costs (commit round trip, poll) would
     otherwise take over as batches shrink."""

@@ -284,11 +284,11 @@ class Runner:
         exactly-once settles the open one first, and an abort there rewinds this batch's state too."""
         t_batch = time.perf_counter()
         batch = step_batch(records, received_at, self.partitions, self.forecaster, self.metrics, self.stats)
+        self.sizer.observe(len(records), time.perf_counter() - t_batch)
         offsets = self.partitions.commit_offsets(batch.part_ids, batch.offs,
                                                  None if batch.silent is None else ~batch.silent)
         out_rows, forecasts = self._emitted(batch)
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
-        work_s = time.perf_counter() - t_batch
         while self.inflight and (self.delivery.transactional or not self.inflight.room_for_next()):
             if not self._settle_oldest(stepped=True):
                 return  # aborted and rewound: these records come again
@@ -299,7 +299,6 @@ class Runner:
                 return  # aborted and rewound: these records come again
         else:
             entry.sent = self.delivery.send(outbox)
-        self.sizer.observe(len(records), work_s + self.delivery.send_seconds)  # round trips excluded
         self.inflight.push(entry)
         while len(self.inflight) >= self.inflight.depth:
             self._settle_oldest()
