@@ -94,7 +94,7 @@ DEPTHS = {"sequential": 1, "pipelined": 2}
 
 
 def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode: str, batch: int,
-            depth: int = 2) -> Runner:
+            depth: int = 1) -> Runner:
     output_mode, output_format, processing = MODES[mode]
     exactly_once = processing == "exactly_once"
     cfg = RunConfig.load(env={}, flags=dict(
@@ -113,7 +113,7 @@ def _cleanup(runner: Runner) -> None:
         shutil.rmtree(runner.cfg.checkpoint_uri, ignore_errors=True)
 
 
-def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch: int, depth: int = 2,
+def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch: int, depth: int = 1,
                      rss_samples: list | None = None) -> dict:
     runner = _runner(bundle, bootstrap, tin, tout, dlq, mode, batch, depth)
 
@@ -134,7 +134,7 @@ def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch
 
 
 def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: float, instruments: int,
-                    mode: str, batch: int, depth: int = 2) -> dict:
+                    mode: str, batch: int, depth: int = 1) -> dict:
     n = int(rate * seconds)
     ticks = generate_ticks(instruments, n, seed=3, bad_fraction=0.0)
     messages = encode_ticks(ticks)

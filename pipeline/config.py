@@ -106,9 +106,9 @@ class RunConfig:
     max_batch_ticks: int = _opt(DEFAULT_MAX_BATCH_TICKS, "a micro-batch closes at this many ticks ...")
     max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first; also the "
                              "latency budget that caps a batch's ticks by the measured processing time per tick")
-    max_batches_in_flight: int = _opt(2, "batches stepped but not yet committed: 2 overlaps the next batch's poll, "
-                                      "decode and step with this one's acknowledgements (or transaction commit); "
-                                      "1: strictly one batch at a time")
+    max_batches_in_flight: int = _opt(1, "batches stepped but not yet committed: 1, one batch at a time; 2 overlaps "
+                                      "the next batch's poll, decode and step with this one's acknowledgements (or "
+                                      "transaction commit)")
     output_mode: str = _opt("every_tick", "publish a forecast for every tick, or only the last per instrument "
                             "per batch", choices=("every_tick", "last_per_instrument"))
     output_format: str = _opt("json", "forecast messages: json (one per forecast, keyed by instrument) or arrow "
