@@ -197,7 +197,7 @@ class Runner:
         parts = self.partitions
         if self.delivery.transactional:  # the open transaction's commit ends first: the next owner sees it
             self.inflight.wait_commits(self.cfg.longest_bounded_wait_ms / 1000)
-            if self.inflight.all_committed():
+            if self.inflight and self.inflight.all_committed():
                 parts.dirty = False  # nothing stepped is uncommitted (a revoke comes inside a poll)
         else:  # abandon: never commit a revoked partition's offsets (its new owner reprocesses them)
             self.inflight.forget_partitions(revoked)
