@@ -105,7 +105,11 @@ class RunConfig:
     group_id: str = _opt("tickcast", "Kafka consumer group id")
     auto_offset_reset: str = _opt("earliest", "where a new group starts", choices=("earliest", "latest"))
     max_batch_ticks: int = _opt(DEFAULT_MAX_BATCH_TICKS, "a micro-batch closes at this many ticks ...")
-    max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first")
+    max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first; also the "
+                             "latency budget that caps a batch's ticks by the measured processing time per tick")
+    max_batches_in_flight: int = _opt(1, "batches stepped but not yet committed: 1, one batch at a time; 2 overlaps "
+                                      "the next batch's poll, decode and step with this one's acknowledgements (or "
+                                      "transaction commit)")
     output_mode: str = _opt("every_tick", "publish a forecast for every tick, or only the last per instrument "
                             "per batch", choices=("every_tick", "last_per_instrument"))
     output_format: str = _opt("json", "forecast messages: json (one per forecast, keyed by instrument) or arrow "
@@ -209,6 +213,8 @@ class RunConfig:
                      "session_timeout_ms", "transaction_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_batches_in_flight < 1:
+            raise ConfigError(f"max_batches_in_flight must be >= 1 (1: no pipelining), got {self.max_batches_in_flight}")
         if self.transaction_timeout_ms <= self.longest_bounded_wait_ms:
             raise ConfigError(f"transaction_timeout_ms = {self.transaction_timeout_ms} must exceed the longest bounded "
                               f"broker wait, 2 x request_timeout_ms = {self.longest_bounded_wait_ms}: otherwise a "

@@ -26,8 +26,8 @@ def serve(cfg: RunConfig) -> int:
     log.info("starting", extra={"model_version": bundle.model_version, "metrics": f"http://{server.address}/metrics",
                                 **{k: v for k, v in cfg.redacted().items() if k in
                                    ("bootstrap_servers", "group_id", "output_topic", "dead_letter_topic",
-                                    "max_batch_ticks", "max_batch_ms", "output_mode", "output_format",
-                                    "processing", "kafka_client")}})
+                                    "max_batch_ticks", "max_batch_ms", "max_batches_in_flight", "output_mode",
+                                    "output_format", "processing", "kafka_client")}})
     runner = Runner(cfg, bundle, metrics)
     runner.install_signal_handlers()
     try:

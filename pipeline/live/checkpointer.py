@@ -41,14 +41,16 @@ class Checkpointer:
     def batch_done(self) -> None:
         self.batches_since += 1
 
-    def maybe_checkpoint(self) -> None:
-        """A periodic round when one is due (interval or batch count) and the previous one has finished."""
-        if self.store is None or self.partitions.dirty:
-            return
+    def due(self) -> bool:
+        """A periodic round is due (interval or batch count)."""
         cfg = self.cfg
-        due = (cfg.checkpoint_interval_s and time.monotonic() - self.last_checkpoint >= cfg.checkpoint_interval_s) \
-            or (cfg.checkpoint_every_batches and self.batches_since >= cfg.checkpoint_every_batches)
-        if not due:
+        return self.store is not None and bool(
+            (cfg.checkpoint_interval_s and time.monotonic() - self.last_checkpoint >= cfg.checkpoint_interval_s)
+            or (cfg.checkpoint_every_batches and self.batches_since >= cfg.checkpoint_every_batches))
+
+    def maybe_checkpoint(self) -> None:
+        """A periodic round when one is due and the previous one has finished."""
+        if self.store is None or self.partitions.dirty or not self.due():
             return
         if self.pending_write is not None and not self.pending_write.done():
             return  # the previous round is still writing; try after the next batch

@@ -1,15 +1,18 @@
-"""Getting a batch's output out and its input offsets committed: ``Delivery.deliver(outbox)``.
+"""Getting a batch's output out and its input offsets committed, in two halves so the loop can step the
+next batch in between (``inflight``).
 
-At-least-once: send every forecast and dead letter, flush, check every acknowledgement (resend until all
-are acknowledged, or shutdown gives up: then nothing is committed), then commit the offsets. Exactly-once:
-the same records and the offsets in one Kafka transaction; a failed one is aborted and the state rewound
-to the committed offsets (the batch comes again).
+At-least-once: ``send`` every forecast and dead letter; ``settle``: flush, check every acknowledgement
+(resend until all are acknowledged, or shutdown gives up: then nothing is committed), then commit the
+offsets. Exactly-once: ``start_transaction`` sends the same records in one Kafka transaction whose offsets
+and commit run on a helper thread; ``finish_transaction`` waits for it; a failed one is aborted and the
+state rewound to the committed offsets (the batch, and any stepped after it, comes again).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kafka.errors import (
@@ -34,6 +37,7 @@ from pipeline.live.clients import (
     publish_error_reason,
     retry,
 )
+from pipeline.live.inflight import Transaction
 from pipeline.live.messages import (
     DEAD_LETTER_CUTS,
     DeadLetter,
@@ -79,31 +83,42 @@ class Delivery:
         self.rewind = rewind
         self.transactional = cfg.processing == "exactly_once"
         self.cuts: dict[tuple[str, int, int], int] = {}  # dead letters (by source) refused for size: cut level
-
-    def deliver(self, outbox: Outbox) -> bool:
-        """Publish and commit one batch. False: exactly-once aborted and rewound (the records come again)."""
-        if self.transactional:
-            return self.transaction(outbox)
-        self.publish(outbox)
-        self.commit(outbox.offsets)
-        return True
+        # exactly-once: a transaction's commit runs here while the loop steps the next batch
+        self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tx-commit") \
+            if self.transactional else None
 
     # -- at-least-once ------------------------------------------------------------------------
-    def publish(self, outbox: Outbox) -> None:
-        """Send and wait for every acknowledgement; never return with a send missing.
-
-        Per record: retriable errors and timeouts are sent again (at-least-once: duplicates possible); a dead
-        letter too large is cut (``_cut``); any other permanent refusal stops the run (``_refused``)."""
+    def send(self, outbox: Outbox) -> list:
+        """Issue every send of the batch without waiting for acknowledgements: (message, future) pairs for
+        ``settle`` (a send that raised a retriable error holds the exception instead of a future)."""
         pending = self._outgoing(outbox)
         for topic in dict.fromkeys(m.topic for m in pending):
             self.await_topic(topic)
-        if not pending:
+        return [(msg, self._send(msg)) for msg in pending]
+
+    def settle(self, outbox: Outbox, sent: list) -> None:
+        """Wait for every acknowledgement of a batch issued by ``send`` (resending what failed), then commit its
+        offsets. Called oldest batch first: offsets are committed in input order."""
+        self.publish(outbox, sent)
+        self.commit(outbox.offsets)
+
+    def publish(self, outbox: Outbox, sent: list | None = None) -> None:
+        """Send (unless ``sent`` holds the sends already issued) and wait for every acknowledgement; never
+        return with a send missing.
+
+        Per record: retriable errors and timeouts are sent again (at-least-once: duplicates possible); a dead
+        letter too large is cut (``_cut``); any other permanent refusal stops the run (``_refused``)."""
+        if sent is None:
+            sent = self.send(outbox)
+        if not sent:
             return
+        pending: list[Outgoing] = []
+        issued = [sent]  # the first round judges the sends already issued
 
         def attempt() -> None:
             nonlocal pending
             while True:
-                failed, reasons = self._send_and_flush(pending)
+                failed, reasons = self._flushed(issued.pop() if issued else [(m, self._send(m)) for m in pending])
                 if not failed:
                     return
                 pending = failed
@@ -129,9 +144,8 @@ class Delivery:
         self.metrics.unblock()
         self.forget_cuts(outbox.records)
 
-    def _send_and_flush(self, pending: list[Outgoing]) -> tuple[list[Outgoing], set[str]]:
-        """One round: send, flush, judge every send. (what to send again, the reasons of the failures)."""
-        sent = [(msg, self._send(msg)) for msg in pending]
+    def _flushed(self, sent: list) -> tuple[list[Outgoing], set[str]]:
+        """One round: flush what was sent, judge every send. (what to send again, the reasons of the failures)."""
         try:
             with self.stall("publish"):
                 self.conn.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
@@ -185,22 +199,29 @@ class Delivery:
 
     # -- exactly-once -------------------------------------------------------------------------
     def transaction(self, outbox: Outbox) -> bool:
-        """Forecasts, dead letters and the input offsets in one transaction. False: aborted (state rewound).
+        tx = self.start_transaction(outbox)
+        return tx is not None and self.finish_transaction(outbox, tx)
+
+    def start_transaction(self, outbox: Outbox) -> Transaction | None:
+        """Forecasts, dead letters and the input offsets in one transaction: sends issued here, the offsets and
+        the commit on a helper thread (``finish_transaction`` waits for them). None: it failed, aborted, rewound.
 
         A dead letter refused for its size is cut in the redo (``cuts`` remembers it by source); a permanent
         refusal stops the run. Fenced after the transaction was open longer than transaction_timeout_ms: the
         broker aborted it for time, so a new producer takes over and the batch is redone from the committed
         offsets. Fenced sooner: another process took the transactional id, which is fatal."""
         offsets = outbox.offsets
+        tx = Transaction([], time.monotonic(), self.conn.producer, Future())
         if not outbox.forecasts and not outbox.dead and not offsets:
-            return True
+            tx.commit.set_result(None)
+            tx.empty = True
+            return tx
         outgoing = self._outgoing(outbox)
         for topic in dict.fromkeys(m.topic for m in outgoing):
             self.await_topic(topic)
         self.metrics.beat()
-        sent: list = []
-        begun = time.monotonic()
-        producer = self.conn.producer
+        tx.begun = time.monotonic()
+        producer = tx.producer
         try:
             with self.stall("transaction"):
                 producer.begin_transaction()
@@ -208,14 +229,46 @@ class Delivery:
                     fut = self._send(msg)
                     if isinstance(fut, BaseException):
                         raise fut
-                    sent.append((msg, fut))
-                if offsets:
-                    self._bounded(producer.send_offsets_to_transaction, offsets, self.conn.consumer.group_metadata())
-                self._bounded(producer.commit_transaction)
+                    tx.sent.append((msg, fut))
+            group = self.conn.consumer.group_metadata() if offsets else None
         except FatalError:
             raise
-        except FENCED as exc:
-            open_s = time.monotonic() - begun
+        except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
+            self._aborted(tx, exc)
+            return None
+        tx.commit = self.committer.submit(self._commit, producer, offsets, group)
+        return tx
+
+    def _commit(self, producer, offsets: dict, group) -> None:
+        """On the helper thread: the input offsets into the transaction, then its commit; each bounded."""
+        if offsets:
+            self._bounded(producer.send_offsets_to_transaction, offsets, group)
+        self._bounded(producer.commit_transaction)
+
+    def finish_transaction(self, outbox: Outbox, tx: Transaction) -> bool:
+        """Wait for the transaction's commit. False: it failed, was aborted and the state rewound."""
+        if tx.empty:
+            return True
+        try:
+            with self.stall("transaction"):
+                tx.commit.result()
+        except FatalError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
+            self._aborted(tx, exc)
+            return False
+        self.metrics.transactions.labels("committed").inc()
+        self.metrics.broker_up.set(1)
+        self.metrics.unblock()
+        self.metrics.beat()
+        self.forget_cuts(outbox.records)
+        self.metrics.commits.inc()
+        return True
+
+    def _aborted(self, tx: Transaction, exc: BaseException) -> None:
+        """A failed transaction: abort it (or fence its producer) and rewind to the committed offsets."""
+        if isinstance(exc, FENCED):
+            open_s = time.monotonic() - tx.begun
             if open_s < self.cfg.transaction_timeout_ms / 1000:
                 raise FatalError(FENCED_BY_ANOTHER) from None
             self.metrics.transactions.labels("aborted").inc()
@@ -225,29 +278,20 @@ class Delivery:
                                                                      "transaction_timeout_ms": self.cfg.transaction_timeout_ms})
             self.replace_producer()
             self.rewind()
-            return False
-        except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
-            self._judge_sends(sent)
-            self.metrics.transactions.labels("aborted").inc()
-            self.metrics.broker_up.set(0)
-            self.metrics.publish_errors.labels("timeout" if isinstance(exc, KafkaTimeoutError) else "retriable").inc()
-            log.warning("transaction failed; aborting and rewinding to the committed offsets",
-                        extra={"error": repr(exc)})
-            try:
-                self._bounded(producer.abort_transaction)
-            except Exception as abort_exc:  # noqa: BLE001 - a fresh producer fences this one below
-                log.warning("abort failed; replacing the producer", extra={"error": repr(abort_exc)})
-                self.replace_producer()
-            self.metrics.beat()
-            self.rewind()
-            return False
-        self.metrics.transactions.labels("committed").inc()
-        self.metrics.broker_up.set(1)
-        self.metrics.unblock()
+            return
+        self._judge_sends(tx.sent)
+        self.metrics.transactions.labels("aborted").inc()
+        self.metrics.broker_up.set(0)
+        self.metrics.publish_errors.labels("timeout" if isinstance(exc, KafkaTimeoutError) else "retriable").inc()
+        log.warning("transaction failed; aborting and rewinding to the committed offsets",
+                    extra={"error": repr(exc)})
+        try:
+            self._bounded(tx.producer.abort_transaction)
+        except Exception as abort_exc:  # noqa: BLE001 - a fresh producer fences this one below
+            log.warning("abort failed; replacing the producer", extra={"error": repr(abort_exc)})
+            self.replace_producer()
         self.metrics.beat()
-        self.forget_cuts(outbox.records)
-        self.metrics.commits.inc()
-        return True
+        self.rewind()
 
     def _judge_sends(self, sent: list) -> None:
         """After a failed transaction: dead letters refused for size go out cut in the redo. kafka-python fails

@@ -18,10 +18,14 @@ valid checkpoint and replayed silently up to the committed offset; with
 checkpoints off it begins with empty state, and the log says so loudly.
 ``processing = exactly_once`` replaces steps 4-6 with one Kafka transaction.
 
+Pipelining (``max_batches_in_flight`` > 1): steps 1-3 of the next batch run while the previous batch
+waits in step 5 (or, exactly-once, for its transaction's commit); batches are settled oldest first, so
+offsets are still committed in input order and never past a batch not yet acknowledged.
+
 Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (what each owned partition's state
-reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``delivery`` (steps 4-6),
-``checkpointer`` (snapshots), ``status`` (stats, lag, status line). This module holds the lifecycle and
-the loop.
+reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``batch`` (steps 2-3),
+``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
+(snapshots), ``status`` (stats, lag, status line). This module holds the lifecycle and the loop.
 """
 
 from __future__ import annotations
@@ -29,26 +33,24 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import TopicPartition
 
-from operators.forecaster import Forecaster, ForecasterConfig, StepResult
+from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
-from operators.validation import reject_labels
 from pipeline import logs
 from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
-from pipeline.kafka.ticks import decode_records
 from pipeline.live import clients, messages, status
+from pipeline.live.batch import Batch, step_batch
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import Delivery, Outbox
-from pipeline.live.messages import DeadLetter, Message
+from pipeline.live.inflight import BatchSizer, InFlight, InFlightBatch
+from pipeline.live.messages import Message
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
@@ -56,23 +58,6 @@ from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
 
 log = logs.get("run")
-
-
-@dataclass
-class Batch:
-    """One micro-batch after the operator: the records, their decoded ticks and what came out."""
-
-    records: list
-    received_at: list[float]
-    ticks: pa.Table  # decoded valid ticks, with partition id and offset
-    part_ids: np.ndarray  # partition id of each record
-    offs: np.ndarray  # offset of each record
-    idx: np.ndarray  # record index of each decoded tick
-    result: StepResult
-    rows: np.ndarray  # tick rows with a forecast to emit (not silent)
-    forecasts: np.ndarray
-    dead: list[DeadLetter]
-    silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
 
 
 class Runner:
@@ -104,6 +89,8 @@ class Runner:
                                  self.stopping, clients.StallWatch(metrics), self.recovery.rewind)
         self.checkpointer = Checkpointer(config, bundle, self.forecaster, self.store, self.partitions, metrics,
                                          self.stats)
+        self.inflight = InFlight(config.max_batches_in_flight)
+        self.sizer = BatchSizer(config.max_batch_ticks, config.max_batch_ms)
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
                                  "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden)})
 
@@ -154,8 +141,9 @@ class Runner:
         return code
 
     def _loop(self) -> None:
-        """Collect a batch (restoring newly assigned partitions on the way), process and deliver it, then
-        maybe checkpoint; a status line now and then."""
+        """Collect a batch (restoring newly assigned partitions on the way), process it and dispatch it while
+        older batches settle (``inflight``), then maybe checkpoint; a status line now and then. No input, a
+        checkpoint due, or a stop: every batch in flight is settled first."""
         last_status = time.monotonic()
         while not self.stop_event.is_set():
             records, received_at = self._collect()
@@ -163,11 +151,16 @@ class Runner:
                 raise FatalError(self.stopping.fatal)
             if records:
                 self._process(records, received_at)
-                self.checkpointer.maybe_checkpoint()
+            if not records or self.checkpointer.due():
+                self._drain()  # idle, or only committed state is checkpointed
+            self.checkpointer.maybe_checkpoint()
             now = time.monotonic()
             if self.cfg.status_interval_s and now - last_status >= self.cfg.status_interval_s:
                 status.report_status(self.stats, self.partitions, len(self.forecaster.state))
                 last_status = now
+        if self.stopping.fatal:
+            raise FatalError(self.stopping.fatal)
+        self._drain()
 
     def summary(self) -> dict:
         return self.stats.summary()
@@ -202,6 +195,12 @@ class Runner:
     def on_revoked(self, revoked) -> None:
         """Before another member takes them: checkpoint what we hold (committed already), then forget it."""
         parts = self.partitions
+        if self.delivery.transactional:  # the open transaction's commit ends first: the next owner sees it
+            self.inflight.wait_commits(self.cfg.longest_bounded_wait_ms / 1000)
+            if self.inflight and self.inflight.all_committed():
+                parts.dirty = False  # nothing stepped is uncommitted (a revoke comes inside a poll)
+        else:  # abandon: never commit a revoked partition's offsets (its new owner reprocesses them)
+            self.inflight.forget_partitions(revoked)
         mine = [tp for tp in revoked if tp in parts.assigned]
         if mine:
             self.checkpointer.checkpoint_now(mine, "revoke", wait=False)  # never block the network thread
@@ -241,10 +240,12 @@ class Runner:
         records: list = []
         received: list[float] = []
         deadline = None
-        limit = self.cfg.max_batch_ticks
+        limit = self.sizer.limit()
         parts = self.partitions
         while len(records) < limit and not self.stop_event.is_set():
-            wait_ms = 200 if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            # With batches in flight, an empty poll returns at once: the loop then settles them.
+            idle_ms = 0 if self.inflight else 200
+            wait_ms = idle_ms if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
             try:
                 polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(records))
                 self.metrics.broker_up.set(1)
@@ -256,6 +257,8 @@ class Runner:
                 self.stop_event.wait(1.0)
                 continue
             self.metrics.beat()
+            while self.inflight.ready():  # commit in order as acknowledgements arrive
+                self._settle_oldest()
             now = time.monotonic()
             for recs in polled.values():
                 records.extend(recs)
@@ -276,54 +279,54 @@ class Runner:
         return records, received
 
     def _process(self, records: list, received_at: list[float]) -> None:
+        """Step and encode a batch; settle the oldest batches until there is room; dispatch this one (sends
+        issued, or its transaction opened with its commit on a helper thread). One transaction at a time:
+        exactly-once settles the open one first, and an abort there rewinds this batch's state too."""
         t_batch = time.perf_counter()
-        batch = self._step(records, received_at)
+        batch = step_batch(records, received_at, self.partitions, self.forecaster, self.metrics, self.stats)
+        self.sizer.observe(len(records), time.perf_counter() - t_batch)
         offsets = self.partitions.commit_offsets(batch.part_ids, batch.offs,
                                                  None if batch.silent is None else ~batch.silent)
         out_rows, forecasts = self._emitted(batch)
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
-        if not self.delivery.deliver(outbox):
-            return  # aborted and rewound: these records come again
-        self.partitions.dirty = False
+        while self.inflight and (self.delivery.transactional or not self.inflight.room_for_next()):
+            if not self._settle_oldest(stepped=True):
+                return  # aborted and rewound: these records come again
+        entry = InFlightBatch(outbox, batch, out_rows, t_batch)
+        if self.delivery.transactional:
+            entry.tx = self.delivery.start_transaction(outbox)
+            if entry.tx is None:
+                return  # aborted and rewound: these records come again
+        else:
+            entry.sent = self.delivery.send(outbox)
+        self.inflight.push(entry)
+        while len(self.inflight) >= self.inflight.depth:
+            self._settle_oldest()
+
+    def _settle_oldest(self, stepped: bool = False) -> bool:
+        """Settle the oldest batch in flight: its acknowledgements then its offsets (at-least-once), or its
+        transaction's commit (exactly-once); then account it. False: aborted, the state rewound and every
+        batch in flight dropped (their records come again). ``stepped``: a newer batch is stepped, not yet
+        dispatched (the state stays ahead of the committed offsets)."""
+        entry = self.inflight.oldest()
+        if self.delivery.transactional:
+            if not self.delivery.finish_transaction(entry.outbox, entry.tx):
+                self.inflight.clear()
+                return False
+        else:
+            self.delivery.settle(entry.outbox, entry.sent)
+        self.inflight.pop()
+        self.partitions.dirty = stepped or bool(self.inflight)
         self.checkpointer.batch_done()
-        if batch.silent is not None:
+        if entry.batch.silent is not None:
             self.partitions.end_replays()
-        self._account(batch, out_rows, t_batch)
+        self._account(entry.batch, entry.out_rows, entry.started)
+        return True
 
-    def _step(self, records: list, received_at: list[float]) -> Batch:
-        """Decode the records, step the operator on the valid ticks; dead letters and silent records found."""
-        n = len(records)
-        part = np.fromiter((r.partition for r in records), dtype=np.int64, count=n)
-        offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
-        part_ids = self.partitions.partition_ids([r.topic for r in records], part)
-        status.count_received(self.metrics, self.partitions, part_ids)
-
-        stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
-        # The record timestamp is "now" for the timestamp policy.
-        decoded = decode_records([r.key for r in records], [r.value for r in records], stamps, part_ids, offs)
-        ticks, idx = decoded.ticks, decoded.index
-        # Records a recovery replays (before the committed offset) update state and emit nothing.
-        silent = self.partitions.silent_mask(part_ids, offs, stamps)
-        t_step = time.perf_counter()
-        self.partitions.dirty = True
-        result = self.forecaster.step(ticks)
-        self.metrics.step_seconds.observe(time.perf_counter() - t_step)
-        self.partitions.advance(part_ids, offs)
-
-        # Dead letters: decode failures and operator refusals, with the original bytes.
-        dead = [(i, reason.label, detail) for i, reason, detail in decoded.rejected]
-        bad_rows = np.flatnonzero(result.reasons)
-        dead += [(int(i), label, "") for i, label in zip(idx[bad_rows], reject_labels(result.reasons[bad_rows]))]
-        rows, forecasts = result.rows, result.forecasts
-        if silent is not None:
-            loud = ~silent[idx[rows]]
-            rows, forecasts = rows[loud], forecasts[loud]
-            dead = [d for d in dead if not silent[d[0]]]
-            n_silent = int(silent.sum())
-            self.stats.replayed += n_silent
-            self.metrics.replayed_ticks.inc(n_silent)
-        return Batch(records, received_at, ticks, part_ids, offs, idx, result, rows, forecasts,
-                     [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent)
+    def _drain(self) -> None:
+        """Settle every batch in flight, oldest first."""
+        while self.inflight and self._settle_oldest():
+            pass
 
     def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Tick rows to publish and their forecasts: all, or the last per instrument (``output_mode``)."""

@@ -5,7 +5,8 @@ The broker keeps each topic's partitions as lists of records, the group's commit
 transaction's sends and offsets only when it commits. Faults are injected where the real clients raise them:
 ``FakeProducer.refuse`` (a send's future fails), ``FakeProducer.fail_commits`` (commit_transaction raises),
 ``FakeProducer.send_errors`` (send raises), ``FakeConsumer.commit_errors`` (commit raises),
-``FakeBroker.revoke`` (a rebalance at the next poll).
+``FakeBroker.revoke`` (a rebalance at the next poll). ``FakeProducer.hold_acks``: sends stay unanswered until
+``release`` (in any order) or ``flush`` (which, as kafka-python's, waits for every send).
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ class FakeProducer:
         self.calls: list[str] = []
         self._tx: list[tuple] | None = None
         self._tx_offsets: dict = {}
+        self.hold_acks = False  # futures stay not done until release() or flush()
+        self.futures: list[FakeFuture] = []  # one per send that returned a future, in send order
 
     def partitions_for(self, topic):
         if self.missing_for:
@@ -107,10 +110,18 @@ class FakeProducer:
                     self._tx.append(out)
                 else:
                     self.broker.append(*out)
-        return FakeFuture(error)
+        fut = FakeFuture(error, done=not self.hold_acks)
+        self.futures.append(fut)
+        return fut
+
+    def release(self, futures) -> None:
+        """Acknowledge these held sends now."""
+        for fut in futures:
+            fut.is_done = True
 
     def flush(self, timeout=None):
         self.calls.append("flush")
+        self.release(self.futures)
 
     # transactions
     def init_transactions(self):

@@ -35,6 +35,7 @@ def test_tickcast_table_is_accepted(tmp_path):
     ('model = "m"\nmax_batch_tick = 5\n', "did you mean 'max_batch_ticks'"),
     ('model = "m"\nmax_batch_ticks = "many"\n', "max_batch_ticks from"),
     ('model = "m"\nmax_batch_ticks = 0\n', "max_batch_ticks must be >= 1"),
+    ('model = "m"\nmax_batches_in_flight = 0\n', r"max_batches_in_flight must be >= 1 \(1: no pipelining\), got 0"),
     ('model = "m"\noutput_mode = "sometimes"\n', "output_mode = 'sometimes' is not one of"),
     ('model = "m"\nreset_gap = "soon"\n', "is not a duration"),
     ('model = "m"\nmetrics_address = "9108"\n', "is not host:port"),

@@ -27,6 +27,7 @@ from pipeline.live import status
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.clients import CachingPartitioner, Connection, KafkaClients
 from pipeline.live.delivery import Delivery, Outbox
+from pipeline.live.inflight import InFlight
 from pipeline.live.messages import DeadLetter, Message
 from pipeline.live.partitions import Partitions
 from pipeline.live.runner import Runner
@@ -74,6 +75,7 @@ def make_runner(producer, processing="at_least_once", **cfg) -> Runner:
 
     r.delivery = Delivery(r.cfg, r.conn, KafkaClients(), CachingPartitioner(), r.metrics, r.stats, r.stopping,
                           NullWatch(), rewind)
+    r.inflight = InFlight(r.cfg.max_batches_in_flight)
     return r
 
 

@@ -1,0 +1,73 @@
+"""One micro-batch through the operator: decode the records, step the valid ticks, find the dead letters
+(decode failures, operator refusals) and the records a recovery replays silently."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+
+from operators.forecaster import Forecaster, StepResult
+from operators.validation import reject_labels
+from pipeline.kafka.ticks import decode_records
+from pipeline.live import status
+from pipeline.live.messages import DeadLetter
+from pipeline.live.partitions import Partitions
+from pipeline.live.status import RunStats
+from pipeline.metrics import Metrics
+
+
+@dataclass
+class Batch:
+    """One micro-batch after the operator: the records, their decoded ticks and what came out."""
+
+    records: list
+    received_at: list[float]
+    ticks: pa.Table  # decoded valid ticks, with partition id and offset
+    part_ids: np.ndarray  # partition id of each record
+    offs: np.ndarray  # offset of each record
+    idx: np.ndarray  # record index of each decoded tick
+    result: StepResult
+    rows: np.ndarray  # tick rows with a forecast to emit (not silent)
+    forecasts: np.ndarray
+    dead: list[DeadLetter]
+    silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
+
+
+def step_batch(records: list, received_at: list[float], partitions: Partitions, forecaster: Forecaster,
+               metrics: Metrics, stats: RunStats) -> Batch:
+    """Decode the records, step the operator on the valid ticks; dead letters and silent records found."""
+    n = len(records)
+    part = np.fromiter((r.partition for r in records), dtype=np.int64, count=n)
+    offs = np.fromiter((r.offset for r in records), dtype=np.int64, count=n)
+    part_ids = partitions.partition_ids([r.topic for r in records], part)
+    status.count_received(metrics, partitions, part_ids)
+
+    stamps = np.fromiter((r.timestamp for r in records), dtype=np.int64, count=n)
+    # The record timestamp is "now" for the timestamp policy.
+    decoded = decode_records([r.key for r in records], [r.value for r in records], stamps, part_ids, offs)
+    ticks, idx = decoded.ticks, decoded.index
+    # Records a recovery replays (before the committed offset) update state and emit nothing.
+    silent = partitions.silent_mask(part_ids, offs, stamps)
+    t_step = time.perf_counter()
+    partitions.dirty = True
+    result = forecaster.step(ticks)
+    metrics.step_seconds.observe(time.perf_counter() - t_step)
+    partitions.advance(part_ids, offs)
+
+    # Dead letters: decode failures and operator refusals, with the original bytes.
+    dead = [(i, reason.label, detail) for i, reason, detail in decoded.rejected]
+    bad_rows = np.flatnonzero(result.reasons)
+    dead += [(int(i), label, "") for i, label in zip(idx[bad_rows], reject_labels(result.reasons[bad_rows]))]
+    rows, forecasts = result.rows, result.forecasts
+    if silent is not None:
+        loud = ~silent[idx[rows]]
+        rows, forecasts = rows[loud], forecasts[loud]
+        dead = [d for d in dead if not silent[d[0]]]
+        n_silent = int(silent.sum())
+        stats.replayed += n_silent
+        metrics.replayed_ticks.inc(n_silent)
+    return Batch(records, received_at, ticks, part_ids, offs, idx, result, rows, forecasts,
+                 [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent)

@@ -1,0 +1,139 @@
+"""Batches stepped but not yet committed, oldest first, and the batch size the latency budget allows.
+
+Pipelining (``max_batches_in_flight`` > 1): batch N's sends are issued (at-least-once) or its transaction's
+commit is started (exactly-once), then batch N+1 is polled, decoded and stepped while N's acknowledgements
+arrive. Batches are settled strictly oldest first, so offsets are committed in input order whatever order
+the acknowledgements come back in; a batch is only ever settled after every batch before it.
+
+On revoke, at-least-once forgets the revoked partitions' offsets of every batch in flight (their records
+may be published twice: the new owner processes them again); exactly-once waits for the open transaction's
+commit to end first, so the new owner reads committed offsets that include it (nothing twice).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import deque
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Transaction:
+    """One exactly-once batch's open transaction: its sends, when it began, its producer, and its commit
+    (running on the helper thread)."""
+
+    sent: list
+    begun: float
+    producer: object
+    commit: Future
+    empty: bool = False  # nothing to send or commit
+
+
+@dataclass
+class InFlightBatch:
+    """One batch between its dispatch and its settling: what ``Delivery`` needs to finish it (``outbox``,
+    the sends issued or the open transaction) and what the runner accounts afterwards."""
+
+    outbox: object  # delivery.Outbox; its offsets shrink on revoke
+    batch: object  # batch.Batch
+    out_rows: object
+    started: float  # perf_counter at the batch's start (batch duration)
+    sent: list = field(default_factory=list)  # at-least-once: (Outgoing, future) per send
+    tx: Transaction | None = None  # exactly-once: the open transaction
+
+    def acknowledged(self) -> bool:
+        """Every send answered (at-least-once) or the transaction committed (exactly-once), without waiting.
+        A failed commit is not "ready": the loop meets it where an abort may rewind (``_process``, drain)."""
+        if self.tx is not None:
+            return committed(self.tx.commit)
+        # The last send is usually the last to be answered: check it first.
+        return all(fut.is_done for _, fut in reversed(self.sent) if not isinstance(fut, BaseException))
+
+
+class InFlight:
+    """The batches in flight, oldest first; at most ``depth`` stepped and not yet committed."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        self.batches: deque[InFlightBatch] = deque()
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def push(self, entry: InFlightBatch) -> None:
+        assert len(self.batches) < self.depth, "more batches in flight than max_batches_in_flight"
+        self.batches.append(entry)
+
+    def oldest(self) -> InFlightBatch:
+        return self.batches[0]
+
+    def pop(self) -> InFlightBatch:
+        return self.batches.popleft()
+
+    def room_for_next(self) -> bool:
+        """Whether one more batch may be stepped and dispatched without settling the oldest first."""
+        return len(self.batches) < self.depth - 1
+
+    def ready(self) -> bool:
+        """The oldest batch can be settled without waiting."""
+        return bool(self.batches) and self.batches[0].acknowledged()
+
+    def forget_partitions(self, partitions: Iterable) -> None:
+        """Revoked: never commit these partitions' offsets for a batch still in flight."""
+        gone = set(partitions)
+        for entry in self.batches:
+            entry.outbox.offsets = {tp: o for tp, o in entry.outbox.offsets.items() if tp not in gone}
+
+    def wait_commits(self, timeout_s: float) -> None:
+        """Exactly-once: let every open transaction's commit end (success or not) before going on."""
+        for entry in self.batches:
+            if entry.tx is not None:
+                with contextlib.suppress(TimeoutError):  # still running: the loop's thread judges it later
+                    entry.tx.commit.exception(timeout=timeout_s)
+
+    def all_committed(self) -> bool:
+        """Exactly-once: every batch in flight is committed (none failed, none still running)."""
+        return all(entry.tx is not None and committed(entry.tx.commit) for entry in self.batches)
+
+    def clear(self) -> list[InFlightBatch]:
+        """Abandon every batch in flight (their state was rewound)."""
+        out = list(self.batches)
+        self.batches.clear()
+        return out
+
+
+def committed(commit: Future) -> bool:
+    return commit.done() and not commit.cancelled() and commit.exception() is None
+
+
+class BatchSizer:
+    """Caps a batch's ticks by what the loop steps within ``max_batch_ms``: the budget over an exponentially
+    weighted average of step seconds per tick (decoding the records and the operator's step; what a batch
+    sends costs per message whatever the batch size, and broker round trips do not grow with it). A slow batch makes the next
+    ones smaller instead of letting them fill to ``max_batch_ticks`` while it ran. Never below a tenth of
+    ``max_batch_ticks``: on an overloaded machine, fixed per-batch costs (commit round trip, poll) would
+    otherwise take over as batches shrink."""
+
+    ALPHA = 0.2
+
+    def __init__(self, max_batch_ticks: int, max_batch_ms: int):
+        self.cap = max_batch_ticks
+        self.budget_s = max_batch_ms / 1000
+        self.floor = max(1, max_batch_ticks // 10)
+        self.seconds_per_tick: float | None = None
+
+    def observe(self, ticks: int, seconds: float) -> None:
+        if ticks <= 0 or seconds < 0:
+            return
+        spt = seconds / ticks
+        prev = self.seconds_per_tick
+        self.seconds_per_tick = spt if prev is None else prev + self.ALPHA * (spt - prev)
+
+    def limit(self) -> int:
+        """Ticks the next batch may hold."""
+        spt = self.seconds_per_tick
+        if not spt or self.budget_s >= spt * self.cap:
+            return self.cap
+        return max(self.floor, int(self.budget_s / spt))
