@@ -61,7 +61,8 @@ def sources(producer, futures) -> set[tuple[int, int]]:
 def test_at_most_max_batches_in_flight_are_stepped_and_not_committed(bundle, depth):
     broker = new_broker()
     feed(broker)
-    runner, fake = make_runner(bundle, broker, max_batches_in_flight=depth, max_batch_ticks=50)
+    # A budget no step misses, so batches are cut by max_batch_ticks alone, however loaded the machine.
+    runner, fake = make_runner(bundle, broker, max_batches_in_flight=depth, max_batch_ticks=50, max_batch_ms=60_000)
     fake.on_producer = lambda p: setattr(p, "hold_acks", True)  # acknowledged only when the loop flushes
     in_flight_at_step = []
     watch_steps(runner, before=lambda _n: in_flight_at_step.append(len(runner.inflight)))
@@ -76,7 +77,7 @@ def test_at_most_max_batches_in_flight_are_stepped_and_not_committed(bundle, dep
 def test_offsets_are_committed_in_order_when_acknowledgements_arrive_out_of_order(bundle):
     broker = new_broker()
     feed(broker)
-    runner, fake = make_runner(bundle, broker, max_batches_in_flight=3, max_batch_ticks=50)
+    runner, fake = make_runner(bundle, broker, max_batches_in_flight=3, max_batch_ticks=50, max_batch_ms=60_000)
     fake.on_producer = lambda p: setattr(p, "hold_acks", True)
     out_of_order = []
 
@@ -199,7 +200,8 @@ def test_periodic_checkpoints_are_taken_while_input_flows_with_batches_in_flight
     broker = new_broker()
     feed(broker)
     runner, fake = make_runner(bundle, broker, checkpoint_uri=str(tmp_path), checkpoint_every_batches=2,
-                               checkpoint_interval_s=0, max_batch_ticks=50, max_batches_in_flight=2)
+                               checkpoint_interval_s=0, max_batch_ticks=50, max_batches_in_flight=2,
+                               max_batch_ms=60_000)  # batches cut by max_batch_ticks alone, however loaded
     fake.on_producer = lambda p: setattr(p, "hold_acks", True)
     sizes = watch_steps(runner)
     snapshots_at = []
