@@ -62,10 +62,10 @@ def build(name: str, seed: int = 0):
         "sequence_to_one": lambda: _chain([L.LSTM(3, return_sequences=True), L.GRU(3), L.Dense(2)]),
         # Layers the kernel lacks (the Keras engine serves them):
         "lstm_gelu_gru": lambda: _chain([
-            L.LSTM(4, return_sequences=True), L.Dense(3, activation="gelu"), L.GRU(3, return_sequences=True),
+            L.LSTM(4, return_sequences=True), L.Dense(3, activation="gelu", name="gelu_dense"), L.GRU(3, return_sequences=True),
             L.Dense(1)], functional=True),
         "rnn_batchnorm": lambda: _chain([
-            L.SimpleRNN(4, return_sequences=True), L.BatchNormalization(), L.Dense(2)]),
+            L.SimpleRNN(4, return_sequences=True), L.BatchNormalization(name="bn"), L.Dense(2)]),
         "conv1_lstm_prelu": lambda: _chain([
             L.Conv1D(3, 1, activation="celu"), L.LSTM(3, activation="gelu", return_sequences=True),
             L.PReLU(shared_axes=[1]), L.UnitNormalization(), L.Dense(1)]),
