@@ -63,12 +63,13 @@ def test_engine_kernel_refuses_a_recurrent_activation_only_keras_has(tmp_path):
 
 
 def test_engine_keras_is_asked_for_and_an_unknown_engine_is_refused(bundles):
-    assert choose(bundles["lstm_layernorm_gru_k3"].stack, "keras").line == 'engine: keras (asked for with engine = "keras")'
-    assert choose(bundles["lstm_layernorm_gru_k3"].stack, "kernel").engine == "kernel"
+    stack = bundles["lstm_layernorm_gru_k3"].stack
+    assert choose(stack, "keras").line == 'engine: keras (asked for with engine = "keras")'
+    assert choose(stack, "kernel").engine == "kernel"
     with pytest.raises(ValueError, match=r"^engine 'torch' is not one of 'auto', 'kernel', 'keras'$"):
         ForecasterConfig(engine="torch").check()
     with pytest.raises(BundleError, match=r"^engine 'torch' is not one of"):
-        choose(bundles["lstm_layernorm_gru_k3"].stack, "torch")
+        choose(stack, "torch")
 
 
 def test_the_keras_engine_makes_one_compiled_call_per_length_bucket(bundles):
