@@ -221,7 +221,8 @@ def measure_custom_models(n_instruments: int, batch_ticks: int, rounds: int, bat
                    "speedup_vs_keras_cell": round(op / cell, 1), "rounds": rounds,
                    "batches_per_round": batches_per_round}
             rows.append(row)
-            printer(f"custom model, {label} ({fc.engine.line}): {row['chain']}, {n_instruments:,} instruments: "
+            printer(f"custom model, {label} (engine {fc.engine.engine}): {row['chain']}, "
+                    f"{n_instruments:,} instruments: "
                     f"operator {op:,.0f} t/s, bucketed-Keras peer {pr:,.0f} t/s (ratio {row['operator_over_peer']}), "
                     f"Keras cell per tick {cell:,.0f} t/s (speed-up {row['speedup_vs_keras_cell']}x)")
     return rows
