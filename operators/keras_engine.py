@@ -4,7 +4,8 @@ The chain (:attr:`operators.bundle.Bundle.stack`) is rebuilt as one functional K
 bundle's ``model.keras`` (loaded in safe mode: no code from the file runs): every recurrent layer is a
 copy with ``return_sequences=True, return_state=True`` that takes its initial states as inputs and
 returns its final states; per-tick layers are copies of the model's own (an ``axis`` of the feature axis
-written as -1, so a layer after a sequence-to-one recurrent layer applies to every tick); identity layers
+written as -1, so a layer after a sequence-to-one recurrent layer applies to every tick;
+``TimeDistributed(layer)`` as its per-tick inner layer, which acts on the last axis); identity layers
 (Dropout, noise) are left out, as at inference. Same variables, copied from the loaded model.
 
 Per micro-batch (the forecaster's seam, :class:`operators.engines.Stepper`): each instrument's ticks are
@@ -59,6 +60,10 @@ class KerasEngine:
             elif isinstance(layer, PerTick) and layer.kind == "identity":
                 continue
             else:
+                if source.__class__.__name__ == "TimeDistributed":
+                    # Its inner layer acts on the last axis, the same at every tick; TimeDistributed itself
+                    # mishandles a time axis of unknown length inside tf.function.
+                    source = source.layer
                 config = source.get_config() | {"name": f"{layer.name}_stepped"}
                 if source.__class__.__name__ in _AXIS_CLASSES:
                     config["axis"] = -1  # checked to be the feature axis (operators.keras_chain)

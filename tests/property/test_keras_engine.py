@@ -70,7 +70,7 @@ def test_keras_engine_equals_keras_on_each_instrument_alone(name, tmp_path_facto
     assert set(engines) == {"keras"}  # auto picked Keras: the kernel lacks a layer of each of these models
 
 
-@pytest.mark.parametrize("name", ["lstm_layernorm_gru_k3", "sequence_to_one"])
+@pytest.mark.parametrize("name", ["lstm_layernorm_gru_k3", "sequence_to_one", "rnn_dropout_timedistributed"])
 def test_keras_engine_gives_the_kernels_numbers_on_a_model_the_kernel_serves(name, tmp_path_factory):
     """Also with session resets (reset_gap 2 s; the streams' gaps reach 3 s), which split an instrument's
     ticks of one batch into segments, the later ones from zero state."""
@@ -102,3 +102,38 @@ def test_keras_engine_gives_the_kernels_numbers_on_a_model_the_kernel_serves(nam
                                            rtol=1e-5, atol=1e-6)
 
     check()
+
+
+def test_sequence_to_one_model_with_keras_layers_forecasts_what_keras_gives_for_each_prefix(tmp_path):
+    """return_sequences=False on the last recurrent layer, then a BatchNormalization built on (batch, features):
+    the engine applies it to every tick (its axis is the feature axis), and TimeDistributed(Dense(gelu)) before."""
+    from operators.bundle import _keras
+    from operators.training import sequences_from_table
+    from pipeline.files.synthetic import generate_ticks
+
+    keras = _keras()
+    L = keras.layers
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((None, 4)), L.LSTM(3, return_sequences=True),
+                              L.TimeDistributed(L.Dense(3, activation="gelu")), L.GRU(3), L.BatchNormalization(),
+                              L.Dense(2)])
+    bn = model.layers[3]
+    g, b, m, v = bn.get_weights()
+    bn.set_weights([g + 0.3, b - 0.2, m + 0.1, v + 0.5])
+    bundle, _ = bundled(model, tmp_path)
+    ticks = generate_ticks(3, 24, seed=4, bad_fraction=0.0)
+    seq = sequences_from_table(ticks)
+    x = bundle.model_inputs(seq.raw_features)
+    fc = Forecaster(bundle)
+    assert fc.engine.engine == "keras"
+    got = np.empty((len(seq.order), bundle.outputs))
+    position = {row: i for i, row in enumerate(seq.order.tolist())}
+    for a in range(0, ticks.num_rows, 13):
+        res = fc.step(ticks.slice(a, 13))
+        for row, f in zip((res.rows + a).tolist(), in_target_units(bundle, res.forecasts.reshape(len(res.rows), -1))):
+            got[position[row]] = f
+    bounds = np.append(seq.group_starts, len(seq.order))
+    for i in range(len(seq.group_starts)):
+        for end in range(bounds[i] + 1, bounds[i + 1] + 1):
+            want = np.asarray(model(x[None, bounds[i]:end], training=False))[0]
+            np.testing.assert_allclose(got[end - 1], want, rtol=1e-5, atol=1e-5)
