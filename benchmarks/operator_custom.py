@@ -90,15 +90,14 @@ class BucketedChain(BucketedKeras):
             return model([x, *states], training=False)
 
         self._call, self.bundle, self.outputs = call, bundle, stack.outputs
-        self.widths = [w for _, w in stack.state_vectors]
         self.index: dict[str, int] = {}
-        self.states = [np.zeros((capacity, w), np.float32) for w in self.widths]
+        # BucketedKeras's row bookkeeping (_rows) grows h and c; here h holds every state vector, c none.
+        self.h = [np.zeros((capacity, w), np.float32) for _, w in stack.state_vectors]
+        self.c, self.layers = [], len(self.h)
         self.last_price = np.full(capacity, np.nan)
         self.last_ts = np.zeros(capacity, np.int64)
         self.tick_count = np.zeros(capacity, np.int64)
         self.model_seconds = 0.0
-        # BucketedKeras's row bookkeeping grows h and c; here they are the state vectors.
-        self.h, self.c, self.layers = self.states, [], len(self.states)
 
     def _bucket(self, x: np.ndarray, rows: np.ndarray, ticks: np.ndarray, y: np.ndarray) -> None:
         started = time.perf_counter()
