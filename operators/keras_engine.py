@@ -71,7 +71,10 @@ class KerasEngine:
                     config["shared_axes"] = [1]  # checked: one slope vector for every tick
                 copy = source.__class__.from_config(config)
                 x = copy(x)
-            copy.set_weights([np.reshape(w, tuple(v.shape)) for w, v in zip(source.get_weights(), copy.weights)])
+            weights = source.get_weights()
+            if len(weights) != len(copy.weights):
+                raise ValueError(f"layer {layer.name}: its copy has {len(copy.weights)} variables, not {len(weights)}")
+            copy.set_weights([np.reshape(w, tuple(v.shape)) for w, v in zip(weights, copy.weights)])
         self.model = keras.Model([x_in, *state_in], [x, *finals])
         signature = [tf.TensorSpec([None, None, stack.n_inputs], tf.float32)]
         signature += [tf.TensorSpec([None, w], tf.float32) for _, w in stack.state_vectors]
