@@ -5,7 +5,8 @@ hidden size 64, 1 and 2 layers:
 1. the operator (``Forecaster.step`` on micro-batches of Arrow ticks: validation,
    grouping, features, gather, ragged LSTM, scatter), ticks/s;
 2. the strongest plain-TensorFlow peer, bucketed Keras (:class:`BucketedKeras`),
-   over the same batches, alternating with the operator round by round; its whole
+   over the same batches, alternating with the operator round by round (8 rounds of
+   2 batches; best round of each, the median of the per-round ratios, CPU time); its whole
    step and its LSTM + Dense calls alone, ticks/s; checked to give the operator's
    forecasts before anything is timed;
 3. the naive correct approach: one Keras ``LSTMCell`` call per tick, with each
@@ -33,7 +34,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from operators.features import N_FEATURES, FeatureSpec, Normalisation, compute_features, previous_within_groups
+from operators.features import (FEATURE_NAMES, N_FEATURES, FeatureInputs, FeatureSpec, Normalisation,
+                                 compute_features, previous_within_groups)
 from operators.forecaster import Forecaster
 from operators.bundle import Bundle, shape_of, weights_from_keras
 from operators.layers import PerTick, Recurrent, Stack
@@ -170,8 +172,8 @@ class BucketedKeras:
         has_prev = np.ones(len(order), dtype=bool)
         has_prev[starts] = self.tick_count[rows] > 0
         nan = np.full(len(order), np.nan)
-        x = self.bundle.normalisation.apply(
-            compute_features(price, ts, size, nan, nan, nan, nan, prev_price, prev_ts, has_prev))
+        x = self.bundle.normalisation.apply(compute_features(FEATURE_NAMES, FeatureInputs(
+            price, ts, size, nan, nan, nan, nan, starts, has_prev, prev_price, prev_ts)))
         y = np.empty(len(order), np.float32)
         by_length = np.argsort(lengths, kind="stable")
         bounds = np.flatnonzero(np.diff(lengths[by_length], prepend=-1))
@@ -238,6 +240,11 @@ def measure_against_peer(bundle: Bundle, batches: list[pa.Table], n_instruments:
     ``batches[0]`` warms both up (not timed); the rest is cut into ``rounds`` rounds.
     In each round the operator steps the round's batches, then the peer steps the same
     batches: both see the same stream, in the same order, under the same machine load.
+    Also per round: the ratio of the two sides' wall times (its median over rounds is
+    ``paired_ratio``: each pair ran back to back, so a burst of load on this shared
+    machine moves one pair, not the median) and the CPU time each side used (all of the
+    process's threads: TensorFlow runs the peer's ops on a pool of threads, the operator
+    runs on the calling thread).
     """
     fc = Forecaster(bundle)
     peer = BucketedKeras(bundle, capacity=n_instruments)
@@ -249,24 +256,32 @@ def measure_against_peer(bundle: Bundle, batches: list[pa.Table], n_instruments:
     timed = batches[1:]
     per_round = max(len(timed) // rounds, 1)
     best_op = best_peer = best_model = float("inf")
+    best_op_cpu = best_peer_cpu = float("inf")
+    pairs = []
     instruments_per_batch = []
     ticks = 0
     for r in range(rounds):
         chunk = timed[r * per_round:(r + 1) * per_round]
         ticks = sum(b.num_rows for b in chunk)
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         for b in chunk:
             instruments_per_batch.append(fc.step(b).n_instruments)
-        best_op = min(best_op, time.perf_counter() - started)
+        op = time.perf_counter() - started
+        best_op_cpu = min(best_op_cpu, time.process_time() - cpu)
         model_before = peer.model_seconds
-        started = time.perf_counter()
+        cpu, started = time.process_time(), time.perf_counter()
         for b in chunk:
             peer.step(b)
-        best_peer = min(best_peer, time.perf_counter() - started)
+        other = time.perf_counter() - started
+        best_peer_cpu = min(best_peer_cpu, time.process_time() - cpu)
+        best_op, best_peer = min(best_op, op), min(best_peer, other)
         best_model = min(best_model, peer.model_seconds - model_before)
+        pairs.append(other / op)
     return {"operator_ticks_per_second": ticks / best_op,
             "peer_ticks_per_second": ticks / best_peer,
             "peer_model_only_ticks_per_second": ticks / best_model,
+            "paired_ratio": float(np.median(pairs)),
+            "cpu_ratio": best_peer_cpu / best_op_cpu,
             "batches_per_round": per_round, "rounds": rounds,
             "mean_instruments_per_batch": float(np.mean(instruments_per_batch))}
 
@@ -372,15 +387,15 @@ def measure_memory(n_instruments: int = 1_000_000, hidden: int = HIDDEN) -> dict
         "instruments": n_instruments,
         "raw_state_bytes_per_instrument": StateShape(1, hidden).raw_bytes_per_row,
         "table_bytes_per_instrument": table.nbytes / n_instruments,
-        "index_bytes_per_instrument": table.index_nbytes / n_instruments,  # hash slots, keys, name pointers
+        "index_bytes_per_instrument": table.index_nbytes / n_instruments,  # hash slots, keys, identities, name pointers
         "rss_bytes_per_instrument_with_index": (after - before) / n_instruments,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
 
 
 def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrument_counts: list[int] | None = None,
-        layer_counts: list[int] | None = None, rounds: int = 3, batches_per_round: int = 4,
-        skip: tuple[tuple[int, int], ...] = ()) -> dict:
+        layer_counts: list[int] | None = None, rounds: int = 8, batches_per_round: int = 2,
+        skip: tuple[tuple[int, int], ...] = (), activities: tuple[str, ...] | None = None) -> dict:
     """Every case: operator vs the bucketed-Keras peer (interleaved, best round), the per-tick
     Keras cell, and the GEMM limit. ``skip`` lists (instruments, layers) cases left out."""
     if instrument_counts is None:
@@ -396,7 +411,7 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
     printer(f"operator benchmark: hidden {HIDDEN}, micro-batches of {batch_ticks:,} ticks; operator and "
             f"bucketed-Keras peer alternate over {rounds} rounds of {batches_per_round} batches, best round each")
     header = (f"{'instruments':>11} {'activity':>8} {'layers':>6} {'inst/batch':>10} {'operator t/s':>13} "
-              f"{'peer t/s':>10} {'ratio':>6} {'peer LSTM+Dense t/s':>19} {'ratio':>6} {'keras cell t/s':>14} "
+              f"{'peer t/s':>10} {'ratio':>6} {'paired':>6} {'CPU':>6} {'peer LSTM+Dense t/s':>19} {'ratio':>6} {'keras cell t/s':>14} "
               f"{'GEMM rows/s':>12} {'% of GEMM':>9}")
     printer(header)
     for layers in layer_counts:
@@ -408,7 +423,7 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
         for n in instrument_counts:
             if (n, layers) in skip:
                 continue
-            for activity in ("uniform", "zipf"):
+            for activity in activities or ("uniform", "zipf"):
                 batches = _stream(n, activity, n_batches, batch_ticks, seed=n + layers)
                 m = measure_against_peer(bundle, batches, n, rounds)
                 cell = measure_keras_cell(bundle, batches[0], cell_ticks)
@@ -419,6 +434,8 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
                     "operator_ticks_per_second": round(op, 1),
                     "peer_ticks_per_second": round(m["peer_ticks_per_second"], 1),
                     "operator_over_peer": round(op / m["peer_ticks_per_second"], 2),
+                    "operator_over_peer_paired_median": round(m["paired_ratio"], 2),
+                    "operator_over_peer_cpu_time": round(m["cpu_ratio"], 2),
                     "peer_model_only_ticks_per_second": round(m["peer_model_only_ticks_per_second"], 1),
                     "operator_over_peer_model_only": round(op / m["peer_model_only_ticks_per_second"], 2),
                     "keras_cell_ticks_per_second": round(cell, 1),
@@ -431,14 +448,15 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
                 rows.append(row)
                 printer(f"{n:>11,} {activity:>8} {layers:>6} {row['mean_instruments_per_batch']:>10,.0f} "
                         f"{op:>13,.0f} {row['peer_ticks_per_second']:>10,.0f} {row['operator_over_peer']:>6.2f} "
+                        f"{row['operator_over_peer_paired_median']:>6.2f} {row['operator_over_peer_cpu_time']:>6.2f} "
                         f"{row['peer_model_only_ticks_per_second']:>19,.0f} "
                         f"{row['operator_over_peer_model_only']:>6.2f} {cell:>14,.0f} {gemm:>12,.0f} "
                         f"{100 * row['fraction_of_gemm_limit']:>8.1f}%")
     skew = []
     for r in rows:
-        if r["activity"] == "zipf":
-            u = next(x for x in rows if x["activity"] == "uniform" and x["instruments"] == r["instruments"]
-                     and x["layers"] == r["layers"])
+        u = next((x for x in rows if x["activity"] == "uniform" and x["instruments"] == r["instruments"]
+                  and x["layers"] == r["layers"]), None)
+        if r["activity"] == "zipf" and u is not None:
             skew.append({"instruments": r["instruments"], "layers": r["layers"],
                          "uniform_over_zipf": round(u["operator_ticks_per_second"] / r["operator_ticks_per_second"], 2)})
     printer("zipf slowdown (uniform t/s / zipf t/s): " +

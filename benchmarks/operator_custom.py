@@ -112,7 +112,7 @@ def _peer_forecasts(peer: BucketedChain, batch: pa.Table) -> np.ndarray:
     """The peer's step for K outputs: BucketedKeras.step with the chain's call per bucket."""
     import pyarrow.compute as pc  # noqa: PLC0415
 
-    from operators.features import compute_features, previous_within_groups  # noqa: PLC0415
+    from operators.features import FeatureInputs, compute_features, previous_within_groups  # noqa: PLC0415
 
     enc = pc.dictionary_encode(batch.column("instrument").combine_chunks())
     codes = enc.indices.to_numpy()
@@ -126,9 +126,10 @@ def _peer_forecasts(peer: BucketedChain, batch: pa.Table) -> np.ndarray:
     has_prev = np.ones(len(order), dtype=bool)
     has_prev[starts] = peer.tick_count[rows] > 0
     nan = np.full(len(order), np.nan)
-    x = peer.bundle.normalisation.apply(compute_features(
-        price, ts, size, nan, nan, nan, nan, previous_within_groups(price, starts, peer.last_price[rows]),
-        previous_within_groups(ts, starts, peer.last_ts[rows]), has_prev))
+    x = peer.bundle.normalisation.apply(compute_features(FEATURE_NAMES, FeatureInputs(
+        price, ts, size, nan, nan, nan, nan, starts, has_prev,
+        previous_within_groups(price, starts, peer.last_price[rows]),
+        previous_within_groups(ts, starts, peer.last_ts[rows]))))
     y = np.empty((len(order), peer.outputs), np.float32)
     by_length = np.argsort(lengths, kind="stable")
     bounds = np.flatnonzero(np.diff(lengths[by_length], prepend=-1))
@@ -148,7 +149,7 @@ def keras_cell_ticks_per_second(bundle: Bundle, batch: pa.Table, n_ticks: int) -
     """One eager Keras call per tick and layer (recurrent layers through their cell), state in a dict."""
     from operators.training import sequences_from_table  # noqa: PLC0415
 
-    seq = sequences_from_table(batch.slice(0, n_ticks))
+    seq = sequences_from_table(batch.slice(0, n_ticks), bundle.feature_spec.names)
     x = bundle.model_inputs(seq.raw_features)
     x_rows = np.empty_like(x)
     x_rows[seq.order] = x

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
-BENCHMARKS = ("operator", "e2e", "checkpoint", "backtest", "memory", "startup")
+BENCHMARKS = ("operator", "operator-profile", "e2e", "checkpoint", "backtest", "memory", "startup")
 
 
 def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int = 10_000, instruments: int = 1_000,
                   drain_minutes: float = 0.0, bootstrap_servers: str | None = None, names: int = 10_000_000,
-                  modes: tuple[str, ...] = ("expire", "limit")) -> dict:
-    """Run one benchmark (``quick``: fewer, shorter runs) and return its figures."""
+                  modes: tuple[str, ...] = ("expire", "limit"), sizes: tuple[int, ...] | None = None,
+                  layers: tuple[int, ...] | None = None, activities: tuple[str, ...] | None = None) -> dict:
+    """Run one benchmark (``quick``: fewer, shorter runs) and return its figures. ``sizes``, ``layers`` and
+    ``activities`` select the operator benchmark's cases (None: all of its default cases)."""
     if what == "operator":
         from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
-        return bench_operator(quick=quick, batch_ticks=batch_ticks)
+        return bench_operator(quick=quick, batch_ticks=batch_ticks, instrument_counts=list(sizes) if sizes else None,
+                              layer_counts=list(layers) if layers else None, activities=activities)
+    if what == "operator-profile":
+        from benchmarks.operator_profile import run as bench_profile  # noqa: PLC0415
+
+        return bench_profile(sizes=list(sizes) if sizes else None, layer_counts=list(layers) if layers else None,
+                             activities=activities, quick=quick, batch_ticks=batch_ticks)
     if what == "memory":
         from benchmarks.memory import run as bench_memory  # noqa: PLC0415
 

@@ -22,14 +22,14 @@ import json
 import os
 import platform
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from operators.errors import BundleError, TrainingUnavailable
-from operators.features import FEATURE_NAMES, FEATURE_SPEC_VERSION, FeatureSpec, Normalisation
+from operators.features import FEATURE_SPEC_VERSION, KNOWN_FEATURES, FeatureSpec, Normalisation
 from operators.keras_chain import UnservableModel, describe
 from operators.keras_file import KerasFileError, KerasLayer, layers_of_model, read_keras_file, read_keras_model
 from operators.layers import Stack
@@ -86,6 +86,12 @@ class Bundle:
     output_specs: tuple[OutputSpec, ...] = ()  # named outputs; () for the single output at ``horizon``
     stack_source: str = "keras"  # own_stack's origin: "keras" (brought) or "train" (a GRU or several outputs)
 
+    def __post_init__(self):
+        # The state rows keep what the features need of the previous tick (shape.previous): it follows from
+        # the spec, whoever builds the bundle. Not in meta(): the version hash of a bundle stays as it was.
+        if self.shape.previous != self.feature_spec.previous:
+            object.__setattr__(self, "shape", replace(self.shape, previous=self.feature_spec.previous))
+
     @property
     def stack(self) -> Stack:
         """The chain of layers the kernel steps."""
@@ -106,9 +112,7 @@ class Bundle:
         return tuple(OutputSpec(f"y{k}", self.horizon) for k in range(self.outputs))
 
     def model_inputs(self, raw: np.ndarray) -> np.ndarray:
-        """All features (n, N_FEATURES) -> the model's normalised inputs (its features, in its order)."""
-        if self.feature_spec.names != FEATURE_NAMES:
-            raw = raw[:, [FEATURE_NAMES.index(name) for name in self.feature_spec.names]]
+        """Raw features (n, F) of the spec, in its order -> the model's normalised inputs."""
         return self.normalisation.apply(raw)
 
     def meta(self) -> dict[str, Any]:
@@ -212,20 +216,12 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
             check_outputs(outputs)
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{meta_path} is incomplete (missing or bad {exc}); retrain the bundle") from None
-    if brought and arch.get("source") == "train":
-        if spec != FeatureSpec():
-            raise BundleError(f"bundle {path} was trained on feature spec v{spec.version}; this tickcast serves "
-                              f"v{FeatureSpec().version}; retrain with `tickcast train`")
-    elif brought:
-        check_feature_names(spec.names, f"bundle {path}")
-        if spec.version != FEATURE_SPEC_VERSION:
-            raise BundleError(f"bundle {path} uses feature spec v{spec.version}; this tickcast computes "
-                              f"v{FEATURE_SPEC_VERSION}; bundle the model again with `tickcast bundle --keras`")
-    elif spec != FeatureSpec():
-        raise BundleError(
-            f"bundle {path} was trained on feature spec v{spec.version} {list(spec.names)}; this tickcast "
-            f"serves v{FeatureSpec().version} {list(FeatureSpec().names)}; retrain with `tickcast train`"
-        )
+    if spec.version != FEATURE_SPEC_VERSION:
+        again = ("bundle the model again with `tickcast bundle --keras`" if brought and arch.get("source") != "train"
+                 else "retrain with `tickcast train`")
+        raise BundleError(f"bundle {path} uses feature spec v{spec.version} {list(spec.names)}; this tickcast "
+                          f"computes v{FEATURE_SPEC_VERSION}; {again}")
+    check_feature_names(spec.names, f"bundle {path}")
     if len(norm.mean) != len(spec.names) or len(norm.std) != len(spec.names):
         raise BundleError(f"{meta_path}: normalisation has the wrong number of features; retrain the bundle")
     _check_normalisation(norm, spec, meta_path)
@@ -274,12 +270,12 @@ def load_keras_model(model_file: Path, needed_for: str):
 
 
 def check_feature_names(names: tuple[str, ...], where: str) -> None:
-    """A model's features: some of tickcast's, each once, in any order."""
-    unknown = [n for n in names if n not in FEATURE_NAMES]
+    """A model's features: some of tickcast's (operators.features.REGISTRY), each once, in any order."""
+    unknown = [n for n in names if n not in KNOWN_FEATURES]
     if not names or unknown or len(set(names)) != len(names):
         why = f"unknown {unknown}" if unknown else "none given" if not names else "a feature named twice"
         raise BundleError(f"{where}: features {list(names)} are not usable ({why}); choose from "
-                          f"{', '.join(FEATURE_NAMES)}")
+                          f"{', '.join(KNOWN_FEATURES)}")
 
 
 def stack_of_keras_file(model_file: str | Path, n_features: int) -> Stack:

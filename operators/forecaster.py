@@ -44,9 +44,10 @@ import numpy as np
 import pyarrow as pa
 
 from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
+from operators.index import name_words
 from operators.bundle import Bundle
 from operators.engines import ENGINES, choose, stepper
-from operators.state import NO_TS, StateTable
+from operators.state import NO_TS, StateTable, put_rows, take_rows
 from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, RejectReason, TickColumns,
                                   TimestampPolicy)
 
@@ -122,8 +123,10 @@ class Forecaster:
             return StepResult(np.zeros(0, np.int64), self._no_forecasts.copy(), reasons, 0, 0, 0)
         names = np.empty(len(cols.instruments), dtype=object)  # the batch's distinct names, indexable by code
         names[:] = cols.instruments
+        # The index compares names by their bytes (operators.index), taken from the Arrow dictionary.
+        words = name_words(cols.instrument_names if cols.instrument_names is not None else names)  # by code
         st = self.state
-        rows = st.lookup_many(groups.partition, names[groups.codes])
+        rows = st.lookup_many(groups.partition, names[groups.codes], words[groups.codes])
         limit = self.config.max_instruments
         refused_rows = np.zeros(0, dtype=np.int64)  # valid ticks refused by the limit: they still move the clock
         if limit is not None:
@@ -142,10 +145,17 @@ class Forecaster:
             return self._nothing_stepped(cols, reasons, refused_rows)
         # What precedes each group: its row's previous tick; nothing for an instrument without a row.
         known = rows >= 0
-        preceding = Preceding.nothing(len(rows))
-        preceding.price[known] = st.column("last_price")[rows[known]]
-        preceding.ts[known] = st.column("last_ts")[rows[known]]
-        preceding.present[known] = st.column("tick_count")[rows[known]] > 0
+        if known.all():  # the common case: no new instrument in the batch
+            preceding = Preceding(st.column("last_price")[rows], st.column("last_ts")[rows],
+                                  st.column("tick_count")[rows] > 0,
+                                  **{what: st.previous(what)[rows] for what in st.shape.previous})
+        else:
+            preceding = Preceding.nothing(len(rows))
+            preceding.price[known] = st.column("last_price")[rows[known]]
+            preceding.ts[known] = st.column("last_ts")[rows[known]]
+            preceding.present[known] = st.column("tick_count")[rows[known]] > 0
+            for what in st.shape.previous:  # what else the bundle's features need of it (mid, trade sign)
+                getattr(preceding, what)[known] = st.previous(what)[rows[known]]
         groups, kept = refuse_late(cols, groups, preceding, reasons)
         if len(groups.order) == 0:
             return self._nothing_stepped(cols, reasons, refused_rows)
@@ -153,7 +163,7 @@ class Forecaster:
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             keys = zip(groups.partition[missing].tolist(), names[groups.codes[missing]])
-            rows[missing] = st.insert(list(keys))
+            rows[missing] = st.insert(list(keys), words[groups.codes[missing]])
         lengths = groups.lengths
         if len(lengths) > 1 and (lengths[1:] > lengths[:-1]).any():
             # Longest groups first (stable): the kernel then steps the gathered rows where they lie
@@ -164,7 +174,9 @@ class Forecaster:
         order, starts = groups.order, groups.starts
         ends = starts + lengths - 1
         price, ts = cols.price[order], cols.ts[order]
-        raw, reset = raw_features(cols, groups, preceding, self.config.effective_reset_gap_ns)
+        after = dict.fromkeys(st.shape.previous)
+        raw, reset = raw_features(cols, groups, preceding, self.config.effective_reset_gap_ns,
+                                  self.bundle.feature_spec.names, after)
         n_resets = int(np.count_nonzero(reset)) if reset is not None else 0
         x = self.bundle.model_inputs(raw)
 
@@ -173,15 +185,15 @@ class Forecaster:
         # the kernel steps them in place and they are scattered back below.
         if len(rows) and (rows.min() < 0 or rows.max() >= len(st)):
             raise RuntimeError("state rows out of range")  # never: checked so that mode="clip" below clips nothing
-        # mode="clip": with the default mode, np.take into `out` goes through a fresh temporary anyway.
-        s0 = [np.take(st.vector(name), rows, axis=0, mode="clip", out=self._gather_buffer(name, width, len(rows)))
-              for name, width in vectors]
+        s0 = [take_rows(st.vector(name), rows, self._gather_buffer(name, width, len(rows))) for name, width in vectors]
         y, s_new = self.kernel.step(x, lengths, s0, reset, in_place=True)
         for (name, _), new in zip(vectors, s_new):
-            st.vector(name)[rows] = new
+            put_rows(st.vector(name), rows, new)
         st.column("last_price")[rows] = price[ends]
         st.column("last_ts")[rows] = ts[ends]
         st.column("tick_count")[rows] += lengths
+        for what, values in after.items():
+            st.previous(what)[rows] = values[ends]
         offsets = cols.offset[order][ends]
         st.column("last_offset")[rows] = np.maximum(st.column("last_offset")[rows], offsets)
 

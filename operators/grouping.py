@@ -18,7 +18,12 @@ through the same four steps here:
 3. :func:`previous_ticks` gives each tick the previous tick of its group
    (for a group's first tick, what precedes the group), and starts a
    session afresh after a gap longer than ``reset_gap_ns``;
-4. :func:`compute_features` turns them into raw features.
+4. :func:`compute_features` turns them into the raw features a bundle names.
+
+What precedes a group (:class:`Preceding`) carries whatever the features need
+of the previous tick: price and time always, mid and trade sign for specs that
+use them (:attr:`FeatureSpec.previous`); streaming keeps those per row and
+writes back what :func:`raw_features` reports in ``after``.
 
 What is specific to one side stays there: the instrument limit and the state
 rows (streaming), windows and targets (training).
@@ -30,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators.features import compute_features, previous_within_groups
+from operators.features import FEATURE_NAMES, FeatureInputs, compute_features, previous_within_groups
 from operators.validation import RejectReason, TickColumns, TimestampPolicy, out_of_order, validate_values
 
 NO_TS = np.iinfo(np.int64).min  # "no previous tick" (the state table's fresh last_ts)
@@ -76,15 +81,21 @@ class Preceding:
     price: np.ndarray  # (G,) float64 previous price (NaN where none)
     ts: np.ndarray  # (G,) int64 previous event time (NO_TS where none); late ticks are judged against it
     present: np.ndarray  # (G,) bool: a previous tick the features may use
+    # Only for features that need them (None: none anywhere): the previous tick's mid (float64, NaN where none
+    # or without quotes) and trade sign (int8, 0 where none).
+    mid: np.ndarray | None = None
+    sign: np.ndarray | None = None
 
     @classmethod
     def nothing(cls, n_groups: int) -> "Preceding":
         """No previous tick for any group: a whole table (training), or instruments never seen."""
         return cls(np.full(n_groups, np.nan), np.full(n_groups, NO_TS, dtype=np.int64),
-                   np.zeros(n_groups, dtype=bool))
+                   np.zeros(n_groups, dtype=bool), np.full(n_groups, np.nan), np.zeros(n_groups, dtype=np.int8))
 
     def take(self, groups: np.ndarray) -> "Preceding":
-        return Preceding(self.price[groups], self.ts[groups], self.present[groups])
+        mid = None if self.mid is None else self.mid[groups]
+        sign = None if self.sign is None else self.sign[groups]
+        return Preceding(self.price[groups], self.ts[groups], self.present[groups], mid, sign)
 
 
 def group_ticks(cols: TickColumns, timestamps: TimestampPolicy | None = None,
@@ -129,11 +140,18 @@ def previous_ticks(cols: TickColumns, groups: Groups, preceding: Preceding, rese
     return prev_price, prev_ts, has_prev, reset
 
 
-def raw_features(cols: TickColumns, groups: Groups, preceding: Preceding,
-                 reset_gap_ns: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Raw features (m, F) of the ticks of ``groups`` and the session-reset flags (see :func:`previous_ticks`)."""
+def raw_features(cols: TickColumns, groups: Groups, preceding: Preceding, reset_gap_ns: int | None = None,
+                 names: tuple[str, ...] = FEATURE_NAMES, after: dict[str, np.ndarray] | None = None,
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Raw features ``names`` (m, len(names)) of the ticks of ``groups`` and the session-reset flags (see
+    :func:`previous_ticks`). ``after``: a dict whose keys ("mid", "sign") get, per tick, what the next tick
+    needs of it (streaming keeps each group's last in the state table)."""
     prev_price, prev_ts, has_prev, reset = previous_ticks(cols, groups, preceding, reset_gap_ns)
     o = groups.order
-    raw = compute_features(cols.price[o], cols.ts[o], cols.size[o], cols.bid[o], cols.ask[o],
-                           cols.bid_size[o], cols.ask_size[o], prev_price, prev_ts, has_prev)
+    ticks = FeatureInputs(cols.price[o], cols.ts[o], cols.size[o], cols.bid[o], cols.ask[o], cols.bid_size[o],
+                          cols.ask_size[o], groups.starts, has_prev, prev_price, prev_ts, preceding.mid,
+                          preceding.sign)
+    raw = compute_features(names, ticks)
+    for what in after or ():
+        after[what] = ticks.after(what)
     return raw, reset

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from operators.bundle import Bundle, _version_hash, check_feature_names, shape_of, stack_of_keras_file
 from operators.errors import BundleError, InputDataError
-from operators.features import FEATURE_NAMES, FeatureSpec, Normalisation, log_return_target
+from operators.features import FeatureSpec, Normalisation, log_return_target
 from operators.outputs import OutputSpec, targets
 
 
@@ -43,10 +43,10 @@ def bundle_keras_model(model_file: str | Path, features: list[str], ticks: pa.Ta
     if outputs and len(outputs) != stack.outputs:
         raise BundleError(f"--outputs names {len(outputs)} outputs; the model gives {stack.outputs} per tick")
     horizon = outputs[0].horizon if outputs else horizon
-    seq = sequences_from_table(ticks)
+    seq = sequences_from_table(ticks, names)
     if len(seq.order) < 2:
         raise InputDataError(f"only {len(seq.order)} valid ticks to fit the normalisation on; give more ticks")
-    raw = seq.raw_features[:, [FEATURE_NAMES.index(n) for n in names]]
+    raw = seq.raw_features
     if outputs:
         target = targets(seq.price, seq.group_starts, outputs)
     else:

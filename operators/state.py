@@ -2,7 +2,9 @@
 
 One row per (partition, instrument): the model's recurrent state as fixed-size
 float32 vectors (h and c of every LSTM layer, h of a GRU or SimpleRNN layer:
-:attr:`StateShape.vectors`), plus what the features need from the previous tick.
+:attr:`StateShape.vectors`), plus what the features need from the previous tick: its price and event time
+always, its mid and trade sign only for a bundle whose features need them
+(:attr:`StateShape.previous`; the built-in five features need neither).
 Every column lives in an Arrow buffer; the hot path reads and writes NumPy
 arrays that are zero-copy views of those buffers, and :meth:`StateTable.to_arrow`
 hands the same memory to Arrow (IPC, Parquet) without copying the numbers.
@@ -15,10 +17,9 @@ initial capacity; the gap between the grow and shrink points means a table
 near a boundary does not reallocate back and forth), and the instrument
 index is rebuilt to the rows left.
 
-The instrument index (:class:`RowIndex`) is a hash table in NumPy arrays, so
-a batch's thousands of lookups are a few vectorised passes rather than one
-Python dict probe per instrument (at 1M instruments those probes were a
-quarter of the operator's time).
+The instrument index (:class:`operators.index.RowIndex`) is a hash table in
+NumPy arrays, so a batch's thousands of lookups are a few vectorised passes
+rather than one Python dict probe per instrument.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
 
+from operators import index
+from operators.index import RowIndex, identities, name_words
+
 NO_TS = np.iinfo(np.int64).min
 
 
@@ -38,11 +42,14 @@ NO_TS = np.iinfo(np.int64).min
 class StateShape:
     """The recurrent layers whose state a row holds: ``cells`` is (kind, units) per layer, kind "lstm"
     (h and c), "gru" or "rnn" (h). ``StateShape(layers, hidden)`` is the built-in model's: that many LSTMs
-    of ``hidden`` units; for any other stack ``hidden`` is the widest layer's units (see :meth:`of`)."""
+    of ``hidden`` units; for any other stack ``hidden`` is the widest layer's units (see :meth:`of`).
+    ``previous``: what the rows keep of each instrument's previous tick beyond price and time ("mid",
+    "sign": :attr:`operators.features.FeatureSpec.previous`), one column each."""
 
     layers: int
     hidden: int
     cells: tuple[tuple[str, int], ...] = ()
+    previous: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not self.cells:
@@ -71,20 +78,24 @@ class StateShape:
         return 4 * sum(width for _, width in self.vectors)
 
     def metadata(self) -> dict[str, str]:
-        """Arrow schema metadata; ``cells`` only for stacks other than the built-in one (old checkpoints lack it)."""
+        """Arrow schema metadata; ``cells`` only for stacks other than the built-in one (old checkpoints lack it),
+        ``previous`` only when the rows keep more than the previous price and time."""
         meta = {"layers": str(self.layers), "hidden": str(self.hidden)}
         if not self.builtin:
             meta["cells"] = ",".join(f"{k}:{u}" for k, u in self.cells)
+        if self.previous:
+            meta["previous"] = ",".join(self.previous)
         return meta
 
     @classmethod
     def from_metadata(cls, meta: dict) -> "StateShape":
         layers, hidden = int(meta[b"layers"]), int(meta[b"hidden"])
+        previous = tuple(meta[b"previous"].decode().split(",")) if meta.get(b"previous") else ()
         cells = meta.get(b"cells")
         if not cells:
-            return cls(layers, hidden)
+            return cls(layers, hidden, previous=previous)
         parsed = [part.split(":") for part in cells.decode().split(",")]
-        return cls(layers, hidden, tuple((k, int(u)) for k, u in parsed))
+        return cls(layers, hidden, tuple((k, int(u)) for k, u in parsed), previous)
 
 
 class _ArrowColumn:
@@ -117,102 +128,6 @@ class _ArrowColumn:
         return pa.FixedSizeListArray.from_arrays(values, self.width)
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _name_hashes(names: "Sequence[str] | np.ndarray") -> np.ndarray:
-    """Python's own str hash of each name, as uint64.
-
-    SipHash with a per-process random key: names chosen to collide cannot be
-    crafted from outside. The hash is cached on each str object.
-    """
-    return np.fromiter(map(hash, names), dtype=np.int64, count=len(names)).view(np.uint64)
-
-
-def row_keys(partitions: np.ndarray, names: "Sequence[str] | np.ndarray") -> np.ndarray:
-    """64-bit index key of each (partition, instrument)."""
-    return _name_hashes(names) ^ (np.asarray(partitions).astype(np.uint64) * _GOLDEN)
-
-
-class RowIndex:
-    """(partition, instrument) -> row: an open-addressing hash table in two NumPy arrays.
-
-    Lookups and inserts are vectorised over a batch (linear probing, one NumPy
-    pass per probe step; the table is kept at most half full, so a few passes).
-    A slot matches on the 64-bit key *and* on the row's stored partition and
-    name, so two instruments whose keys collide are still told apart. Rows
-    are never removed one by one: after rows move (expiry) the table is rebuilt
-    from the rows' keys, sized to the rows left, which is also how it gives
-    memory back.
-    """
-
-    def __init__(self, n_rows: int = 0):
-        self._alloc(n_rows)
-
-    def _alloc(self, n_rows: int) -> None:
-        slots = 16
-        while slots < 2 * n_rows:
-            slots *= 2
-        self.slot_key = np.zeros(slots, dtype=np.uint64)
-        self.slot_row = np.full(slots, -1, dtype=np.int64)
-        self.mask = np.uint64(slots - 1)
-        self.size = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self.slot_key.nbytes + self.slot_row.nbytes
-
-    def find(self, keys: np.ndarray, partitions: np.ndarray, names: np.ndarray,
-             row_partition: np.ndarray, row_name: np.ndarray) -> np.ndarray:
-        """Row of each (partitions[i], names[i]) with key keys[i], -1 where absent.
-
-        ``row_partition``/``row_name`` are the table's columns the matches are confirmed against.
-        """
-        m = len(keys)
-        rows = np.full(m, -1, dtype=np.int64)
-        pending = np.arange(m)
-        pos = (keys & self.mask).astype(np.int64)
-        key = keys
-        step_mask = int(self.mask)
-        while len(pending):
-            r = self.slot_row[pos]
-            done = r < 0  # an empty slot ends the probe: absent
-            cand = np.flatnonzero(~done & (self.slot_key[pos] == key))
-            if len(cand):
-                rr, who = r[cand], pending[cand]
-                same = (row_partition[rr] == partitions[who]) & (row_name[rr] == names[who])
-                hit = cand[same]
-                rows[pending[hit]] = r[hit]
-                done[hit] = True
-            more = ~done
-            pending, key = pending[more], key[more]
-            pos = (pos[more] + 1) & step_mask
-        return rows
-
-    def add(self, keys: np.ndarray, rows: np.ndarray) -> None:
-        """Insert rows whose (partition, instrument) are not in the index yet."""
-        if 2 * (self.size + len(rows)) > len(self.slot_row):
-            raise ValueError("RowIndex.add past half full: rebuild it larger first")
-        step_mask = int(self.mask)
-        pos = (keys & self.mask).astype(np.int64)
-        key, row = keys, rows
-        while len(row):
-            free = np.flatnonzero(self.slot_row[pos] < 0)
-            self.slot_row[pos[free]] = row[free]  # several rows may race for one slot: the last write wins
-            won = free[self.slot_row[pos[free]] == row[free]]
-            self.slot_key[pos[won]] = key[won]
-            lost = np.ones(len(row), dtype=bool)
-            lost[won] = False
-            key, row = key[lost], row[lost]
-            pos = (pos[lost] + 1) & step_mask
-        self.size += len(rows)
-
-    def rebuild(self, keys: np.ndarray, spare: int = 0) -> None:
-        """Index rows 0..len(keys)-1 afresh, with room for ``spare`` more before the next rebuild."""
-        self._alloc(len(keys) + spare)
-        self.add(keys, np.arange(len(keys), dtype=np.int64))
-
-
 # Scalar columns: name -> (numpy dtype, arrow type, value of a fresh row)
 _SCALARS: dict[str, tuple[str, pa.DataType, float | int]] = {
     "partition": ("int32", pa.int32(), 0),
@@ -221,6 +136,19 @@ _SCALARS: dict[str, tuple[str, pa.DataType, float | int]] = {
     "tick_count": ("int64", pa.int64(), 0),
     "last_offset": ("int64", pa.int64(), -1),
 }
+# Kept only when StateShape.previous names them: previous-tick value -> (column, numpy dtype, arrow type, fresh)
+_PREVIOUS: dict[str, tuple[str, str, pa.DataType, float | int]] = {
+    "mid": ("last_mid", "float64", pa.float64(), np.nan),  # NaN: no previous tick, or it had no quotes
+    "sign": ("last_sign", "int8", pa.int8(), 0),
+}
+
+
+def scalar_columns(shape: StateShape) -> dict[str, tuple[str, pa.DataType, float | int]]:
+    """The scalar columns of a table of ``shape``: the fixed ones, then one per ``shape.previous``."""
+    unknown = [p for p in shape.previous if p not in _PREVIOUS]
+    if unknown:
+        raise ValueError(f"state rows cannot keep {unknown} of the previous tick; known: {', '.join(_PREVIOUS)}")
+    return _SCALARS | {_PREVIOUS[p][0]: _PREVIOUS[p][1:] for p in shape.previous}
 
 
 def compaction_moves(n_rows: int, dead: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -241,6 +169,26 @@ def shrunk_capacity(capacity: int, n_rows: int, min_capacity: int) -> int:
     return capacity
 
 
+def _records(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous (n, width) array as n opaque records of width * itemsize bytes (a view)."""
+    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).reshape(a.shape[0])
+
+
+def take_rows(table: np.ndarray, rows: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[i] = table[rows[i]]`` for (n, width) C-contiguous arrays; rows must be in range.
+
+    Rows move as whole records (one memcpy each): about twice as fast as NumPy's
+    row-wise fancy indexing on a large table, and the same bytes.
+    """
+    np.take(_records(table), rows, mode="clip", out=_records(out))  # "clip": no temporary (rows are checked)
+    return out
+
+
+def put_rows(table: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+    """``table[rows[i]] = values[i]`` for (n, width) C-contiguous arrays, as whole records (see take_rows)."""
+    _records(table)[rows] = _records(np.ascontiguousarray(values, dtype=table.dtype))
+
+
 def _object_array(names: Sequence[str]) -> np.ndarray:
     out = np.empty(len(names), dtype=object)
     out[:] = names
@@ -256,11 +204,13 @@ class StateTable:
         self.min_capacity = max(int(min_capacity), 1) if min_capacity is not None else self.capacity
         self.n_rows = 0
         self._names = np.empty(self.capacity, dtype=object)  # instrument of each row (str)
-        self._keys = np.zeros(self.capacity, dtype=np.uint64)  # row_keys() of each row
+        self._keys = np.zeros(self.capacity, dtype=np.uint64)  # index.row_keys() of each row
+        self._ident = np.zeros((self.capacity, 3), dtype=np.uint64)  # index.identities() of each row
         self._index = RowIndex()
         self._vectors = {name: _ArrowColumn(np.float32, width, self.capacity) for name, width in shape.vectors}
+        self._scalar_types = scalar_columns(shape)
         self._scalars = {
-            name: _ArrowColumn(np.dtype(dt), 1, self.capacity) for name, (dt, _, _) in _SCALARS.items()
+            name: _ArrowColumn(np.dtype(dt), 1, self.capacity) for name, (dt, _, _) in self._scalar_types.items()
         }
 
     # -- views for the hot path ------------------------------------------------
@@ -277,6 +227,10 @@ class StateTable:
     def column(self, name: str) -> np.ndarray:
         return self._scalars[name].view
 
+    def previous(self, what: str) -> np.ndarray:
+        """The column keeping ``what`` ("mid", "sign": one of ``shape.previous``) of each row's previous tick."""
+        return self._scalars[_PREVIOUS[what][0]].view
+
     @property
     def instruments(self) -> list[str]:
         return self._names[: self.n_rows].tolist()
@@ -284,7 +238,7 @@ class StateTable:
     @property
     def index_nbytes(self) -> int:
         """Bytes of the (partition, instrument) -> row index and the row names array (not the strings)."""
-        return self._index.nbytes + self._keys.nbytes + self._names.nbytes
+        return self._index.nbytes + self._keys.nbytes + self._ident.nbytes + self._names.nbytes
 
     def __len__(self) -> int:
         return self.n_rows
@@ -294,40 +248,48 @@ class StateTable:
         """Row of each instrument of ``partition``, -1 where the table has none."""
         return self.lookup_many(np.full(len(instruments), partition, dtype=np.int64), instruments)
 
-    def lookup_many(self, partitions: np.ndarray, instruments: Sequence[str] | np.ndarray) -> np.ndarray:
-        """Rows of (partitions[i], instruments[i]) pairs, -1 where absent (vectorised: see RowIndex)."""
+    def lookup_many(self, partitions: np.ndarray, instruments: Sequence[str] | np.ndarray,
+                    words: np.ndarray | None = None) -> np.ndarray:
+        """Rows of (partitions[i], instruments[i]) pairs, -1 where absent (vectorised: see RowIndex).
+
+        ``words``: the instruments' :func:`operators.index.name_words`, if the caller has them.
+        """
         if len(instruments) == 0 or self.n_rows == 0:
             return np.full(len(instruments), -1, dtype=np.int64)
         names = instruments if isinstance(instruments, np.ndarray) else _object_array(instruments)
         partitions = np.asarray(partitions)
-        n = self.n_rows
-        return self._index.find(row_keys(partitions, names), partitions, names,
-                                self.column("partition")[:n], self._names[:n])
+        ident = identities(partitions, name_words(names) if words is None else words)
+        return self._index.find(index.row_keys(partitions, names), ident, names, self._names[: self.n_rows])
 
-    def insert(self, keys: list[tuple[int, str]]) -> np.ndarray:
-        """Append fresh rows (zero state, no previous tick) for new (partition, instrument) keys."""
+    def insert(self, keys: list[tuple[int, str]], words: np.ndarray | None = None) -> np.ndarray:
+        """Append fresh rows (zero state, no previous tick) for new (partition, instrument) keys.
+
+        ``words``: the names' :func:`operators.index.name_words`, if the caller has them.
+        """
         n_new = len(keys)
         start = self.n_rows
         self._reserve(start + n_new)
         rows = np.arange(start, start + n_new, dtype=np.int64)
         parts = np.fromiter((p for p, _ in keys), dtype=np.int64, count=n_new)
         names = _object_array([k for _, k in keys])
-        keys64 = row_keys(parts, names)
+        keys64 = index.row_keys(parts, names)
+        ident = identities(parts, name_words(names) if words is None else words)
         self._names[start:start + n_new] = names
         self._keys[start:start + n_new] = keys64
+        self._ident[start:start + n_new] = ident
         self.n_rows += n_new
         self._reset_rows(rows)
         self._scalars["partition"].view[rows] = parts.astype(np.int32)
-        if 2 * (self._index.size + n_new) > len(self._index.slot_row):
-            self._index.rebuild(self._keys[: self.n_rows])
+        if 2 * (self._index.size + n_new) > self._index.n_slots:
+            self._index.rebuild(self._keys[: self.n_rows], self._ident[: self.n_rows])
         else:
-            self._index.add(keys64, rows)
+            self._index.add(keys64, ident, rows)
         return rows
 
     def _reset_rows(self, rows: np.ndarray) -> None:
         for col in self._vectors.values():
             col.view[rows] = 0.0
-        for name, (_, _, fresh) in _SCALARS.items():
+        for name, (_, _, fresh) in self._scalar_types.items():
             if name != "partition":
                 self._scalars[name].view[rows] = fresh
 
@@ -343,11 +305,13 @@ class StateTable:
         for col in [*self._vectors.values(), *self._scalars.values()]:
             col.resize(capacity, self.n_rows)
         n = self.n_rows
-        names, keys = self._names, self._keys
+        names, keys, ident = self._names, self._keys, self._ident
         self._names = np.empty(capacity, dtype=object)
         self._names[:n] = names[:n]
         self._keys = np.zeros(capacity, dtype=np.uint64)
         self._keys[:n] = keys[:n]
+        self._ident = np.zeros((capacity, 3), dtype=np.uint64)
+        self._ident[:n] = ident[:n]
         self.capacity = capacity
 
     def _shrink(self) -> None:
@@ -379,10 +343,11 @@ class StateTable:
             col.view[holes] = col.view[movers]
         self._names[holes] = self._names[movers]
         self._keys[holes] = self._keys[movers]
+        self._ident[holes] = self._ident[movers]
         self._names[n_keep:n] = None  # let the reclaimed names go
         self.n_rows = n_keep
         self._shrink()
-        self._index.rebuild(self._keys[:n_keep])
+        self._index.rebuild(self._keys[:n_keep], self._ident[:n_keep])
         return len(dead)
 
     # -- Arrow -----------------------------------------------------------------
@@ -394,7 +359,7 @@ class StateTable:
 
     def arrow_schema(self) -> pa.Schema:
         fields = [pa.field("instrument", pa.string())]
-        fields += [pa.field(name, typ) for name, (_, typ, _) in _SCALARS.items()]
+        fields += [pa.field(name, typ) for name, (_, typ, _) in self._scalar_types.items()]
         fields += [pa.field(name, pa.list_(pa.float32(), width)) for name, width in self.shape.vectors]
         return pa.schema(fields, metadata=self.shape.metadata())
 
@@ -402,7 +367,7 @@ class StateTable:
         """The live rows as an Arrow table; numeric columns share memory with the table."""
         n = self.n_rows
         arrays = [pa.array(self._names[:n], type=pa.string())]
-        arrays += [self._scalars[name].to_arrow(n, typ) for name, (_, typ, _) in _SCALARS.items()]
+        arrays += [self._scalars[name].to_arrow(n, typ) for name, (_, typ, _) in self._scalar_types.items()]
         arrays += [col.to_arrow(n, None) for col in self._vectors.values()]
         return pa.Table.from_arrays(arrays, schema=self.arrow_schema())
 
@@ -420,10 +385,10 @@ class StateTable:
             raise ValueError(f"state columns {[f'{f.name}:{f.type}' for f in got]} do not match this model's "
                              f"{[f'{f.name}:{f.type}' for f in want]}")
         meta = got.metadata or {}
-        for key in (b"layers", b"hidden", b"cells"):
+        for key in (b"layers", b"hidden", b"cells", b"previous"):
             if meta.get(key) != want.metadata.get(key):
                 raise ValueError(f"state {key.decode()} {meta.get(key)!r} does not match this model's "
-                                 f"{want.metadata[key]!r}")
+                                 f"{want.metadata.get(key)!r}")
         names = table.column("instrument")
         if names.null_count or len(pa.compute.unique(names)) != len(names):
             raise ValueError("state rows have missing or repeated instruments")
@@ -441,8 +406,10 @@ class StateTable:
         meta = table.schema.metadata or {}
         shape = StateShape.from_metadata(meta)
         if shape != self.shape:
-            raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units {list(shape.cells)}; "
-                             f"this table holds {self.shape.layers} x {self.shape.hidden} {list(self.shape.cells)}")
+            mine = self.shape
+            raise ValueError(f"state rows have {shape.layers} layer(s) x {shape.hidden} units {list(shape.cells)} "
+                             f"keeping previous {list(shape.previous)}; this table holds {mine.layers} x "
+                             f"{mine.hidden} {list(mine.cells)} keeping previous {list(mine.previous)}")
         self.drop_partition(partition)
         n = len(table)
         if n == 0:
@@ -467,7 +434,7 @@ class StateTable:
 
     def _fill(self, rows: np.ndarray, table: pa.Table) -> None:
         n = len(rows)
-        for name in _SCALARS:
+        for name in self._scalar_types:
             if name != "partition":
                 self._scalars[name].view[rows] = table.column(name).to_numpy()
         for name, width in self.shape.vectors:

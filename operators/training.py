@@ -17,9 +17,9 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from operators.bundle import Bundle, _keras, _version_hash, stack_of_keras_file, weights_from_keras
+from operators.bundle import Bundle, _keras, _version_hash, check_feature_names, stack_of_keras_file, weights_from_keras
 from operators.errors import InputDataError
-from operators.features import FeatureSpec, Normalisation, log_return_target
+from operators.features import FEATURE_NAMES, FeatureSpec, Normalisation, log_return_target
 from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
 from operators.outputs import OutputSpec, check_outputs, outputs_for, targets
 from operators.state import StateShape
@@ -40,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     cell: str = "lstm"  # or "gru"
     outputs: tuple[OutputSpec, ...] = ()  # () : one mean output at ``horizon`` (the default model)
+    features: tuple[str, ...] = FEATURE_NAMES  # the model's inputs, in order (operators.features.REGISTRY)
 
     def check(self) -> None:
         for name in ("layers", "hidden", "horizon", "epochs", "window", "batch_size", "max_ticks"):
@@ -47,6 +48,7 @@ class TrainConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.validation_fraction < 1:
             raise ValueError("--validation-fraction must be in [0, 1)")
+        check_feature_names(tuple(self.features), "--features")
         if self.cell not in CELLS:
             raise ValueError(f"--cell must be one of {', '.join(CELLS)}, got {self.cell!r}")
         if self.outputs:
@@ -136,8 +138,8 @@ class Sequences:
         return np.diff(np.append(self.group_starts, len(self.order)))
 
 
-def sequences_from_table(ticks: pa.Table) -> Sequences:
-    """Validate and group a whole tick table per instrument (file order within each).
+def sequences_from_table(ticks: pa.Table, names: tuple[str, ...] = FEATURE_NAMES) -> Sequences:
+    """Validate and group a whole tick table per instrument (file order within each); features ``names``.
 
     Features come from :func:`compute_features` with each instrument's first
     tick having no previous one: exactly what the streaming operator computes
@@ -146,7 +148,7 @@ def sequences_from_table(ticks: pa.Table) -> Sequences:
     cols = TickColumns.from_arrow(ticks)
     reasons, groups = group_ticks(cols)
     groups, _ = refuse_late(cols, groups, Preceding.nothing(len(groups.starts)), reasons)
-    raw, _ = raw_features(cols, groups, Preceding.nothing(len(groups.starts)))
+    raw, _ = raw_features(cols, groups, Preceding.nothing(len(groups.starts)), names=tuple(names))
     order = groups.order
     return Sequences(
         order=order,
@@ -210,7 +212,7 @@ def train(
     keras.utils.set_random_seed(config.seed)
     if ticks.num_rows > config.max_ticks:
         ticks = ticks.slice(0, config.max_ticks)
-    seq = sequences_from_table(ticks)
+    seq = sequences_from_table(ticks, tuple(config.features))
     longest = max(o.horizon for o in config.output_list)
     if len(seq.order) < 2 * longest:
         raise InputDataError(
@@ -265,7 +267,7 @@ def train(
     if not config.default_model:
         return _own_stack_bundle(model, norm, config, training)
     weights = weights_from_keras(model, config.layers)
-    draft = Bundle(None, "", FeatureSpec(), norm, config.horizon,
+    draft = Bundle(None, "", FeatureSpec(names=tuple(config.features)), norm, config.horizon,
                    StateShape(config.layers, config.hidden), weights, training, model)
     version = _version_hash(weights, draft.meta())
     return Bundle(None, version, draft.feature_spec, norm, config.horizon, draft.shape, weights, training, model)
@@ -273,9 +275,11 @@ def train(
 
 def _config_dict(config: TrainConfig) -> dict:
     """The training config for bundle.json: the default model's keys exactly as before (its bundles unchanged)."""
-    d = {k: getattr(config, k) for k in config.__dataclass_fields__ if k not in ("cell", "outputs")}
+    d = {k: getattr(config, k) for k in config.__dataclass_fields__ if k not in ("cell", "outputs", "features")}
     if not config.default_model:
         d |= {"cell": config.cell, "outputs": [o.to_dict() for o in config.output_list]}
+    if tuple(config.features) != FEATURE_NAMES:
+        d["features"] = list(config.features)
     return d
 
 
@@ -288,10 +292,10 @@ def _own_stack_bundle(model, norm: Normalisation, config: TrainConfig, training:
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/model.keras"
         model.save(path)
-        stack = stack_of_keras_file(path, len(FeatureSpec().names))
+        stack = stack_of_keras_file(path, len(config.features))
     outputs = config.output_list
-    draft = Bundle(None, "", FeatureSpec(), norm, outputs[0].horizon, shape_of(stack), None, training, model, stack,
-                   outputs, "train")
+    draft = Bundle(None, "", FeatureSpec(names=tuple(config.features)), norm, outputs[0].horizon, shape_of(stack),
+                   None, training, model, stack, outputs, "train")
     version = _version_hash(stack, draft.meta())
     return Bundle(None, version, draft.feature_spec, norm, draft.horizon, draft.shape, None, training, model, stack,
                   outputs, "train")

@@ -106,6 +106,7 @@ class TickColumns:
     price_null: np.ndarray  # (n,) bool
     size_null: np.ndarray  # (n,) bool; null size = absent, not invalid
     record_ts: np.ndarray | None = None  # (n,) int64 ns, the record's own timestamp; -1 where it has none
+    instrument_names: pa.Array | None = None  # `instruments` as the Arrow string array they came from
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -131,8 +132,8 @@ class TickColumns:
         enc = pc.dictionary_encode(inst)
         codes = enc.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
         instruments = enc.dictionary.to_pylist()
-        empty = [i for i, s in enumerate(instruments) if s == ""]
-        if empty:
+        empty = np.flatnonzero(pc.binary_length(enc.dictionary).to_numpy(zero_copy_only=False) == 0)
+        if len(empty):  # an empty name is a missing instrument
             codes[np.isin(codes, empty)] = -1
 
         ts_arr = col("ts")
@@ -175,6 +176,7 @@ class TickColumns:
             record_ts=record_ts,
             instrument_codes=codes,
             instruments=instruments,
+            instrument_names=enc.dictionary,
             ts=ts_arr.fill_null(0).to_numpy(zero_copy_only=False),
             price=price,
             size=size,

@@ -177,7 +177,7 @@ def check_state(state: pa.Table, manifest: Manifest) -> None:
             continue
         arr = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
         data = arr.to_numpy(zero_copy_only=False)
-        if column == "last_price":  # NaN means "no previous tick"; an infinity is never valid
+        if column in ("last_price", "last_mid"):  # NaN: no previous tick (or quotes); an infinity is never valid
             if np.isinf(data).any():
                 raise ValueError(f"state column {column!r} holds an infinity")
         elif not np.isfinite(data).all():

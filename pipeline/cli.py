@@ -13,41 +13,17 @@ import json
 import os
 import sys
 import time
-from dataclasses import MISSING, asdict, fields
+from dataclasses import asdict, fields
 from pathlib import Path
 
+from benchmarks.suite import BENCHMARKS
 from operators.errors import TickcastError
+from operators.features import KNOWN_FEATURES
 from pipeline import console
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, parse_duration_ns
-from pipeline.flags import add_train_args, train_config
+from pipeline.flags import (add_bench_args, add_input_args, add_run_config_args, add_train_args, choices, int_list,
+                            train_config)
 from pipeline.inputs import TickInput, load_ticks
-
-
-def _add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = "--input") -> None:
-    p.add_argument(flag, dest="input", default=None, required=not topic,
-                   help="tick file or directory (Parquet, CSV, or a vendor layout)")
-    if topic:
-        p.add_argument("--topic", default=None,
-                       help="read ticks from this Kafka topic instead (manual assignment: no group, no commits); "
-                            "--from/--to select by record timestamp")
-        p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
-                       help="Kafka for --topic [env: TICKCAST_BOOTSTRAP_SERVERS] (default: localhost:9092)")
-        p.add_argument("--kafka-client", default=os.environ.get("TICKCAST_KAFKA_CLIENT", "kafka-python"),
-                       help="client library for --topic: kafka-python or confluent (librdkafka, pip install "
-                            "'tickcast[confluent]') [env: TICKCAST_KAFKA_CLIENT] (default: kafka-python)")
-    p.add_argument("--format", default="auto",
-                   help="input format: auto, parquet, csv, lean-equity, lean-fx, lobster, binance-gz, nautilus "
-                        "(default: auto, from the path)")
-    p.add_argument("--map", default=None, metavar="CANON=SOURCE,...",
-                   help="column mapping for Parquet/CSV, e.g. --map instrument=sym,price=last,ts=time")
-    p.add_argument("--instrument", default=None, help="instrument name for single-instrument files without one")
-    p.add_argument("--price-scale", type=float, default=1.0, help="multiply prices by this (e.g. 0.0001)")
-    p.add_argument("--ts-unit", default="ns", choices=["s", "ms", "us", "ns"],
-                   help="unit of integer timestamps in Parquet/CSV (default: ns)")
-    p.add_argument("--from", dest="time_from", default=None, metavar="TIME",
-                   help="keep ticks at or after this UTC time (ISO 8601, e.g. 2013-10-09)")
-    p.add_argument("--to", dest="time_to", default=None, metavar="TIME",
-                   help="keep ticks before this UTC time (ISO 8601)")
 
 
 def _tick_input(args: argparse.Namespace) -> TickInput:
@@ -180,7 +156,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     results = run_benchmark(args.what, quick=args.quick, batch_ticks=args.batch_ticks, instruments=args.instruments,
                             drain_minutes=args.drain_minutes, bootstrap_servers=args.bootstrap_servers,
-                            names=args.names, modes=tuple(m for m in args.modes.split(",") if m))
+                            names=args.names, modes=tuple(m for m in args.modes.split(",") if m),
+                            sizes=int_list(args.sizes, "--sizes"), layers=int_list(args.layers, "--layers"),
+                            activities=choices(args.activities, "--activities", ("uniform", "zipf")))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.json}")
@@ -249,13 +227,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train a model bundle on a tick file or a topic's time range")
-    _add_input_args(p)
+    add_input_args(p)
     p.add_argument("--out", required=True, help="model bundle directory to write")
     add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("walkforward", help="train on window k, backtest on window k+1, roll; one report")
-    _add_input_args(p)
+    add_input_args(p)
     p.add_argument("--out", required=True, help="output directory (a model and a backtest per fold, pooled report)")
     p.add_argument("--folds", type=int, default=3, help="test windows; the data is cut into folds+1 equal time "
                    "windows (default: 3)")
@@ -267,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="wrap a Keras model trained elsewhere into a model bundle")
     p.add_argument("--keras", required=True, metavar="MODEL.keras", help="the Keras 3 model file")
     p.add_argument("--features", required=True, metavar="F1,F2,...", help="the model's inputs in order, from: "
-                   "log_return, log_gap_seconds, log_size, relative_spread, book_imbalance")
+                   f"{', '.join(KNOWN_FEATURES)} (docs/features.md)")
     p.add_argument("--out", required=True, help="model bundle directory to write")
     p.add_argument("--horizon", type=int, default=10, help="forecast horizon in ticks of the instrument (default: 10)")
     p.add_argument("--outputs", default="", metavar="NAME:H[:Q],...", help="what each model output forecasts: "
@@ -275,29 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: one output at --horizon)")
     p.add_argument("--target-scale", default="fitted", choices=["fitted", "none"], help="fitted: outputs are "
                    "normalised log returns (statistics fitted on the ticks); none: used as they are (default: fitted)")
-    _add_input_args(p, topic=False, flag="--fit-normalisation-on")
+    add_input_args(p, topic=False, flag="--fit-normalisation-on")
     p.set_defaults(func=cmd_bundle, source_is_topic=False)
     _add_later_parsers(sub)
     return parser
 
 
-def _add_run_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default=None, metavar="FILE",
-                   help="TOML config file; environment variables override it, flags override both")
-    for f in fields(RunConfig):
-        default = f.default if f.default is not MISSING else f.default_factory()
-        shown = ",".join(default) if isinstance(default, list) else default
-        if f.metadata.get("secret"):
-            shown = "unset"
-        choices = f.metadata.get("choices")
-        extra = f" {{{', '.join(c for c in choices if c)}}}" if choices else ""
-        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
-                       help=f"{f.metadata['help']}{extra} [env: TICKCAST_{f.name.upper()}] (default: {shown!r})")
-
-
 def _add_later_parsers(sub) -> None:
     p = sub.add_parser("backtest", help="stream a tick file through the operator and score the forecasts")
-    _add_input_args(p)
+    add_input_args(p)
     p.add_argument("--model", required=True, help="model bundle directory (from `tickcast train`)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-batch-ticks", type=int,
@@ -318,7 +282,7 @@ def _add_later_parsers(sub) -> None:
     p = sub.add_parser("run", help="the long-running consumer: ticks from Kafka in, forecasts out",
                        description="Consume ticks from Kafka, publish forecasts, serve metrics. Every option can "
                                    "come from the config file, the environment or a flag (flags win).")
-    _add_run_config_args(p)
+    add_run_config_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("config", help="configuration tools")
@@ -355,7 +319,7 @@ def _add_later_parsers(sub) -> None:
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("replay", help="publish a tick file to a topic, paced by event time")
-    _add_input_args(p, topic=False)
+    add_input_args(p, topic=False)
     p.add_argument("--topic", required=True, help="topic to publish to")
     p.set_defaults(source_is_topic=False)
     p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
@@ -386,20 +350,8 @@ def _add_later_parsers(sub) -> None:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="benchmarks that print figures")
-    p.add_argument("what", choices=["operator", "e2e", "checkpoint", "backtest", "memory", "startup"], help="which benchmark")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
-    p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
-    p.add_argument("--batch-ticks", type=int, default=10_000,
-                   help="operator: ticks per micro-batch (default: 10000)")
-    p.add_argument("--instruments", type=int, default=1_000, help="e2e: instruments (default: 1000)")
-    p.add_argument("--drain-minutes", type=float, default=0.0,
-                   help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
-    p.add_argument("--bootstrap-servers", default=None,
-                   help="e2e: use this Kafka instead of the embedded broker")
-    p.add_argument("--names", type=int, default=10_000_000,
-                   help="memory: distinct instrument names to stream (default: 10000000; --quick: 1000000)")
-    p.add_argument("--modes", default="expire,limit",
-                   help="memory: runs, comma-separated, of expire, limit, baseline (default: expire,limit)")
+    p.add_argument("what", choices=list(BENCHMARKS), help="which benchmark")
+    add_bench_args(p)
     p.set_defaults(func=cmd_bench)
 
 

@@ -1,10 +1,14 @@
-"""The flags ``tickcast train`` and ``tickcast walkforward`` share, and the training config they make."""
+"""Flags that several ``tickcast`` commands share (ticks in, training, the run config, benchmarks), the
+training config they make, and the parsers of list-valued flags."""
 
 from __future__ import annotations
 
 import argparse
+import os
+from dataclasses import MISSING, fields
 
-from pipeline.config import ConfigError
+from operators.features import FEATURE_NAMES, KNOWN_FEATURES
+from pipeline.config import ConfigError, RunConfig
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -23,6 +27,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ticks", type=int, default=400_000,
                    help="train on at most this many ticks, the first in the file (default: 400000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--features", default=",".join(FEATURE_NAMES), metavar="F1,F2,...",
+                   help=f"the model's inputs in order, from: {', '.join(KNOWN_FEATURES)} (docs/features.md; "
+                        f"default: {','.join(FEATURE_NAMES)})")
 
 
 def train_config(args: argparse.Namespace):
@@ -32,8 +39,94 @@ def train_config(args: argparse.Namespace):
         cfg = TrainConfig.with_outputs(args.horizons, args.quantiles, layers=args.layers, hidden=args.hidden,
                                        horizon=args.horizon, epochs=args.epochs, window=args.window,
                                        batch_size=args.batch_size, learning_rate=args.learning_rate,
-                                       max_ticks=args.max_ticks, seed=args.seed, cell=args.cell)
+                                       max_ticks=args.max_ticks, seed=args.seed, cell=args.cell,
+                                       features=tuple(n.strip() for n in args.features.split(",") if n.strip()))
         cfg.check()
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     return cfg
+
+
+def add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = "--input") -> None:
+    p.add_argument(flag, dest="input", default=None, required=not topic,
+                   help="tick file or directory (Parquet, CSV, or a vendor layout)")
+    if topic:
+        p.add_argument("--topic", default=None,
+                       help="read ticks from this Kafka topic instead (manual assignment: no group, no commits); "
+                            "--from/--to select by record timestamp")
+        p.add_argument("--bootstrap-servers", default=os.environ.get("TICKCAST_BOOTSTRAP_SERVERS", "localhost:9092"),
+                       help="Kafka for --topic [env: TICKCAST_BOOTSTRAP_SERVERS] (default: localhost:9092)")
+        p.add_argument("--kafka-client", default=os.environ.get("TICKCAST_KAFKA_CLIENT", "kafka-python"),
+                       help="client library for --topic: kafka-python or confluent (librdkafka, pip install "
+                            "'tickcast[confluent]') [env: TICKCAST_KAFKA_CLIENT] (default: kafka-python)")
+    p.add_argument("--format", default="auto",
+                   help="input format: auto, parquet, csv, lean-equity, lean-fx, lobster, binance-gz, nautilus "
+                        "(default: auto, from the path)")
+    p.add_argument("--map", default=None, metavar="CANON=SOURCE,...",
+                   help="column mapping for Parquet/CSV, e.g. --map instrument=sym,price=last,ts=time")
+    p.add_argument("--instrument", default=None, help="instrument name for single-instrument files without one")
+    p.add_argument("--price-scale", type=float, default=1.0, help="multiply prices by this (e.g. 0.0001)")
+    p.add_argument("--ts-unit", default="ns", choices=["s", "ms", "us", "ns"],
+                   help="unit of integer timestamps in Parquet/CSV (default: ns)")
+    p.add_argument("--from", dest="time_from", default=None, metavar="TIME",
+                   help="keep ticks at or after this UTC time (ISO 8601, e.g. 2013-10-09)")
+    p.add_argument("--to", dest="time_to", default=None, metavar="TIME",
+                   help="keep ticks before this UTC time (ISO 8601)")
+
+
+def add_run_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML config file; environment variables override it, flags override both")
+    for f in fields(RunConfig):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        shown = ",".join(default) if isinstance(default, list) else default
+        if f.metadata.get("secret"):
+            shown = "unset"
+        choices = f.metadata.get("choices")
+        extra = f" {{{', '.join(c for c in choices if c)}}}" if choices else ""
+        p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
+                       help=f"{f.metadata['help']}{extra} [env: TICKCAST_{f.name.upper()}] (default: {shown!r})")
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--quick", action="store_true", help="fewer, shorter runs (smoke check)")
+    p.add_argument("--batch-ticks", type=int, default=10_000,
+                   help="operator: ticks per micro-batch (default: 10000)")
+    p.add_argument("--sizes", default=None, metavar="N,...",
+                   help="operator: instrument counts (default: 10,1000,10000,100000,1000000; --quick: 10,1000); "
+                        "operator-profile: (default: 100000,1000000)")
+    p.add_argument("--layers", default=None, metavar="N,...", help="operator: LSTM layer counts (default: 1,2)")
+    p.add_argument("--activities", default=None, metavar="KIND,...",
+                   help="operator: uniform, zipf or both (default: uniform,zipf; operator-profile: uniform)")
+    p.add_argument("--instruments", type=int, default=1_000, help="e2e: instruments (default: 1000)")
+    p.add_argument("--drain-minutes", type=float, default=0.0,
+                   help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
+    p.add_argument("--bootstrap-servers", default=None,
+                   help="e2e: use this Kafka instead of the embedded broker")
+    p.add_argument("--names", type=int, default=10_000_000,
+                   help="memory: distinct instrument names to stream (default: 10000000; --quick: 1000000)")
+    p.add_argument("--modes", default="expire,limit",
+                   help="memory: runs, comma-separated, of expire, limit, baseline (default: expire,limit)")
+
+
+def int_list(text: str | None, flag: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{flag} takes comma-separated positive integers, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise ConfigError(f"{flag} takes comma-separated positive integers, got {text!r}")
+    return values
+
+
+def choices(text: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    values = tuple(text.split(","))
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        raise ConfigError(f"{flag} takes a comma-separated subset of {', '.join(allowed)}, got {text!r}")
+    return values

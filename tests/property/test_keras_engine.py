@@ -122,7 +122,7 @@ def test_sequence_to_one_model_with_keras_layers_forecasts_what_keras_gives_for_
     bn.set_weights([g + 0.3, b - 0.2, m + 0.1, v + 0.5])
     bundle, _ = bundled(model, tmp_path)
     ticks = generate_ticks(3, 24, seed=4, bad_fraction=0.0)
-    seq = sequences_from_table(ticks)
+    seq = sequences_from_table(ticks, bundle.feature_spec.names)
     x = bundle.model_inputs(seq.raw_features)
     fc = Forecaster(bundle)
     assert fc.engine.engine == "keras"

@@ -79,7 +79,7 @@ def test_sequence_to_one_model_forecasts_what_keras_gives_for_each_prefix(tmp_pa
     model = build("sequence_to_one", seed=3)
     bundle, _ = bundled(model, tmp_path)
     ticks = generate_ticks(3, 30, seed=4, bad_fraction=0.0)
-    seq = sequences_from_table(ticks)
+    seq = sequences_from_table(ticks, bundle.feature_spec.names)
     x = bundle.model_inputs(seq.raw_features)
     fc = Forecaster(bundle)
     res = fc.step(ticks)

@@ -131,7 +131,7 @@ class ChainReference:
 
     def run(self, ticks: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[str, list[np.ndarray]]]:
         """(rows of valid ticks ascending, model outputs (m, K) for them, final state vectors per instrument)."""
-        seq = sequences_from_table(ticks)
+        seq = sequences_from_table(ticks, self.bundle.feature_spec.names)
         x = self.bundle.model_inputs(seq.raw_features)
         outputs = np.empty((len(seq.order), self.bundle.outputs), np.float32)
         states: dict[str, list[np.ndarray]] = {}

@@ -8,7 +8,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
 START = 1_700_000_000_000_000_000
-NAMES = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:", min_size=1, max_size=6)
+# Short codes, and names past the 16 bytes the instrument index holds as words (operators.index), some
+# equal in those 16 bytes: the index must still tell them apart.
+NAMES = st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.:", min_size=1, max_size=6) | st.sampled_from(
+    ["BINANCE:BTCUSDT-PERP", "BINANCE:BTCUSDT-PERP-2", "BINANCE:BTCUSDT-QUARTER", "ÉÉÉÉÉÉÉÉ", "ÉÉÉÉÉÉÉÉX"])
 
 
 @st.composite

@@ -55,8 +55,8 @@ def streamed(bundle, ticks: pa.Table, bounds) -> tuple[np.ndarray, np.ndarray]:
     fc = Forecaster(bundle)
     seen = []
 
-    def recording(cols, groups, preceding, reset_gap_ns=None):
-        out = raw_features(cols, groups, preceding, reset_gap_ns)
+    def recording(cols, groups, preceding, *args):
+        out = raw_features(cols, groups, preceding, *args)
         seen.append((groups.order, out[0]))
         return out
 

@@ -9,10 +9,14 @@ import pytest
 
 from operators.bundle import _keras, load_bundle, save_bundle
 from operators.errors import BundleError
-from operators.features import FEATURE_NAMES, Normalisation, log_return_target
+from operators.features import FEATURE_NAMES, KNOWN_FEATURES, Normalisation, log_return_target
+from operators.forecaster import Forecaster
 from operators.keras_bundle import bundle_keras_model
 from operators.training import sequences_from_table
-from tests.support.keras_models import FEATURES, build, bundled, fit_ticks
+from pipeline.files.synthetic import generate_ticks
+from tests.support.bundles import in_target_units
+from tests.support.cli import tickcast
+from tests.support.keras_models import FEATURES, ChainReference, build, bundled, fit_ticks
 
 
 def test_normalisation_is_fitted_on_the_models_features_as_training_fits_it(tmp_path):
@@ -21,8 +25,11 @@ def test_normalisation_is_fitted_on_the_models_features_as_training_fits_it(tmp_
     ticks = fit_ticks()
     b = bundle_keras_model(path, FEATURES, ticks, horizon=6)
     seq = sequences_from_table(ticks)
-    want = Normalisation.fit(seq.raw_features[:, [FEATURE_NAMES.index(n) for n in FEATURES]],
-                             log_return_target(seq.price, seq.group_starts, 6))
+    # The model's features picked from all five, row-major as training holds them (a column pick is
+    # column-major, and numpy sums those columns in another order: the means differ in the last bit).
+    picked = np.ascontiguousarray(seq.raw_features[:, [FEATURE_NAMES.index(n) for n in FEATURES]])
+    np.testing.assert_array_equal(picked, sequences_from_table(ticks, tuple(FEATURES)).raw_features)
+    want = Normalisation.fit(picked, log_return_target(seq.price, seq.group_starts, 6))
     np.testing.assert_array_equal(b.normalisation.mean, want.mean)
     np.testing.assert_array_equal(b.normalisation.std, want.std)
     assert (b.normalisation.target_mean, b.normalisation.target_std) == (want.target_mean, want.target_std)
@@ -53,3 +60,23 @@ def test_a_brought_bundle_saves_and_loads_with_the_same_version(tmp_path):
     assert again.model_version == b.model_version and again.shape == b.shape and again.outputs == 3
     with_keras = load_bundle(b.path, with_keras=True)
     assert with_keras.keras_model is not None and with_keras.model_version == b.model_version
+
+
+def test_a_brought_model_over_registry_features_serves_what_keras_computes(tmp_path):
+    """Any features of the registry, in the model's order; the state rows keep the previous mid and sign."""
+    names = ["signed_log_size", "mid_log_return", "time_of_day_cos", "microprice_deviation"]
+    model = build("gru", seed=5)
+    b, _ = bundled(model, tmp_path, features=names)
+    assert b.feature_spec.names == tuple(names) and b.shape.previous == ("mid", "sign")
+    ticks = generate_ticks(3, 120, seed=6, bad_fraction=0.0)
+    rows, want, _ = ChainReference(b, model).run(ticks)
+    fc = Forecaster(b)
+    got = np.concatenate([fc.step(ticks.slice(a, 40)).forecasts for a in range(0, ticks.num_rows, 40)])
+    np.testing.assert_array_equal(np.sort(rows), np.arange(ticks.num_rows))
+    np.testing.assert_allclose(in_target_units(b, got), want[:, 0], rtol=1e-5, atol=1e-5)
+
+
+def test_bundle_help_lists_every_feature():
+    done = tickcast("bundle", "--help")
+    text = " ".join(done.stdout.split())
+    assert all(name in text for name in KNOWN_FEATURES)

@@ -173,3 +173,68 @@ def test_the_built_in_models_state_schema_is_unchanged():
     schema = StateTable(StateShape(2, 4)).arrow_schema()
     assert [f.name for f in schema][-4:] == ["h0", "c0", "h1", "c1"]
     assert schema.metadata == {b"layers": b"2", b"hidden": b"4"}
+    assert [f.name for f in schema] == ["instrument", "partition", "last_price", "last_ts", "tick_count",
+                                        "last_offset", "h0", "c0", "h1", "c1"]
+
+
+def test_rows_keep_the_previous_mid_and_sign_only_when_asked_and_round_trip_them():
+    shape = StateShape(1, 2, previous=("mid", "sign"))
+    t = StateTable(shape, capacity=2)
+    rows = t.insert([(0, f"I{i}") for i in range(6)])
+    assert np.isnan(t.previous("mid")[rows]).all() and not t.previous("sign")[rows].any()  # fresh: none
+    t.previous("mid")[rows] = np.arange(6) + 0.5
+    t.previous("sign")[rows] = [1, -1, 0, 1, -1, 0]
+    t.column("last_ts")[rows] = [5, 1, 5, 1, 5, 5]
+    table = t.to_arrow()
+    assert [f.name for f in table.schema][:8] == ["instrument", "partition", "last_price", "last_ts", "tick_count",
+                                                   "last_offset", "last_mid", "last_sign"]
+    assert table.schema.field("last_sign").type == pa.int8()
+    assert table.schema.metadata[b"previous"] == b"mid,sign"
+    again = StateTable.from_arrow(table)
+    assert again.shape == shape
+    np.testing.assert_array_equal(again.previous("mid")[:6], t.previous("mid")[:6])
+    np.testing.assert_array_equal(again.previous("sign")[:6], t.previous("sign")[:6])
+    # Rows that move when others expire take their previous mid and sign with them.
+    assert t.expire(0, 3) == 2
+    for name, mid, sign in (("I0", 0.5, 1), ("I4", 4.5, -1), ("I5", 5.5, 0)):
+        r = int(t.lookup(0, [name])[0])
+        assert (t.previous("mid")[r], t.previous("sign")[r]) == (mid, sign)
+    # Reused rows start with no previous mid or sign.
+    (r,) = t.insert([(0, "NEW")])
+    assert np.isnan(t.previous("mid")[r]) and t.previous("sign")[r] == 0
+
+
+def test_rows_that_keep_other_previous_values_are_refused_not_misread():
+    with_mid = StateTable(StateShape(1, 2, previous=("mid",)))
+    with_mid.insert([(0, "A")])
+    plain = StateTable(StateShape(1, 2))
+    with pytest.raises(ValueError, match="last_mid"):
+        plain.check_rows(with_mid.to_arrow())
+    with pytest.raises(ValueError, match="previous"):
+        plain.load_partition(with_mid.partition_to_arrow(0), 0)
+    with pytest.raises(ValueError, match="last_mid"):
+        with_mid.check_rows(plain.to_arrow())
+    with pytest.raises(ValueError, match="cannot keep \\['vwap'\\]"):
+        StateTable(StateShape(1, 2, previous=("vwap",)))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n_table=st.integers(1, 40), width=st.integers(1, 9), data=st.data())
+def test_rows_moved_as_records_are_exactly_fancy_indexing(n_table, width, data):
+    """take_rows/put_rows (whole-row memcpy through a void view) give the bytes NumPy's row indexing gives,
+    NaN payloads and signed zeros included."""
+    from operators.state import put_rows, take_rows
+
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    table = rng.standard_normal((n_table, width)).astype(np.float32)
+    table.view(np.uint32)[rng.random((n_table, width)) < 0.1] = 0x7FC00123  # a NaN with a payload
+    table[rng.random((n_table, width)) < 0.1] = -0.0
+    rows = np.array(data.draw(st.lists(st.integers(0, n_table - 1), max_size=n_table, unique=True)), dtype=np.int64)
+    out = np.full((len(rows), width), 7.0, dtype=np.float32)
+    assert take_rows(table, rows, out) is out
+    assert out.tobytes() == table[rows].tobytes()
+    values = rng.standard_normal((len(rows), width)).astype(np.float32)
+    want = table.copy()
+    want[rows] = values
+    put_rows(table, rows, values)
+    assert table.tobytes() == want.tobytes()
