@@ -14,9 +14,12 @@ hidden size 64, 1 and 2 layers:
 4. the machine's limit for the same arithmetic: one NumPy/BLAS GEMM of the
    LSTM's gates ``[x, h] @ W`` over all ticks of a batch, per layer, rows/s.
 State memory is reported per instrument at 1M instruments (hidden 64, 1 layer).
-Last, a GRU of the same size (Keras' default GRU, as a model brought with
+Then a GRU of the same size (Keras' default GRU, as a model brought with
 ``tickcast bundle --keras`` would have) against the 1-layer LSTM, operator ticks/s of
-each over the same batches, alternating round by round, best round each.
+each over the same batches, alternating round by round, best round each. Last, two
+custom models brought with ``tickcast bundle --keras``, one served by the Keras engine
+and one by the kernel, each against the bucketed-Keras peer and the per-tick Keras cell
+(:mod:`benchmarks.operator_custom`).
 """
 
 from __future__ import annotations
@@ -466,6 +469,10 @@ def run(quick: bool = False, batch_ticks: int = 10_000, printer=print, instrumen
     printer(f"GRU vs LSTM (hidden {HIDDEN}, 1 layer, uniform, operator ticks/s, best round each): " + ", ".join(
         f"{g['instruments']:,} instruments GRU {g['gru_ticks_per_second']:,.0f} / LSTM "
         f"{g['lstm_ticks_per_second']:,.0f} (LSTM/GRU {g['lstm_over_gru']})" for g in gru))
-    return {"cases": rows, "zipf_slowdown": skew, "memory": memory, "gru_vs_lstm": gru,
+    from benchmarks.operator_custom import measure_custom_models  # noqa: PLC0415
+
+    custom = measure_custom_models(100 if quick else 1_000, batch_ticks, rounds, batches_per_round, cell_ticks,
+                                   printer)
+    return {"cases": rows, "zipf_slowdown": skew, "memory": memory, "gru_vs_lstm": gru, "custom_models": custom,
             "skipped": [list(k) for k in skip],
             "machine": {"cpus": os.cpu_count()}, "quick": quick}

@@ -227,12 +227,7 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
     _check_normalisation(norm, spec, meta_path)
     model = None
     if with_keras:
-        keras = _keras(f"loading {path / MODEL_FILE} with Keras")
-        _check_keras_is_safe(keras.__version__)
-        try:
-            model = keras.saving.load_model(path / MODEL_FILE, compile=False, safe_mode=True)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
-            raise BundleError(f"cannot load {path / MODEL_FILE} in safe mode: {exc}") from None
+        model = load_keras_model(path / MODEL_FILE, f"loading {path / MODEL_FILE} with Keras")
     if brought:
         stack = stack_of_keras_file(path / MODEL_FILE, len(spec.names))
         bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape_of(stack), None,
@@ -264,6 +259,16 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
     return bundle
 
 
+def load_keras_model(model_file: Path, needed_for: str):
+    """``model_file`` loaded by Keras in safe mode (no code from the file runs), or a one-line error."""
+    keras = _keras(needed_for)
+    _check_keras_is_safe(keras.__version__)
+    try:
+        return keras.saving.load_model(model_file, compile=False, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
+        raise BundleError(f"cannot load {model_file} in safe mode: {exc}") from None
+
+
 def check_feature_names(names: tuple[str, ...], where: str) -> None:
     """A model's features: some of tickcast's (operators.features.REGISTRY), each once, in any order."""
     unknown = [n for n in names if n not in KNOWN_FEATURES]
@@ -276,7 +281,7 @@ def check_feature_names(names: tuple[str, ...], where: str) -> None:
 def stack_of_keras_file(model_file: str | Path, n_features: int) -> Stack:
     """The servable chain of a ``.keras`` file read as data, or BundleError in one line."""
     try:
-        stack = describe(read_keras_model(model_file))
+        stack = describe(read_keras_model(model_file), keras_layers=True)  # layers the kernel lacks: Keras engine
     except KerasFileError as exc:
         raise BundleError(f"cannot read {model_file}: {exc}") from None
     except UnservableModel as exc:

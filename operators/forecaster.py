@@ -45,8 +45,8 @@ import pyarrow as pa
 
 from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
 from operators.index import name_words
-from operators.lstm import RaggedLSTM
 from operators.bundle import Bundle
+from operators.engines import ENGINES, choose, stepper
 from operators.state import NO_TS, StateTable, put_rows, take_rows
 from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, RejectReason, TickColumns,
                                   TimestampPolicy)
@@ -65,6 +65,7 @@ class ForecasterConfig:
     max_ts_ahead_ns: int = DEFAULT_MAX_TS_AHEAD_NS
     now_ns: int | None = None
     max_instruments: int | None = None  # rows the state table may hold; new instruments beyond are refused
+    engine: str = "auto"  # what steps the model: "kernel" (NumPy), "keras", or "auto" (operators.engines)
 
     @property
     def effective_reset_gap_ns(self) -> int | None:
@@ -78,6 +79,8 @@ class ForecasterConfig:
                 raise ValueError(f"{name} must be positive, got {v}")
         if self.max_instruments is not None and self.max_instruments < 1:
             raise ValueError(f"max_instruments must be at least 1 (or None for no limit), got {self.max_instruments}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} is not one of {', '.join(repr(e) for e in ENGINES)}")
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ class Forecaster:
         self.bundle = bundle
         self.config = config or ForecasterConfig()
         self.config.check()
-        self.kernel = RaggedLSTM(bundle.stack)
+        self.engine = choose(bundle.stack, self.config.engine)  # .line says which and why
+        self.kernel = stepper(bundle, self.engine)
         self._no_forecasts = np.zeros((0,) if self.kernel.outputs == 1 else (0, self.kernel.outputs))
         if state is not None and state.shape != bundle.shape:
             raise ValueError(f"state table shape {state.shape} does not match the model's {bundle.shape}")

@@ -15,6 +15,23 @@ The last recurrent layer may have ``return_sequences=False`` (a model trained
 sequence-to-one): the operator forecasts after every tick, and its forecast
 after a tick is what the model outputs for the sequence up to that tick.
 
+With ``keras_layers=True`` (what a bundle holds; the Keras engine,
+:mod:`operators.keras_engine`, serves it) the chain may also hold per-tick
+layers the kernel does not compute, and recurrent layers with any activation
+Keras names: a layer is *per tick* when its output at a tick depends only on
+that tick's input vector and its own variables, never on other ticks or other
+rows of the batch. Served as such (:data:`KERAS_PER_TICK`): ``Dense`` and
+``Activation`` with any Keras activation name, ``TimeDistributed`` of a
+per-tick layer, ``Conv1D`` with ``kernel_size`` 1 and ``strides`` 1,
+``BatchNormalization`` (inference: moving statistics) and
+``LayerNormalization``/``UnitNormalization`` over the feature axis only,
+``PReLU`` with one slope vector shared over time, ``LeakyReLU``, ``ReLU``,
+``ELU``, ``Softmax`` over the feature axis and ``Rescaling``. Such a layer is
+kept as ``PerTick("keras", ...)`` with its Keras config and variables, and
+:func:`kernel_refusal` says in one line why the kernel cannot serve it.
+Anything that looks across time (``Conv1D`` with a wider kernel, attention,
+pooling, ``GroupNormalization``) is refused as below.
+
 Refused, each with one line naming the layer and why: ``stateful=True``,
 ``go_backwards=True``, ``return_state=True``, ``return_sequences=False`` on a
 recurrent layer that feeds another, ``Bidirectional``, ``Masking`` (or any mask
@@ -35,6 +52,10 @@ RECURRENT = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "SimpleRNN": ("rnn", 1)}
 IDENTITY = ("Dropout", "SpatialDropout1D", "GaussianNoise", "GaussianDropout", "AlphaDropout")
 PER_TICK = ("Dense", "TimeDistributed", "LayerNormalization", "Activation", *IDENTITY)
 SUPPORTED = ("InputLayer", *RECURRENT, *PER_TICK)
+# Per-tick layers the Keras engine computes (checked further by _keras_per_tick).
+KERAS_PER_TICK = (*PER_TICK, "BatchNormalization", "Conv1D", "UnitNormalization", "PReLU", "LeakyReLU", "ReLU",
+                  "ELU", "Softmax", "Rescaling")
+_ACROSS_TIME = "it mixes ticks across time, so a forecast would not be each tick's own"
 
 _WHY = {
     "Bidirectional": "a bidirectional layer reads each sequence backwards too, so a forecast would depend on "
@@ -46,6 +67,11 @@ _WHY = {
     "Functional": "a nested model: save the layers as one flat chain",
     "Model": "a nested model: save the layers as one flat chain",
     "RNN": "a generic RNN runs a cell class the kernel does not know; use LSTM, GRU or SimpleRNN",
+    **{cls: _ACROSS_TIME for cls in ("MultiHeadAttention", "Attention", "AdditiveAttention", "GroupQueryAttention",
+                                     "GlobalAveragePooling1D", "GlobalMaxPooling1D", "AveragePooling1D",
+                                     "MaxPooling1D", "GroupNormalization", "Cropping1D", "ZeroPadding1D",
+                                     "UpSampling1D", "Flatten", "Reshape", "Permute", "RepeatVector",
+                                     "SeparableConv1D", "DepthwiseConv1D", "Conv1DTranspose")},
 }
 
 
@@ -58,12 +84,14 @@ def _refuse(layer: KerasLayer | None, why: str) -> UnservableModel:
     return UnservableModel(f"{where} cannot be served: {why}")
 
 
-def describe(model: KerasModel) -> Stack:
-    """The servable chain of ``model``, or :class:`UnservableModel`."""
+def describe(model: KerasModel, keras_layers: bool = False) -> Stack:
+    """The servable chain of ``model``, or :class:`UnservableModel`.
+
+    ``keras_layers``: also per-tick layers only Keras computes (the Keras engine's chain; see the module)."""
     chain = _chain(model)
     n_inputs = None
     if chain and chain[0].class_name == "InputLayer":
-        _check_code(chain[0])
+        _check_code(chain[0], keras_layers)
         shape = chain[0].config.get("batch_shape") or chain[0].config.get("batch_input_shape")
         if not isinstance(shape, list) or len(shape) != 3 or not isinstance(shape[-1], int):
             raise _refuse(chain[0], f"input shape {shape} is not (batch, time, features)")
@@ -74,18 +102,28 @@ def describe(model: KerasModel) -> Stack:
     recurrent_at = [i for i, layer in enumerate(body) if layer.class_name in RECURRENT]
     layers: list[Layer] = []
     width = n_inputs
+    seq_to_one = False  # after a recurrent layer with return_sequences=False, ticks are (batch, features)
     for i, layer in enumerate(body):  # in chain order: the first layer that cannot be served is named
-        _check_code(layer)
+        _check_code(layer, keras_layers)
         if layer.class_name == "InputLayer":
             raise _refuse(layer, "a second input inside the chain")
         if width is None:
             width = _first_width(body)
             n_inputs = width
         if layer.class_name in RECURRENT:
-            converted = _recurrent(layer, width, last=i == recurrent_at[-1])
+            converted = _recurrent(layer, width, last=i == recurrent_at[-1], keras_layers=keras_layers)
             width = converted.units
+            seq_to_one = not layer.config.get("return_sequences", False)
         else:
-            converted = _per_tick(layer, width)
+            try:
+                if layer.class_name not in PER_TICK:  # only with keras_layers (_check_code refused it otherwise)
+                    raise _refuse(layer, f"the NumPy kernel does not compute {layer.class_name} layers "
+                                         f"(it serves {', '.join(s for s in SUPPORTED if s != 'InputLayer')})")
+                converted = _per_tick(layer, width)
+            except UnservableModel as exc:
+                if not keras_layers:
+                    raise
+                converted = _keras_per_tick(layer, width, str(exc), seq_to_one)
             width = converted.width(width)
         layers.append(converted)
     if not recurrent_at:
@@ -155,13 +193,17 @@ def _from_keras(module: str) -> bool:
     return module == "keras" or module.startswith("keras.")
 
 
-def _check_code(layer: KerasLayer) -> None:
+def _check_code(layer: KerasLayer, keras_layers: bool = False) -> None:
     if layer.class_name in _WHY and _from_keras(layer.module):
         raise _refuse(layer, _WHY[layer.class_name])
-    if not _from_keras(layer.module) or layer.class_name not in SUPPORTED:
+    served = SUPPORTED + (KERAS_PER_TICK if keras_layers else ())
+    if not _from_keras(layer.module) or layer.class_name not in served:
         if not _from_keras(layer.module):
             raise _refuse(layer, f"its class comes from {layer.module or 'an unnamed module'!r}, code the file "
                                  "does not hold and tickcast never runs")
+        if keras_layers:
+            raise _refuse(layer, f"tickcast does not know that {layer.class_name} computes each tick on its own "
+                                 f"(it serves LSTM, GRU, SimpleRNN and {', '.join(KERAS_PER_TICK)})")
         raise _refuse(layer, f"the NumPy kernel does not compute {layer.class_name} layers "
                              f"(it serves {', '.join(s for s in SUPPORTED if s != 'InputLayer')})")
     dtype = layer.config.get("dtype")
@@ -196,7 +238,7 @@ def _shapes(layer: KerasLayer, want: list[tuple[int, ...]]) -> tuple[np.ndarray,
     return tuple(np.asarray(w, dtype=np.float32) for w in layer.weights)
 
 
-def _recurrent(layer: KerasLayer, width: int, last: bool) -> Recurrent:
+def _recurrent(layer: KerasLayer, width: int, last: bool, keras_layers: bool = False) -> Recurrent:
     cfg = layer.config
     for key, why in (("stateful", "Keras would carry state across calls itself; tickcast keeps each "
                                   "instrument's state: save the model with stateful=False"),
@@ -214,8 +256,9 @@ def _recurrent(layer: KerasLayer, width: int, last: bool) -> Recurrent:
     if use_bias:
         want.append((2, 3 * units) if kind == "gru" and reset_after else (gates * units,))
     arrays = _shapes(layer, want)
-    act = _activation(layer, "activation")
-    rec_act = _activation(layer, "recurrent_activation") if kind != "rnn" else "sigmoid"
+    named = _keras_activation if keras_layers else _activation
+    act = named(layer, "activation")
+    rec_act = named(layer, "recurrent_activation") if kind != "rnn" else "sigmoid"
     return Recurrent(kind, layer.name, arrays[0], arrays[1], arrays[2] if use_bias else None, act, rec_act,
                      reset_after)
 
@@ -258,3 +301,88 @@ def _per_tick(layer: KerasLayer, width: int) -> PerTick:
     arrays = _shapes(layer, [(width,)] * (int(scale) + int(center)))
     return PerTick("layer_norm", layer.name, gamma=arrays[0] if scale else None,
                    beta=arrays[-1] if center else None, epsilon=float(cfg.get("epsilon", 1e-3)))
+
+
+# -- the Keras engine's chain ---------------------------------------------------------
+
+
+def kernel_refusal(stack: Stack) -> str | None:
+    """Why the NumPy kernel cannot serve ``stack`` (one line naming the first such layer), or None."""
+    for layer in stack.layers:
+        if isinstance(layer, PerTick) and layer.kind == "keras":
+            return layer.why
+        if isinstance(layer, Recurrent):
+            for key in ("activation", "recurrent_activation"):
+                value = getattr(layer, key)
+                if value not in ACTIVATIONS and (key == "activation" or layer.kind != "rnn"):
+                    return (f"layer {layer.name} ({_CLASS[layer.kind]}) cannot be served: {key} {value!r} is not "
+                            f"one the kernel computes ({', '.join(ACTIVATIONS)})")
+    return None
+
+
+_CLASS = {kind: cls for cls, (kind, _) in RECURRENT.items()}
+
+
+def _keras_activation(layer: KerasLayer, key: str, config: dict | None = None) -> str:
+    """An activation Keras names (a string; Keras resolves it when the engine builds the layer)."""
+    value = (config or layer.config).get(key, "linear")
+    if value is None:
+        return "linear"
+    if not isinstance(value, str):
+        raise _refuse(layer, f"{key} is an object, not a name Keras knows; only named Keras activations are served")
+    return value
+
+
+def _axis_is_last(axis, rank: int) -> bool:
+    axes = axis if isinstance(axis, list) else [axis]
+    return len(axes) == 1 and axes[0] in (-1, rank - 1)
+
+
+def _keras_per_tick(layer: KerasLayer, width: int, why: str, seq_to_one: bool) -> PerTick:
+    """A per-tick layer only Keras computes: checked to look at one tick alone; its output width."""
+    cfg, cls = layer.config, layer.class_name
+    rank = 2 if seq_to_one else 3
+    out = width
+    if cls == "TimeDistributed":
+        inner = cfg.get("layer")
+        if not (isinstance(inner, dict) and isinstance(inner.get("config"), dict)
+                and isinstance(inner.get("class_name"), str) and _from_keras(str(inner.get("module", "keras")))):
+            raise _refuse(layer, "TimeDistributed of a layer that is not from Keras itself")
+        sub = KerasLayer(inner["class_name"], str(inner.get("module", "keras")), layer.name, inner["config"],
+                         layer.weights)
+        if sub.class_name not in KERAS_PER_TICK or sub.class_name == "TimeDistributed":
+            raise _refuse(layer, f"TimeDistributed({sub.class_name}); only per-tick layers are served inside it")
+        try:
+            out = _per_tick(sub, width).width(width)
+        except UnservableModel:
+            out = _keras_per_tick(sub, width, why, seq_to_one).width(width)
+    elif cls in ("Dense", "Activation"):
+        _keras_activation(layer, "activation")
+        if cls == "Dense":
+            if cfg.get("lora_rank") or cfg.get("quantization_config"):
+                raise _refuse(layer, "LoRA-adapted or quantized Dense layers are not served")
+            out = int(cfg.get("units", 0))
+            _shapes(layer, [(width, out)] + ([(out,)] if cfg.get("use_bias", True) else []))
+    elif cls == "Conv1D":
+        kernel_size = cfg.get("kernel_size")
+        kernel_size = kernel_size[0] if isinstance(kernel_size, list) and len(kernel_size) == 1 else kernel_size
+        strides = cfg.get("strides", 1)
+        strides = strides[0] if isinstance(strides, list) and len(strides) == 1 else strides
+        if kernel_size != 1:
+            raise _refuse(layer, f"kernel_size {kernel_size}: {_ACROSS_TIME}; only kernel_size 1 is per tick")
+        if strides != 1:
+            raise _refuse(layer, f"strides {strides} skips ticks; only strides 1 is per tick")
+        if cfg.get("data_format", "channels_last") != "channels_last":
+            raise _refuse(layer, "data_format channels_first convolves over features as time")
+        _keras_activation(layer, "activation")
+        out = int(cfg.get("filters", 0))
+    elif cls in ("BatchNormalization", "LayerNormalization", "UnitNormalization", "Softmax"):
+        if not _axis_is_last(cfg.get("axis", -1), rank):
+            raise _refuse(layer, f"axis={cfg.get('axis')}: {_ACROSS_TIME}; only the last (feature) axis is per tick")
+    elif cls == "PReLU":
+        alpha = layer.weights[0] if layer.weights else None
+        if alpha is None or alpha.shape[-1] != width or int(np.prod(alpha.shape)) != width:
+            shape = None if alpha is None else tuple(alpha.shape)
+            raise _refuse(layer, f"slopes of shape {shape} differ by tick position; share them over time "
+                                 "(shared_axes=[1])")
+    return PerTick("keras", layer.name, keras=layer, why=why, out_width=out)

@@ -20,7 +20,7 @@ the layers that are not the built-in LSTM's fast path.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -200,7 +200,9 @@ class PerTick:
     """A layer that maps each tick's vector on its own.
 
     kind "dense" (kernel (F, K), bias (K,) or None, activation), "layer_norm" (gamma, beta
-    each (F,) or None, epsilon), "activation" (activation), "identity" (Dropout at inference).
+    each (F,) or None, epsilon), "activation" (activation), "identity" (Dropout at inference);
+    "keras": a per-tick layer only Keras computes (``keras``: its class, config and variables as the
+    model file holds them; ``why``: the kernel's one-line refusal; ``out_width``), served by the Keras engine.
     """
 
     kind: str
@@ -211,16 +213,25 @@ class PerTick:
     gamma: Array | None = None
     beta: Array | None = None
     epsilon: float = 1e-3
+    keras: Any = None  # operators.keras_file.KerasLayer, for kind "keras"
+    why: str = ""
+    out_width: int | None = None
 
     def width(self, n_in: int) -> int:
+        if self.kind == "keras":
+            return int(self.out_width)
         return self.kernel.shape[1] if self.kind == "dense" else n_in
 
     def arrays(self) -> tuple[Array, ...]:
+        if self.kind == "keras":
+            return tuple(self.keras.weights)
         return tuple(a for a in (self.kernel, self.bias, self.gamma, self.beta) if a is not None)
 
     def describe(self) -> dict:
         d: dict = {"kind": self.kind, "name": self.name}
-        if self.kind == "dense":
+        if self.kind == "keras":
+            d |= {"class_name": self.keras.class_name, "width": int(self.out_width), "config": self.keras.config}
+        elif self.kind == "dense":
             d |= {"units": int(self.kernel.shape[1]), "activation": self.activation, "use_bias": self.bias is not None}
         elif self.kind == "activation":
             d["activation"] = self.activation
@@ -230,6 +241,8 @@ class PerTick:
 
     def apply(self, x: Array) -> Array:
         """(T, F) float32 -> (T, width) float32."""
+        if self.kind == "keras":
+            raise RuntimeError(f"the NumPy kernel does not compute {self.keras.class_name}: {self.why}")
         if self.kind == "identity":
             return x
         if self.kind == "activation":

@@ -47,6 +47,8 @@ def describe_bundle(bundle: Bundle, path: Path) -> str:
     cells = " + ".join(f"{names[kind]}({units})" for kind, units in bundle.shape.cells)
     what = (f"horizon {bundle.horizon} ticks" if bundle.outputs == 1 and not bundle.output_specs else
             "outputs " + ", ".join(o.name for o in bundle.output_list))
+    from operators.engines import choose  # noqa: PLC0415
+
     return (f"bundled {path}: model {bundle.model_version}, {cells}, {bundle.outputs} output(s) per tick, features "
             f"{', '.join(bundle.feature_spec.names)}, {what}, normalisation fitted on "
-            f"{bundle.training.get('valid_ticks', 0):,} ticks")
+            f"{bundle.training.get('valid_ticks', 0):,} ticks; served by {choose(bundle.stack).line}")

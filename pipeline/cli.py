@@ -40,6 +40,7 @@ def _forecaster_config(args: argparse.Namespace):
     return ForecasterConfig(
         reset_gap_ns=parse_duration_ns(args.reset_gap, "--reset-gap") if args.reset_gap else None,
         expire_after_ns=parse_duration_ns(args.expire_after, "--expire-after") if args.expire_after else None,
+        engine=args.engine,
     )
 
 
@@ -271,6 +272,9 @@ def _add_later_parsers(sub) -> None:
                    help="start an instrument afresh after a gap this long, e.g. 30m (default: never)")
     p.add_argument("--expire-after", default=None,
                    help="reclaim instruments idle this long, e.g. 1d; implies --reset-gap <= it (default: never)")
+    p.add_argument("--engine", default="auto", choices=["auto", "kernel", "keras"],
+                   help="what steps the model: kernel (NumPy), keras (needs TensorFlow), or auto: the kernel when "
+                        "it computes every layer, else keras (default: auto; the choice is printed)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_backtest)

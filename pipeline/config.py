@@ -142,6 +142,9 @@ class RunConfig:
     kafka_client: str = _opt("kafka-python", "Kafka client library: kafka-python (pure Python) or confluent "
                              "(librdkafka through confluent-kafka, pip install 'tickcast[confluent]': about 10x cheaper "
                              "per produced message, fetches on a native thread)", choices=("kafka-python", "confluent"))
+    engine: str = _opt("auto", "what steps the model: kernel (NumPy), keras (the model's own layers run by Keras; "
+                       "needs TensorFlow) or auto (the kernel when it computes every layer, else keras; the log "
+                       "says which and why)", choices=("auto", "kernel", "keras"))
     metrics_address: str = _opt("127.0.0.1:9108", "host:port for /metrics, /healthz, /readyz (port 0: any free)")
     status_interval_s: float = _opt(5.0, "seconds between one-line status reports (0: off)")
     log_format: str = _opt("text", "log lines as key=value text or JSON", choices=("text", "json"))

@@ -14,6 +14,7 @@ Outputs in ``OUT_DIR``:
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +62,8 @@ def run_backtest(
     several = bundle.outputs > 1 or bundle.output_list[0].kind != "mean"
     out.mkdir(parents=True, exist_ok=True)
     forecaster = Forecaster(bundle, config)
+    if progress:
+        print(forecaster.engine.line, file=sys.stderr, flush=True)
     source = TableSource(ticks, max_batch_ticks)
     sink = ForecastCollector([o.name for o in bundle.output_list] if several else None)
     rejected: dict[str, int] = {}
@@ -100,6 +103,7 @@ def run_backtest(
     summary = {
         "input": source_name,
         "model_version": bundle.model_version,
+        "engine": forecaster.engine.engine,
         "horizon_ticks": bundle.horizon,
         "ticks": ticks.num_rows,
         "forecasts": forecasts.num_rows,

@@ -71,8 +71,9 @@ class Runner:
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
             ts_floor_ns=parse_date_ns(config.ts_floor), max_ts_ahead_ns=parse_duration_ns(config.max_ts_ahead),
-            max_instruments=config.max_instruments or None,
+            max_instruments=config.max_instruments or None, engine=config.engine,
         ))
+        log.info(self.forecaster.engine.line)
         self.metrics.state_rows_limit.set(config.max_instruments)
         self.scorer = OnlineScorer(bundle.horizon)
         self.stats = RunStats()

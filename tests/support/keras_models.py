@@ -60,11 +60,25 @@ def build(name: str, seed: int = 0):
             L.Dense(4, activation="relu"), L.LSTM(3, return_sequences=True), L.LSTM(2, return_sequences=True),
             L.Dense(2, activation="selu"), L.Dense(1, use_bias=False)], functional=True),
         "sequence_to_one": lambda: _chain([L.LSTM(3, return_sequences=True), L.GRU(3), L.Dense(2)]),
+        # Layers the kernel lacks (the Keras engine serves them):
+        "lstm_gelu_gru": lambda: _chain([
+            L.LSTM(4, return_sequences=True), L.Dense(3, activation="gelu", name="gelu_dense"), L.GRU(3, return_sequences=True),
+            L.Dense(1)], functional=True),
+        "rnn_batchnorm": lambda: _chain([
+            L.SimpleRNN(4, return_sequences=True), L.BatchNormalization(name="bn"), L.Dense(2)]),
+        "conv1_lstm_prelu": lambda: _chain([
+            L.Conv1D(3, 1, activation="celu"), L.LSTM(3, activation="gelu", return_sequences=True),
+            L.PReLU(shared_axes=[1]), L.UnitNormalization(), L.Dense(1)]),
     }
     model = models[name]()
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         weights = layer.get_weights()
+        if isinstance(layer, L.BatchNormalization):  # gamma, beta, moving mean, moving variance (positive)
+            g, b, m, v = weights
+            layer.set_weights([g + rng.normal(0, 0.3, g.shape), b + rng.normal(0, 0.3, b.shape),
+                               rng.normal(0, 0.5, m.shape), 0.5 + rng.random(v.shape)])
+            continue
         if weights and not isinstance(layer, (L.LSTM, L.GRU, L.SimpleRNN)) or isinstance(layer, L.TimeDistributed):
             layer.set_weights([w + rng.normal(0, 0.3, w.shape).astype(np.float32) for w in weights])
         elif weights and len(weights) == 3:  # recurrent: random biases too
@@ -74,6 +88,7 @@ def build(name: str, seed: int = 0):
 
 MODELS = ("lstm", "lstm_other_activations", "gru", "gru_reset_before", "simple_rnn", "lstm_layernorm_gru_k3",
           "rnn_dropout_timedistributed", "dense_lstm_lstm_selu")
+KERAS_ONLY = ("lstm_gelu_gru", "rnn_batchnorm", "conv1_lstm_prelu")  # layers the kernel lacks
 
 
 def fit_ticks() -> pa.Table:

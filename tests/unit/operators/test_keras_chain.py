@@ -62,12 +62,12 @@ def _models():
             lambda: seq(L.LSTM(3, name="first"), L.RepeatVector(2), L.LSTM(2), L.Dense(1)),
             r"layer first \(LSTM\).*return_sequences=False"),
         "other_layer": (lambda: seq(L.Conv1D(3, 2, name="conv"), L.LSTM(3), L.Dense(1)),
-                        r"layer conv \(Conv1D\).*does not compute Conv1D"),
+                        r"layer conv \(Conv1D\).*kernel_size 2: it mixes ticks across time"),
         "branch": (branch, r"layer trunk \(LSTM\).*more than one layer"),
         "two_outputs": (two_outputs, r"2 outputs"),
         "no_recurrent_layer": (lambda: seq(L.Dense(2), L.Dense(1)), r"no LSTM, GRU or SimpleRNN"),
-        "unknown_activation": (lambda: seq(L.SimpleRNN(3, activation="gelu", return_sequences=True, name="g"),
-                                           L.Dense(1)), r"layer g \(SimpleRNN\).*activation 'gelu'"),
+        "activation_object": (lambda: seq(L.SimpleRNN(3, activation=L.ReLU(), return_sequences=True, name="g"),
+                                          L.Dense(1)), r"layer g \(SimpleRNN\).*activation is an object"),
         "mixed_precision": (lambda: seq(L.LSTM(3, return_sequences=True, dtype="mixed_float16", name="half"),
                                         L.Dense(1)), r"layer half \(LSTM\).*mixed_float16"),
     }
@@ -77,6 +77,24 @@ def _models():
 def test_unservable_models_are_refused_in_one_line_naming_the_layer_and_why(case, tmp_path):
     make, pattern = _models()[case]
     assert __import__("re").search(pattern, _refusal(_save(make(), tmp_path)))
+
+
+def test_the_kernel_alone_still_refuses_what_only_keras_computes_in_one_line(tmp_path):
+    """describe() without keras_layers is the kernel's chain: a layer only Keras computes is named and refused
+    (a bundle keeps it, for engine = "keras"; tests/unit/operators/test_engines.py)."""
+    from operators.keras_chain import UnservableModel, describe
+    from operators.keras_file import read_keras_model
+
+    keras = _keras()
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None, N)), L.SimpleRNN(3, activation="gelu", return_sequences=True,
+                                                                  name="g"), L.Dense(1)])
+    with pytest.raises(UnservableModel, match=r"^layer g \(SimpleRNN\).*activation 'gelu'"):
+        describe(read_keras_model(_save(model, tmp_path)))
+    model = keras.Sequential([keras.Input((None, N)), L.LSTM(3, return_sequences=True), L.BatchNormalization(
+        name="bn"), L.Dense(1)])
+    with pytest.raises(UnservableModel, match=r"^layer bn \(BatchNormalization\).*does not compute Batch"):
+        describe(read_keras_model(_save(model, tmp_path)))
 
 
 def test_a_layer_class_from_outside_keras_is_refused_without_running_its_code(tmp_path):

@@ -106,3 +106,17 @@ def test_bad_flags_are_one_line_saying_what_is_wrong(made, tmp_path, change, mes
     done = tickcast("bundle", *[a for kv in flags.items() for a in kv], check=False)
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().count("\n") == 0 and message in done.stderr, done.stderr
+
+
+def test_a_model_with_a_layer_the_kernel_lacks_is_bundled_without_tensorflow_and_says_which_engine(made):
+    """Bundling reads the file as data for the Keras engine's chains too; the command says what will serve it."""
+    folder, _, no_tf = made
+    build("rnn_batchnorm").save(folder / "bn.keras")
+    done = subprocess.run([sys.executable, "-m", "pipeline.cli", "bundle", "--keras", str(folder / "bn.keras"),
+                           "--features", ",".join(FEATURES), "--fit-normalisation-on", str(folder / "ticks.parquet"),
+                           "--out", str(folder / "bn")], capture_output=True, text=True, timeout=300, env=no_tf,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "; served by engine: keras (auto: the NumPy kernel cannot; layer bn (BatchNormalization)" in done.stdout
+    kinds = [layer["kind"] for layer in json.loads((folder / "bn" / "bundle.json").read_text())["architecture"]["stack"]]
+    assert kinds == ["rnn", "keras", "dense"]

@@ -26,6 +26,12 @@ def test_file_then_env_then_flags(tmp_path):
     assert cfg.input_topics == ["a", "b"]
 
 
+def test_engine_is_auto_unless_set(tmp_path):
+    assert RunConfig.load(write(tmp_path, 'model = "m"\n'), env={}).engine == "auto"
+    assert RunConfig.load(write(tmp_path, 'model = "m"\nengine = "keras"\n'), env={}).engine == "keras"
+    assert RunConfig.load(write(tmp_path, 'model = "m"\n'), env={}, flags={"engine": "kernel"}).engine == "kernel"
+
+
 def test_tickcast_table_is_accepted(tmp_path):
     cfg = RunConfig.load(write(tmp_path, '[tickcast]\nmodel = "m"\noutput_mode = "last_per_instrument"\n'), env={})
     assert cfg.output_mode == "last_per_instrument"
@@ -39,6 +45,7 @@ def test_tickcast_table_is_accepted(tmp_path):
     ('model = "m"\noutput_mode = "sometimes"\n', "output_mode = 'sometimes' is not one of"),
     ('model = "m"\nreset_gap = "soon"\n', "is not a duration"),
     ('model = "m"\nmetrics_address = "9108"\n', "is not host:port"),
+    ('model = "m"\nengine = "torch"\n', "engine = 'torch' is not one of 'auto', 'kernel', 'keras'"),
     ('model = "m"\nsecurity_protocol = "SASL_SSL"\n', "needs sasl_mechanism"),
     ('model = "m"\ninput_topics = ["t"]\noutput_topic = "t"\n', "must differ"),
     ("model = \n", "not valid TOML"),
