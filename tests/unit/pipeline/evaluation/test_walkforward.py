@@ -50,7 +50,8 @@ def _by_hand(forecast: list[float], realised: list[float], spec) -> dict:
                 "coverage": sum(r <= f for f, r in pairs) / n}
     directional = [(f, r) for f, r in pairs if f != 0 and r != 0]
     sse, sse_rw = sum((f - r) ** 2 for f, r in pairs), sum(r * r for _, r in pairs)
-    return {"scored": n, "mae": sum(abs(f - r) for f, r in pairs) / n, "mae_random_walk": sum(abs(r) for _, r in pairs) / n,
+    return {"scored": n, "mae": sum(abs(f - r) for f, r in pairs) / n,
+            "mae_random_walk": sum(abs(r) for _, r in pairs) / n,
             "rmse": math.sqrt(sse / n), "rmse_random_walk": math.sqrt(sse_rw / n),
             "hit_rate": sum((f > 0) == (r > 0) for f, r in directional) / len(directional),
             "r2_vs_random_walk": 1 - sse / sse_rw}
