@@ -98,7 +98,9 @@ def windows(x: np.ndarray, y: np.ndarray, group_starts: np.ndarray, window: int)
             xw[: e - s] = x[s:e]
             yw[: e - s] = np.where(np.isfinite(y[s:e]), y[s:e], 0.0)
             ww[: e - s] = known
-            xs.append(xw), ys.append(yw), ws.append(ww)
+            xs.append(xw)
+            ys.append(yw)
+            ws.append(ww)
     return np.stack(xs), np.stack(ys), np.stack(ws)
 
 
