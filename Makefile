@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast bench setup clean lock lock-serve
+.PHONY: demo test test-fast bench setup clean lock lock-serve example
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/tickcast demo
+
+# The worked example of a Keras model of one's own: train, bundle, backtest, run live (examples/own_model/).
+example: $(STAMP)
+	$(PY) examples/own_model/train_own_model.py
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 5

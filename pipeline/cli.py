@@ -105,7 +105,7 @@ def cmd_walkforward(args: argparse.Namespace) -> int:
                             source_name=source.name(), say=say)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    print(console.format_walkforward(s, args.folds, args.out))
+    print(json.dumps(s, indent=2) if args.json else console.format_walkforward(s, args.folds, args.out))
     return 0
 
 
@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "windows (default: 3)")
     p.add_argument("--max-batch-ticks", type=int, default=DEFAULT_MAX_BATCH_TICKS,
                    help=f"ticks per micro-batch (default: {DEFAULT_MAX_BATCH_TICKS})")
+    p.add_argument("--json", action="store_true", help="print summary.json (per output if several) instead of a table")
     add_train_args(p)
     p.set_defaults(func=cmd_walkforward)
 

@@ -75,22 +75,45 @@ def format_summary(s: dict, out_dir: Path) -> str:
 
 
 def format_walkforward(s: dict, folds: int, out_dir: Path) -> str:
-    """A walk-forward's pooled out-of-sample scores with their 95% intervals."""
-    c = s["confidence"]
+    """A walk-forward's pooled out-of-sample scores with their 95% intervals (a block per output if several)."""
+    where = f"  report: {Path(out_dir) / 'report.html'}; per fold: {Path(out_dir) / 'folds.parquet'}"
+    if "outputs" not in s:
+        return "\n".join([f"walk-forward over {folds} fold(s), {s['scored']:,} out-of-sample ticks scored",
+                          *_pooled_lines(s["confidence"], "  "), where])
+    lines = [f"walk-forward over {folds} fold(s), {len(s['outputs'])} outputs, each pooled over the folds and "
+             "scored against its own realised log return"]
+    for o in s["outputs"]:
+        lines.append(f"  {o['name']} (log return over {o['horizon_ticks']} ticks), {o['scored']:,} ticks scored")
+        if o["kind"] == "quantile":
+            m, rw = o["model"], o["random_walk"]
+            if m["pinball"] is None:
+                lines.append("    nothing scored")
+                continue
+            lines.append(f"    pinball model {m['pinball']:.3e}   random walk {rw['pinball']:.3e}   "
+                         f"coverage {m['coverage']:.4f} (q = {o['quantile']})")
+        else:
+            lines += _pooled_lines(o["confidence"], "    ")
+    return "\n".join([*lines, where])
+
+
+def _pooled_lines(c: dict, indent: str) -> list[str]:
+    """One mean output's pooled scores with intervals (``c``: ``bootstrap_scores``)."""
+    if "mae" not in c:
+        return [f"{indent}too few ticks scored for intervals"]
 
     def ci(key, spec=".3e"):
         v = c[key]
-        return f"{v['value']:{spec}} [{v['ci95'][0]:{spec}}, {v['ci95'][1]:{spec}}]" if v["ci95"] else "-"
+        if v["value"] is None:
+            return "-"
+        return f"{v['value']:{spec}} [{v['ci95'][0]:{spec}}, {v['ci95'][1]:{spec}}]" if v["ci95"] else \
+            f"{v['value']:{spec}}"
 
-    return "\n".join([
-        f"walk-forward over {folds} fold(s), {s['scored']:,} out-of-sample ticks scored",
-        f"  MAE model          {ci('mae')}",
-        f"  MAE random walk    {ci('mae_random_walk')}",
-        f"  MAE model - rw     {ci('mae_minus_random_walk', '+.3e')}",
-        f"  R^2 vs random walk {ci('r2_vs_random_walk', '+.4f')}",
-        f"  hit rate           {ci('hit_rate', '.4f')}   IC {c['ic']['value']:.4f}",
-        f"  report: {Path(out_dir) / 'report.html'}; per fold: {Path(out_dir) / 'folds.parquet'}",
-    ])
+    ic = c["ic"]["value"]
+    return [f"{indent}MAE model          {ci('mae')}",
+            f"{indent}MAE random walk    {ci('mae_random_walk')}",
+            f"{indent}MAE model - rw     {ci('mae_minus_random_walk', '+.3e')}",
+            f"{indent}R^2 vs random walk {ci('r2_vs_random_walk', '+.4f')}",
+            f"{indent}hit rate           {ci('hit_rate', '.4f')}   IC " + ("-" if ic is None else f"{ic:.4f}")]
 
 
 def format_comparisons(per_output: list[tuple[str, Comparison]], run_a: str, run_b: str, version_a: str | None,

@@ -119,8 +119,8 @@ def run_backtest(
         means = [o.name for o in bundle.output_list if o.kind == "mean"]
         per_instrument = [breakdown(output_view(forecasts, n), "instrument") for n in means]
         per_hour = [breakdown(output_view(forecasts, n), "hour") for n in means]
-        write_parquet(_stacked(per_instrument, means), out / "per_instrument.parquet")
-        write_parquet(_stacked(per_hour, means), out / "per_hour.parquet")
+        write_parquet(stacked(per_instrument, means), out / "per_instrument.parquet")
+        write_parquet(stacked(per_hour, means), out / "per_hour.parquet")
     else:
         summary |= score_output(forecasts, None)
         write_parquet(breakdown(forecasts, "instrument"), out / "per_instrument.parquet")
@@ -154,7 +154,7 @@ def score_output(view: pa.Table, output: OutputSpec | None) -> dict:
                    "r2_vs_random_walk": r2, "confidence": bootstrap_scores(f, realized)}
 
 
-def _stacked(tables: list[pa.Table], names: list[str]) -> pa.Table:
+def stacked(tables: list[pa.Table], names: list[str]) -> pa.Table:
     """Per-output breakdowns in one table, an ``output`` column first."""
     parts = [t.add_column(0, "output", pa.array([n] * t.num_rows, pa.string())) for t, n in zip(tables, names)
              if t.num_rows]

@@ -172,6 +172,27 @@ def test_train_gru_with_horizons_and_quantiles_then_backtest_and_compare_per_out
     assert res["outputs"]["h4_q0.25"]["pinball_b_minus_a"] == 0 and res["outputs"]["h1"]["mae_b_minus_a"] == 0
     bad = tickcast("train", "--input", str(ticks), "--out", str(tmp_path / "x"), "--quantiles", "0.5,2", check=False)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "quantile must be in (0, 1)" in bad.stderr
-    wf = tickcast("walkforward", "--input", str(ticks), "--out", str(tmp_path / "wf"), "--horizons", "1,4",
-                  check=False)
-    assert wf.returncode == 2 and "walkforward pools one output per tick" in wf.stderr
+
+
+def test_walkforward_of_a_multi_horizon_gru_scores_every_output(tmp_path):
+    ticks = tmp_path / "ticks.parquet"
+    write_parquet(generate_ticks(5, 3000, seed=13, bad_fraction=0.0), ticks)
+    args = ["walkforward", "--input", str(ticks), "--cell", "gru", "--horizons", "1,4", "--quantiles", "0.9",
+            "--hidden", "4", "--epochs", "1", "--window", "32", "--folds", "2"]
+    out = tickcast(*args, "--out", str(tmp_path / "wf")).stdout
+    assert [ln.split()[0] for ln in out.splitlines() if ln.startswith("  h")] == ["h1", "h1_q0.9", "h4", "h4_q0.9"]
+    assert out.count("MAE model - rw") == 2 and out.count("coverage") == 2
+    summary = json.loads((tmp_path / "wf" / "summary.json").read_text())
+    pooled = pq.read_table(tmp_path / "wf" / "forecasts.parquet")
+    for o in summary["outputs"]:
+        r = pooled.column(f"realized_{o['name']}").to_numpy(zero_copy_only=False)
+        f = pooled.column(f"forecast_{o['name']}").to_numpy()
+        ok = np.isfinite(r)
+        assert o["scored"] == ok.sum() > 0
+        if o["kind"] == "mean":
+            assert o["model"]["mae"] == pytest.approx(np.mean(np.abs(f[ok] - r[ok])), rel=1e-12)
+    folds = pq.read_table(tmp_path / "wf" / "folds.parquet")
+    assert folds.column("output").to_pylist() == ["h1", "h1_q0.9", "h4", "h4_q0.9"] * 2
+    again = json.loads(tickcast(*args, "--out", str(tmp_path / "wf2"), "--json").stdout)
+    assert [o["name"] for o in again["outputs"]] == [o["name"] for o in summary["outputs"]]
+    assert [o["scored"] for o in again["outputs"]] == [o["scored"] for o in summary["outputs"]]
