@@ -25,8 +25,8 @@ of ignored fields are not checked), a ``\\u`` escape of an unpaired UTF-16
 surrogate anywhere in the text (I-JSON, RFC 7493) and nesting deeper than
 ``MAX_DEPTH``. ``v`` and ``ts`` must be integer literals in int64 range
 (``1.0`` and ``1e3`` are ``wrong_type``); the other numbers are rounded to the
-nearest float64 and one too large for it becomes +/-inf (which the operator
-then rejects like any non-finite value). ``true``/``false`` are not numbers.
+nearest float64 (a negative zero to zero) and one too large for it becomes
++/-inf (which the operator then rejects like any non-finite value). ``true``/``false`` are not numbers.
 
 The verdict on a message (a tick with these values, or a reason) depends on
 its key and value alone, never on the other messages of its batch. Two paths
@@ -356,7 +356,7 @@ def _finish(table: pa.Table, index: np.ndarray, keys: list[bytes | None], reject
         bad |= mask
     keep = pa.array(~bad)
     cols = {"instrument": name.filter(keep), "ts": table.column("ts").filter(keep)}
-    for col in NUMERIC_COLUMNS:
-        cols[col] = table.column(col).filter(keep)
+    for col in NUMERIC_COLUMNS:  # + 0.0: a negative zero is zero (Python reads the literal -0 as 0, Arrow as -0.0)
+        cols[col] = pc.add(table.column(col).filter(keep), 0.0)
     cols["index"] = pa.array(index[~bad], pa.int64())
     return pa.table(cols)

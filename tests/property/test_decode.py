@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from unittest import mock
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from operators.validation import TickColumns
@@ -168,6 +168,7 @@ def test_each_message_has_one_verdict_its_own_in_any_batch(batch, rnd):
 
 @COMPARE
 @given(messages)
+@example([(None, b'{"v":1,"instrument":"A","ts":1700000000000000000,"price":-0,"size":-0.0,"bid":10.4,"ask":10.6}')])
 def test_fast_path_gives_the_slow_paths_verdict(batch):
     assert verdicts(batch) == slow_only(batch)
 
