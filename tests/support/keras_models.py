@@ -128,6 +128,25 @@ class ChainReference:
                 self.probe.append((False, layer))
                 width = layer.compute_output_shape((None, None, width))[-1]
         self.keras = keras
+        self._forward = lambda x: self.model(x, training=False)
+        self._probe = self._probe_eagerly
+        # Compiled (one trace per shape family): eagerly, a Keras recurrent layer steps in Python, about 50x
+        # slower. Not with TimeDistributed: traced with an unknown time length, it returns a single tick.
+        if not any(layer.__class__.__name__ == "TimeDistributed" for layer in model.layers):
+            import tensorflow as tf  # noqa: PLC0415
+
+            self._forward = tf.function(self._forward, reduce_retracing=True)
+            self._probe = tf.function(self._probe_eagerly, reduce_retracing=True)
+
+    def _probe_eagerly(self, h):
+        vectors = []
+        for recurrent, layer in self.probe:
+            if recurrent:
+                h, *final = layer(h, training=False)
+                vectors += [v[0] for v in final]
+            else:
+                h = layer(h, training=False)
+        return h, vectors
 
     def run(self, ticks: pa.Table) -> tuple[np.ndarray, np.ndarray, dict[str, list[np.ndarray]]]:
         """(rows of valid ticks ascending, model outputs (m, K) for them, final state vectors per instrument)."""
@@ -138,15 +157,10 @@ class ChainReference:
         bounds = np.append(seq.group_starts, len(seq.order))
         for g, name in enumerate(seq.instruments):
             s, e = bounds[g], bounds[g + 1]
-            y = np.asarray(self.model(x[None, s:e], training=False))
+            y = np.asarray(self._forward(x[None, s:e]))
             outputs[s:e] = y.reshape(e - s, -1)
-            h, vectors = x[None, s:e], []
-            for recurrent, layer in self.probe:
-                if recurrent:
-                    h, *final = layer(h, training=False)
-                    vectors += [np.asarray(v)[0] for v in final]
-                else:
-                    h = layer(h, training=False)
+            h, vectors = self._probe(x[None, s:e])
+            vectors = [np.asarray(v) for v in vectors]
             np.testing.assert_allclose(np.asarray(h).reshape(e - s, -1), outputs[s:e], rtol=1e-6, atol=1e-6)
             states[name] = vectors
         back = np.argsort(seq.order, kind="stable")
