@@ -8,99 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
-import zlib
 
-import numpy as np
 from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
-from kafka.structs import TopicPartition
-from prometheus_client import CollectorRegistry
 
 from pipeline.checkpoint import StoreUnavailable
-from pipeline.config import RunConfig
-from pipeline.files.synthetic import generate_ticks
-from pipeline.kafka.replay import encode_ticks
-from pipeline.live.runner import Runner
-from pipeline.metrics import Metrics
-from tests.support.bundles import in_target_units
-from tests.support.fake_kafka import FakeBroker, FakeKafka
 from tests.support.faults import failing_first
-
-TP0, TP1 = TopicPartition("ticks", 0), TopicPartition("ticks", 1)
-
-
-def new_broker() -> FakeBroker:
-    return FakeBroker({"ticks": 2, "forecasts": 1, "ticks.dlq": 1})
-
-
-TICKS = encode_ticks(generate_ticks(6, 1000, seed=5, bad_fraction=0.0))
-
-
-def feed(broker: FakeBroker, n: int = 400, start: int = 0) -> None:
-    """Valid ticks ``start`` to ``start + n`` of 6 instruments, each instrument on one partition (by key)."""
-    for key, value, ts_ms in TICKS[start:start + n]:
-        broker.append("ticks", zlib.crc32(key) % 2, key, value, timestamp=ts_ms)
-
-
-def make_runner(bundle, broker: FakeBroker, **flags) -> tuple[Runner, FakeKafka]:
-    fake = FakeKafka(broker)
-    cfg = RunConfig.load(env={}, flags={"model": "m", "group_id": "g", "checkpoint_uri": "", "status_interval_s": 0,
-                                        **flags})
-    return Runner(cfg, bundle, Metrics(CollectorRegistry()), kafka_clients=fake), fake
-
-
-def run_until(runner: Runner, done, timeout_s: float = 60.0) -> int:
-    """Run the loop on a thread until ``done()``; stop it; its exit code."""
-    code = []
-    thread = threading.Thread(target=lambda: code.append(runner.run()), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + timeout_s
-    while not done() and thread.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.01)
-    reached = done()
-    runner.request_stop()
-    thread.join(30)
-    assert reached, "the loop did not get there"
-    assert code, "the loop did not stop"
-    return code[0]
-
-
-def all_committed(broker: FakeBroker):
-    return lambda: all(broker.committed.get(TopicPartition("ticks", p)) == broker.end(TopicPartition("ticks", p))
-                       for p in range(2))
-
-
-def forecasts(broker: FakeBroker) -> dict[tuple[int, int], float]:
-    """Published forecasts by source (partition, offset); a duplicate fails."""
-    out = {}
-    for r in broker.records("forecasts"):
-        m = json.loads(r.value)
-        source = (m["partition"], m["offset"])
-        assert source not in out, f"forecast for {source} published twice"
-        out[source] = m["forecast"]
-    return out
-
-
-def reference(bundle, n: int = 400) -> dict[tuple[int, int], float]:
-    """What a run without faults publishes for the same input."""
-    broker = new_broker()
-    feed(broker, n)
-    runner, _ = make_runner(bundle, broker)
-    assert run_until(runner, all_committed(broker)) == 0
-    return forecasts(broker)
-
-
-def assert_same_forecasts(bundle, got: dict, expected: dict) -> None:
-    """The same sources, and the same numbers to float32 tolerance (batches may be cut differently)."""
-    assert got.keys() == expected.keys()
-    keys = sorted(expected)
-    np.testing.assert_allclose(in_target_units(bundle, [got[k] for k in keys]),
-                               in_target_units(bundle, [expected[k] for k in keys]), rtol=1e-5, atol=1e-5)
-
-
-def sample(runner: Runner, name: str, **labels) -> float | None:
-    return runner.metrics.registry.get_sample_value(name, labels)
+from tests.support.live_loop import (TP0, TP1, all_committed, assert_same_forecasts, feed, forecasts, make_runner,
+                                     new_broker, reference, run_until, sample)
 
 
 def test_a_batch_publishes_its_forecasts_and_commits_only_after_they_are_acknowledged(bundle):
