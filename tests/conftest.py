@@ -106,18 +106,3 @@ def reference(bundle) -> KerasReference:
 @pytest.fixture(scope="session")
 def reference2(bundle2) -> KerasReference:
     return KerasReference(bundle2)
-
-
-# The longest tests first: pytest-xdist hands tests out in collection order, so a long fault test collected
-# last would start when the others are done and the run would wait for it alone. Earlier modules are longer.
-_LONGEST_FIRST = ("tests/integration/test_faults.py", "tests/integration/test_producer_faults.py",
-                  "tests/integration/test_example.py", "tests/integration/test_backtest_topic.py",
-                  "tests/integration/test_cli.py", "tests/integration/test_live.py", "tests/integration/")
-
-
-def pytest_collection_modifyitems(items) -> None:
-    def rank(item) -> int:
-        path = item.nodeid.split("::")[0]
-        return next((i for i, prefix in enumerate(_LONGEST_FIRST) if path.startswith(prefix)), len(_LONGEST_FIRST))
-
-    items.sort(key=rank)  # stable: within a module, the written order
