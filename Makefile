@@ -22,7 +22,7 @@ example: $(STAMP)
 	$(PY) examples/own_model/train_own_model.py
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 5
+	$(PY) -m pytest -q -n 5 --dist worksteal
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 5 tests/unit tests/property

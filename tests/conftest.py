@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import os
 
 import numpy as np
@@ -17,6 +16,7 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 from operators.bundle import Bundle, load_bundle, save_bundle  # noqa: E402
 from operators.training import TrainConfig, sequences_from_table, train  # noqa: E402
 from pipeline.files.synthetic import generate_ticks  # noqa: E402
+from tests.support.shared import shared_folder  # noqa: E402
 
 
 def _trained(tmp_path_factory, layers: int, hidden: int) -> Bundle:
@@ -25,18 +25,10 @@ def _trained(tmp_path_factory, layers: int, hidden: int) -> Bundle:
 
 
 def _trained_as(tmp_path_factory, name: str, config, n_ticks: int = 20_000) -> Bundle:
-    """Trained once per test session and saved; with pytest-xdist the workers share the one the first of
-    them trains (a file lock in the session's common folder), instead of training it once each."""
-    root = tmp_path_factory.getbasetemp()
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        root = root.parent  # pytest-of-<user>/pytest-<n>/: common to this session's workers
-    path = root / f"shared_bundle_{name}"
-    with open(root / f"shared_bundle_{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (path / "bundle.json").is_file():  # bundle.json is written last: its presence means complete
-            ticks = generate_ticks(12, n_ticks, seed=3, bad_fraction=0.0)
-            save_bundle(train(ticks, config()), path)
-    return load_bundle(path, with_keras=True)  # the tests' Keras reference runs the model itself
+    def build(path) -> None:
+        save_bundle(train(generate_ticks(12, n_ticks, seed=3, bad_fraction=0.0), config()), path)
+
+    return load_bundle(shared_folder(tmp_path_factory, f"bundle_{name}", build), with_keras=True)
 
 
 @pytest.fixture(scope="session")
@@ -106,3 +98,12 @@ def reference(bundle) -> KerasReference:
 @pytest.fixture(scope="session")
 def reference2(bundle2) -> KerasReference:
     return KerasReference(bundle2)
+
+
+# The 20-kill crash loop is the longest test by far (about 4 minutes): it goes first, so the rest of the suite
+# runs beside it instead of the run waiting for it alone at the end. Everything else keeps collection order.
+_FIRST = "tests/integration/test_faults.py::test_sigkill_at_random_moments_loses_and_duplicates_nothing[20-kills]"
+
+
+def pytest_collection_modifyitems(items) -> None:
+    items.sort(key=lambda item: item.nodeid != _FIRST)  # stable

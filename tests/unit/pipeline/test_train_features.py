@@ -18,6 +18,7 @@ from pipeline.files.synthetic import generate_ticks
 from tests.support.bundles import in_target_units
 from tests.support.cli import tickcast
 from tests.support.keras_models import ChainReference
+from tests.support.shared import shared_folder
 
 # Every feature, the new ones first: the model's input order is the spec's, not the registry's.
 NAMES = (*KNOWN_FEATURES[5:], *KNOWN_FEATURES[:5])
@@ -26,13 +27,16 @@ GRU = ("trade_sign", "time_of_day_sin", "log_return")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("train_features")
+    """Two bundles trained by the CLI, once per session (shared by the xdist workers)."""
+    return shared_folder(tmp_path_factory, "train_features", _train_both)
+
+
+def _train_both(folder) -> None:
     pq.write_table(generate_ticks(3, 900, seed=2, bad_fraction=0.0), folder / "ticks.parquet")
     tickcast("train", "--input", str(folder / "ticks.parquet"), "--out", str(folder / "model"), "--epochs", "1",
              "--hidden", "4", "--window", "32", "--horizon", "3", "--features", ",".join(NAMES))
     tickcast("train", "--input", str(folder / "ticks.parquet"), "--out", str(folder / "gru"), "--epochs", "1",
              "--hidden", "4", "--window", "32", "--cell", "gru", "--horizons", "1,3", "--features", ",".join(GRU))
-    return folder
 
 
 def test_the_bundle_names_its_features_in_order_and_round_trips(trained):
