@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 5 --dist worksteal
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 5 tests/unit tests/property
+	$(PY) -m pytest -q -n 5 --dist worksteal tests/unit tests/property
 
 bench: $(STAMP)
 	$(VENV)/bin/tickcast bench operator --json docs/bench-operator.json
