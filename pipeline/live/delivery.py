@@ -17,7 +17,6 @@ from dataclasses import dataclass
 
 from kafka.errors import (
     CommitFailedError,
-    KafkaError,
     KafkaTimeoutError,
     ProducerFencedError,
 )
@@ -38,12 +37,11 @@ from pipeline.live.clients import (
     retry,
 )
 from pipeline.live.inflight import Transaction
+from pipeline.live.sender import Sender
 from pipeline.live.messages import (
-    DEAD_LETTER_CUTS,
     DeadLetter,
     Message,
     Outgoing,
-    dead_letter,
 )
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, Stopping
@@ -82,7 +80,7 @@ class Delivery:
         self.stall = stall
         self.rewind = rewind
         self.transactional = cfg.processing == "exactly_once"
-        self.cuts: dict[tuple[str, int, int], int] = {}  # dead letters (by source) refused for size: cut level
+        self.sender = Sender(cfg, conn, metrics, stopping)
         # exactly-once: a transaction's commit runs here while the loop steps the next batch
         self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tx-commit") \
             if self.transactional else None
@@ -91,10 +89,10 @@ class Delivery:
     def send(self, outbox: Outbox) -> list:
         """Issue every send of the batch without waiting for acknowledgements: (message, future) pairs for
         ``settle`` (a send that raised a retriable error holds the exception instead of a future)."""
-        pending = self._outgoing(outbox)
+        pending = self.sender.outgoing(outbox)
         for topic in dict.fromkeys(m.topic for m in pending):
-            self.await_topic(topic)
-        return [(msg, self._send(msg)) for msg in pending]
+            self.sender.await_topic(topic)
+        return [(msg, self.sender.send(msg)) for msg in pending]
 
     def settle(self, outbox: Outbox, sent: list) -> None:
         """Wait for every acknowledgement of a batch issued by ``send`` (resending what failed), then commit its
@@ -107,7 +105,7 @@ class Delivery:
         return with a send missing.
 
         Per record: retriable errors and timeouts are sent again (at-least-once: duplicates possible); a dead
-        letter too large is cut (``_cut``); any other permanent refusal stops the run (``_refused``)."""
+        letter too large is cut (``Sender.cut``); any other permanent refusal stops the run (``Sender.refused``)."""
         if sent is None:
             sent = self.send(outbox)
         if not sent:
@@ -118,7 +116,7 @@ class Delivery:
         def attempt() -> None:
             nonlocal pending
             while True:
-                failed, reasons = self._flushed(issued.pop() if issued else [(m, self._send(m)) for m in pending])
+                failed, reasons = self._flushed(issued.pop() if issued else [(m, self.sender.send(m)) for m in pending])
                 if not failed:
                     return
                 pending = failed
@@ -142,7 +140,7 @@ class Delivery:
         retry(attempt, on_error, wait=time.sleep, beat=self.metrics.beat)
         self.metrics.broker_up.set(1)
         self.metrics.unblock()
-        self.forget_cuts(outbox.records)
+        self.sender.forget_cuts(outbox.records)
 
     def _flushed(self, sent: list) -> tuple[list[Outgoing], set[str]]:
         """One round: flush what was sent, judge every send. (what to send again, the reasons of the failures)."""
@@ -163,10 +161,10 @@ class Delivery:
                 continue
             reason = publish_error_reason(error)
             if reason == "too_large" and msg.dead is not None:
-                failed.append(self._cut(msg, error))
+                failed.append(self.sender.cut(msg, error))
                 continue
             if reason in ("too_large", "refused"):
-                self._refused(msg, error)
+                self.sender.refused(msg, error)
             reasons.add(reason)
             failed.append(msg)
         return failed, reasons
@@ -206,7 +204,7 @@ class Delivery:
         """Forecasts, dead letters and the input offsets in one transaction: sends issued here, the offsets and
         the commit on a helper thread (``finish_transaction`` waits for them). None: it failed, aborted, rewound.
 
-        A dead letter refused for its size is cut in the redo (``cuts`` remembers it by source); a permanent
+        A dead letter refused for its size is cut in the redo (``Sender.cuts`` remembers it by source); a permanent
         refusal stops the run. Fenced after the transaction was open longer than transaction_timeout_ms: the
         broker aborted it for time, so a new producer takes over and the batch is redone from the committed
         offsets. Fenced sooner: another process took the transactional id, which is fatal."""
@@ -216,9 +214,9 @@ class Delivery:
             tx.commit.set_result(None)
             tx.empty = True
             return tx
-        outgoing = self._outgoing(outbox)
+        outgoing = self.sender.outgoing(outbox)
         for topic in dict.fromkeys(m.topic for m in outgoing):
-            self.await_topic(topic)
+            self.sender.await_topic(topic)
         self.metrics.beat()
         tx.begun = time.monotonic()
         producer = tx.producer
@@ -226,7 +224,7 @@ class Delivery:
             with self.stall("transaction"):
                 producer.begin_transaction()
                 for msg in outgoing:
-                    fut = self._send(msg)
+                    fut = self.sender.send(msg)
                     if isinstance(fut, BaseException):
                         raise fut
                     tx.sent.append((msg, fut))
@@ -261,7 +259,7 @@ class Delivery:
         self.metrics.broker_up.set(1)
         self.metrics.unblock()
         self.metrics.beat()
-        self.forget_cuts(outbox.records)
+        self.sender.forget_cuts(outbox.records)
         self.metrics.commits.inc()
         return True
 
@@ -279,7 +277,7 @@ class Delivery:
             self.replace_producer()
             self.rewind()
             return
-        self._judge_sends(tx.sent)
+        self.sender.judge_sends(tx.sent)
         self.metrics.transactions.labels("aborted").inc()
         self.metrics.broker_up.set(0)
         self.metrics.publish_errors.labels("timeout" if isinstance(exc, KafkaTimeoutError) else "retriable").inc()
@@ -292,18 +290,6 @@ class Delivery:
             self.replace_producer()
         self.metrics.beat()
         self.rewind()
-
-    def _judge_sends(self, sent: list) -> None:
-        """After a failed transaction: dead letters refused for size go out cut in the redo. kafka-python fails
-        every batch of an aborted transaction with the first error, so a size error on a forecast message counts
-        only when no dead letter explains it; then the redo would be refused again, and the run stops."""
-        too_large = [(msg, fut.exception) for msg, fut in sent
-                     if fut.is_done and fut.failed() and publish_error_reason(fut.exception) == "too_large"]
-        if too_large and all(msg.dead is None for msg, _ in too_large):
-            self._refused(*too_large[0])
-        for msg, exc in too_large:
-            if msg.dead is not None:
-                self._cut(msg, exc)
 
     def _bounded(self, call, *args):
         return bounded(call, *args, limit_ms=self.cfg.longest_bounded_wait_ms, beat=self.metrics.beat)
@@ -329,91 +315,3 @@ class Delivery:
 
     def make_producer(self):
         return open_producer(self.clients, self.cfg, self.partitioner)
-
-    # -- records ------------------------------------------------------------------------------
-    def _outgoing(self, outbox: Outbox) -> list[Outgoing]:
-        """Every forecast message, then every dead letter (original bytes, reason; partition None: by key)."""
-        out = [Outgoing(self.cfg.output_topic, m.key, m.value, m.headers, m.partition) for m in outbox.forecasts]
-        out += [self._dead_letter(d) for d in outbox.dead]
-        return out
-
-    def _dead_letter(self, d: DeadLetter) -> Outgoing:
-        r = d.record
-        return dead_letter(self.cfg.dead_letter_topic, d, self.cuts.get((r.topic, r.partition, r.offset), 0))
-
-    def _cut(self, msg: Outgoing, exc: BaseException) -> Outgoing:
-        """The next, smaller version of a dead letter refused for its size; FatalError when none is left."""
-        r = msg.dead.record
-        source = (r.topic, r.partition, r.offset)
-        level = self.cuts.get(source, 0)
-        if level >= len(DEAD_LETTER_CUTS):
-            self._refused(msg, exc)
-        self.cuts[source] = level + 1
-        if level == 0:
-            self.metrics.dead_letters_truncated.inc()
-        self.metrics.publish_errors.labels("too_large").inc()
-        log.warning("dead letter too large for its topic or the producer; sending it cut",
-                    extra={"source": f"{r.topic}/{r.partition}/{r.offset}", "bytes": len(msg.value),
-                           "cut_to": DEAD_LETTER_CUTS[level], "error": repr(exc)})
-        return self._dead_letter(msg.dead)
-
-    def _refused(self, msg: Outgoing, exc: BaseException):
-        """A record the broker or producer refuses for good (not for time, not a dead letter we can cut): stop
-        before committing anything, with what to fix. Nothing is lost: the batch is read again after the fix."""
-        self.metrics.publish_errors.labels("refused").inc()
-        what = "dead letter" if msg.dead else "forecast message"
-        raise FatalError(f"topic {msg.topic!r} refuses a {what} of {len(msg.value)} bytes for good ({exc!r}); "
-                         f"nothing of this batch was committed; fix the topic (existence, ACLs, max.message.bytes) "
-                         f"and restart") from None
-
-    def _send(self, msg: Outgoing):
-        """producer.send, with the policy for what it raises synchronously: a dead letter over max_request_size
-        is cut and sent at once; a permanent refusal is fatal; a retriable error is returned (send again later)."""
-        while True:
-            try:
-                return self.conn.producer.send(msg.topic, key=msg.key, value=msg.value, headers=msg.headers,
-                                               partition=msg.partition)
-            except Exception as exc:  # noqa: BLE001 - classified below
-                reason = publish_error_reason(exc)
-                if reason == "too_large" and msg.dead is not None:
-                    msg = self._cut(msg, exc)
-                    continue
-                if reason in ("too_large", "refused"):
-                    self._refused(msg, exc)
-                return exc
-
-    def forget_cuts(self, records: list) -> None:
-        if self.cuts:
-            for r in records:
-                self.cuts.pop((r.topic, r.partition, r.offset), None)
-
-    def await_topic(self, topic: str) -> set:
-        """The topic's partitions once the producer knows it. A missing topic is waited out: logged, counted
-        (publish_errors{reason="topic_missing"}), readiness false, liveness true, nothing committed meanwhile;
-        PublishTimeout when a shutdown's time runs out first."""
-        waited_since = None
-        while True:
-            try:
-                partitions = self.conn.producer.partitions_for(topic)  # blocks at most max_block_ms
-            except KafkaTimeoutError as exc:
-                partitions, error = None, exc
-            except KafkaError as exc:
-                if publish_error_reason(exc) == "refused":  # e.g. not authorised: waiting will not help
-                    raise FatalError(f"cannot publish to topic {topic!r}: {exc!r}") from None
-                partitions, error = None, exc
-            if partitions:
-                if waited_since is not None:
-                    self.metrics.unblock()
-                    log.warning("topic exists now; publishing", extra={"topic": topic,
-                                                                       "waited_s": round(time.monotonic() - waited_since, 1)})
-                return partitions
-            if waited_since is None:
-                waited_since = time.monotonic()
-            self.metrics.publish_errors.labels("topic_missing").inc()
-            self.metrics.block("topic_missing")
-            self.metrics.beat()
-            log.warning("topic does not exist (or has no leader); waiting for it, nothing is committed",
-                        extra={"topic": topic, "waiting_s": round(time.monotonic() - waited_since, 1),
-                               "error": repr(error)})
-            self.stopping.give_up_if_past_deadline(f"topic {topic!r} still missing")
-            self.stopping.event.wait(0.5)

@@ -120,7 +120,7 @@ def test_dead_letter_over_max_request_size_goes_out_cut_with_its_reason_and_sour
     assert headers["tickcast.reason"] == b"bad_json" and headers["tickcast.source"] == b"ticks/0/7"
     assert [d[0] for d in producer.delivered].count("forecasts") == 1
     assert sample(r, "tickcast_dead_letters_truncated_total") == 1
-    assert not r.delivery.cuts, "forgotten once delivered"
+    assert not r.delivery.sender.cuts, "forgotten once delivered"
 
 
 def test_dead_letter_refused_by_the_topic_is_cut_until_it_fits_and_an_oversized_key_too():
