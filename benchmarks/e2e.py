@@ -11,6 +11,10 @@
 3. latency: ticks produced at 50 % of each configuration's measured rate; p50/p99
    of receipt-by-consumer -> forecast-acknowledged;
 4. memory: RSS sampled every second while the pipelined loop drains a backlog.
+
+``pin_cores``: the embedded broker and the latency runs' load generator on CPU 0, this process (the
+pipeline, the bare consumers and producers it is compared with) on the other CPUs, so the figures do not
+depend on how the scheduler happens to share the cores between them.
 """
 
 from __future__ import annotations
@@ -42,7 +46,17 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None) -> None:
+BROKER_CPUS = {0}  # pin_cores: the broker and the load generator
+
+
+def _pin(pid: int, cpus: set[int]) -> None:
+    os.sched_setaffinity(pid, cpus)
+
+
+def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
+             cpus: set[int] | None = None) -> None:
+    if cpus:
+        _pin(0, cpus)
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=512 * 1024, acks=1)
     started = time.monotonic()
     for i, (k, v, ts) in enumerate(messages):
@@ -180,7 +194,7 @@ def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch
 
 
 def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: float, instruments: int,
-                    mode: str, batch: int, depth: int = 1) -> dict:
+                    mode: str, batch: int, depth: int = 1, feeder_cpus: set[int] | None = None) -> dict:
     n = int(rate * seconds)
     ticks = generate_ticks(instruments, n, seed=3, bad_fraction=0.0)
     messages = encode_ticks(ticks)
@@ -192,7 +206,7 @@ def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: flo
     time.sleep(1.0)
     # The load comes from another process, so it does not compete for this one's GIL.
     ctx = multiprocessing.get_context("spawn")
-    feeder = ctx.Process(target=_produce, args=(bootstrap, tin, messages, rate))
+    feeder = ctx.Process(target=_produce, args=(bootstrap, tin, messages, rate, None, feeder_cpus))
     feeder.start()
     feeder.join()
     deadline = time.monotonic() + 60
@@ -207,7 +221,7 @@ def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: flo
 
 
 def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None, drain_minutes: float = 0.0,
-        bootstrap: str | None = None, bundle: Bundle | None = None, printer=print) -> dict:
+        bootstrap: str | None = None, bundle: Bundle | None = None, printer=print, pin_cores: bool = False) -> dict:
     from benchmarks.operator import _bundle  # noqa: PLC0415
 
     n = n_ticks or (30_000 if quick else 150_000)
@@ -217,6 +231,14 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
     if bootstrap is None:
         broker = EmbeddedBroker()
         bootstrap = broker.start()
+    feeder_cpus = None
+    if pin_cores:
+        cpus = os.sched_getaffinity(0)  # the CLI checked: 2 or more, and the embedded broker
+        feeder_cpus = BROKER_CPUS
+        _pin(broker.proc.pid, BROKER_CPUS)
+        _pin(0, cpus - BROKER_CPUS)
+        printer(f"  pinned: broker and load generator on CPU {sorted(BROKER_CPUS)}, "
+                f"pipeline on CPU {sorted(cpus - BROKER_CPUS)}")
     try:
         u = uuid.uuid4().hex[:6]
         tin, tout, dlq = f"bench-in-{u}", f"bench-out-{u}", f"bench-dlq-{u}"
@@ -239,7 +261,7 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
         printer(f"  producer (confluent adapter send + ack):        {prod_ck:>10,.0f} msgs/s "
                 f"({1e6 / prod_ck:.1f} us/msg)")
         printer(f"  confluent consume + produce bound, every tick:  {bound_ck:>10,.0f} ticks/s")
-        results = {"ceiling_ticks_per_second": ceiling, "producer_messages_per_second": prod,
+        results = {"pinned_cores": pin_cores, "ceiling_ticks_per_second": ceiling, "producer_messages_per_second": prod,
                    "consume_plus_produce_bound_ticks_per_second": bound, "load_average_at_start": os.getloadavg(),
                    "confluent": {"ceiling_ticks_per_second": ceiling_ck, "producer_messages_per_second": prod_ck,
                                  "consume_plus_produce_bound_ticks_per_second": bound_ck},
@@ -285,7 +307,7 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
                 lt = f"lat-{uuid.uuid4().hex[:6]}"
                 create_topics(bootstrap, {lt: 1})
                 lat = measure_latency(bundle, bootstrap, lt, tout, dlq, r, 5 if quick else 15, instruments, mode,
-                                      batch, depth)
+                                      batch, depth, feeder_cpus)
                 m[mode][depth_name][key] = lat
                 printer(f"  latency at {r:,.0f} ticks/s ({mode}, {depth_name}): p50 {lat['p50_ms']:.1f} ms, "
                         f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, "

@@ -8,7 +8,8 @@ BENCHMARKS = ("operator", "operator-profile", "e2e", "checkpoint", "backtest", "
 def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int = 10_000, instruments: int = 1_000,
                   drain_minutes: float = 0.0, bootstrap_servers: str | None = None, names: int = 10_000_000,
                   modes: tuple[str, ...] = ("expire", "limit"), sizes: tuple[int, ...] | None = None,
-                  layers: tuple[int, ...] | None = None, activities: tuple[str, ...] | None = None) -> dict:
+                  layers: tuple[int, ...] | None = None, activities: tuple[str, ...] | None = None,
+                  pin_cores: bool = False) -> dict:
     """Run one benchmark (``quick``: fewer, shorter runs) and return its figures. ``sizes``, ``layers`` and
     ``activities`` select the operator benchmark's cases (None: all of its default cases)."""
     if what == "operator":
@@ -47,4 +48,5 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int = 10_000, 
     from benchmarks.e2e import run as bench_e2e  # noqa: PLC0415
 
     logs.configure("text", "warning")
-    return bench_e2e(quick=quick, instruments=instruments, drain_minutes=drain_minutes, bootstrap=bootstrap_servers)
+    return bench_e2e(quick=quick, instruments=instruments, drain_minutes=drain_minutes, bootstrap=bootstrap_servers,
+                     pin_cores=pin_cores)

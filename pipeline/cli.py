@@ -154,11 +154,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.suite import run_benchmark  # noqa: PLC0415
 
+    if args.pin_cores and (args.what != "e2e" or args.bootstrap_servers or len(os.sched_getaffinity(0)) < 2):
+        raise ConfigError("--pin-cores is for `bench e2e` on the embedded broker with 2 or more CPUs")
     results = run_benchmark(args.what, quick=args.quick, batch_ticks=args.batch_ticks, instruments=args.instruments,
                             drain_minutes=args.drain_minutes, bootstrap_servers=args.bootstrap_servers,
                             names=args.names, modes=tuple(m for m in args.modes.split(",") if m),
                             sizes=int_list(args.sizes, "--sizes"), layers=int_list(args.layers, "--layers"),
-                            activities=choices(args.activities, "--activities", ("uniform", "zipf")))
+                            activities=choices(args.activities, "--activities", ("uniform", "zipf")),
+                            pin_cores=args.pin_cores)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.json}")

@@ -104,6 +104,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
     p.add_argument("--bootstrap-servers", default=None,
                    help="e2e: use this Kafka instead of the embedded broker")
+    p.add_argument("--pin-cores", action="store_true",
+                   help="e2e: the embedded broker and the load generator on CPU 0, the pipeline on the rest "
+                        "(needs 2 or more CPUs)")
     p.add_argument("--names", type=int, default=10_000_000,
                    help="memory: distinct instrument names to stream (default: 10000000; --quick: 1000000)")
     p.add_argument("--modes", default="expire,limit",

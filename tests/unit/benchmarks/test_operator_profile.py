@@ -35,3 +35,11 @@ def test_a_bad_case_selection_is_one_line(flags, message, capsys):
     assert main(["bench", "operator", *flags]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"tickcast: error: {message}"]
+
+
+@pytest.mark.parametrize("argv", [["bench", "operator", "--pin-cores"],
+                                  ["bench", "e2e", "--pin-cores", "--bootstrap-servers", "127.0.0.1:1"]])
+def test_pinning_cores_outside_the_e2e_benchmarks_own_broker_is_one_line(argv, capsys):
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "tickcast: error: --pin-cores is for `bench e2e` on the embedded broker with 2 or more CPUs"]
