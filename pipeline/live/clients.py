@@ -229,7 +229,14 @@ class StallWatch:
         self._since = 0.0
         self._flagged = False
         self._lock = threading.Lock()
-        threading.Thread(target=self._watch, daemon=True, name="stall-watch").start()
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="stall-watch")
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the watching thread (a process that makes runner after runner keeps no thread per runner)."""
+        self._closed.set()
+        self._thread.join(timeout=2)
 
     def __call__(self, operation: str) -> StallWatch:
         with self._lock:
@@ -248,8 +255,7 @@ class StallWatch:
             self.metrics.broker_up.set(1 if exc[0] is None else 0)
 
     def _watch(self) -> None:
-        while True:
-            time.sleep(0.5)
+        while not self._closed.wait(0.5):
             with self._lock:
                 op, since, flagged = self._op, self._since, self._flagged
                 if op is None or flagged or time.monotonic() - since < self.after_s:

@@ -85,6 +85,12 @@ class Delivery:
         self.committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tx-commit") \
             if self.transactional else None
 
+    def close(self) -> None:
+        """Stop the stall watch and the transaction committer's thread (the clients are closed by the runner)."""
+        self.stall.close()
+        if self.committer is not None:
+            self.committer.shutdown(wait=False)
+
     # -- at-least-once ------------------------------------------------------------------------
     def send(self, outbox: Outbox) -> list:
         """Issue every send of the batch without waiting for acknowledgements: (message, future) pairs for

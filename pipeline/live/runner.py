@@ -122,6 +122,7 @@ class Runner:
     def run(self) -> int:
         """Run until stopped. Returns the process exit code."""
         if not self._connect():
+            self._close()
             return 0 if self.stop_event.is_set() else 1
         code = 0
         try:
@@ -190,6 +191,7 @@ class Runner:
 
     def _close(self) -> None:
         clients.close(self.conn)
+        self.delivery.close()
         self.metrics.ready = False
 
     # -- assignment ---------------------------------------------------------------------

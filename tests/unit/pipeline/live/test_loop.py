@@ -165,3 +165,20 @@ def test_last_per_instrument_publishes_per_batch_the_forecast_of_each_instrument
     got = {(m["partition"], m["offset"]): m["forecast"] for m in published}
     assert_same_forecasts(bundle, got, {k: expected[k] for k in got})
     assert n_before == len(published) and start == {0: broker.end(TP0), 1: broker.end(TP1)}
+
+
+def test_a_finished_runner_leaves_no_thread_behind(bundle, tmp_path):
+    """A process that makes runner after runner (benchmarks, an embedding application) keeps no thread per
+    runner: the stall watch and the transaction committer stop with the run."""
+    import threading
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "stall-watch" or t.name.startswith("tx-commit")]
+
+    before = ours()
+    for i, processing in enumerate(("at_least_once", "exactly_once", "at_least_once")):
+        broker = new_broker()
+        feed(broker, 100)
+        runner, _ = make_runner(bundle, broker, processing=processing, checkpoint_uri=str(tmp_path / str(i)))
+        assert run_until(runner, all_committed(broker)) == 0
+    assert ours() == before
