@@ -111,26 +111,28 @@ def encode_json(bundle: Bundle, json_names: JsonNames, ticks: pa.Table, rows: np
     names = ticks.column("instrument").take(take).to_pylist()
     ts = ticks.column("ts").take(take).to_pylist()
     cache = json_names.lookup(names)
+    quoted = {t: json.dumps(t) for t in set(topics)}  # a batch's records come from a few topics
     if forecasts.ndim == 2:
-        return _encode_json_v2(bundle, cache, names, ts, forecasts, msg_index, topics, part, offs)
+        return _encode_json_v2(bundle, cache, names, ts, forecasts, msg_index, topics, quoted, part, offs)
     head = f'{{"v":1,"model_version":"{bundle.model_version}","horizon_ticks":{bundle.horizon},'
     return [
         Message(nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
-                             f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode(), None, None)
+                             f'"topic":{quoted[topics[m]]},"partition":{p},"offset":{o}}}'.encode(), None, None)
         for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
                                      part[msg_index].tolist(), offs[msg_index].tolist())
     ]
 
 
 def _encode_json_v2(bundle: Bundle, cache: dict[str, str], names: list[str], ts: list[int], forecasts: np.ndarray,
-                    msg_index: np.ndarray, topics: list[str], part: np.ndarray, offs: np.ndarray) -> list[Message]:
+                    msg_index: np.ndarray, topics: list[str], quoted: dict[str, str], part: np.ndarray,
+                    offs: np.ndarray) -> list[Message]:
     """Schema v2 (several outputs per tick): ``"forecasts": {name: value, ...}`` in the model's output order."""
     head = f'{{"v":2,"model_version":"{bundle.model_version}",'
     keys = [json.dumps(o.name) + ":" for o in bundle.output_list]
     return [
         Message(nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecasts":{{'
                              f'{",".join(k + repr(v) for k, v in zip(keys, f))}}},'
-                             f'"topic":{json.dumps(topics[m])},"partition":{p},"offset":{o}}}'.encode(), None, None)
+                             f'"topic":{quoted[topics[m]]},"partition":{p},"offset":{o}}}'.encode(), None, None)
         for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
                                      part[msg_index].tolist(), offs[msg_index].tolist())
     ]
