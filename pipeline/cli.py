@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from dataclasses import asdict, fields
@@ -151,11 +152,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
                     metrics_address=args.metrics_address)
 
 
+def _exit_on_sigterm(signum, _frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks.suite import run_benchmark  # noqa: PLC0415
 
     if args.pin_cores and (args.what != "e2e" or args.bootstrap_servers or len(os.sched_getaffinity(0)) < 2):
         raise ConfigError("--pin-cores is for `bench e2e` on the embedded broker with 2 or more CPUs")
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a benchmark's own broker is stopped on the way out
     results = run_benchmark(args.what, quick=args.quick, batch_ticks=args.batch_ticks, instruments=args.instruments,
                             drain_minutes=args.drain_minutes, bootstrap_servers=args.bootstrap_servers,
                             names=args.names, modes=tuple(m for m in args.modes.split(",") if m),

@@ -8,9 +8,12 @@ api.version.request=false does not help; confluent-kafka's newer librdkafka work
 from __future__ import annotations
 
 import json
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,3 +58,30 @@ def test_replay_publishes_keyed_ticks_with_event_time_timestamps(kafka_bootstrap
         assert rows[(body["instrument"], body["ts"])]["price"] == body["price"]
         per_instrument_partition.setdefault(body["instrument"], set()).add(m.partition())
     assert all(len(p) == 1 for p in per_instrument_partition.values()), "an instrument stays on one partition"
+
+
+def test_a_benchmark_stopped_with_sigterm_stops_its_own_broker():
+    """`tickcast bench e2e` starts an embedded broker; a SIGTERM (a CI timeout, `kill`) must not leave it
+    running with the benchmark's backlog in memory."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "bench", "e2e", "--quick"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=ENV)
+    try:
+        seen = ""
+        while (found := re.search(r"broker (127\.0\.0\.1):(\d+)", seen)) is None:
+            line = proc.stdout.readline()
+            assert line, f"the benchmark ended before naming its broker: {seen[-2000:]}"
+            seen += line
+        host, port = found.group(1), int(found.group(2))
+        socket.create_connection((host, port), timeout=2).close()  # the broker is up
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            socket.create_connection((host, port), timeout=1).close()
+        except OSError:
+            break  # refused: the broker is gone
+        assert time.monotonic() < deadline, "the benchmark's broker outlived the benchmark"
+        time.sleep(0.2)
