@@ -49,14 +49,10 @@ def _rss() -> int:
 BROKER_CPUS = {0}  # pin_cores: the broker and the load generator
 
 
-def _pin(pid: int, cpus: set[int]) -> None:
-    os.sched_setaffinity(pid, cpus)
-
-
 def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
              cpus: set[int] | None = None) -> None:
     if cpus:
-        _pin(0, cpus)
+        os.sched_setaffinity(0, cpus)
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=512 * 1024, acks=1)
     started = time.monotonic()
     for i, (k, v, ts) in enumerate(messages):
@@ -235,8 +231,8 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
     if pin_cores:
         cpus = os.sched_getaffinity(0)  # the CLI checked: 2 or more, and the embedded broker
         feeder_cpus = BROKER_CPUS
-        _pin(broker.proc.pid, BROKER_CPUS)
-        _pin(0, cpus - BROKER_CPUS)
+        os.sched_setaffinity(broker.proc.pid, BROKER_CPUS)
+        os.sched_setaffinity(0, cpus - BROKER_CPUS)
         printer(f"  pinned: broker and load generator on CPU {sorted(BROKER_CPUS)}, "
                 f"pipeline on CPU {sorted(cpus - BROKER_CPUS)}")
     try:

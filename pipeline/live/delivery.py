@@ -37,12 +37,12 @@ from pipeline.live.clients import (
     retry,
 )
 from pipeline.live.inflight import Transaction
-from pipeline.live.sender import Sender
 from pipeline.live.messages import (
     DeadLetter,
     Message,
     Outgoing,
 )
+from pipeline.live.sender import Sender
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics

@@ -345,7 +345,8 @@ class Runner:
             if len(out_rows) == 0:
                 return []
             topic = self.cfg.output_topic
-            return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, self.delivery.sender.await_topic(topic),
+            partitions = self.delivery.sender.await_topic(topic)
+            return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, partitions,
                                 self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
                                 batch.part_ids, batch.offs)
         return messages.encode_json(self.bundle, self.json_names, batch.ticks, out_rows, forecasts, msg_index,

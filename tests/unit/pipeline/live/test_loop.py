@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
 from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
@@ -169,8 +171,8 @@ def test_last_per_instrument_publishes_per_batch_the_forecast_of_each_instrument
 
 def test_a_finished_runner_leaves_no_thread_behind(bundle, tmp_path):
     """A process that makes runner after runner (benchmarks, an embedding application) keeps no thread per
-    runner: the stall watch and the transaction committer stop with the run."""
-    import threading
+    runner: the stall watch and the transaction committer stop with the run (the committer's thread ends on
+    its own once shut down, so it is given a moment)."""
 
     def ours() -> list[str]:
         return [t.name for t in threading.enumerate() if t.name == "stall-watch" or t.name.startswith("tx-commit")]
@@ -181,4 +183,7 @@ def test_a_finished_runner_leaves_no_thread_behind(bundle, tmp_path):
         feed(broker, 100)
         runner, _ = make_runner(bundle, broker, processing=processing, checkpoint_uri=str(tmp_path / str(i)))
         assert run_until(runner, all_committed(broker)) == 0
+    deadline = time.monotonic() + 5
+    while ours() != before and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert ours() == before
