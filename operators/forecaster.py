@@ -47,7 +47,8 @@ from operators.grouping import Preceding, group_ticks, raw_features, refuse_late
 from operators.index import name_words
 from operators.bundle import Bundle
 from operators.engines import ENGINES, choose, stepper
-from operators.state import NO_TS, StateTable, put_rows, take_rows
+from operators.rows import put_rows, take_rows
+from operators.state import NO_TS, StateTable
 from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, RejectReason, TickColumns,
                                   TimestampPolicy)
 

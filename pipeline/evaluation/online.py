@@ -20,7 +20,7 @@ from itertools import repeat
 
 import numpy as np
 
-from operators.state import compaction_moves, shrunk_capacity
+from operators.rows import compaction_moves, shrunk_capacity
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,7 @@ def test_rows_that_keep_other_previous_values_are_refused_not_misread():
 def test_rows_moved_as_records_are_exactly_fancy_indexing(n_table, width, data):
     """take_rows/put_rows (whole-row memcpy through a void view) give the bytes NumPy's row indexing gives,
     NaN payloads and signed zeros included."""
-    from operators.state import put_rows, take_rows
+    from operators.rows import put_rows, take_rows
 
     rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
     table = rng.standard_normal((n_table, width)).astype(np.float32)
