@@ -105,8 +105,8 @@ class RunConfig:
     group_id: str = _opt("tickcast", "Kafka consumer group id")
     auto_offset_reset: str = _opt("earliest", "where a new group starts", choices=("earliest", "latest"))
     max_batch_ticks: int = _opt(DEFAULT_MAX_BATCH_TICKS, "a micro-batch closes at this many ticks ...")
-    max_batch_ms: int = _opt(50, "... or this many milliseconds after its first tick, whichever first; also the "
-                             "latency budget that caps a batch's ticks by the measured processing time per tick")
+    max_batch_ms: int = _opt(50, "... or when its measured work would end this many milliseconds after its first "
+                             "tick's receipt, whichever first; also caps a batch's ticks by the step time per tick")
     max_batches_in_flight: int = _opt(1, "batches stepped but not yet committed: 1, one batch at a time; 2 overlaps "
                                       "the next batch's poll, decode and step with this one's acknowledgements (or "
                                       "transaction commit)")

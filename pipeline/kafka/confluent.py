@@ -323,6 +323,11 @@ class Producer:
             self._p.poll(0)
         return fut
 
+    def serve_deliveries(self) -> None:
+        """Complete the ``Delivery`` of every send acknowledged by now, without waiting: librdkafka hands its
+        delivery reports over only inside ``poll`` or ``flush``."""
+        self._p.poll(0)
+
     def flush(self, timeout: float | None = None) -> None:
         left = self._p.flush(-1 if timeout is None else timeout)
         if left:

@@ -107,6 +107,15 @@ def open_producer(clients: KafkaClients, cfg: RunConfig, partitioner: CachingPar
     return producer
 
 
+def serve_deliveries(producer) -> None:
+    """Let the producer complete the futures of sends acknowledged by now, without waiting. librdkafka hands its
+    delivery reports over only when asked (the confluent adapter's ``serve_deliveries``); kafka-python's I/O
+    thread completes its futures on its own."""
+    serve = getattr(producer, "serve_deliveries", None)
+    if serve is not None:
+        serve()
+
+
 def close(conn: Connection) -> None:
     """Close both clients; a failure to close is logged, never raised (it must not mask the exit path)."""
     if conn.consumer is not None:

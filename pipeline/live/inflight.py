@@ -109,12 +109,17 @@ def committed(commit: Future) -> bool:
 
 
 class BatchSizer:
-    """Caps a batch's ticks by what the loop steps within ``max_batch_ms``: the budget over an exponentially
-    weighted average of step seconds per tick (decoding the records and the operator's step; what a batch
-    sends costs per message whatever the batch size, and broker round trips do not grow with it). A slow batch makes the next
-    ones smaller instead of letting them fill to ``max_batch_ticks`` while it ran. Never below a tenth of
-    ``max_batch_ticks``: on an overloaded machine, fixed per-batch costs (commit round trip, poll) would
-    otherwise take over as batches shrink."""
+    """A batch's size and its collection window, from the latency budget ``max_batch_ms`` and measured times.
+
+    - ``limit``: at most what the loop steps within the budget at its exponentially weighted average of step
+      seconds per tick (decoding the records and the operator's step), so a slow batch makes the next ones
+      smaller instead of letting them fill to ``max_batch_ticks`` while it ran. Never below a tenth of
+      ``max_batch_ticks``: on an overloaded machine, fixed per-batch costs (commit round trip, poll) would
+      otherwise take over as batches shrink.
+    - ``close_at``: collecting stops once the batch's own work (decode, step, encode, the sends issued; its
+      average per tick) would end past the budget counted from the first record's receipt: the first tick's
+      wait for its forecast is the budget plus the acknowledgement, not the budget plus the batch's work.
+    """
 
     ALPHA = 0.2
 
@@ -122,14 +127,16 @@ class BatchSizer:
         self.cap = max_batch_ticks
         self.budget_s = max_batch_ms / 1000
         self.floor = max(1, max_batch_ticks // 10)
-        self.seconds_per_tick: float | None = None
+        self.seconds_per_tick: float | None = None  # decode and step
+        self.work_seconds_per_tick: float | None = None  # decode, step, encode, sends issued
 
-    def observe(self, ticks: int, seconds: float) -> None:
+    def observe(self, ticks: int, seconds: float, work_seconds: float | None = None) -> None:
+        """A batch of ``ticks`` stepped in ``seconds``, dispatched after ``work_seconds`` of its own work."""
         if ticks <= 0 or seconds < 0:
             return
-        spt = seconds / ticks
-        prev = self.seconds_per_tick
-        self.seconds_per_tick = spt if prev is None else prev + self.ALPHA * (spt - prev)
+        self.seconds_per_tick = _averaged(self.seconds_per_tick, seconds / ticks, self.ALPHA)
+        if work_seconds is not None and work_seconds >= seconds:
+            self.work_seconds_per_tick = _averaged(self.work_seconds_per_tick, work_seconds / ticks, self.ALPHA)
 
     def limit(self) -> int:
         """Ticks the next batch may hold."""
@@ -137,3 +144,12 @@ class BatchSizer:
         if not spt or self.budget_s >= spt * self.cap:
             return self.cap
         return max(self.floor, int(self.budget_s / spt))
+
+    def close_at(self, first_received: float, ticks: int) -> float:
+        """When to stop collecting a batch whose first record came at ``first_received`` and that holds
+        ``ticks`` so far (the clock of ``first_received``)."""
+        return first_received + self.budget_s - (self.work_seconds_per_tick or 0.0) * ticks
+
+
+def _averaged(previous: float | None, value: float, alpha: float) -> float:
+    return value if previous is None else previous + alpha * (value - previous)

@@ -2,7 +2,8 @@
 
 Order of one batch (at-least-once), written down because it is the contract:
 
-1. collect records until ``max_batch_ticks`` or ``max_batch_ms`` after the first;
+1. collect records until ``max_batch_ticks``, or until the batch's own work (measured per tick) would end
+   more than ``max_batch_ms`` after its first record's receipt (``inflight.BatchSizer``);
 2. decode the batch into columns; messages that are not ticks get a reason;
 3. ``Forecaster.step`` on the valid ticks; ticks it refuses get a reason;
 4. send every forecast to the output topic and every refused message, with its
@@ -148,13 +149,17 @@ class Runner:
         older batches settle (``inflight``), then maybe checkpoint; a status line now and then. No input, a
         checkpoint due, or a stop: every batch in flight is settled first."""
         last_status = time.monotonic()
+        freeze_long_lived_objects()  # before any record: the first pause is nobody's latency
+        first_batch = True
         while not self.stop_event.is_set():
             records, received_at = self._collect()
             if self.stopping.fatal:
                 raise FatalError(self.stopping.fatal)
             if records:
                 self._process(records, received_at)
-                freeze_long_lived_objects()
+                if first_batch:  # and what the first batch imported or compiled
+                    freeze_long_lived_objects()
+                    first_batch = False
             if not records or self.checkpointer.due():
                 self._drain()  # idle, or only committed state is checkpointed
             self.checkpointer.maybe_checkpoint()
@@ -244,13 +249,14 @@ class Runner:
         are restored here, before their records are kept."""
         records: list = []
         received: list[float] = []
-        deadline = None
+        first_at = None
         limit = self.sizer.limit()
         parts = self.partitions
         while len(records) < limit and not self.stop_event.is_set():
             # With batches in flight, an empty poll returns at once: the loop then settles them.
             idle_ms = 0 if self.inflight else 200
-            wait_ms = idle_ms if deadline is None else max(0, int((deadline - time.monotonic()) * 1000))
+            wait_ms = idle_ms if first_at is None else max(0, int(
+                (self.sizer.close_at(first_at, len(records)) - time.monotonic()) * 1000))
             try:
                 polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(records))
                 self.metrics.broker_up.set(1)
@@ -262,6 +268,8 @@ class Runner:
                 self.stop_event.wait(1.0)
                 continue
             self.metrics.beat()
+            if self.inflight:
+                clients.serve_deliveries(self.conn.producer)
             while self.inflight.ready():  # commit in order as acknowledgements arrive
                 self._settle_oldest()
             now = time.monotonic()
@@ -277,9 +285,9 @@ class Runner:
                 self._restore_assigned()
                 if self.stopping.fatal:
                     break
-            if records and deadline is None:
-                deadline = now + self.cfg.max_batch_ms / 1000
-            if not records or (deadline is not None and time.monotonic() >= deadline):
+            if records and first_at is None:
+                first_at = now
+            if not records or time.monotonic() >= self.sizer.close_at(first_at, len(records)):
                 break
         return records, received
 
@@ -289,21 +297,24 @@ class Runner:
         exactly-once settles the open one first, and an abort there rewinds this batch's state too."""
         t_batch = time.perf_counter()
         batch = step_batch(records, received_at, self.partitions, self.forecaster, self.metrics, self.stats)
-        self.sizer.observe(len(records), time.perf_counter() - t_batch)
+        step_s = time.perf_counter() - t_batch
         offsets = self.partitions.commit_offsets(batch.part_ids, batch.offs,
                                                  None if batch.silent is None else ~batch.silent)
         out_rows, forecasts = self._emitted(batch)
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
+        work_s = time.perf_counter() - t_batch  # and the sends issued, below (not the wait for older batches)
         while self.inflight and (self.delivery.transactional or not self.inflight.room_for_next()):
             if not self._settle_oldest(stepped=True):
                 return  # aborted and rewound: these records come again
         entry = InFlightBatch(outbox, batch, out_rows, t_batch)
+        t_send = time.perf_counter()
         if self.delivery.transactional:
             entry.tx = self.delivery.start_transaction(outbox)
             if entry.tx is None:
                 return  # aborted and rewound: these records come again
         else:
             entry.sent = self.delivery.send(outbox)
+        self.sizer.observe(len(records), step_s, work_s + time.perf_counter() - t_send)
         self.inflight.push(entry)
         while len(self.inflight) >= self.inflight.depth:
             self._settle_oldest()
@@ -385,18 +396,13 @@ class Runner:
         status.update_lag(m, self.partitions, self.conn.consumer)
 
 
-_frozen = threading.Event()
-
-
 def freeze_long_lived_objects() -> None:
-    """Once per process, after its first batch: move every object alive then (the model, TensorFlow's and the
-    clients' modules, the state table's metadata: some 350,000 of them) out of the cyclic collector's reach.
-    Otherwise each full collection walks them all: 200-300 ms on a core of this project's benchmark machine,
-    every few seconds under load, each one a pause every tick received meanwhile waits out (the p99 latency).
-    Garbage collected first, so no dead cycle is frozen with them; objects made later are collected as usual."""
-    if _frozen.is_set():
-        return
-    _frozen.set()
+    """Move every object alive now out of the cyclic collector's reach (garbage collected first, so no dead
+    cycle is frozen with them; objects made later are collected as usual). The model, TensorFlow's and the
+    clients' modules, the state table's metadata: some 350,000 objects live as long as the process, and each
+    full collection that walks them took 200-300 ms on a core of the benchmark machine, every few seconds
+    under load: a pause every tick received meanwhile waits out (the p99 latency). Cheap after the first
+    time: a collection walks only what is not frozen yet."""
     gc.collect()
     gc.freeze()
 

@@ -15,7 +15,6 @@ import time
 from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
 from pipeline.checkpoint import StoreUnavailable
-from pipeline.live import runner as runner_module
 from tests.support.faults import failing_first
 from tests.support.live_loop import (TP0, TP1, all_committed, assert_same_forecasts, feed, forecasts, make_runner,
                                      new_broker, reference, run_until, sample)
@@ -191,11 +190,10 @@ def test_a_finished_runner_leaves_no_thread_behind(bundle, tmp_path):
     assert ours() == before
 
 
-def test_the_first_batch_freezes_what_is_alive_then_out_of_the_full_collections(bundle, monkeypatch):
+def test_the_loop_freezes_what_is_alive_at_its_start_out_of_the_full_collections(bundle):
     """The model, TensorFlow's modules and the clients are alive for the whole run; a full cyclic collection
     that walks them pauses the loop for hundreds of milliseconds (the p99 latency). After the first batch
-    they are frozen, once per process, and a full collection then walks only what the run made since."""
-    monkeypatch.setattr(runner_module, "_frozen", threading.Event())
+    they are frozen, and a full collection then walks only what the run made since."""
     gc.unfreeze()
     assert gc.get_freeze_count() == 0
     broker = new_broker()

@@ -8,12 +8,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
 
+from pipeline.live import runner as runner_module
 from pipeline.live.inflight import BatchSizer
 from tests.support.live_loop import (
     TP0,
@@ -71,6 +73,26 @@ def test_at_most_max_batches_in_flight_are_stepped_and_not_committed(bundle, dep
     # While a batch is stepped, at most depth - 1 older ones are dispatched and not committed, and (with
     # acknowledgements held back) the pipeline does fill to that. depth 1: one batch at a time.
     assert max(in_flight_at_step) == depth - 1
+    assert len(forecasts(broker)) == 400
+
+
+def test_acknowledgements_handed_over_only_when_asked_for_are_asked_for_while_the_next_batch_is_collected(bundle):
+    """librdkafka completes a send's future only inside ``poll`` or ``flush`` (the confluent adapter's
+    ``serve_deliveries``). Pipelined, the loop asks while it collects the next batch, so a batch whose
+    acknowledgements are in is committed then, not only when the batch after it is dispatched."""
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, max_batches_in_flight=2, max_batch_ticks=50, max_batch_ms=60_000)
+
+    def librdkafka_like(producer):
+        producer.hold_acks = True
+        producer.serve_deliveries = lambda: producer.release(producer.futures)
+
+    fake.on_producer = librdkafka_like
+    in_flight_at_step = []
+    watch_steps(runner, before=lambda _n: in_flight_at_step.append(len(runner.inflight)))
+    assert run_until(runner, all_committed(broker)) == 0
+    assert len(in_flight_at_step) == 8 and max(in_flight_at_step) == 0, in_flight_at_step
     assert len(forecasts(broker)) == 400
 
 
@@ -234,6 +256,53 @@ def test_a_slow_batch_makes_the_next_ones_smaller_instead_of_filling_to_the_cap(
     assert sizes[0] == 400, "the first batch knows no step time yet"
     assert len(sizes) > 3 and max(sizes[1:]) <= 40, "later batches: the floor (a tenth), not the 400-tick cap"
     assert sum(sizes) == 1000
+
+
+def test_a_trickling_batch_closes_when_its_own_work_would_overrun_the_budget(bundle, monkeypatch):
+    """On a virtual clock: one record a poll, 2 ms apart, and the batch's work costs 1 ms a tick. Collecting
+    for the whole 50 ms budget and then working would hand the first tick's forecast over some 75 ms after its
+    receipt (26 ticks); once the work per tick is measured, a batch closes so that its work ends within the
+    budget (18 ticks: 34 ms of collecting, 18 ms of work)."""
+    clock = [0.0]
+    monkeypatch.setattr(runner_module, "time", SimpleNamespace(monotonic=lambda: clock[0],
+                                                               perf_counter=lambda: clock[0]))
+    broker = new_broker()
+    feed(broker, 200)
+    runner, fake = make_runner(bundle, broker, max_batch_ms=50, max_batch_ticks=1000)
+
+    def trickle(consumer):
+        poll = consumer.poll
+
+        def one_record(timeout_ms=0, max_records=None):
+            clock[0] += 0.002
+            return poll(timeout_ms, 1)
+
+        consumer.poll = one_record
+
+    fake.on_consumer = trickle
+    sizes = watch_steps(runner, before=lambda _n: None)
+    step = runner.forecaster.step
+
+    def working(ticks):
+        clock[0] += 0.001 * ticks.num_rows
+        return step(ticks)
+
+    runner.forecaster.step = working
+    assert run_until(runner, all_committed(broker)) == 0
+    assert sum(sizes) == 200
+    assert sizes[0] == 26, "the first batch knows no work time yet: it collects for the whole budget"
+    full = sizes[1:-1]  # the last one ends with the input
+    assert full and all(n == 18 for n in full), sizes
+
+
+def test_batch_sizer_closes_a_batch_so_that_its_work_ends_within_the_budget():
+    sizer = BatchSizer(max_batch_ticks=5000, max_batch_ms=50)
+    assert sizer.close_at(10.0, 100) == 10.05, "nothing measured yet: the whole budget"
+    sizer.observe(100, 0.01, 0.02)  # 0.2 ms of work a tick
+    assert sizer.close_at(10.0, 100) == pytest.approx(10.03)
+    assert sizer.close_at(10.0, 250) <= 10.0, "250 ticks of work fill the budget: close at once"
+    sizer.observe(100, 0.01, None)  # an aborted batch: its step counts, no work time
+    assert sizer.close_at(10.0, 100) == pytest.approx(10.03)
 
 
 def test_batch_sizer_grows_back_when_batches_get_fast():
