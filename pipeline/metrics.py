@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
@@ -31,6 +32,11 @@ from prometheus_client import (
     ProcessCollector,
     make_wsgi_app,
 )
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+
+import numpy as np
 
 from operators.validation import REASON_LABELS
 
@@ -38,6 +44,40 @@ from operators.validation import REASON_LABELS
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
                     2.5, 5.0, 10.0)
 _SIZE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+
+
+class ArrayHistogram(Collector):
+    """A histogram observed a whole array at a time, for one value per forecast: prometheus-client's
+    ``Histogram.observe`` costs some 3.5 us a call, a tenth of the loop's time per forecast with librdkafka.
+    Exposed exactly as a ``Histogram`` of the same buckets (``_bucket``, ``_count``, ``_sum``; no ``_created``)."""
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float], registry: CollectorRegistry):
+        self.name, self.documentation = name, documentation
+        self.bounds = np.array([*buckets, float("inf")])
+        self._counts = np.zeros(len(self.bounds), dtype=np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()  # observed on the loop's thread, collected on the server's
+        registry.register(self)
+
+    def observe_many(self, values: np.ndarray) -> None:
+        """Each value into the first bucket whose bound is >= it, as ``Histogram.observe`` does."""
+        values = np.asarray(values, dtype=np.float64)
+        if not len(values):
+            return
+        counts = np.bincount(np.searchsorted(self.bounds, values), minlength=len(self.bounds))[:len(self.bounds)]
+        total = float(values.sum())
+        with self._lock:
+            self._counts += counts
+            self._sum += total
+
+    def collect(self):
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        yield HistogramMetricFamily(self.name, self.documentation, sum_value=total,
+                                    buckets=[(floatToGoString(b), c) for b, c in zip(self.bounds, cumulative)])
+
+    def describe(self):
+        return [HistogramMetricFamily(self.name, self.documentation)]
 
 
 class Metrics:
@@ -62,9 +102,9 @@ class Metrics:
         self.batch_seconds = Histogram("batch_duration_seconds",
                                        "Decode + step + publish + commit time per micro-batch",
                                        namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
-        self.e2e_seconds = Histogram("end_to_end_latency_seconds",
-                                     "From a tick's receipt by the consumer to its forecast acknowledged",
-                                     namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
+        self.e2e_seconds = ArrayHistogram(f"{ns}_end_to_end_latency_seconds",
+                                          "From a tick's receipt by the consumer to its forecast acknowledged",
+                                          _LATENCY_BUCKETS, registry=r)
         self.lag = Gauge("consumer_lag_records", "Fetch high-watermark minus position, per partition",
                          ["topic", "partition"], namespace=ns, registry=r)
         self.state_rows = Gauge("state_rows", "Instruments held in the state table", namespace=ns, registry=r)

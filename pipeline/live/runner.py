@@ -371,8 +371,7 @@ class Runner:
         msg_index = batch.idx[out_rows]
         now = time.monotonic()
         lat = now - np.asarray(batch.received_at)[msg_index] if len(msg_index) else np.zeros(0)
-        for v in lat.tolist():
-            m.e2e_seconds.observe(v)
+        m.e2e_seconds.observe_many(lat)
         s.latencies.extend(lat.tolist())
         status.score(self.scorer, m, batch.ticks, batch.rows, batch.forecasts, result.expired)
         s.ticks += len(batch.records)
