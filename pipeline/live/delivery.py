@@ -39,7 +39,6 @@ from pipeline.live.clients import (
 from pipeline.live.inflight import Transaction
 from pipeline.live.messages import (
     DeadLetter,
-    Message,
     Outgoing,
 )
 from pipeline.live.sender import Sender
@@ -54,7 +53,7 @@ log = logs.get("run")
 class Outbox:
     """What one batch sends and commits: forecast messages, then dead letters, and the input offsets."""
 
-    forecasts: list[Message]
+    forecasts: list[Outgoing]
     dead: list[DeadLetter]
     records: list  # the batch's input records (dead letters' cut levels are forgotten once delivered)
     offsets: dict

@@ -30,15 +30,6 @@ DEAD_LETTER_CUTS = (1024, 0)
 DEAD_LETTER_KEY_BYTES = 256
 
 
-class Message(NamedTuple):
-    """One forecast message for the output topic; partition None: the producer's partitioner picks by key."""
-
-    key: bytes | None
-    value: bytes
-    partition: int | None
-    headers: list | None
-
-
 class DeadLetter(NamedTuple):
     """A record the run refused: the record itself (its index in the batch before), the reason label, detail."""
 
@@ -48,7 +39,8 @@ class DeadLetter(NamedTuple):
 
 
 class Outgoing(NamedTuple):
-    """One record to produce. ``dead``: the dead letter it carries, rebuilt smaller when it must be cut."""
+    """One record to produce: a forecast message (the encoders make them) or a dead letter (``dead``: the one it
+    carries, rebuilt smaller when it must be cut). Partition None: the producer's partitioner picks by key."""
 
     topic: str
     key: bytes | None
@@ -101,8 +93,9 @@ class JsonNames:
         return cache
 
 
-def encode_json(bundle: Bundle, json_names: JsonNames, ticks: pa.Table, rows: np.ndarray, forecasts: np.ndarray,
-                msg_index: np.ndarray, topics: list[str], part_ids: np.ndarray, offs: np.ndarray) -> list[Message]:
+def encode_json(bundle: Bundle, json_names: JsonNames, topic: str, ticks: pa.Table, rows: np.ndarray,
+                forecasts: np.ndarray, msg_index: np.ndarray, topics: list[str], part_ids: np.ndarray,
+                offs: np.ndarray) -> list[Outgoing]:
     """One JSON message per forecast, keyed by instrument (the producer's partitioner places it)."""
     if len(rows) == 0:
         return []
@@ -113,26 +106,26 @@ def encode_json(bundle: Bundle, json_names: JsonNames, ticks: pa.Table, rows: np
     cache = json_names.lookup(names)
     quoted = {t: json.dumps(t) for t in set(topics)}  # a batch's records come from a few topics
     if forecasts.ndim == 2:
-        return _encode_json_v2(bundle, cache, names, ts, forecasts, msg_index, topics, quoted, part, offs)
+        return _encode_json_v2(bundle, topic, cache, names, ts, forecasts, msg_index, topics, quoted, part, offs)
     head = f'{{"v":1,"model_version":"{bundle.model_version}","horizon_ticks":{bundle.horizon},'
     return [
-        Message(nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
-                             f'"topic":{quoted[topics[m]]},"partition":{p},"offset":{o}}}'.encode(), None, None)
+        Outgoing(topic, nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecast":{f!r},'
+                                    f'"topic":{quoted[topics[m]]},"partition":{p},"offset":{o}}}'.encode(), None, None)
         for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
                                      part[msg_index].tolist(), offs[msg_index].tolist())
     ]
 
 
-def _encode_json_v2(bundle: Bundle, cache: dict[str, str], names: list[str], ts: list[int], forecasts: np.ndarray,
-                    msg_index: np.ndarray, topics: list[str], quoted: dict[str, str], part: np.ndarray,
-                    offs: np.ndarray) -> list[Message]:
+def _encode_json_v2(bundle: Bundle, topic: str, cache: dict[str, str], names: list[str], ts: list[int],
+                    forecasts: np.ndarray, msg_index: np.ndarray, topics: list[str], quoted: dict[str, str],
+                    part: np.ndarray, offs: np.ndarray) -> list[Outgoing]:
     """Schema v2 (several outputs per tick): ``"forecasts": {name: value, ...}`` in the model's output order."""
     head = f'{{"v":2,"model_version":"{bundle.model_version}",'
     keys = [json.dumps(o.name) + ":" for o in bundle.output_list]
     return [
-        Message(nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecasts":{{'
-                             f'{",".join(k + repr(v) for k, v in zip(keys, f))}}},'
-                             f'"topic":{quoted[topics[m]]},"partition":{p},"offset":{o}}}'.encode(), None, None)
+        Outgoing(topic, nm.encode(), f'{head}"instrument":{cache[nm]},"ts":{t},"forecasts":{{'
+                                    f'{",".join(k + repr(v) for k, v in zip(keys, f))}}},'
+                                    f'"topic":{quoted[topics[m]]},"partition":{p},"offset":{o}}}'.encode(), None, None)
         for nm, t, f, m, p, o in zip(names, ts, forecasts.tolist(), msg_index.tolist(),
                                      part[msg_index].tolist(), offs[msg_index].tolist())
     ]
@@ -140,7 +133,7 @@ def _encode_json_v2(bundle: Bundle, cache: dict[str, str], names: list[str], ts:
 
 def encode_arrow(bundle: Bundle, input_topics: list[str], topic: str, partitions, of_key, ticks: pa.Table,
                  rows: np.ndarray, forecasts: np.ndarray, msg_index: np.ndarray, part_ids: np.ndarray,
-                 offs: np.ndarray) -> list[Message]:
+                 offs: np.ndarray) -> list[Outgoing]:
     """The batch's forecasts as Arrow IPC streams, one message per output partition (at most
     ``ARROW_ROWS_PER_MESSAGE`` rows each). Each instrument's rows go to the partition its key would
     pick as a JSON message (``of_key``), so a reader of one partition sees the same instruments, in order,
@@ -179,7 +172,7 @@ def encode_arrow(bundle: Bundle, input_topics: list[str], topic: str, partitions
         mine = table.filter(pa.array(out_part == p)) if len(partitions) > 1 else table
         for start in range(0, mine.num_rows, per_message):
             chunk = mine.slice(start, per_message)
-            out.append(Message(None, encode_forecast_batch(chunk, meta), p, headers))
+            out.append(Outgoing(topic, None, encode_forecast_batch(chunk, meta), headers, p))
     return out
 
 

@@ -52,7 +52,7 @@ from pipeline.live.batch import Batch, step_batch
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import Delivery, Outbox
 from pipeline.live.inflight import BatchSizer, InFlight, InFlightBatch
-from pipeline.live.messages import Message
+from pipeline.live.messages import Outgoing
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
@@ -352,7 +352,7 @@ class Runner:
             keep = np.arange(len(batch.rows))
         return batch.rows[keep], batch.forecasts[keep]
 
-    def _encode(self, batch: Batch, out_rows: np.ndarray, forecasts: np.ndarray) -> list[Message]:
+    def _encode(self, batch: Batch, out_rows: np.ndarray, forecasts: np.ndarray) -> list[Outgoing]:
         msg_index = batch.idx[out_rows]
         if self.cfg.output_format == "arrow":
             if len(out_rows) == 0:
@@ -362,8 +362,9 @@ class Runner:
             return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, partitions,
                                 self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
                                 batch.part_ids, batch.offs)
-        return messages.encode_json(self.bundle, self.json_names, batch.ticks, out_rows, forecasts, msg_index,
-                           [r.topic for r in batch.records], batch.part_ids, batch.offs)
+        return messages.encode_json(self.bundle, self.json_names, self.cfg.output_topic, batch.ticks, out_rows,
+                                    forecasts, msg_index, [r.topic for r in batch.records], batch.part_ids,
+                                    batch.offs)
 
     def _account(self, batch: Batch, out_rows: np.ndarray, t_batch: float) -> None:
         """After the commit: latencies, online scores, counters and gauges, lag."""

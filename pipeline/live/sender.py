@@ -34,7 +34,7 @@ class Sender:
 
     def outgoing(self, outbox: Outbox) -> list[Outgoing]:
         """Every forecast message, then every dead letter (original bytes, reason; partition None: by key)."""
-        out = [Outgoing(self.cfg.output_topic, m.key, m.value, m.headers, m.partition) for m in outbox.forecasts]
+        out = list(outbox.forecasts)
         out += [self._dead_letter(d) for d in outbox.dead]
         return out
 

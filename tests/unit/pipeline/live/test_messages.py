@@ -35,8 +35,8 @@ def test_one_output_json_is_schema_v1_byte_for_byte(bundle):
     ticks, rows, msg_index, part_ids, offs, _ = _batch(2)
     part_ids[:] = [0, (1 << TOPIC_SHIFT) | 3]
     offs[:] = [5, 6]
-    msgs = encode_json(bundle, JsonNames(), ticks, rows, np.array([0.25, -1.5e-05]), msg_index, TOPICS, part_ids,
-                       offs)  # record 0 read from ticks-a, record 1 from ticks-b
+    msgs = encode_json(bundle, JsonNames(), "out", ticks, rows, np.array([0.25, -1.5e-05]), msg_index, TOPICS,
+                       part_ids, offs)  # record 0 read from ticks-a, record 1 from ticks-b
     v = bundle.model_version
     assert [m.value for m in msgs] == [
         f'{{"v":1,"model_version":"{v}","horizon_ticks":5,"instrument":"I0","ts":17,"forecast":0.25,'
@@ -44,6 +44,7 @@ def test_one_output_json_is_schema_v1_byte_for_byte(bundle):
         f'{{"v":1,"model_version":"{v}","horizon_ticks":5,"instrument":"I1","ts":1000017,"forecast":-1.5e-05,'
         f'"topic":"ticks-b","partition":3,"offset":6}}'.encode()]
     assert [m.key for m in msgs] == [b"I0", b"I1"]
+    assert [(m.topic, m.partition, m.headers) for m in msgs] == [("out", None, None)] * 2, "partitioned by key"
 
 
 def test_one_output_arrow_keeps_the_v1_schema_and_metadata(bundle):
@@ -61,7 +62,7 @@ def test_several_outputs_json_is_schema_v2_with_every_output_by_name(multi_bundl
     ticks, rows, msg_index, part_ids, offs, rng = _batch(n, seed)
     forecasts = rng.normal(0, 1e-3, (n, multi_bundle.outputs)) * 10.0 ** rng.integers(-8, 3, (n, 1))
     topics = [TOPICS[p >> TOPIC_SHIFT] for p in part_ids.tolist()]  # the topic of each record read
-    msgs = encode_json(multi_bundle, JsonNames(), ticks, rows, forecasts, msg_index, topics, part_ids, offs)
+    msgs = encode_json(multi_bundle, JsonNames(), "out", ticks, rows, forecasts, msg_index, topics, part_ids, offs)
     names = [o.name for o in multi_bundle.output_list]
     for i, m in enumerate(msgs):
         body = json.loads(m.value)

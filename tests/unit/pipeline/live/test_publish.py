@@ -28,7 +28,7 @@ from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.clients import CachingPartitioner, Connection, KafkaClients
 from pipeline.live.delivery import Delivery, Outbox
 from pipeline.live.inflight import InFlight
-from pipeline.live.messages import DeadLetter, Message
+from pipeline.live.messages import DeadLetter, Outgoing
 from pipeline.live.partitions import Partitions
 from pipeline.live.runner import Runner
 from pipeline.live.status import RunStats
@@ -97,7 +97,7 @@ def sample(r: Runner, name: str, **labels) -> float | None:
     return r.metrics.registry.get_sample_value(name, labels)
 
 
-FORECAST = Message(b"AAA", b'{"forecast": 1.0}', None, None)
+FORECAST = Outgoing("forecasts", b"AAA", b'{"forecast": 1.0}', None, None)
 
 
 def dead_record(value: bytes, key: bytes = b"AAA", offset: int = 7) -> Record:
