@@ -48,6 +48,9 @@ def _rss() -> int:
 
 BROKER_CPUS = {0}  # pin_cores: the broker and the load generator
 DRAIN_PARTITIONS = 8
+# The soak's steady load: 10 minutes of it stay under the ~3 million records past which the embedded broker's
+# in-memory log slows its fetches to a crawl (a 10-minute drain at full speed is 10-17 million).
+SOAK_RATE = 4000
 
 
 def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
@@ -191,7 +194,9 @@ def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch
 
 
 def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: float, instruments: int,
-                    mode: str, batch: int, depth: int = 1, feeder_cpus: set[int] | None = None) -> dict:
+                    mode: str, batch: int, depth: int = 1, feeder_cpus: set[int] | None = None,
+                    rss_samples: list | None = None) -> dict:
+    """The loop under a steady load from another process; ``rss_samples``: (time, RSS) every second too."""
     n = int(rate * seconds)
     ticks = generate_ticks(instruments, n, seed=3, bad_fraction=0.0)
     messages = encode_ticks(ticks)
@@ -205,7 +210,10 @@ def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: flo
     ctx = multiprocessing.get_context("spawn")
     feeder = ctx.Process(target=_produce, args=(bootstrap, tin, messages, rate, None, feeder_cpus))
     feeder.start()
-    feeder.join()
+    while feeder.is_alive():
+        if rss_samples is not None:
+            rss_samples.append((time.monotonic(), _rss()))
+        feeder.join(1.0)
     deadline = time.monotonic() + 60
     while runner.stats.ticks < n and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -217,8 +225,18 @@ def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: flo
     return {"rate_ticks_per_second": rate, "ticks": s.ticks, "mean_batch_ticks": s.ticks / max(1, s.batches), **pct}
 
 
+def _rss_summary(samples: list) -> dict:
+    t = np.array([s[0] for s in samples]) - samples[0][0]
+    rss = np.array([s[1] for s in samples]) / 2**20
+    half = len(rss) // 2
+    return {"rss_mib_first_half_max": float(rss[:half].max()), "rss_mib_second_half_max": float(rss[half:].max()),
+            "rss_mib_min": float(rss.min()), "rss_mib_max": float(rss.max()),
+            "rss_slope_mib_per_minute_second_half": float(np.polyfit(t[half:], rss[half:], 1)[0] * 60)}
+
+
 def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None, drain_minutes: float = 0.0,
-        bootstrap: str | None = None, bundle: Bundle | None = None, printer=print, pin_cores: bool = False) -> dict:
+        bootstrap: str | None = None, bundle: Bundle | None = None, printer=print, pin_cores: bool = False,
+        soak_minutes: float = 0.0) -> dict:
     from benchmarks.operator import _bundle  # noqa: PLC0415
 
     n = n_ticks or (30_000 if quick else 150_000)
@@ -325,17 +343,25 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
             samples: list = []
             measure_pipeline(bundle, bootstrap, dt, tout, dlq, n_drain, "every_tick", batch, DEPTHS["pipelined"],
                              rss_samples=samples)
-            t = np.array([s[0] for s in samples]) - samples[0][0]
-            rss = np.array([s[1] for s in samples]) / 2**20
-            half = len(rss) // 2
             results["drain"] = {"minutes": drain_minutes, "ticks": n_drain, "partitions": DRAIN_PARTITIONS,
-                                "rss_mib_first_half_max": float(rss[:half].max()),
-                                "rss_mib_second_half_max": float(rss[half:].max()), "rss_mib_min": float(rss.min()),
-                                "rss_mib_max": float(rss.max()),
-                                "rss_slope_mib_per_minute_second_half": float(np.polyfit(t[half:], rss[half:], 1)[0] * 60)}
+                                **_rss_summary(samples)}
             d = results["drain"]
             printer(f"  RSS over the drain: min {d['rss_mib_min']:.0f} MiB, max {d['rss_mib_max']:.0f} MiB, "
                     f"second-half slope {d['rss_slope_mib_per_minute_second_half']:+.2f} MiB/min")
+        if soak_minutes > 0:
+            st = f"soak-{uuid.uuid4().hex[:6]}"
+            create_topics(bootstrap, {st: 1})
+            printer(f"  soak: {soak_minutes:g} minutes pipelined at {SOAK_RATE:,} ticks/s from the load generator ...")
+            samples = []
+            lat = measure_latency(bundle, bootstrap, st, tout, dlq, SOAK_RATE, soak_minutes * 60, instruments,
+                                  "every_tick", batch, DEPTHS["pipelined"], feeder_cpus, rss_samples=samples)
+            results["soak"] = {"minutes": soak_minutes, "rate_ticks_per_second": SOAK_RATE, **lat,
+                               **_rss_summary(samples)}
+            d = results["soak"]
+            printer(f"  RSS over the soak ({d['ticks']:,} ticks): min {d['rss_mib_min']:.0f} MiB, "
+                    f"max {d['rss_mib_max']:.0f} MiB (first half {d['rss_mib_first_half_max']:.0f}, second half "
+                    f"{d['rss_mib_second_half_max']:.0f}), second-half slope "
+                    f"{d['rss_slope_mib_per_minute_second_half']:+.2f} MiB/min; p99 {d['p99_ms']:.1f} ms")
         return results
     finally:
         if broker is not None:
