@@ -48,9 +48,6 @@ def _rss() -> int:
 
 BROKER_CPUS = {0}  # pin_cores: the broker and the load generator
 DRAIN_PARTITIONS = 8
-# The soak's steady load: 10 minutes of it stay under the ~3 million records past which the embedded broker's
-# in-memory log slows its fetches to a crawl (a 10-minute drain at full speed is 10-17 million).
-SOAK_RATE = 4000
 
 
 def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
@@ -235,8 +232,7 @@ def _rss_summary(samples: list) -> dict:
 
 
 def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None, drain_minutes: float = 0.0,
-        bootstrap: str | None = None, bundle: Bundle | None = None, printer=print, pin_cores: bool = False,
-        soak_minutes: float = 0.0) -> dict:
+        bootstrap: str | None = None, bundle: Bundle | None = None, printer=print, pin_cores: bool = False) -> dict:
     from benchmarks.operator import _bundle  # noqa: PLC0415
 
     n = n_ticks or (30_000 if quick else 150_000)
@@ -348,20 +344,6 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
             d = results["drain"]
             printer(f"  RSS over the drain: min {d['rss_mib_min']:.0f} MiB, max {d['rss_mib_max']:.0f} MiB, "
                     f"second-half slope {d['rss_slope_mib_per_minute_second_half']:+.2f} MiB/min")
-        if soak_minutes > 0:
-            st = f"soak-{uuid.uuid4().hex[:6]}"
-            create_topics(bootstrap, {st: 1})
-            printer(f"  soak: {soak_minutes:g} minutes pipelined at {SOAK_RATE:,} ticks/s from the load generator ...")
-            samples = []
-            lat = measure_latency(bundle, bootstrap, st, tout, dlq, SOAK_RATE, soak_minutes * 60, instruments,
-                                  "every_tick", batch, DEPTHS["pipelined"], feeder_cpus, rss_samples=samples)
-            results["soak"] = {"minutes": soak_minutes, "rate_ticks_per_second": SOAK_RATE, **lat,
-                               **_rss_summary(samples)}
-            d = results["soak"]
-            printer(f"  RSS over the soak ({d['ticks']:,} ticks): min {d['rss_mib_min']:.0f} MiB, "
-                    f"max {d['rss_mib_max']:.0f} MiB (first half {d['rss_mib_first_half_max']:.0f}, second half "
-                    f"{d['rss_mib_second_half_max']:.0f}), second-half slope "
-                    f"{d['rss_slope_mib_per_minute_second_half']:+.2f} MiB/min; p99 {d['p99_ms']:.1f} ms")
         return results
     finally:
         if broker is not None:

@@ -9,7 +9,7 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int = 10_000, 
                   drain_minutes: float = 0.0, bootstrap_servers: str | None = None, names: int = 10_000_000,
                   modes: tuple[str, ...] = ("expire", "limit"), sizes: tuple[int, ...] | None = None,
                   layers: tuple[int, ...] | None = None, activities: tuple[str, ...] | None = None,
-                  pin_cores: bool = False, soak_minutes: float = 0.0) -> dict:
+                  pin_cores: bool = False) -> dict:
     """Run one benchmark (``quick``: fewer, shorter runs) and return its figures. ``sizes``, ``layers`` and
     ``activities`` select the operator benchmark's cases (None: all of its default cases)."""
     if what == "operator":
@@ -49,4 +49,4 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int = 10_000, 
 
     logs.configure("text", "warning")
     return bench_e2e(quick=quick, instruments=instruments, drain_minutes=drain_minutes, bootstrap=bootstrap_servers,
-                     pin_cores=pin_cores, soak_minutes=soak_minutes)
+                     pin_cores=pin_cores)

@@ -163,8 +163,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError("--pin-cores is for `bench e2e` on the embedded broker with 2 or more CPUs")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a benchmark's own broker is stopped on the way out
     results = run_benchmark(args.what, quick=args.quick, batch_ticks=args.batch_ticks, instruments=args.instruments,
-                            drain_minutes=args.drain_minutes, soak_minutes=args.soak_minutes,
-                            bootstrap_servers=args.bootstrap_servers,
+                            drain_minutes=args.drain_minutes, bootstrap_servers=args.bootstrap_servers,
                             names=args.names, modes=tuple(m for m in args.modes.split(",") if m),
                             sizes=int_list(args.sizes, "--sizes"), layers=int_list(args.layers, "--layers"),
                             activities=choices(args.activities, "--activities", ("uniform", "zipf")),

@@ -102,8 +102,6 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instruments", type=int, default=1_000, help="e2e: instruments (default: 1000)")
     p.add_argument("--drain-minutes", type=float, default=0.0,
                    help="e2e: also drain a backlog this long and sample RSS every second (default: 0, skip)")
-    p.add_argument("--soak-minutes", type=float, default=0.0,
-                   help="e2e: also run pipelined this long under a steady 4,000 ticks/s, RSS every second (default: 0)")
     p.add_argument("--bootstrap-servers", default=None,
                    help="e2e: use this Kafka instead of the embedded broker")
     p.add_argument("--pin-cores", action="store_true",

@@ -1,0 +1,67 @@
+"""The pipelined loop under a steady load for minutes, RSS sampled every second: ``python -m benchmarks.soak
+[MINUTES] [--pin-cores] [--json FILE]`` (from the repository root; default 10 minutes).
+
+It stands in for a 10-minute backlog drain at full speed, which needs 10-17 million records: the embedded
+broker's in-memory log slows its fetches to a crawl past about 3 million records in total (one partition or
+eight alike), so the soak gets a broker of its own and a load that stays below that (2.4 million in 10
+minutes). Pinned: the broker and the load generator on CPU 0, the pipeline on the others.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from benchmarks.e2e import BROKER_CPUS, DEPTHS, _rss_summary, measure_latency
+from pipeline import logs
+from pipeline.kafka.broker import EmbeddedBroker, create_topics
+
+RATE = 4000  # ticks/s
+
+
+def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False, printer=print) -> dict:
+    from benchmarks.operator import _bundle  # noqa: PLC0415
+
+    bundle = _bundle(1, 32)
+    with EmbeddedBroker() as broker:
+        feeder_cpus = None
+        if pin_cores:
+            cpus = os.sched_getaffinity(0)
+            feeder_cpus = BROKER_CPUS
+            os.sched_setaffinity(broker.proc.pid, BROKER_CPUS)
+            os.sched_setaffinity(0, cpus - BROKER_CPUS)
+        u = uuid.uuid4().hex[:6]
+        tin, tout, dlq = f"soak-in-{u}", f"soak-out-{u}", f"soak-dlq-{u}"
+        create_topics(broker.bootstrap, {tin: 1, tout: 1, dlq: 1})
+        printer(f"soak: {minutes:g} minutes, JSON every_tick pipelined, {RATE:,} ticks/s over {instruments:,} "
+                f"instruments from the load generator{', cores pinned' if pin_cores else ''} ...")
+        samples: list = []
+        lat = measure_latency(bundle, broker.bootstrap, tin, tout, dlq, RATE, minutes * 60, instruments,
+                              "every_tick", 5000, DEPTHS["pipelined"], feeder_cpus, rss_samples=samples)
+    result = {"minutes": minutes, "rate_ticks_per_second": RATE, "pinned_cores": pin_cores,
+              "expected_ticks": int(RATE * minutes * 60), **lat, **_rss_summary(samples)}
+    printer(f"  {result['ticks']:,} of {result['expected_ticks']:,} ticks; RSS min {result['rss_mib_min']:.0f} MiB, "
+            f"max {result['rss_mib_max']:.0f} MiB (first half {result['rss_mib_first_half_max']:.0f}, second half "
+            f"{result['rss_mib_second_half_max']:.0f}), second-half slope "
+            f"{result['rss_slope_mib_per_minute_second_half']:+.2f} MiB/min; latency p50 {result['p50_ms']:.1f} ms, "
+            f"p99 {result['p99_ms']:.1f} ms (the last 200,000 ticks)")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    logs.configure("text", "warning")
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = args[args.index("--json") + 1] if "--json" in args else None
+    rest = [a for a in args if a not in ("--json", out, "--pin-cores")]
+    result = run(float(rest[0]) if rest else 10.0, pin_cores="--pin-cores" in args)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"figures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
