@@ -292,6 +292,10 @@ class CheckpointStore:
             state = ipc.open_file(pa.py_buffer(body)).read_all()
         except (pa.ArrowException, OSError) as exc:  # in-memory bytes: an OSError here ("Read out of bounds")
             raise ValueError(f"data file is not Arrow IPC: {exc}") from None  # is the file's, not the store's
+        try:  # reading checks buffer sizes only; offsets past their data crash the first kernel that follows them
+            state.validate(full=True)
+        except pa.ArrowException as exc:
+            raise ValueError(f"data file breaks Arrow's invariants: {exc}") from None
         check_state(state, manifest)
         return Loaded(manifest, state, manifest_path)
 

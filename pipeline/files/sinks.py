@@ -73,8 +73,12 @@ def encode_forecast_batch(table: pa.Table, metadata: dict[str, str]) -> bytes:
 
 
 def decode_forecast_message(value: bytes) -> pa.Table:
-    """The forecasts of one `output_format = "arrow"` message (metadata in ``table.schema.metadata``)."""
-    return ipc.open_stream(value).read_all()
+    """The forecasts of one `output_format = "arrow"` message (metadata in ``table.schema.metadata``).
+    Checked in full: bytes that read as Arrow but break its invariants raise ``pa.ArrowInvalid`` here rather
+    than crash the reader's first compute call."""
+    table = ipc.open_stream(value).read_all()
+    table.validate(full=True)
+    return table
 
 
 class ForecastCollector:

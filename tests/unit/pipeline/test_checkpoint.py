@@ -248,6 +248,16 @@ def _with_meta(state: pa.Table, **changes: str) -> pa.Table:
     return state.replace_schema_metadata(meta)
 
 
+def _with_names_past_their_data(state: pa.Table) -> pa.Table:
+    """The instrument column with a string offset far past its data buffer: an Arrow IPC file that reads, but
+    whose first compute kernel over the column reads out of bounds (a segfault in ``pc.unique``)."""
+    names = state.column("instrument").combine_chunks()
+    offsets = np.frombuffer(names.buffers()[1], dtype=np.int32)[:len(names) + 1].copy()
+    offsets[1] = 1 << 30
+    bad = pa.Array.from_buffers(pa.string(), len(names), [None, pa.py_buffer(offsets.tobytes()), names.buffers()[2]])
+    return state.set_column(state.column_names.index("instrument"), state.schema.field("instrument"), bad)
+
+
 TAMPERING = {
     # wrong types: each raised outside latest()'s try on 3de1c82 (or was used as is)
     "offset_is_a_string": lambda s: ({"offset": "200"}, None),
@@ -268,6 +278,8 @@ TAMPERING = {
     "nan_in_the_state": lambda s: ({}, _with_nan_state(s)),
     "watermark_not_a_number": lambda s: ({}, _with_meta(s, **{"tickcast.watermark_ns": "soon"})),
     "layers_not_the_manifests": lambda s: ({}, _with_meta(s, layers="7")),
+    # bytes that read as Arrow but break its invariants (found by the hypothesis test below, as a crash)
+    "instrument_offsets_past_the_data": lambda s: ({}, _with_names_past_their_data(s)),
 }
 
 
