@@ -26,7 +26,8 @@ offsets are still committed in input order and never past a batch not yet acknow
 Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (what each owned partition's state
 reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``batch`` (steps 2-3),
 ``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
-(snapshots), ``status`` (stats, lag, status line). This module holds the lifecycle and the loop.
+(snapshots), ``status`` (stats, what a settled batch adds to them, lag, status line). This module holds
+the lifecycle and the loop.
 """
 
 from __future__ import annotations
@@ -336,7 +337,9 @@ class Runner:
         self.checkpointer.batch_done()
         if entry.batch.silent is not None:
             self.partitions.end_replays()
-        self._account(entry.batch, entry.out_rows, entry.started)
+        status.account(self.metrics, self.stats, self.scorer, self.forecaster.state, entry.batch, entry.out_rows,
+                       entry.started)
+        status.update_lag(self.metrics, self.partitions, self.conn.consumer)
         return True
 
     def _drain(self) -> None:
@@ -365,35 +368,6 @@ class Runner:
         return messages.encode_json(self.bundle, self.json_names, self.cfg.output_topic, batch.ticks, out_rows,
                                     forecasts, msg_index, [r.topic for r in batch.records], batch.part_ids,
                                     batch.offs)
-
-    def _account(self, batch: Batch, out_rows: np.ndarray, t_batch: float) -> None:
-        """After the commit: latencies, online scores, counters and gauges, lag."""
-        m, s, result = self.metrics, self.stats, batch.result
-        msg_index = batch.idx[out_rows]
-        now = time.monotonic()
-        lat = now - np.asarray(batch.received_at)[msg_index] if len(msg_index) else np.zeros(0)
-        m.e2e_seconds.observe_many(lat)
-        s.latencies.extend(lat.tolist())
-        status.score(self.scorer, m, batch.ticks, batch.rows, batch.forecasts, result.expired)
-        s.ticks += len(batch.records)
-        s.forecasts += len(out_rows)
-        s.dead_letters += len(batch.dead)
-        s.batches += 1
-        if s.first_batch_at is None:
-            s.first_batch_at = min(batch.received_at)
-        s.last_batch_done = now
-        for d in batch.dead:
-            m.dead_letters.labels(d.reason).inc()
-        m.forecasts_published.inc(len(out_rows))
-        m.batch_ticks.observe(len(batch.records))
-        m.batch_instruments.observe(result.n_instruments)
-        m.session_resets.inc(result.n_resets)
-        m.expired_rows.inc(result.n_expired)
-        m.state_rows.set(len(self.forecaster.state))
-        m.state_bytes.set(self.forecaster.state.nbytes)
-        m.batch_seconds.observe(time.perf_counter() - t_batch)
-        m.last_progress.set_to_current_time()
-        status.update_lag(m, self.partitions, self.conn.consumer)
 
 
 def freeze_long_lived_objects() -> None:

@@ -1,5 +1,6 @@
 """What the run tells about itself beyond metrics definitions: counters kept in process (RunStats, the
-summary at exit), consumer lag, the status line, ticks received per partition, online scoring."""
+summary at exit), what each settled batch adds to them and to the metrics (``account``), consumer lag, the
+status line, ticks received per partition, online scoring."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +17,9 @@ from pipeline import logs
 from pipeline.evaluation.online import OnlineScorer
 from pipeline.live.partitions import Partitions
 from pipeline.metrics import Metrics
+
+if TYPE_CHECKING:
+    from pipeline.live.batch import Batch  # batch.py imports this module
 
 log = logs.get("run")
 
@@ -128,3 +133,34 @@ def _score_batch(scorer: OnlineScorer, metrics: Metrics, ticks: pa.Table, rows: 
         metrics.forecast_abs_error.inc(m.abs_error)
         metrics.random_walk_abs_error.inc(m.random_walk_abs_error)
         metrics.forecasts_scored.inc(m.count)
+
+
+def account(metrics: Metrics, stats: RunStats, scorer: OnlineScorer, state, batch: Batch, out_rows: np.ndarray,
+            t_batch: float) -> None:
+    """After a batch's commit: latencies, online scores, counters and gauges (``state``: the operator's state
+    table, for its size)."""
+    m, s, result = metrics, stats, batch.result
+    msg_index = batch.idx[out_rows]
+    now = time.monotonic()
+    lat = now - np.asarray(batch.received_at)[msg_index] if len(msg_index) else np.zeros(0)
+    m.e2e_seconds.observe_many(lat)
+    s.latencies.extend(lat.tolist())
+    score(scorer, m, batch.ticks, batch.rows, batch.forecasts, result.expired)
+    s.ticks += len(batch.records)
+    s.forecasts += len(out_rows)
+    s.dead_letters += len(batch.dead)
+    s.batches += 1
+    if s.first_batch_at is None:
+        s.first_batch_at = min(batch.received_at)
+    s.last_batch_done = now
+    for d in batch.dead:
+        m.dead_letters.labels(d.reason).inc()
+    m.forecasts_published.inc(len(out_rows))
+    m.batch_ticks.observe(len(batch.records))
+    m.batch_instruments.observe(result.n_instruments)
+    m.session_resets.inc(result.n_resets)
+    m.expired_rows.inc(result.n_expired)
+    m.state_rows.set(len(state))
+    m.state_bytes.set(state.nbytes)
+    m.batch_seconds.observe(time.perf_counter() - t_batch)
+    m.last_progress.set_to_current_time()
