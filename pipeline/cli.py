@@ -153,7 +153,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _exit_on_sigterm(signum, _frame) -> None:
-    raise SystemExit(128 + signum)
+    """A benchmark stopped with SIGTERM: stop the embedded broker it started, then end the process at once.
+    Raising SystemExit instead is lost when the signal lands in a finalizer (a garbage collection runs them),
+    and the clients the benchmark was using may hold threads or exit hooks that wait on the stopped broker."""
+    from pipeline.kafka.broker import stop_all  # noqa: PLC0415
+
+    stop_all()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -162,17 +170,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.pin_cores and (args.what != "e2e" or args.bootstrap_servers or len(os.sched_getaffinity(0)) < 2):
         raise ConfigError("--pin-cores is for `bench e2e` on the embedded broker with 2 or more CPUs")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a benchmark's own broker is stopped on the way out
-    try:
-        results = run_benchmark(args.what, quick=args.quick, batch_ticks=args.batch_ticks, instruments=args.instruments,
-                                drain_minutes=args.drain_minutes, bootstrap_servers=args.bootstrap_servers,
-                                names=args.names, modes=tuple(m for m in args.modes.split(",") if m),
-                                sizes=int_list(args.sizes, "--sizes"), layers=int_list(args.layers, "--layers"),
-                                activities=choices(args.activities, "--activities", ("uniform", "zipf")),
-                                pin_cores=args.pin_cores)
-    except SystemExit as exc:  # SIGTERM: the benchmark's cleanup ran (its broker is stopped); the clients it
-        sys.stdout.flush()  # was using may still hold threads or exit hooks that wait on that broker
-        sys.stderr.flush()
-        os._exit(exc.code if isinstance(exc.code, int) else 1)
+    results = run_benchmark(args.what, quick=args.quick, batch_ticks=args.batch_ticks, instruments=args.instruments,
+                            drain_minutes=args.drain_minutes, bootstrap_servers=args.bootstrap_servers,
+                            names=args.names, modes=tuple(m for m in args.modes.split(",") if m),
+                            sizes=int_list(args.sizes, "--sizes"), layers=int_list(args.layers, "--layers"),
+                            activities=choices(args.activities, "--activities", ("uniform", "zipf")),
+                            pin_cores=args.pin_cores)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.json}")

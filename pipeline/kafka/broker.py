@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 from operators.errors import TickcastError
@@ -56,6 +57,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def stop_all() -> None:
+    """Stop every embedded broker this process started and has not stopped yet (a signal handler's way out)."""
+    for broker in list(_RUNNING):
+        broker.stop()
 
 
 class EmbeddedBroker:
@@ -126,6 +133,7 @@ class EmbeddedBroker:
             self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True)
         atexit.register(self.stop)
+        _RUNNING.add(self)
 
     def _wait_ready(self, deadline: float) -> bool:
         while time.monotonic() < deadline:
@@ -176,6 +184,7 @@ class EmbeddedBroker:
         if proc is None:
             return
         atexit.unregister(self.stop)
+        _RUNNING.discard(self)
         if proc.poll() is not None:
             return
         proc.terminate()
@@ -192,6 +201,9 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_RUNNING: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_s: float = 15.0) -> None:

@@ -85,3 +85,35 @@ def test_a_benchmark_stopped_with_sigterm_stops_its_own_broker():
             break  # refused: the broker is gone
         assert time.monotonic() < deadline, "the benchmark's broker outlived the benchmark"
         time.sleep(0.2)
+
+
+def test_a_sigterm_that_lands_in_a_finalizer_still_ends_the_benchmark_and_its_broker():
+    """A garbage collection runs finalizers (kafka-python's producer closes itself in ``__del__``); an exception
+    raised by a signal handler there is printed and dropped, so the benchmark's SIGTERM handler must not rely
+    on one propagating. Here the signal arrives inside a finalizer, deterministically."""
+    script = """
+import gc, os, signal, sys, time
+from pipeline.cli import _exit_on_sigterm
+from pipeline.kafka.broker import EmbeddedBroker
+broker = EmbeddedBroker()
+print(broker.start(), flush=True)
+signal.signal(signal.SIGTERM, _exit_on_sigterm)
+class Finalized:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)  # the handler runs in here
+cycle = Finalized()
+cycle.me = cycle
+del cycle
+gc.collect()
+time.sleep(30)  # where a dropped SystemExit would leave the process
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV)
+    try:
+        host, port = proc.stdout.readline().strip().rsplit(":", 1)
+        assert proc.wait(timeout=15) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    with pytest.raises(OSError):
+        socket.create_connection((host, int(port)), timeout=1).close()
