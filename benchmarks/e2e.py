@@ -222,6 +222,13 @@ def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: flo
     return {"rate_ticks_per_second": rate, "ticks": s.ticks, "mean_batch_ticks": s.ticks / max(1, s.batches), **pct}
 
 
+def pin(broker: EmbeddedBroker) -> set[int]:
+    """The broker on ``BROKER_CPUS``, this process on the other CPUs; returns the CPUs for the load generator."""
+    os.sched_setaffinity(broker.proc.pid, BROKER_CPUS)
+    os.sched_setaffinity(0, os.sched_getaffinity(0) - BROKER_CPUS)
+    return BROKER_CPUS
+
+
 def _rss_summary(samples: list) -> dict:
     t = np.array([s[0] for s in samples]) - samples[0][0]
     rss = np.array([s[1] for s in samples]) / 2**20
@@ -243,13 +250,10 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
         broker = EmbeddedBroker()
         bootstrap = broker.start()
     feeder_cpus = None
-    if pin_cores:
-        cpus = os.sched_getaffinity(0)  # the CLI checked: 2 or more, and the embedded broker
-        feeder_cpus = BROKER_CPUS
-        os.sched_setaffinity(broker.proc.pid, BROKER_CPUS)
-        os.sched_setaffinity(0, cpus - BROKER_CPUS)
+    if pin_cores:  # the CLI checked: 2 or more CPUs, and the embedded broker
+        feeder_cpus = pin(broker)
         printer(f"  pinned: broker and load generator on CPU {sorted(BROKER_CPUS)}, "
-                f"pipeline on CPU {sorted(cpus - BROKER_CPUS)}")
+                f"pipeline on CPU {sorted(os.sched_getaffinity(0))}")
     try:
         u = uuid.uuid4().hex[:6]
         tin, tout, dlq = f"bench-in-{u}", f"bench-out-{u}", f"bench-dlq-{u}"
@@ -331,8 +335,9 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
             rate = results["modes"]["every_tick"]["pipelined"]["ticks_per_second"]
             n_drain = int(rate * drain_minutes * 60)
             dt = f"drain-{uuid.uuid4().hex[:6]}"
-            # Spread over partitions, as a production input topic is: the embedded broker's in-memory log
-            # slowed its fetches to ~150 ticks/s past ~2.9 million records in one partition.
+            # Spread over partitions, as a production input topic is. With the embedded broker a 10-minute drain
+            # still stalls: its in-memory log slows fetches to a crawl past ~3 million records, whatever the
+            # partitioning (docs/benchmarks.md; benchmarks/soak.py stands in).
             create_topics(bootstrap, {dt: DRAIN_PARTITIONS})
             printer(f"  producing a backlog of {n_drain:,} ticks for a {drain_minutes:g}-minute drain ...")
             _produce(bootstrap, dt, encode_ticks(generate_ticks(instruments, n_drain, seed=2, bad_fraction=0.0)))

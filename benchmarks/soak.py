@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from benchmarks.e2e import BROKER_CPUS, DEPTHS, _rss_summary, measure_latency
+from benchmarks.e2e import DEPTHS, _rss_summary, measure_latency, pin
 from pipeline import logs
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
 
@@ -27,12 +27,7 @@ def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False,
 
     bundle = _bundle(1, 32)
     with EmbeddedBroker() as broker:
-        feeder_cpus = None
-        if pin_cores:
-            cpus = os.sched_getaffinity(0)
-            feeder_cpus = BROKER_CPUS
-            os.sched_setaffinity(broker.proc.pid, BROKER_CPUS)
-            os.sched_setaffinity(0, cpus - BROKER_CPUS)
+        feeder_cpus = pin(broker) if pin_cores else None
         u = uuid.uuid4().hex[:6]
         tin, tout, dlq = f"soak-in-{u}", f"soak-out-{u}", f"soak-dlq-{u}"
         create_topics(broker.bootstrap, {tin: 1, tout: 1, dlq: 1})

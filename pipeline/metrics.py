@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -35,8 +36,6 @@ from prometheus_client import (
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
-
-import numpy as np
 
 from operators.validation import REASON_LABELS
 
