@@ -88,3 +88,17 @@ def test_several_outputs_arrow_has_a_column_per_output_and_their_meanings(multi_
     meta = table.schema.metadata
     assert meta[b"v"] == b"2" and meta[b"model_version"] == multi_bundle.model_version.encode()
     assert json.loads(meta[b"outputs"]) == [o.to_dict() for o in multi_bundle.output_list]
+
+
+def test_a_forecast_message_that_breaks_arrows_invariants_is_refused_when_decoded():
+    """An Arrow stream whose instrument offsets point past their data reads without complaint; decoding it
+    must refuse it, not hand a reader a table whose first compute call reads out of bounds."""
+    names = pa.array(["AAA", "BBB"])
+    offsets = np.array([0, 1 << 30, 6], dtype=np.int32)  # the span (first to last) still fits the data
+    bad = pa.Array.from_buffers(pa.string(), 2, [None, pa.py_buffer(offsets.tobytes()), names.buffers()[2]])
+    sink = pa.BufferOutputStream()
+    table = pa.table({"instrument": bad, "forecast": [0.1, 0.2]})
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    with pytest.raises(pa.ArrowInvalid, match="offset"):
+        decode_forecast_message(sink.getvalue().to_pybytes())
