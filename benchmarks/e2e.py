@@ -19,6 +19,7 @@ depend on how the scheduler happens to share the cores between them.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import shutil
@@ -51,11 +52,11 @@ DRAIN_PARTITIONS = 8
 
 
 def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
-             cpus: set[int] | None = None) -> None:
+             cpus: set[int] | None = None, linger_ms: int = 5) -> None:
     """Send ``messages`` ((key, value, ts) each): all at once with kafka-python, or paced at ``rate`` a second by
     ``_produce_paced``."""
     if rate:
-        _produce_paced(bootstrap, topic, messages, rate, stop, cpus)
+        _produce_paced(bootstrap, topic, messages, rate, stop, cpus, linger_ms)
         return
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, batch_size=512 * 1024, acks=1)
     for k, v, ts in messages:
@@ -69,18 +70,23 @@ def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, st
 PACING_S = 0.002  # the paced load generator sends what is due, then sleeps this long
 
 
-def _produce_paced(bootstrap: str, topic: str, messages, rate: float, stop=None, cpus: set[int] | None = None) -> None:
+def _produce_paced(bootstrap: str, topic: str, messages, rate: float, stop=None, cpus: set[int] | None = None,
+                   linger_ms: int = 5) -> None:
     """The load generator: ``rate`` messages a second, sent in small bursts of what is due every ``PACING_S``.
 
     librdkafka, not kafka-python: paced at a few thousand messages a second (so in small produce requests),
     kafka-python's producer cost about 75 us of CPU a message and librdkafka about 20 (4,000 a second: 30-38 %
     of a core against 8 %). Pinned on the broker's core, kafka-python could not keep up with the rate asked
-    and starved the broker, so the loop under test saw a lighter, lumpier load than the one reported."""
+    and starved the broker, so the loop under test saw a lighter, lumpier load than the one reported.
+
+    ``linger_ms``: how long librdkafka gathers messages into one record batch. The embedded broker's fetches
+    cost time in proportion to the record batches its log holds, so a long run needs a longer linger (see
+    ``benchmarks.soak``)."""
     from confluent_kafka import Producer  # noqa: PLC0415
 
     if cpus:
         os.sched_setaffinity(0, cpus)
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": 1})
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": linger_ms, "acks": 1})
     started = time.monotonic()
     i, n = 0, len(messages)
     while i < n and not (stop is not None and stop.is_set()):
@@ -222,7 +228,7 @@ def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch
 
 def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: float, instruments: int,
                     mode: str, batch: int, depth: int = 1, feeder_cpus: set[int] | None = None,
-                    rss_samples: list | None = None) -> dict:
+                    rss_samples: list | None = None, feeder_linger_ms: int = 5) -> dict:
     """The loop under a steady load from another process; ``rss_samples``: (time, RSS) every second too."""
     n = int(rate * seconds)
     ticks = generate_ticks(instruments, n, seed=3, bad_fraction=0.0)
@@ -235,7 +241,8 @@ def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: flo
     time.sleep(1.0)
     # The load comes from another process, so it does not compete for this one's GIL.
     ctx = multiprocessing.get_context("spawn")
-    feeder = ctx.Process(target=_produce, args=(bootstrap, tin, messages, rate, None, feeder_cpus))
+    feeder = ctx.Process(target=_produce, args=(bootstrap, tin, messages, rate, None, feeder_cpus,
+                                                    feeder_linger_ms))
     feeder.start()
     while feeder.is_alive():
         if rss_samples is not None:
@@ -259,6 +266,23 @@ def pin(broker: EmbeddedBroker) -> set[int]:
     return BROKER_CPUS
 
 
+@contextlib.contextmanager
+def phase_broker(owned: bool, bootstrap: str, pin_cores: bool, topics: dict[str, int]):
+    """(bootstrap, CPUs for the load generator) for one phase, with ``topics`` created: a fresh embedded broker
+    (pinned like the first) when the benchmark started its own, else the given one.
+
+    The embedded broker's fetches cost time in proportion to the record batches its log holds, so a phase in
+    the broker the earlier phases filled could pay for their record batches."""
+    if not owned:
+        create_topics(bootstrap, topics)
+        yield bootstrap, None
+        return
+    with EmbeddedBroker() as b:
+        cpus = pin(b) if pin_cores else None
+        create_topics(b.bootstrap, topics)
+        yield b.bootstrap, cpus
+
+
 def _rss_summary(samples: list) -> dict:
     t = np.array([s[0] for s in samples]) - samples[0][0]
     rss = np.array([s[1] for s in samples]) / 2**20
@@ -279,9 +303,8 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
     if bootstrap is None:
         broker = EmbeddedBroker()
         bootstrap = broker.start()
-    feeder_cpus = None
     if pin_cores:  # the CLI checked: 2 or more CPUs, and the embedded broker
-        feeder_cpus = pin(broker)
+        pin(broker)
         printer(f"  pinned: broker and load generator on CPU {sorted(BROKER_CPUS)}, "
                 f"pipeline on CPU {sorted(os.sched_getaffinity(0))}")
     try:
@@ -353,9 +376,9 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
             for depth_name, depth in DEPTHS.items():
                 r = rate or 0.5 * m[mode][depth_name]["ticks_per_second"]
                 lt = f"lat-{uuid.uuid4().hex[:6]}"
-                create_topics(bootstrap, {lt: 1})
-                lat = measure_latency(bundle, bootstrap, lt, tout, dlq, r, 5 if quick else 15, instruments, mode,
-                                      batch, depth, feeder_cpus)
+                with phase_broker(broker is not None, bootstrap, pin_cores, {lt: 1, tout: 1, dlq: 1}) as (bs, cpus):
+                    lat = measure_latency(bundle, bs, lt, tout, dlq, r, 5 if quick else 15, instruments, mode,
+                                          batch, depth, cpus)
                 m[mode][depth_name][key] = lat
                 printer(f"  latency at {r:,.0f} ticks/s ({mode}, {depth_name}): p50 {lat['p50_ms']:.1f} ms, "
                         f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, "
@@ -365,15 +388,14 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
             rate = results["modes"]["every_tick"]["pipelined"]["ticks_per_second"]
             n_drain = int(rate * drain_minutes * 60)
             dt = f"drain-{uuid.uuid4().hex[:6]}"
-            # Spread over partitions, as a production input topic is. With the embedded broker a 10-minute drain
-            # still stalls: its in-memory log slows fetches to a crawl past ~3 million records, whatever the
-            # partitioning (docs/benchmarks.md; benchmarks/soak.py stands in).
-            create_topics(bootstrap, {dt: DRAIN_PARTITIONS})
-            printer(f"  producing a backlog of {n_drain:,} ticks for a {drain_minutes:g}-minute drain ...")
-            _produce(bootstrap, dt, encode_ticks(generate_ticks(instruments, n_drain, seed=2, bad_fraction=0.0)))
+            # Spread over partitions, as a production input topic is; in a broker of its own (phase_broker).
             samples: list = []
-            measure_pipeline(bundle, bootstrap, dt, tout, dlq, n_drain, "every_tick", batch, DEPTHS["pipelined"],
-                             rss_samples=samples)
+            with phase_broker(broker is not None, bootstrap, pin_cores,
+                              {dt: DRAIN_PARTITIONS, tout: 1, dlq: 1}) as (bs, _):
+                printer(f"  producing a backlog of {n_drain:,} ticks for a {drain_minutes:g}-minute drain ...")
+                _produce(bs, dt, encode_ticks(generate_ticks(instruments, n_drain, seed=2, bad_fraction=0.0)))
+                measure_pipeline(bundle, bs, dt, tout, dlq, n_drain, "every_tick", batch, DEPTHS["pipelined"],
+                                 rss_samples=samples)
             results["drain"] = {"minutes": drain_minutes, "ticks": n_drain, "partitions": DRAIN_PARTITIONS,
                                 **_rss_summary(samples)}
             d = results["drain"]
