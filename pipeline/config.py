@@ -34,6 +34,8 @@ DEFAULT_MAX_BATCH_TICKS = 5_000
 _UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
              "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d)\s*$")
+# Kafka's rule for a group.instance.id (its topic-name rule): the brokers and both clients refuse anything else.
+_GROUP_INSTANCE_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._-]{1,249}")
 
 
 def parse_duration_ns(text: str, what: str = "duration") -> int:
@@ -103,6 +105,10 @@ class RunConfig:
     output_topic: str = _opt("forecasts", "topic to publish forecasts to")
     dead_letter_topic: str = _opt("ticks.dlq", "topic for messages that are not valid ticks")
     group_id: str = _opt("tickcast", "Kafka consumer group id")
+    group_instance_id: str = _opt("", "static group membership: this process's stable member id (e.g. the pod "
+                                  "name), unique in the group; restarted with the same id it gets its partitions "
+                                  "back without waiting out its session or a rebalance, and a clean stop keeps "
+                                  "them for session_timeout_ms. Empty: dynamic membership")
     auto_offset_reset: str = _opt("earliest", "where a new group starts", choices=("earliest", "latest"))
     max_batch_ticks: int = _opt(DEFAULT_MAX_BATCH_TICKS, "a micro-batch closes at this many ticks ...")
     max_batch_ms: int = _opt(50, "... or when its measured work would end this many milliseconds after its first "
@@ -216,6 +222,9 @@ class RunConfig:
                      "session_timeout_ms", "transaction_timeout_ms"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.group_instance_id and not _GROUP_INSTANCE_ID.fullmatch(self.group_instance_id):
+            raise ConfigError(f"group_instance_id = {self.group_instance_id!r} must be 1-249 characters of ASCII "
+                              f"letters, digits, '.', '_' and '-', and not '.' or '..'")
         if self.max_batches_in_flight < 1:
             raise ConfigError(f"max_batches_in_flight must be >= 1 (1: no pipelining), got {self.max_batches_in_flight}")
         if self.transaction_timeout_ms <= self.longest_bounded_wait_ms:

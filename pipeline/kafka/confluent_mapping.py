@@ -43,6 +43,7 @@ def kafka_error(err: ck.KafkaError, commit: bool = False) -> kerr.KafkaError:
         return kerr.for_code(code)(text)
     exc = kerr.KafkaError(text)  # another local error: librdkafka says whether it is worth retrying
     exc.retriable = err.retriable() and not err.fatal()
+    exc.fatal = err.fatal()  # the client instance cannot go on (e.g. a static member fenced)
     return exc
 
 
@@ -58,7 +59,8 @@ _COMMON = {"bootstrap_servers": "bootstrap.servers", "client_id": "client.id",
            "sasl_plain_username": "sasl.username", "sasl_plain_password": "sasl.password",
            "ssl_cafile": "ssl.ca.location", "ssl_certfile": "ssl.certificate.location",
            "ssl_keyfile": "ssl.key.location", "ssl_password": "ssl.key.password"}
-_CONSUMER = {**_COMMON, "group_id": "group.id", "enable_auto_commit": "enable.auto.commit",
+_CONSUMER = {**_COMMON, "group_id": "group.id", "group_instance_id": "group.instance.id",
+             "enable_auto_commit": "enable.auto.commit",
              "isolation_level": "isolation.level", "auto_offset_reset": "auto.offset.reset",
              "max_partition_fetch_bytes": "max.partition.fetch.bytes", "session_timeout_ms": "session.timeout.ms",
              "heartbeat_interval_ms": "heartbeat.interval.ms", "fetch_max_wait_ms": "fetch.wait.max.ms",

@@ -18,6 +18,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import (
+    FencedInstanceIdError,
     InvalidProducerEpochError,
     KafkaError,
     KafkaTimeoutError,
@@ -38,6 +39,8 @@ PRODUCER_MAX_BLOCK_MS = 5000
 FENCED = (ProducerFencedError, InvalidProducerEpochError)
 FENCED_BY_ANOTHER = ("another process with the same transactional_id took over (fenced); give every process its "
                      "own transactional_id")
+FENCED_INSTANCE = ("another process joined the group with the same group_instance_id (fenced); give every process "
+                   "its own group_instance_id")
 
 
 class KafkaClients:
@@ -75,7 +78,7 @@ def client_options(cfg: RunConfig) -> dict:
 def open_consumer(clients: KafkaClients, cfg: RunConfig) -> Any:
     """The group's consumer: offsets committed by hand, read_committed under exactly-once."""
     return clients.consumer(
-        group_id=cfg.group_id, enable_auto_commit=False,
+        group_id=cfg.group_id, group_instance_id=cfg.group_instance_id or None, enable_auto_commit=False,
         isolation_level="read_committed" if cfg.processing == "exactly_once" else "read_uncommitted",
         auto_offset_reset=cfg.auto_offset_reset, max_poll_records=cfg.max_batch_ticks,
         fetch_max_bytes=cfg.fetch_max_bytes,
@@ -143,6 +146,17 @@ def publish_error_reason(exc: BaseException) -> str:
     if isinstance(exc, KafkaError) and getattr(exc, "retriable", False):
         return "retriable"
     return "refused"
+
+
+def consumer_failure(exc: BaseException) -> str | None:
+    """Why a consumer error ends the run (None: retried). A static member whose ``group_instance_id`` another
+    process took is fenced for good; librdkafka reports that, like any state its client cannot leave, as a
+    fatal error (``fatal`` on the adapter's exception)."""
+    if isinstance(exc, FencedInstanceIdError):
+        return FENCED_INSTANCE
+    if getattr(exc, "fatal", False):
+        return f"the Kafka consumer failed for good ({exc}); check the log above, fix and restart"
+    return None
 
 
 GIVE_UP = object()  # returned by a retry's on_error: stop retrying, quietly

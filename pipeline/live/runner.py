@@ -261,7 +261,9 @@ class Runner:
             try:
                 polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(records))
                 self.metrics.broker_up.set(1)
-            except Exception as exc:  # noqa: BLE001 - kafka-python raises many kinds; all retried
+            except Exception as exc:  # noqa: BLE001 - kafka-python raises many kinds; all retried but these
+                if (failure := clients.consumer_failure(exc)) is not None:
+                    raise FatalError(failure) from exc
                 self.metrics.broker_errors.labels("poll").inc()
                 self.metrics.broker_up.set(0)
                 log.warning("poll failed; retrying", extra={"error": repr(exc)})

@@ -159,13 +159,15 @@ class FakeProducer:
 class FakeConsumer:
     """A group consumer over a FakeBroker (the only member: it is assigned every partition of its topics at
     the first poll). Without a broker, only ``commit`` and ``group_metadata`` (the publish path's needs).
-    ``commit_errors`` lists errors commit raises, one per call, before it succeeds."""
+    ``commit_errors`` lists errors commit raises, one per call, before it succeeds; ``poll_errors`` the same
+    for poll."""
 
     def __init__(self, broker: FakeBroker | None = None, **config):
         self.broker = broker
         self.config = config
         self.commits: list = []
         self.commit_errors: list[BaseException] = []
+        self.poll_errors: list[BaseException] = []
         self.before_commit = None  # called with the offsets before each commit attempt
         self.listener = None
         self.topics: list[str] = []
@@ -177,6 +179,8 @@ class FakeConsumer:
         self.topics, self.listener = list(topics), listener
 
     def poll(self, timeout_ms=0, max_records=None):
+        if self.poll_errors:
+            raise self.poll_errors.pop(0)
         b = self.broker
         if not self.assigned and self.topics:
             self.assigned = {TopicPartition(t, p) for t in self.topics for p in range(len(b.topics[t]))}

@@ -7,6 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig
 
@@ -48,6 +50,8 @@ def test_tickcast_table_is_accepted(tmp_path):
     ('model = "m"\nengine = "torch"\n', "engine = 'torch' is not one of 'auto', 'kernel', 'keras'"),
     ('model = "m"\nsecurity_protocol = "SASL_SSL"\n', "needs sasl_mechanism"),
     ('model = "m"\ninput_topics = ["t"]\noutput_topic = "t"\n', "must differ"),
+    ('model = "m"\ngroup_instance_id = "pod 0"\n', "group_instance_id = 'pod 0' must be 1-249 characters"),
+    ('model = "m"\ngroup_instance_id = ".."\n', "not '.' or '..'"),
     ("model = \n", "not valid TOML"),
     ('input_topics = ["t"]\n', "no model bundle given"),
 ])
@@ -114,3 +118,25 @@ def test_every_command_and_library_function_has_the_one_micro_batch_default(monk
     assert RunConfig().max_batch_ticks == DEFAULT_MAX_BATCH_TICKS
     for fn in (run_backtest, run_walkforward, TableSource):
         assert inspect.signature(fn).parameters["max_batch_ticks"].default == DEFAULT_MAX_BATCH_TICKS, fn
+
+
+@given(st.text(max_size=300))
+def test_a_group_instance_id_is_accepted_exactly_when_kafka_python_accepts_it(value):
+    """Kafka's own rule, as kafka-python's consumer checks it: the run refuses in one line what the client would
+    refuse later, and accepts everything the client accepts, but for one: kafka-python's pattern ends in ``$``,
+    which also matches before a final newline, a character the brokers refuse."""
+    from kafka.consumer.group import KafkaConsumer  # noqa: PLC0415
+    from kafka.errors import KafkaConfigurationError  # noqa: PLC0415
+
+    try:
+        KafkaConsumer._validate_group_instance_id(None, value)
+        client_accepts = not value.endswith("\n")
+    except KafkaConfigurationError:
+        client_accepts = False
+    try:
+        RunConfig(model="m", group_instance_id=value).check()
+        accepted = True
+    except ConfigError as err:
+        assert "\n" not in str(err)
+        accepted = False
+    assert accepted == (client_accepts or value == ""), "empty: dynamic membership"

@@ -17,6 +17,7 @@ from pipeline.kafka import confluent, confluent_mapping
 from pipeline.live.clients import (
     CachingPartitioner,
     KafkaClients,
+    consumer_failure,
     make_clients,
     open_consumer,
     open_producer,
@@ -167,6 +168,7 @@ def test_every_local_error_maps_to_a_kafka_error_that_retries_only_when_librdkaf
     assert isinstance(exc, kerr.KafkaError)
     if code not in confluent_mapping.LOCAL_ERRORS:
         assert exc.retriable == (retriable and not fatal)
+        assert (consumer_failure(exc) is not None) == fatal, "a fatal error ends the run; others are retried"
 
 
 @pytest.mark.parametrize("code, reason", [
@@ -193,9 +195,12 @@ def test_the_runtimes_consumer_and_producer_options_all_translate(fakes, tmp_pat
     ca = tmp_path / "ca.pem"
     ca.write_text("x")
     cfg = _cfg(processing="exactly_once", bootstrap_servers="a:1,b:2", security_protocol="SASL_SSL",
-               sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password="p", ssl_cafile=str(ca))
+               sasl_mechanism="SCRAM-SHA-512", sasl_username="u", sasl_password="p", ssl_cafile=str(ca),
+               group_instance_id="tickcast-0")
     consumer = open_consumer(confluent.ConfluentClients(), cfg)._c.config
     assert consumer["bootstrap.servers"] == "a:1,b:2" and consumer["group.id"] == cfg.group_id
+    assert consumer["group.instance.id"] == "tickcast-0"
+    assert "group.instance.id" not in open_consumer(confluent.ConfluentClients(), _cfg())._c.config, "dynamic"
     assert consumer["isolation.level"] == "read_committed" and consumer["enable.auto.commit"] is False
     assert consumer["enable.auto.offset.store"] is False
     assert consumer["queued.max.messages.kbytes"] == cfg.fetch_max_bytes // 1024, "the prefetch is bounded"

@@ -12,7 +12,9 @@ import logging
 import threading
 import time
 
-from kafka.errors import KafkaTimeoutError, NotLeaderForPartitionError
+import pytest
+from kafka.errors import (FencedInstanceIdError, KafkaConnectionError, KafkaError, KafkaTimeoutError,
+                          NotLeaderForPartitionError)
 
 from pipeline.checkpoint import StoreUnavailable
 from tests.support.faults import failing_first
@@ -206,3 +208,45 @@ def test_the_loop_freezes_what_is_alive_at_its_start_out_of_the_full_collections
         assert len(gc.get_objects()) < frozen / 2
     finally:
         gc.unfreeze()
+
+
+def _fatal_from_librdkafka() -> KafkaError:
+    exc = KafkaError("_FATAL: Fatal consumer error: static consumer fenced by another with the same group.instance.id")
+    exc.fatal = True  # what pipeline.kafka.confluent_mapping.kafka_error sets for a fatal librdkafka error
+    return exc
+
+
+def test_the_group_instance_id_reaches_the_consumer_and_a_passing_poll_error_is_retried(bundle):
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, group_instance_id="tickcast-0")
+    fake.on_consumer = lambda c: c.poll_errors.extend([KafkaConnectionError(), KafkaTimeoutError()])
+    assert run_until(runner, all_committed(broker)) == 0
+    assert fake.consumers[0].config["group_instance_id"] == "tickcast-0"
+    assert sample(runner, "tickcast_broker_errors_total", operation="poll") == 2
+    assert len(forecasts(broker)) == 400
+
+
+@pytest.mark.parametrize("error, reason", [
+    (FencedInstanceIdError(), "same group_instance_id"),
+    (_fatal_from_librdkafka(), "the Kafka consumer failed for good"),
+])
+def test_a_consumer_fenced_or_failed_for_good_stops_the_run_with_exit_2_and_says_why(bundle, caplog, error, reason):
+    """Retrying would loop forever: another process holds this member's group_instance_id (or librdkafka's
+    client cannot go on). The run ends with the configuration-error code, and no shutdown checkpoint is
+    written for partitions another member now owns."""
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, group_instance_id="tickcast-0")
+    fake.on_consumer = lambda c: c.poll_errors.append(error)
+    code: list[int] = []
+    with caplog.at_level(logging.ERROR):
+        thread = threading.Thread(target=lambda: code.append(runner.run()), daemon=True)
+        thread.start()
+        thread.join(30)
+        stopped_by_itself = bool(code)
+        runner.request_stop()
+        thread.join(30)
+    assert stopped_by_itself and code == [2], f"the run went on after the error (exit {code})"
+    assert any(reason in str(getattr(r, "reason", "")) for r in caplog.records), caplog.text
+    assert not forecasts(broker) and broker.committed == {}
