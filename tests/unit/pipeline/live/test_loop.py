@@ -13,13 +13,29 @@ import threading
 import time
 
 import pytest
-from kafka.errors import (FencedInstanceIdError, KafkaConnectionError, KafkaError, KafkaTimeoutError,
-                          NotLeaderForPartitionError)
+from kafka.errors import (
+    FencedInstanceIdError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NotLeaderForPartitionError,
+)
 
 from pipeline.checkpoint import StoreUnavailable
 from tests.support.faults import failing_first
-from tests.support.live_loop import (TP0, TP1, all_committed, assert_same_forecasts, feed, forecasts, make_runner,
-                                     new_broker, reference, run_until, sample)
+from tests.support.live_loop import (
+    TP0,
+    TP1,
+    all_committed,
+    assert_same_forecasts,
+    feed,
+    forecasts,
+    make_runner,
+    new_broker,
+    reference,
+    run_until,
+    sample,
+)
 
 
 def test_a_batch_publishes_its_forecasts_and_commits_only_after_they_are_acknowledged(bundle):
