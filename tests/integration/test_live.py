@@ -54,15 +54,16 @@ def _assert_equal_to_offline(bundle, ticks: pa.Table, messages) -> None:
         assert value / scale == pytest.approx(expected[row] / scale, rel=1e-5, abs=1e-5), row
 
 
-@pytest.mark.parametrize("max_batch_ticks, n_ticks, kafka_client", [
-    (1, 300, "kafka-python"), (37, 2000, "kafka-python"), (5000, 2000, "kafka-python"),
-    (37, 2000, "confluent")])  # batch sizes and the client are independent: librdkafka at one size
+@pytest.mark.parametrize("max_batch_ticks, n_ticks, kafka_client, static", [
+    (1, 300, "kafka-python", False), (37, 2000, "kafka-python", True), (5000, 2000, "kafka-python", False),
+    (37, 2000, "confluent", True)])  # batch sizes, the client and the membership are independent
 def test_forecasts_through_kafka_equal_the_file_backtest(kafka_bootstrap, topics, bundle, max_batch_ticks, n_ticks,
-                                                         kafka_client):
+                                                         kafka_client, static):
     tin, tout, dlq, group = topics("e2e")
     ticks = generate_ticks(12, n_ticks, seed=max_batch_ticks, bad_fraction=0.0)
+    membership = ["--group-instance-id", f"{group}-member-0"] if static else []
     run = RunProcess.start(kafka_bootstrap, str(bundle.path), tin, tout, dlq, group,
-                           "--max-batch-ticks", str(max_batch_ticks), "--kafka-client", kafka_client)
+                           "--max-batch-ticks", str(max_batch_ticks), "--kafka-client", kafka_client, *membership)
     try:
         assert run.wait_for("starting")["kafka_client"] == kafka_client
         produce(kafka_bootstrap, tin, tick_messages(ticks), partition=0)

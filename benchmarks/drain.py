@@ -1,0 +1,55 @@
+"""The pipelined loop draining a backlog, RSS sampled every second: ``python -m benchmarks.drain [MINUTES]
+[--pin-cores] [--json FILE]`` (from the repository root; default 10 minutes).
+
+The same drain as ``tickcast bench e2e --drain-minutes``, without the rest of that benchmark: the pipelined
+loop's rate (JSON ``every_tick``) is measured first on 150,000 ticks, then a backlog of MINUTES at that rate
+is drained in a broker of its own. Pinned: the broker on CPU 0, the pipeline on the others.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from pathlib import Path
+
+from benchmarks.e2e import DEPTHS, _produce, measure_drain, measure_pipeline, phase_broker
+from pipeline import logs
+from pipeline.files.synthetic import generate_ticks
+from pipeline.kafka.replay import encode_ticks
+
+BATCH = 5000
+RATE_TICKS = 150_000
+
+
+def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False, printer=print) -> dict:
+    from benchmarks.operator import _bundle  # noqa: PLC0415
+
+    bundle = _bundle(1, 32)
+    u = uuid.uuid4().hex[:6]
+    tin, tout, dlq = f"rate-in-{u}", f"rate-out-{u}", f"rate-dlq-{u}"
+    with phase_broker(True, "", pin_cores, {tin: 1, tout: 1, dlq: 1}) as (bootstrap, _):
+        _produce(bootstrap, tin, encode_ticks(generate_ticks(instruments, RATE_TICKS, seed=1, bad_fraction=0.0)))
+        rate = measure_pipeline(bundle, bootstrap, tin, tout, dlq, RATE_TICKS, "every_tick", BATCH,
+                                DEPTHS["pipelined"])["ticks_per_second"]
+    printer(f"drain: the pipelined loop's rate, JSON every_tick: {rate:,.0f} ticks/s"
+            f"{'; cores pinned' if pin_cores else ''}")
+    with phase_broker(True, "", pin_cores, {}) as (bootstrap, _):
+        return {"pinned_cores": pin_cores, **measure_drain(bundle, bootstrap, rate, minutes, instruments, BATCH,
+                                                            printer)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    logs.configure("text", "warning")
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = args[args.index("--json") + 1] if "--json" in args else None
+    rest = [a for a in args if a not in ("--json", out, "--pin-cores")]
+    result = run(float(rest[0]) if rest else 10.0, pin_cores="--pin-cores" in args)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"figures written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
