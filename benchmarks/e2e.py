@@ -78,9 +78,10 @@ def _produce_paced(bootstrap: str, topic: str, messages, rate: float, stop=None,
     """The load generator: ``rate`` messages a second, sent in small bursts of what is due every ``PACING_S``.
 
     librdkafka, not kafka-python: paced at a few thousand messages a second (so in small produce requests),
-    kafka-python's producer cost about 75 us of CPU a message and librdkafka about 20 (4,000 a second: 30-38 %
-    of a core against 8 %). Pinned on the broker's core, kafka-python could not keep up with the rate asked
-    and starved the broker, so the loop under test saw a lighter, lumpier load than the one reported.
+    kafka-python's producer cost about 100 us of CPU a message and librdkafka about 18 (4,000 a second: 40 %
+    of a core against 7 %; ``python -m benchmarks.broker_probe``). Pinned on the broker's core, kafka-python
+    could not keep up with the rate asked and starved the broker, so the loop under test saw a lighter, lumpier
+    load than the one reported.
 
     ``linger_ms``: how long librdkafka gathers messages into one record batch. The embedded broker's fetches
     cost time in proportion to the record batches its log holds, so a long run needs a longer linger (see
@@ -256,8 +257,9 @@ def measure_drain(bundle, bootstrap: str, rate: float, minutes: float, instrumen
                          rss_samples=samples, max_seconds=3 * minutes * 60)
     d = {"minutes": minutes, "ticks": n, "drained": p["ticks"], "partitions": DRAIN_PARTITIONS,
          "ticks_per_second": p["ticks_per_second"], "seconds": p["seconds"], **_rss_summary(samples)}
-    printer(f"  drained {d['drained']:,} of {n:,} ticks in {d['seconds']:.0f} s ({d['ticks_per_second']:,.0f} ticks/s); "
-            f"RSS min {d['rss_mib_min']:.0f} MiB, max {d['rss_mib_max']:.0f} MiB (first half "
+    printer(f"  drained {d['drained']:,} of {n:,} ticks in {d['seconds']:.0f} s "
+            f"({d['ticks_per_second']:,.0f} ticks/s); RSS min {d['rss_mib_min']:.0f} MiB, "
+            f"max {d['rss_mib_max']:.0f} MiB (first half "
             f"{d['rss_mib_first_half_max']:.0f}, second half {d['rss_mib_second_half_max']:.0f}), second-half slope "
             f"{d['rss_slope_mib_per_minute_second_half']:+.2f} MiB/min")
     return d

@@ -20,7 +20,8 @@ from pipeline.kafka.broker import EmbeddedBroker, create_topics
 RATE = 4000  # ticks/s
 # The load generator gathers 100 ms of ticks (400) into a record batch: the embedded broker's fetch cost grows
 # with the number of record batches in its log, and with librdkafka's usual 5 ms (200 batches a second) a
-# caught-up consumer's fetches took its core from 26 % to 88 % within 90 seconds (flat 8 % with 100 ms).
+# caught-up consumer's fetches took its core from 24 % to 87 % within 70 seconds (flat 8-10 % with 100 ms;
+# python -m benchmarks.broker_probe).
 # Latency is measured from the loop's receipt, so the linger is not in it; the load arrives in 100 ms bursts.
 FEEDER_LINGER_MS = 100
 
