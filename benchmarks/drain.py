@@ -8,13 +8,9 @@ is drained in a broker of its own. Pinned: the broker on CPU 0, the pipeline on 
 
 from __future__ import annotations
 
-import json
-import sys
 import uuid
-from pathlib import Path
 
-from benchmarks.e2e import DEPTHS, _produce, measure_drain, measure_pipeline, phase_broker
-from pipeline import logs
+from benchmarks.e2e import DEPTHS, _produce, measure_drain, measure_pipeline, minutes_command, phase_broker
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.replay import encode_ticks
 
@@ -40,15 +36,7 @@ def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False,
 
 
 def main(argv: list[str] | None = None) -> int:
-    logs.configure("text", "warning")
-    args = list(sys.argv[1:] if argv is None else argv)
-    out = args[args.index("--json") + 1] if "--json" in args else None
-    rest = [a for a in args if a not in ("--json", out, "--pin-cores")]
-    result = run(float(rest[0]) if rest else 10.0, pin_cores="--pin-cores" in args)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"figures written to {out}")
-    return 0
+    return minutes_command(run, argv)
 
 
 if __name__ == "__main__":

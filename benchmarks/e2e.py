@@ -20,19 +20,23 @@ depend on how the scheduler happens to share the cores between them.
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.structs import TopicPartition
 
 from operators.bundle import Bundle
+from pipeline import logs
 from pipeline.config import RunConfig
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
@@ -322,6 +326,19 @@ def phase_broker(owned: bool, bootstrap: str, pin_cores: bool, topics: dict[str,
         if topics:
             create_topics(b.bootstrap, topics)
         yield b.bootstrap, cpus
+
+
+def minutes_command(run, argv: list[str] | None = None) -> int:
+    """``[MINUTES] [--pin-cores] [--json FILE]`` for a benchmark that runs for minutes (the soak, the drain)."""
+    logs.configure("text", "warning")
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = args[args.index("--json") + 1] if "--json" in args else None
+    rest = [a for a in args if a not in ("--json", out, "--pin-cores")]
+    result = run(float(rest[0]) if rest else 10.0, pin_cores="--pin-cores" in args)
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"figures written to {out}")
+    return 0
 
 
 def _rss_summary(samples: list) -> dict:

@@ -8,13 +8,9 @@ Pinned: the broker and the load generator on CPU 0, the pipeline on the others.
 
 from __future__ import annotations
 
-import json
-import sys
 import uuid
-from pathlib import Path
 
-from benchmarks.e2e import DEPTHS, _rss_summary, measure_latency, pin
-from pipeline import logs
+from benchmarks.e2e import DEPTHS, _rss_summary, measure_latency, minutes_command, pin
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
 
 RATE = 4000  # ticks/s
@@ -52,15 +48,7 @@ def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False,
 
 
 def main(argv: list[str] | None = None) -> int:
-    logs.configure("text", "warning")
-    args = list(sys.argv[1:] if argv is None else argv)
-    out = args[args.index("--json") + 1] if "--json" in args else None
-    rest = [a for a in args if a not in ("--json", out, "--pin-cores")]
-    result = run(float(rest[0]) if rest else 10.0, pin_cores="--pin-cores" in args)
-    if out:
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
-        print(f"figures written to {out}")
-    return 0
+    return minutes_command(run, argv)
 
 
 if __name__ == "__main__":

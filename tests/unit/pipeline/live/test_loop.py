@@ -23,19 +23,8 @@ from kafka.errors import (
 
 from pipeline.checkpoint import StoreUnavailable
 from tests.support.faults import failing_first
-from tests.support.live_loop import (
-    TP0,
-    TP1,
-    all_committed,
-    assert_same_forecasts,
-    feed,
-    forecasts,
-    make_runner,
-    new_broker,
-    reference,
-    run_until,
-    sample,
-)
+from tests.support.live_loop import (TP0, TP1, all_committed, assert_same_forecasts, feed, forecasts, make_runner,
+                                     new_broker, reference, run_until, sample)
 
 
 def test_a_batch_publishes_its_forecasts_and_commits_only_after_they_are_acknowledged(bundle):
