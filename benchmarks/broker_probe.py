@@ -1,5 +1,5 @@
 """What a paced load costs the load generator and the embedded broker: ``python -m benchmarks.broker_probe
-[SECONDS]`` (from the repository root; default 90).
+[SECONDS]`` (from the repository root; default 90); ``--latency MODE RATE``: probe 3 only.
 
 Two probes, each with a fresh embedded broker, 4,000 ticks a second (the soak's rate):
 
@@ -7,6 +7,10 @@ Two probes, each with a fresh embedded broker, 4,000 ticks a second (the soak's 
    time (the load generator before) against ``benchmarks.e2e._produce_paced`` (librdkafka, bursts every 2 ms);
 2. the broker's CPU every 10 seconds while a caught-up consumer reads the topic being produced, with the
    load generator gathering 5 ms and 100 ms of ticks into each record batch (librdkafka's ``linger.ms``).
+
+3. ``--latency MODE RATE``: the loop's p50/p99 (``benchmarks.e2e.measure_latency``, 15 s, sequential, cores
+   pinned, a fresh broker each) under each of the two load generators, alternated, two rounds: does the
+   load's shape (one message at a time, or a burst every 2 ms) move the latency?
 
 Why it exists: these two effects kept the 10-minute soak and drain from running at the rate asked
 (docs/benchmarks.md, "The load generator and the broker's record batches").
@@ -18,9 +22,11 @@ import os
 import sys
 import threading
 import time
+import uuid
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+import benchmarks.e2e as e2e
 from benchmarks.e2e import _produce_paced
 from pipeline import logs
 from pipeline.files.synthetic import generate_ticks
@@ -47,6 +53,34 @@ def _kafka_python_paced(bootstrap: str, topic: str, messages, rate: float) -> No
         p.send(topic, key=k, value=v, timestamp_ms=ts)
     p.flush()
     p.close()
+
+
+def kafka_python_load(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
+                      cpus: set[int] | None = None, linger_ms: int = 5) -> None:
+    """``benchmarks.e2e._produce``'s signature around the old load generator (a spawned process imports it)."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    _kafka_python_paced(bootstrap, topic, messages, rate)
+
+
+def latency_under_each_generator(mode: str, rate: float, rounds: int = 2) -> None:
+    from benchmarks.operator import _bundle  # noqa: PLC0415
+
+    bundle = _bundle(1, 32)
+    generators = (("librdkafka, bursts every 2 ms", e2e._produce), ("kafka-python, one by one", kafka_python_load))
+    try:
+        for _ in range(rounds):
+            for name, produce in generators:
+                e2e._produce = produce  # measure_latency's load generator, for this run
+                u = uuid.uuid4().hex[:6]
+                topics = {f"lat-{u}": 1, f"out-{u}": 1, f"dlq-{u}": 1}
+                with e2e.phase_broker(True, "", True, topics) as (bootstrap, cpus):
+                    lat = e2e.measure_latency(bundle, bootstrap, *topics, rate, 15, 1000, mode, 5000, 1, cpus)
+                print(f"  {mode}, {name:<30} {rate:,.0f} ticks/s: {lat['ticks']:,} ticks, p50 {lat['p50_ms']:.1f} ms, "
+                      f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, {lat['mean_batch_ticks']:.0f} a batch",
+                      flush=True)
+    finally:
+        e2e._produce = generators[0][1]
 
 
 def generator_cpu(messages, send) -> tuple[float, float]:
@@ -94,6 +128,9 @@ def broker_cpu_under_tail_reads(messages, linger_ms: int, printer=print) -> list
 def main(argv: list[str] | None = None) -> int:
     logs.configure("text", "warning")
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["--latency"]:
+        latency_under_each_generator(args[1], float(args[2]))
+        return 0
     seconds = int(args[0]) if args else 90
     messages = encode_ticks(generate_ticks(1000, RATE * seconds, seed=3, bad_fraction=0.0))
     print(f"load generator alone, {RATE:,} ticks/s for {seconds} s:")
