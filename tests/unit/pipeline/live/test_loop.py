@@ -238,8 +238,7 @@ def test_the_group_instance_id_reaches_the_consumer_and_a_passing_poll_error_is_
 ])
 def test_a_consumer_fenced_or_failed_for_good_stops_the_run_with_exit_2_and_says_why(bundle, caplog, error, reason):
     """Retrying would loop forever: another process holds this member's group_instance_id (or librdkafka's
-    client cannot go on). The run ends with the configuration-error code, and no shutdown checkpoint is
-    written for partitions another member now owns."""
+    client cannot go on). The run ends by itself with the configuration-error code and says why."""
     broker = new_broker()
     feed(broker)
     runner, fake = make_runner(bundle, broker, group_instance_id="tickcast-0")
