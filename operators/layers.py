@@ -148,9 +148,6 @@ class RecurrentCell:
                 self.b_in, self.b_rec = np.ascontiguousarray(bias[0]), np.ascontiguousarray(bias[1])
             else:
                 self.b_in = np.ascontiguousarray(bias.reshape(-1))
-        # Keras' default GRU: the kernel may step it with the compiled element-wise step (operators.lstm_native)
-        self.native_gru = (layer.kind == "gru" and layer.reset_after
-                           and (layer.activation, layer.recurrent_activation) == ("tanh", "sigmoid"))
         if layer.kind == "gru" and not layer.reset_after:
             self.wh_zr = np.ascontiguousarray(self.wh[:, : 2 * h])
             self.wh_h = np.ascontiguousarray(self.wh[:, 2 * h:])

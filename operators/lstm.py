@@ -21,6 +21,12 @@ them; those are stepped in the same packed layout with the NumPy cells of
 batch). An LSTM with Keras' default activations (tanh, sigmoid) takes the
 fast path below, whatever else the stack holds.
 
+When every recurrent layer is one :mod:`operators.compiled` has a loop for
+(LSTM and GRU with Keras' default activations, SimpleRNN with tanh) and the
+compiled kernels load, each recurrent layer is instead one call that runs all
+its steps (no return to Python per step); the NumPy path above stays the
+reference the tests hold it to.
+
 Sigmoid is evaluated as ``0.5 * tanh(x / 2) + 0.5`` so the four gates need a
 single ``tanh`` call per step; the halving is folded into the weights of the
 i, f, o columns once (exact: scaling by a power of two).
@@ -32,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from operators import blas, lstm_native
-from operators.layers import PerTick, Recurrent, RecurrentCell, Stack
+from operators import blas, compiled
+from operators.layers import PerTick, Recurrent, RecurrentCell, Stack, activation
 
 _BLOCK_ROWS = 1024
 _WIDE_STEP_ROWS = 256  # steps at least this wide project their inputs block by block
@@ -112,12 +118,9 @@ class RaggedLSTM:
     Built from :class:`LSTMWeights` (the built-in stacked LSTM + Dense(1) head) or any
     :class:`operators.layers.Stack`."""
 
-    def __init__(self, weights: LSTMWeights | Stack, native: bool = True):
+    def __init__(self, weights: LSTMWeights | Stack, compiled_loop: bool = True):
         self.weights = weights
         self.stack = weights.stack() if isinstance(weights, LSTMWeights) else weights
-        # The compiled element-wise step (operators.lstm_native) when it is available; NumPy otherwise.
-        self._native = lstm_native.load() if native else None
-        self._native_gru = lstm_native.load_gru() if native else None
         self._gemm_threads = blas.gemm_threads()  # see operators.blas: small GEMMs, one thread each
         self.outputs = self.stack.outputs
         self.state_vectors = self.stack.state_vectors
@@ -130,6 +133,15 @@ class RaggedLSTM:
             else:
                 self._plan.append(("cell", RecurrentCell(layer)))
         self._scratch: dict[str, np.ndarray] = {}
+        # The compiled time loop (operators.compiled) when it serves every recurrent layer; NumPy otherwise.
+        self._kernels = compiled.load() if compiled_loop else None
+        self._loops = _compiled_plan(self.stack, self._kernels) if self._kernels is not None else None
+        if compiled_loop and self._kernels is None:
+            self.why_not_compiled = compiled.unavailable()
+        elif not compiled_loop:
+            self.why_not_compiled = "the NumPy path was asked for"
+        else:
+            self.why_not_compiled = "" if self._loops is not None else _uncompiled_layer(self.stack)
 
     @staticmethod
     def _fast_lstm(layer: Recurrent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,18 +158,15 @@ class RaggedLSTM:
         return wx, wh, b
 
     @property
-    def native(self) -> bool:
-        """Whether the compiled element-wise step is in use."""
-        return self._native is not None
+    def compiled(self) -> bool:
+        """Whether the compiled time loop steps this model (else the NumPy path; ``why_not_compiled`` says why)."""
+        return self._loops is not None
 
     def _cell(self, z: np.ndarray, hs: np.ndarray, cs: np.ndarray, wh: np.ndarray, b: np.ndarray,
               rec: np.ndarray, tc: np.ndarray) -> None:
         """One LSTM step for a block of rows, in place: z holds x @ W_x on entry (plus b on the NumPy path)."""
         hidden = hs.shape[1]
         np.matmul(hs, wh, out=rec)
-        if self._native is not None:
-            self._native(z, rec, b, hs, cs)
-            return
         z += rec
         np.tanh(z, out=z)
         ifo = z[:, : 3 * hidden]
@@ -219,6 +228,8 @@ class RaggedLSTM:
         Returns (y (T, K) float32 output after each tick, the final state vectors in the same order).
         """
         with blas.limit(self._gemm_threads):
+            if self._loops is not None:
+                return self._run_compiled(x, lengths, states, reset, in_place)
             return self._run(x, lengths, states, reset, in_place)
 
     def _run(self, x: np.ndarray, lengths: np.ndarray, states: list[np.ndarray],
@@ -278,7 +289,7 @@ class RaggedLSTM:
     def _lstm_layer(self, pk: Packing, identity: bool, in_place: bool, layer_in: np.ndarray, h0: np.ndarray,
                     c0: np.ndarray, reset_steps: list, layer: int, wx: np.ndarray, wh: np.ndarray,
                     b: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        """One tanh/sigmoid LSTM layer: the fast path (compiled element-wise step when available)."""
+        """One tanh/sigmoid LSTM layer: the NumPy fast path."""
         t_total = len(layer_in)
         hidden = wh.shape[0]
         active = pk.active.tolist()
@@ -294,8 +305,7 @@ class RaggedLSTM:
         tail = offsets[n_wide] if n_wide < len(offsets) else t_total
         gates = self._workspace("gates", (t_total - tail, 4 * hidden))
         np.matmul(layer_in[tail:], wx, out=gates)
-        if self._native is None:
-            gates += b  # the compiled step adds the bias in its own pass
+        gates += b
         own = identity and in_place and all(a.flags.c_contiguous and a.dtype == np.float32 for a in (h0, c0))
         h = self._gathered(pk, identity, own, h0, "h")
         c = self._gathered(pk, identity, own, c0, "c")
@@ -310,8 +320,7 @@ class RaggedLSTM:
                 r1 = min(a, r0 + _BLOCK_ROWS)
                 if t < n_wide:
                     z = np.matmul(layer_in[s + r0 : s + r1], wx, out=z_all[: r1 - r0])
-                    if self._native is None:
-                        z += b
+                    z += b
                 else:
                     z = gates[s - tail + r0 : s - tail + r1]
                 self._cell(z, h[r0:r1], c[r0:r1], wh, b, rec_all[: r1 - r0], tmp_all[: r1 - r0])
@@ -327,19 +336,104 @@ class RaggedLSTM:
         own = identity and in_place and all(a.flags.c_contiguous and a.dtype == np.float32 for a in state0)
         st = [self._gathered(pk, identity, own, a, f"s{i}") for i, a in enumerate(state0)]
         out = np.empty((len(layer_in), cell.units), dtype=np.float32)
-        gru = self._native_gru if cell.native_gru else None
-        if gru is not None:
-            b_rec = cell.b_rec if cell.b_rec is not None else np.zeros(3 * cell.units, np.float32)
-            inner_all = self._workspace("inner", (int(pk.active[0]), 3 * cell.units))
         for t, (s, a) in enumerate(zip(pk.offsets.tolist(), pk.active.tolist())):
             if reset_steps[t] is not None:
                 for v in st:
                     v[reset_steps[t]] = 0.0
-            if gru is not None:  # a GRU with Keras' defaults: the compiled element-wise step
-                h = st[0][:a]
-                inner = np.matmul(h, cell.wh, out=inner_all[:a])
-                gru(xw[s : s + a], inner, b_rec, h)
-                out[s : s + a] = h
-            else:
-                out[s : s + a] = cell.step(xw[s : s + a], [v[:a] for v in st])[:a]
+            out[s : s + a] = cell.step(xw[s : s + a], [v[:a] for v in st])[:a]
         return [self._ungathered(pk, identity, own, v) for v in st], out
+
+    def _run_compiled(self, x: np.ndarray, lengths: np.ndarray, states: list[np.ndarray],
+                      reset: np.ndarray | None, in_place: bool) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Every recurrent layer as one compiled call over all its steps (operators.compiled), ticks and state
+        rows where they lie: the packed order is only an index (longest groups first)."""
+        g, t_total = len(lengths), len(x)
+        if g == 0 or t_total == 0:
+            return np.zeros((0, self.outputs), np.float32), [a.copy() for a in states]
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if g < 2 or bool(np.all(lengths[:-1] >= lengths[1:])):
+            order = np.arange(g, dtype=np.int64)
+        else:
+            order = np.argsort(-lengths, kind="stable").astype(np.int64)
+        max_len = int(lengths[order[0]])
+        active = (g - np.cumsum(np.bincount(lengths, minlength=max_len + 1))[:max_len]).astype(np.int64)
+        starts = np.zeros(g, dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        if reset is None:
+            reset = np.zeros(t_total, dtype=np.bool_)
+        reset = np.ascontiguousarray(reset, dtype=np.bool_)
+        own = in_place and all(a.flags.c_contiguous and a.dtype == np.float32 for a in states)
+        st = list(states) if own else [np.array(a, dtype=np.float32, order="C") for a in states]
+        layer_in = np.ascontiguousarray(x, dtype=np.float32)
+        k = n_rec = 0
+        project = self._kernels.project
+        for kind, *plan in self._loops:
+            if kind == "tick":
+                layer_in = _per_tick(plan[0], layer_in, project)
+                continue
+            fn, wx, b, wh, extra = plan
+            xw = self._workspace("xw", (t_total, wx.shape[1]))
+            project(layer_in, wx, xw)
+            out = self._workspace(f"out{n_rec % 2}", (t_total, wh.shape[0]))
+            if kind == "lstm":
+                fn(xw, b, starts, order, active, reset, st[k], st[k + 1], wh, out)
+                k += 2
+            else:
+                fn(xw, b, starts, order, active, reset, st[k], extra, wh, out)
+                k += 1
+            layer_in = out
+            n_rec += 1
+        y = layer_in if layer_in.ndim == 2 else layer_in.reshape(t_total, -1)
+        return y.copy(), st  # a copy: y may be a workspace (or a view of one) the next batch overwrites
+
+
+def _per_tick(layer: PerTick, x: np.ndarray, project) -> np.ndarray:
+    """A per-tick layer on the compiled path: Dense with the row-by-row product, the rest as NumPy has it."""
+    if layer.kind != "dense":
+        return np.ascontiguousarray(layer.apply(x), dtype=np.float32)
+    kernel = np.ascontiguousarray(layer.kernel, dtype=np.float32)
+    y = np.empty((len(x), kernel.shape[1]), np.float32)
+    project(np.ascontiguousarray(x, dtype=np.float32), kernel, y)
+    if layer.bias is not None:
+        y += np.asarray(layer.bias, dtype=np.float32)
+    return np.ascontiguousarray(activation(layer.activation)(y), dtype=np.float32)
+
+
+def _compilable(layer: Recurrent) -> bool:
+    acts = (layer.activation, layer.recurrent_activation)
+    return ((layer.kind == "lstm" and acts == ("tanh", "sigmoid"))
+            or (layer.kind == "gru" and layer.reset_after and acts == ("tanh", "sigmoid"))
+            or (layer.kind == "rnn" and layer.activation == "tanh"))
+
+
+def _uncompiled_layer(stack: Stack) -> str:
+    for layer in stack.recurrent:
+        if not _compilable(layer):
+            return f"the compiled loop has no {layer.describe()} layer ({layer.name})"
+    return ""
+
+
+def _compiled_plan(stack: Stack, kernels: compiled.Kernels) -> list[tuple] | None:
+    """Per layer: ("tick", layer) or (kind, loop, W_x, bias, W_h, extra) for the compiled loops; None when a
+    recurrent layer has no compiled loop (the whole stack then takes the NumPy path)."""
+    if not all(_compilable(layer) for layer in stack.recurrent):
+        return None
+    plan: list[tuple] = []
+    for layer in stack.layers:
+        if isinstance(layer, PerTick):
+            plan.append(("tick", layer))
+            continue
+        units = layer.units
+        if layer.kind == "lstm":
+            wx, wh, b = RaggedLSTM._fast_lstm(layer)
+            plan.append(("lstm", kernels.lstm, wx, b, wh, None))
+            continue
+        cell = RecurrentCell(layer)
+        width = 3 * units if layer.kind == "gru" else units
+        b_in = cell.b_in if cell.b_in is not None else np.zeros(width, np.float32)
+        extra = cell.b_rec if layer.kind == "gru" and cell.b_rec is not None else np.zeros(
+            width if layer.kind == "gru" else 0, np.float32)
+        loop = kernels.gru if layer.kind == "gru" else kernels.rnn
+        plan.append((layer.kind, loop, cell.wx, np.ascontiguousarray(b_in, np.float32), cell.wh,
+                     np.ascontiguousarray(extra, np.float32)))
+    return plan

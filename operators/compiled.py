@@ -1,0 +1,118 @@
+"""The compiled time loop: every step of a recurrent layer over a ragged batch, in one call.
+
+A batch of few instruments with many ticks each is a long run of narrow steps
+(4 instruments, 5,000 ticks: 1,250 steps of 4 rows); stepped from Python, each
+step pays call overhead that dwarfs its arithmetic. The functions here take a
+whole layer's batch at once: for every step of the packed layout (the groups
+ranked longest first, so the groups still active at step t are the first
+``active[t]`` of ``order``), the recurrent product ``h @ W_h`` of each active row,
+the gates and the state update, the output after each tick, and the
+zeroing of a row's state where a tick starts its instrument afresh. The input
+projection ``x @ W_x`` of every tick (and every Dense layer) is :func:`project`, row
+by row, before the call; other per-tick layers run in NumPy over all ticks.
+
+Every product here is formed row by row, in an order fixed by the layer's
+shape alone, so a tick's numbers do not depend on which other ticks or
+instruments share its batch: the compiled path is batch-invariant to the bit
+(a BLAS GEMM is not: its blocking, and so its rounding, depends on the number
+of rows it is given).
+
+Rows are addressed through ``order`` and each tick's row of ``xw``/``out`` is
+``starts[g] + t``, so neither the state rows nor the ticks are permuted into a
+packed copy. Active rows go four at a time, so each weight is loaded once for
+four rows; a row's sums are added in the same order whichever path (four rows
+or one) steps it, so its numbers do not depend on who shares its step.
+
+Compiled with numba (LLVM, from the wheel: no C compiler at install or run
+time), for the CPU it runs on, on first use in a process; the machine code is
+cached in ``NUMBA_CACHE_DIR`` (default: ``<kernel cache>/numba``, see
+:func:`cache_dir`) so later starts load it. When numba is missing or
+``TICKCAST_NATIVE_KERNEL=0`` is set, :func:`load` returns None with the reason
+and the NumPy path (:mod:`operators.lstm`, the reference) runs. The math is
+Keras' cells, with Eigen's rational float ``tanh`` (what TensorFlow's CPU kernels
+use; a few ulp from the exact value) so the gates vectorise; sigmoid is
+``0.5 * tanh(x / 2) + 0.5`` with the halving folded into the weights.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+
+def cache_dir() -> Path:
+    """Where compiled machine code is kept: ``TICKCAST_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/tickcast``."""
+    env = os.environ.get("TICKCAST_KERNEL_CACHE")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "tickcast"
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The compiled layer loops (see the module docstring for their arguments)."""
+
+    lstm: Callable
+    gru: Callable
+    rnn: Callable
+    project: Callable  # out = x @ w row by row: each row's numbers depend on that row alone
+    seconds: float  # time to compile or load them
+    cached: bool  # machine code kept across processes
+
+
+_STATE: dict[str, object] = {}
+
+
+def load() -> Kernels | None:
+    """The compiled kernels, built once per process; None when disabled or numba is unavailable
+    (:func:`unavailable` then says why)."""
+    if "kernels" in _STATE:
+        return _STATE["kernels"]  # type: ignore[return-value]
+    kernels, why = None, ""
+    if os.environ.get("TICKCAST_NATIVE_KERNEL", "1") == "0":
+        why = "TICKCAST_NATIVE_KERNEL=0"
+    else:
+        try:
+            kernels = _build()
+        except ImportError as e:
+            why = f"numba is not installed ({e}); pip install numba"
+        except Exception as e:  # noqa: BLE001 - a compiler failure must leave the NumPy path serving
+            why = f"compiling failed: {type(e).__name__}: {e}"
+    _STATE["kernels"], _STATE["why"] = kernels, why
+    return kernels
+
+
+def unavailable() -> str:
+    """Why :func:`load` returned None ("" when it did not)."""
+    load()
+    return str(_STATE["why"])
+
+
+def _build() -> Kernels:
+    start = time.perf_counter()
+    cached = bool(os.environ.get("NUMBA_CACHE_DIR")) and _writable(Path(os.environ["NUMBA_CACHE_DIR"]))
+    if not os.environ.get("NUMBA_CACHE_DIR"):
+        target = cache_dir() / "numba"
+        if _writable(target):
+            os.environ["NUMBA_CACHE_DIR"] = str(target)  # read by numba when it is first imported, just below
+            cached = True
+    from operators import _loops  # noqa: PLC0415 - numba and its compiler only when the kernels are asked for
+
+    lstm, gru, rnn, project = _loops.compile_all(cache=cached)
+    return Kernels(lstm, gru, rnn, project, time.perf_counter() - start, cached)
