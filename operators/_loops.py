@@ -23,7 +23,7 @@ _FLAGS = {"nsz", "arcp"}
 _OPTS = {"fastmath": _FLAGS, "error_model": "numpy", "boundscheck": False}
 
 
-@njit(inline="always", **_OPTS)
+@njit(fastmath=_FLAGS | {"contract"}, error_model="numpy")  # fused multiply-adds: its rounding is per element
 def _tanh(x):
     """Eigen's generic_fast_tanh_float: a 13/6 rational approximation, clamped (branch-free: vectorises)."""
     clamp = np.float32(7.90531110763549805)

@@ -26,7 +26,8 @@ or one) steps it, so its numbers do not depend on who shares its step.
 Compiled with numba (LLVM, from the wheel: no C compiler at install or run
 time), for the CPU it runs on, on first use in a process; the machine code is
 cached in ``NUMBA_CACHE_DIR`` (default: ``<kernel cache>/numba``, see
-:func:`cache_dir`) so later starts load it. When numba is missing or
+:func:`cache_dir`) so later starts load it; ``TICKCAST_KERNEL_CACHE_SEED`` names a
+cache made in advance (the image builds one) that is copied there first. When numba is missing or
 ``TICKCAST_NATIVE_KERNEL=0`` is set, :func:`load` returns None with the reason
 and the NumPy path (:mod:`operators.lstm`, the reference) runs. The math is
 Keras' cells, with Eigen's rational float ``tanh`` (what TensorFlow's CPU kernels
@@ -37,6 +38,7 @@ use; a few ulp from the exact value) so the gates vectorise; sigmoid is
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass
@@ -112,6 +114,11 @@ def _build() -> Kernels:
         if _writable(target):
             os.environ["NUMBA_CACHE_DIR"] = str(target)  # read by numba when it is first imported, just below
             cached = True
+    seed = os.environ.get("TICKCAST_KERNEL_CACHE_SEED")
+    if cached and seed and Path(seed).is_dir():
+        # Machine code compiled when the image was built (a read-only layer): copied into the writable
+        # cache, so a container with a read-only root filesystem starts without compiling.
+        shutil.copytree(seed, os.environ["NUMBA_CACHE_DIR"], dirs_exist_ok=True)
     from operators import _loops  # noqa: PLC0415 - numba and its compiler only when the kernels are asked for
 
     lstm, gru, rnn, project = _loops.compile_all(cache=cached)

@@ -17,6 +17,7 @@ invariance are the same whichever engine runs.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,6 +61,20 @@ def choose(stack: Stack, engine: str = "auto") -> Choice:
     if refusal is None:
         return Choice("kernel", "auto: the NumPy kernel computes every layer of the model")
     return Choice("keras", f"auto: the NumPy kernel cannot; {refusal}")
+
+
+def compiled_line(kernel: Stepper) -> tuple[bool, str]:
+    """Whether the compiled time loop (operators.compiled) steps the model, and one line saying so or why not."""
+    if getattr(kernel, "compiled", False):
+        from operators import compiled  # noqa: PLC0415
+
+        k = compiled.load()
+        where = f"machine code cached in {os.environ.get('NUMBA_CACHE_DIR')}" if k.cached else "no writable cache"
+        return True, f"compiled time loop: on (ready in {k.seconds:.1f} s; {where})"
+    why = getattr(kernel, "why_not_compiled", None)
+    if why is None:
+        return False, "compiled time loop: not used (the Keras engine steps the model)"
+    return False, f"compiled time loop: OFF, the NumPy path steps the model, several times slower ({why})"
 
 
 def stepper(bundle, choice: Choice) -> Stepper:

@@ -79,6 +79,7 @@ def run_live(workdir: str | Path, bundle: Bundle, ticks: pa.Table, say: Callable
     from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
     from pipeline.config import RunConfig  # noqa: PLC0415
     from pipeline.live.runner import Runner  # noqa: PLC0415
+    from pipeline.live.status import STARTUP_S  # noqa: PLC0415
     from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
     from pipeline.kafka.replay import replay  # noqa: PLC0415
 
@@ -130,8 +131,11 @@ def run_live(workdir: str | Path, bundle: Bundle, ticks: pa.Table, say: Callable
     print(file=sys.stderr)
     print(f"live: {s['ticks']:,} ticks consumed, {s['forecasts']:,} forecasts published, "
           f"{s['dead_letters']:,} dead letters ({rejected}) in {s['elapsed_s']} s")
-    print(f"  latency tick received -> forecast acknowledged: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
-          f"max {s['max_ms']} ms")
+    print("  latency tick received -> forecast acknowledged:")
+    print(f"    steady state (after the first {STARTUP_S:g} s): p50 {s['steady_p50_ms']} ms, "
+          f"p99 {s['steady_p99_ms']} ms, max {s['steady_max_ms']} ms")
+    print(f"    start-up (the first {STARTUP_S:g} s: imports, first allocations, first fetches): "
+          f"p50 {s['startup_p50_ms']} ms, p99 {s['startup_p99_ms']} ms, max {s['startup_max_ms']} ms")
     print(f"  where to look: forecasts and dead letters were on topics `forecasts` and `ticks.dlq` of the "
           f"embedded broker (in memory, now stopped); files in {workdir}/; state checkpoints: "
           f"`tickcast state inspect {Path(workdir) / 'checkpoints'}`; run it yourself with "

@@ -174,6 +174,8 @@ class Metrics:
         for source in ("checkpoint", "warmup", "replay_from_start", "empty"):
             self.restores.labels(source)
         self.model_info = Info("model", "The model bundle being served", namespace=ns, registry=r)
+        self.compiled_loop = Gauge("compiled_loop", "1 when the compiled time loop steps the model; 0 when the "
+                                   "NumPy path (several times slower) or the Keras engine does", namespace=ns, registry=r)
         self.start_time = Gauge("start_time_seconds", "Unix time the run started", namespace=ns, registry=r)
         self.start_time.set_to_current_time()
         self.broker_up.set(0)

@@ -44,6 +44,7 @@ from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
+from operators.engines import compiled_line
 from pipeline import logs
 from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
@@ -77,6 +78,9 @@ class Runner:
             max_instruments=config.max_instruments or None, engine=config.engine,
         ))
         log.info(self.forecaster.engine.line)
+        fast, line = compiled_line(self.forecaster.kernel)
+        (log.info if fast or self.forecaster.engine.engine == "keras" else log.warning)(line)
+        self.metrics.compiled_loop.set(int(fast))
         self.metrics.state_rows_limit.set(config.max_instruments)
         self.scorer = OnlineScorer(bundle.horizon)
         self.stats = RunStats()

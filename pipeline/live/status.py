@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pipeline.live.batch import Batch  # batch.py imports this module
 
 log = logs.get("run")
+STARTUP_S = 10.0  # latencies of batches settled this soon after the first batch arrived count as start-up
 
 
 @dataclass
@@ -37,13 +38,27 @@ class RunStats:
     first_batch_at: float | None = None  # monotonic time the first batch's records arrived
     last_batch_done: float | None = None
     latencies: deque = field(default_factory=lambda: deque(maxlen=200_000))
+    # The same latencies split at STARTUP_S after the first batch arrived: the first batches pay for
+    # start-up (imports, first allocations, a partition's first fetch) and say nothing of the steady state.
+    startup_latencies: deque = field(default_factory=lambda: deque(maxlen=200_000))
+    steady_latencies: deque = field(default_factory=lambda: deque(maxlen=200_000))
 
-    def percentiles(self) -> dict[str, float | None]:
-        if not self.latencies:
+    def percentiles(self, which: str = "all") -> dict[str, float | None]:
+        """p50, p99 and max in ms over ``which``: "all", "startup" (batches settled in the first STARTUP_S after
+        the first batch arrived) or "steady" (after)."""
+        values = {"all": self.latencies, "startup": self.startup_latencies, "steady": self.steady_latencies}[which]
+        if not values:
             return {"p50_ms": None, "p99_ms": None, "max_ms": None}
-        a = np.fromiter(self.latencies, dtype=np.float64)
+        a = np.fromiter(values, dtype=np.float64)
         return {"p50_ms": float(np.percentile(a, 50) * 1e3), "p99_ms": float(np.percentile(a, 99) * 1e3),
                 "max_ms": float(a.max() * 1e3)}
+
+    def add_latencies(self, now: float, latencies: list[float]) -> None:
+        """Latencies of a batch settled at ``now`` (monotonic): start-up until STARTUP_S after the first batch
+        arrived, steady state after."""
+        self.latencies.extend(latencies)
+        startup = self.first_batch_at is None or now - self.first_batch_at < STARTUP_S
+        (self.startup_latencies if startup else self.steady_latencies).extend(latencies)
 
     def summary(self) -> dict:
         """The fields of the ``stopped`` log line (and of the CLI's result)."""
@@ -53,7 +68,9 @@ class RunStats:
                 "replayed": self.replayed, "checkpoints": self.checkpoints,
                 "checkpoint_failures": self.checkpoint_failures,
                 "elapsed_s": round(elapsed, 1), **{k: (round(v, 2) if v is not None else None)
-                                                   for k, v in self.percentiles().items()}}
+                                                   for k, v in self.percentiles().items()},
+                **{f"{which}_{k}": (round(v, 2) if v is not None else None)
+                   for which in ("startup", "steady") for k, v in self.percentiles(which).items()}}
 
 
 def count_received(metrics: Metrics, partitions: Partitions, part_ids: np.ndarray) -> None:
@@ -144,14 +161,14 @@ def account(metrics: Metrics, stats: RunStats, scorer: OnlineScorer, state, batc
     now = time.monotonic()
     lat = now - np.asarray(batch.received_at)[msg_index] if len(msg_index) else np.zeros(0)
     m.e2e_seconds.observe_many(lat)
-    s.latencies.extend(lat.tolist())
+    if s.first_batch_at is None:
+        s.first_batch_at = min(batch.received_at)
+    s.add_latencies(now, lat.tolist())
     score(scorer, m, batch.ticks, batch.rows, batch.forecasts, result.expired)
     s.ticks += len(batch.records)
     s.forecasts += len(out_rows)
     s.dead_letters += len(batch.dead)
     s.batches += 1
-    if s.first_batch_at is None:
-        s.first_batch_at = min(batch.received_at)
     s.last_batch_done = now
     for d in batch.dead:
         m.dead_letters.labels(d.reason).inc()

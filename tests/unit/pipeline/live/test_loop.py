@@ -254,3 +254,48 @@ def test_a_consumer_fenced_or_failed_for_good_stops_the_run_with_exit_2_and_says
     assert stopped_by_itself and code == [2], f"the run went on after the error (exit {code})"
     assert any(reason in str(getattr(r, "reason", "")) for r in caplog.records), caplog.text
     assert not forecasts(broker) and broker.committed == {}
+
+
+def test_the_run_says_and_exports_whether_the_compiled_loop_steps_the_model(bundle, monkeypatch, caplog):
+    from operators import compiled
+
+    broker = new_broker()
+    with caplog.at_level(logging.INFO):
+        runner, _ = make_runner(bundle, broker)
+    assert compiled.load() is not None, compiled.unavailable()  # numba is a dependency: the loop must load here
+    assert sample(runner, "tickcast_compiled_loop") == 1
+    assert any(r.levelno == logging.INFO and "compiled time loop: on" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    monkeypatch.setattr(compiled, "_STATE", {})
+    monkeypatch.setenv("TICKCAST_NATIVE_KERNEL", "0")
+    with caplog.at_level(logging.INFO):
+        slow, _ = make_runner(bundle, new_broker())
+    assert sample(slow, "tickcast_compiled_loop") == 0
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("compiled time loop: OFF" in m and "TICKCAST_NATIVE_KERNEL=0" in m for m in warned), warned
+
+
+def test_the_summary_tells_start_up_latency_from_the_steady_state():
+    """Batches settled in the first STARTUP_S after the first batch arrived count as start-up, later ones as
+    the steady state; the summary's figures of each are over its own batches only."""
+    from pipeline.live.status import STARTUP_S, RunStats
+
+    s = RunStats()
+    s.first_batch_at = 100.0
+    s.add_latencies(100.5, [0.3, 0.4])  # the first batch: slow
+    s.add_latencies(100.0 + STARTUP_S - 0.01, [0.2])
+    s.add_latencies(100.0 + STARTUP_S, [0.01, 0.02])
+    s.add_latencies(100.0 + 5 * STARTUP_S, [0.03])
+    summary = s.summary()
+    assert list(s.startup_latencies) == [0.3, 0.4, 0.2] and list(s.steady_latencies) == [0.01, 0.02, 0.03]
+    assert summary["startup_max_ms"] == pytest.approx(400) and summary["steady_max_ms"] == pytest.approx(30)
+    assert summary["steady_p50_ms"] == pytest.approx(20) and summary["max_ms"] == pytest.approx(400)
+
+
+def test_every_latency_of_a_run_is_start_up_or_steady_state(bundle):
+    broker = new_broker()
+    feed(broker)
+    runner, _ = make_runner(bundle, broker, max_batch_ticks=50)
+    assert run_until(runner, all_committed(broker)) == 0
+    s = runner.stats
+    assert len(s.startup_latencies) + len(s.steady_latencies) == len(s.latencies) == 400
