@@ -1,8 +1,9 @@
 """The numba source of :mod:`operators.compiled` (imported only when the kernels are built).
 
 Every layer loop has the same arguments:
-    xw (T, G*H) float32  the input projection x @ W_x of every tick, ticks group after group
-    b (G*H,)             the bias (LSTM; GRU: the input bias; SimpleRNN), same columns as xw
+    x (T, F) float32     the layer's input at every tick, ticks group after group
+    wx (F, G*H)          input kernel (its product is formed in the loop: no (T, G*H) temporary)
+    b (G*H,)             the bias (LSTM; GRU: the input bias; SimpleRNN), same columns as wx
     starts (N,) int64    first tick of each group in xw/out
     order (N,) int64     the groups, longest first (packed row r is group order[r])
     active (L,) int64    groups still stepping at step t (a prefix of order)
@@ -17,13 +18,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, types
 
-# No "contract": a fused multiply-add would let the compiler round a row's sums differently
-# in the four-row and one-row paths; "nsz"/"arcp" change no finite result here.
+# The products (_rec1, _rec4) are compiled without "contract": a fused multiply-add would let the
+# compiler round a row's sums differently in the four-row and one-row paths. The element-wise code
+# (gates, tanh) is the same code for every row, so it may fuse. "nsz"/"arcp" change no finite result here.
 _FLAGS = {"nsz", "arcp"}
 _OPTS = {"fastmath": _FLAGS, "error_model": "numpy", "boundscheck": False}
+_FUSED = {"fastmath": _FLAGS | {"contract"}, "error_model": "numpy", "boundscheck": False}
 
 
-@njit(fastmath=_FLAGS | {"contract"}, error_model="numpy")  # fused multiply-adds: its rounding is per element
+@njit(**_OPTS)  # unfused: Eigen's coefficients are for separate rounding (its clamp then gives exactly 1)
 def _tanh(x):
     """Eigen's generic_fast_tanh_float: a 13/6 rational approximation, clamped (branch-free: vectorises)."""
     clamp = np.float32(7.90531110763549805)
@@ -46,7 +49,7 @@ def _tanh(x):
     return x if abs(x) < np.float32(0.0004) else r
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)  # not inlined by numba: compiled (and kept) with its own flags, inlined by LLVM
 def _rec1(hq, wh, a):
     """a = hq @ wh for one row, four inputs at a time (the same sums, in the same order, as :func:`_rec4`)."""
     hidden, width = wh.shape
@@ -66,7 +69,7 @@ def _rec1(hq, wh, a):
         k += 1
 
 
-@njit(inline="always", **_OPTS)
+@njit(**_OPTS)
 def _rec4(h0, h1, h2, h3, wh, a0, a1, a2, a3):
     """:func:`_rec1` for four rows at once: each weight row is loaded once for the four."""
     hidden, width = wh.shape
@@ -122,11 +125,12 @@ def _rows_at(starts, order, active, t, r, rows, ticks):
     return n
 
 
-def lstm_layer(xw, b, starts, order, active, reset, h, c, wh, out):
+def lstm_layer(x, wx, b, starts, order, active, reset, h, c, wh, out):
     """Keras' LSTMCell with tanh/sigmoid; columns i, f, o, g with i, f, o halved (sigmoid via tanh)."""
     hidden = h.shape[1]
     half = np.float32(0.5)
     acc = np.empty((4, 4 * hidden), np.float32)
+    accx = np.empty((4, 4 * hidden), np.float32)
     rows = np.empty(4, np.int64)
     ticks = np.empty(4, np.int64)
     for t in range(active.shape[0]):
@@ -138,9 +142,10 @@ def lstm_layer(xw, b, starts, order, active, reset, h, c, wh, out):
                     h[rows[q]] = 0.0
                     c[rows[q]] = 0.0
             _rec(h, rows, n, wh, acc)
+            _rec(x, ticks, n, wx, accx)
             for q in range(n):
                 i = ticks[q]
-                hq, cq, zq, aq, oq = h[rows[q]], c[rows[q]], xw[i], acc[q], out[i]
+                hq, cq, zq, aq, oq = h[rows[q]], c[rows[q]], accx[q], acc[q], out[i]
                 for j in range(hidden):
                     ig = half * _tanh(zq[j] + aq[j] + b[j]) + half
                     fg = half * _tanh(zq[hidden + j] + aq[hidden + j] + b[hidden + j]) + half
@@ -154,13 +159,14 @@ def lstm_layer(xw, b, starts, order, active, reset, h, c, wh, out):
             r += n
 
 
-def gru_layer(xw, b, starts, order, active, reset, h, b_rec, wh, out):
+def gru_layer(x, wx, b, starts, order, active, reset, h, b_rec, wh, out):
     """Keras' GRUCell, reset_after=True, tanh/sigmoid; columns z, r, h; ``b`` the input bias, ``b_rec``
     the recurrent one: z, r = sigmoid(xw + b + h @ W_h + b_rec); hh = tanh(xw_h + b_h + r * (h @ W_h + b_rec)_h)."""
     hidden = h.shape[1]
     half = np.float32(0.5)
     one = np.float32(1.0)
     acc = np.empty((4, 3 * hidden), np.float32)
+    accx = np.empty((4, 3 * hidden), np.float32)
     rows = np.empty(4, np.int64)
     ticks = np.empty(4, np.int64)
     for t in range(active.shape[0]):
@@ -171,9 +177,10 @@ def gru_layer(xw, b, starts, order, active, reset, h, b_rec, wh, out):
                 if reset[ticks[q]]:
                     h[rows[q]] = 0.0
             _rec(h, rows, n, wh, acc)
+            _rec(x, ticks, n, wx, accx)
             for q in range(n):
                 i = ticks[q]
-                hq, zq, aq, oq = h[rows[q]], xw[i], acc[q], out[i]
+                hq, zq, aq, oq = h[rows[q]], accx[q], acc[q], out[i]
                 for j in range(hidden):
                     z = half * _tanh(half * ((zq[j] + b[j]) + (aq[j] + b_rec[j]))) + half
                     rg = half * _tanh(half * ((zq[hidden + j] + b[hidden + j])
@@ -186,10 +193,11 @@ def gru_layer(xw, b, starts, order, active, reset, h, b_rec, wh, out):
             r += n
 
 
-def rnn_layer(xw, b, starts, order, active, reset, h, unused, wh, out):
+def rnn_layer(x, wx, b, starts, order, active, reset, h, unused, wh, out):
     """Keras' SimpleRNNCell with tanh: h = tanh(xw + b + h @ W_h)."""
     hidden = h.shape[1]
     acc = np.empty((4, hidden), np.float32)
+    accx = np.empty((4, hidden), np.float32)
     rows = np.empty(4, np.int64)
     ticks = np.empty(4, np.int64)
     for t in range(active.shape[0]):
@@ -200,9 +208,10 @@ def rnn_layer(xw, b, starts, order, active, reset, h, unused, wh, out):
                 if reset[ticks[q]]:
                     h[rows[q]] = 0.0
             _rec(h, rows, n, wh, acc)
+            _rec(x, ticks, n, wx, accx)
             for q in range(n):
                 i = ticks[q]
-                hq, zq, aq, oq = h[rows[q]], xw[i], acc[q], out[i]
+                hq, zq, aq, oq = h[rows[q]], accx[q], acc[q], out[i]
                 for j in range(hidden):
                     hn = _tanh(zq[j] + b[j] + aq[j])
                     hq[j] = hn
@@ -210,10 +219,24 @@ def rnn_layer(xw, b, starts, order, active, reset, h, unused, wh, out):
             r += n
 
 
+@njit(inline="always", fastmath=_FLAGS | {"reassoc", "contract"}, error_model="numpy", boundscheck=False)
+def _dot_rows(x, w, out):
+    """out[:, 0] = x @ w[:, 0]: a reduction per row, vectorised over k in an order fixed by the width."""
+    for i in range(x.shape[0]):
+        xi = x[i]
+        s = np.float32(0.0)
+        for k in range(x.shape[1]):
+            s += xi[k] * w[k, 0]
+        out[i, 0] = s
+
+
 def project(x, w, out):
     """out = x @ w, row by row (four rows at a time): unlike a BLAS GEMM, whose blocking (and so its
     rounding) depends on how many rows it is given, each row's numbers here depend on that row alone."""
     n = x.shape[0]
+    if w.shape[1] == 1:
+        _dot_rows(x, w, out)
+        return
     i = 0
     while i + 4 <= n:
         _rec4(x[i], x[i + 1], x[i + 2], x[i + 3], w, out[i], out[i + 1], out[i + 2], out[i + 3])
@@ -227,15 +250,15 @@ _F2 = types.Array(types.float32, 2, "C")
 _F1 = types.Array(types.float32, 1, "C")
 _I1 = types.Array(types.int64, 1, "C")
 _B1 = types.Array(types.boolean, 1, "C")
-SIGNATURE = types.void(_F2, _F1, _I1, _I1, _I1, _B1, _F2, _F2, _F2, _F2)
-SIGNATURE_1 = types.void(_F2, _F1, _I1, _I1, _I1, _B1, _F2, _F1, _F2, _F2)  # GRU: b_rec (H3,); RNN: unused (0,)
+SIGNATURE = types.void(_F2, _F2, _F1, _I1, _I1, _I1, _B1, _F2, _F2, _F2, _F2)
+SIGNATURE_1 = types.void(_F2, _F2, _F1, _I1, _I1, _I1, _B1, _F2, _F1, _F2, _F2)  # GRU: b_rec (H3,); RNN: unused (0,)
 
 
 def compile_all(cache: bool) -> tuple:
     """The three loops and the row-by-row product compiled for this CPU (loaded from the cache when it holds them)."""
     out = []
-    for fn, sig in ((lstm_layer, SIGNATURE), (gru_layer, SIGNATURE_1), (rnn_layer, SIGNATURE_1),
-                    (project, types.void(_F2, _F2, _F2))):
-        dispatcher = njit(sig, nogil=True, cache=cache, **_OPTS)(fn)
+    for fn, sig, opts in ((lstm_layer, SIGNATURE, _FUSED), (gru_layer, SIGNATURE_1, _FUSED),
+                          (rnn_layer, SIGNATURE_1, _FUSED), (project, types.void(_F2, _F2, _F2), _OPTS)):
+        dispatcher = njit(sig, nogil=True, cache=cache, **opts)(fn)
         out.append(dispatcher)
     return tuple(out)

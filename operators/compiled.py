@@ -7,9 +7,10 @@ whole layer's batch at once: for every step of the packed layout (the groups
 ranked longest first, so the groups still active at step t are the first
 ``active[t]`` of ``order``), the recurrent product ``h @ W_h`` of each active row,
 the gates and the state update, the output after each tick, and the
-zeroing of a row's state where a tick starts its instrument afresh. The input
-projection ``x @ W_x`` of every tick (and every Dense layer) is :func:`project`, row
-by row, before the call; other per-tick layers run in NumPy over all ticks.
+zeroing of a row's state where a tick starts its instrument afresh, and each
+tick's input projection ``x @ W_x`` beside its recurrent product (no temporary of
+every tick's gates). Dense per-tick layers are :func:`project`, row by row; other
+per-tick layers run in NumPy over all ticks.
 
 Every product here is formed row by row, in an order fixed by the layer's
 shape alone, so a tick's numbers do not depend on which other ticks or

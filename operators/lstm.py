@@ -372,14 +372,13 @@ class RaggedLSTM:
                 layer_in = _per_tick(plan[0], layer_in, project)
                 continue
             fn, wx, b, wh, extra = plan
-            xw = self._workspace("xw", (t_total, wx.shape[1]))
-            project(layer_in, wx, xw)
             out = self._workspace(f"out{n_rec % 2}", (t_total, wh.shape[0]))
+            layer_in = np.ascontiguousarray(layer_in, dtype=np.float32)
             if kind == "lstm":
-                fn(xw, b, starts, order, active, reset, st[k], st[k + 1], wh, out)
+                fn(layer_in, wx, b, starts, order, active, reset, st[k], st[k + 1], wh, out)
                 k += 2
             else:
-                fn(xw, b, starts, order, active, reset, st[k], extra, wh, out)
+                fn(layer_in, wx, b, starts, order, active, reset, st[k], extra, wh, out)
                 k += 1
             layer_in = out
             n_rec += 1

@@ -107,13 +107,14 @@ def test_a_groups_numbers_do_not_depend_on_who_shares_its_steps(hidden):
     h0 = rng.uniform(-1, 1, (groups, hidden)).astype(np.float32)
     c0 = rng.normal(0, 1, (groups, hidden)).astype(np.float32)
     loop = compiled.load().lstm
+    eye = np.eye(4 * hidden, dtype=np.float32)  # x @ I: the loop's input projection passes xw through
 
     def run(lens, st, xs, rs, h, c):
         lens = np.asarray(lens, np.int64)
         ordr = np.argsort(-lens, kind="stable").astype(np.int64)
         active = (len(lens) - np.cumsum(np.bincount(lens, minlength=lens.max() + 1))[: lens.max()]).astype(np.int64)
         out = np.zeros((len(xs), hidden), np.float32)
-        loop(xs, b, st, ordr, active, rs, h, c, wh, out)
+        loop(xs, eye, b, st, ordr, active, rs, h, c, wh, out)
         return out
 
     h_all, c_all = h0.copy(), c0.copy()
@@ -138,7 +139,7 @@ def test_compiled_tanh_is_close_to_exact_tanh_over_the_float_range():
     xw[:, 0], xw[:, 1], xw[:, 2], xw[:, 3] = 1e4, -1e4, 1e4, u  # columns i, f, o (halved), g
     h, c, out = np.zeros((n, 1), np.float32), np.ones((n, 1), np.float32), np.zeros((n, 1), np.float32)
     idx = np.arange(n, dtype=np.int64)
-    compiled.load().lstm(xw, np.zeros(4, np.float32), idx, idx, np.array([n], np.int64), np.zeros(n, np.bool_),
+    compiled.load().lstm(xw, np.eye(4, dtype=np.float32), np.zeros(4, np.float32), idx, idx, np.array([n], np.int64), np.zeros(n, np.bool_),
                          h, c, np.zeros((1, 4), np.float32), out)
     np.testing.assert_allclose(c[:, 0], np.tanh(u.astype(np.float64)), rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(h[:, 0], np.tanh(np.tanh(u.astype(np.float64))), rtol=2e-6, atol=1e-7)
