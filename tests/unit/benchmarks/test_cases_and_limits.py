@@ -1,0 +1,108 @@
+"""`tickcast bench operator`'s case list, its schedule limit and its paired measurement; `tickcast bench
+backtest` on a file of the real data's shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+
+import benchmarks.limits as limits
+from benchmarks.operator_cases import Case, cases
+from operators.lstm import Packing
+from pipeline.cli import main
+
+
+def test_default_cases_are_the_narrow_feed_shapes_and_the_wide_ones():
+    got = cases()
+    narrow = {c for c in got if c.instruments < 100}
+    assert narrow == {Case(n, a, 1, h, 5_000) for n in (4, 10) for a in ("uniform", "zipf") for h in (32, 64)}
+    wide = set(got) - narrow
+    assert wide == {Case(n, a, layers, 64, 10_000) for n in (1_000, 10_000, 100_000, 1_000_000)
+                    for a in ("uniform", "zipf") for layers in (1, 2)}
+
+
+def test_a_flag_applies_to_every_case_and_the_rest_keep_their_family_defaults():
+    got = cases(sizes=(4, 1_000), hidden=(16,), activities=("zipf",))
+    assert got == [Case(4, "zipf", 1, 16, 5_000), Case(1_000, "zipf", 1, 16, 10_000), Case(1_000, "zipf", 2, 16, 10_000)]
+    assert {c.batch_ticks for c in cases(sizes=(4, 1_000), batch_ticks=777)} == {777}
+
+
+def test_the_compiled_products_are_the_schedules_matrix_products():
+    products, _ = limits._schedule_products()
+    rng = np.random.default_rng(1)
+    hidden, active = 5, np.array([6, 4, 1], np.int64)
+    x, wx = rng.standard_normal((11, 7), dtype=np.float32), rng.standard_normal((7, 20), dtype=np.float32)
+    h, wh = rng.standard_normal((6, hidden), dtype=np.float32), rng.standard_normal((hidden, 20), dtype=np.float32)
+    gates, rec = np.full((11, 20), np.nan, np.float32), np.full((6, 20), np.nan, np.float32)
+    products(active, x, wx, gates, h, wh, rec)
+    np.testing.assert_allclose(gates, x @ wx, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rec, h @ wh, rtol=1e-5, atol=1e-5)  # the widest step wrote every row
+
+
+def test_the_schedule_limit_runs_the_packed_schedule_of_each_batch_for_every_layer(monkeypatch):
+    calls = []
+    record = lambda active, x, wx, gates, h, wh, rec: calls.append((active.tolist(), x.shape, wx.shape, h.shape))  # noqa: E731
+    monkeypatch.setattr(limits, "_COMPILED", [(record, "recorded")])
+    counts = [np.array([4, 1, 3]), np.array([2, 2])]
+    assert limits.schedule_seconds(counts, layers=2, hidden=8, repeats=1) > 0
+    f = limits.N_FEATURES
+    per_batch = []
+    for lengths in counts:
+        steps = Packing.build(lengths).active.tolist()  # [3, 2, 2, 1] and [2, 2]: a_t of the ragged layout
+        t = int(lengths.sum())
+        per_batch.append([(steps, (t, f), (f, 32), (len(lengths), 8)),  # warm-up call
+                          (steps, (t, f), (f, 32), (len(lengths), 8)), (steps, (t, 8), (8, 32), (len(lengths), 8))])
+    assert calls == per_batch[0] + per_batch[1]
+
+
+def test_one_case_reports_the_paired_median_of_its_rounds_and_both_limits():
+    pytest.importorskip("onnxruntime", reason="the ONNX Runtime peer needs the bench extra")
+    from benchmarks.operator import _peers, measure_case
+    from benchmarks.workload import _bundle
+
+    row = measure_case(Case(4, "zipf", 1, 8, 300), _bundle(1, 8), _peers(("onnx",), 1), rounds=3,
+                       batches_per_round=1, cell_ticks=5)
+    rounds = row["operator_over_onnx_peer_paired_rounds"]  # peer time / operator time, each round
+    assert row["operator_over_onnx_peer_paired_median"] == pytest.approx(np.median(rounds), abs=0.0051)
+    assert len(row["operator_over_onnx_peer_paired_rounds"]) == 3
+    assert row["schedule_limit_ticks_per_second"] > 0 and row["gemm_limit_rows_per_second"] > 0
+    assert row["fraction_of_schedule_limit"] == round(row["operator_ticks_per_second"] /
+                                                      row["schedule_limit_ticks_per_second"], 3)
+    assert "peer_ticks_per_second" not in row and "keras_cell_ticks_per_second" not in row  # Keras not asked for
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["operator", "--hidden", "0"], "--hidden takes comma-separated positive integers, got '0'"),
+    (["operator", "--peers", "onnx,tf"], "--peers takes a comma-separated subset of keras, onnx, got 'onnx,tf'"),
+    (["operator", "--ort-threads", "3"], "--ort-threads takes 1 or 2, got 3"),
+    (["operator", "--batch-ticks", "0"], "--batch-ticks must be >= 1, got 0"),
+    (["backtest", "--ticks", "-5"], "--ticks must be >= 1, got -5"),
+])
+def test_a_bad_bench_flag_is_one_line(flags, message, capsys):
+    assert main(["bench", *flags]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"tickcast: error: {message}"]
+
+
+def test_backtest_benchmark_runs_a_file_of_the_real_datas_shape():
+    from benchmarks.backtest import run
+
+    r = run(12_000, instruments=4, batch=5_000, hidden=8, layers=1, topic=False, printer=lambda _: None)
+    assert (r["ticks"], r["instruments"], r["batch_ticks"], r["hidden"], r["layers"]) == (12_000, 4, 5_000, 8, 1)
+    assert r["forecasts_scored"] == 12_000  # every tick forecast and joined with its realised value
+    assert r["file_backtest_ticks_per_second"] > 0 and "topic_backtest_ticks_per_second" not in r
+
+
+def test_backtest_benchmark_reads_the_first_ticks_of_a_file_in_place(tmp_path):
+    from benchmarks.backtest import fitted, run
+    from benchmarks.workload import _bundle
+    from pipeline.files.synthetic import generate_ticks
+
+    ticks = generate_ticks(3, 3_000, seed=2, bad_fraction=0.0)
+    pacsv.write_csv(ticks, tmp_path / "ticks.csv")
+    r = run(2_000, batch=500, hidden=8, topic=False, data=str(tmp_path / "ticks.csv"), printer=lambda _: None)
+    assert (r["ticks"], r["instruments"], r["forecasts_scored"]) == (2_000, 3, 2_000)
+    norm = fitted(_bundle(1, 8), ticks).normalisation  # fitted on the ticks' own features, not the identity
+    assert not np.allclose(norm.mean, 0.0) and not np.allclose(norm.std, 1.0)
+    assert isinstance(ticks, pa.Table)
