@@ -6,10 +6,13 @@
   alone, back to back in compiled code: per layer, the input projection ``x @ W_x`` over every tick, then
   for each step t of the packed layout (:class:`operators.lstm.Packing`, built from the batch's tick count
   per instrument) ``h[:a_t] @ W_h``; then the head ``out @ w``. No gates, no gather or scatter, no
-  Python between products: a numba-compiled loop calling ``cblas_sgemm`` of NumPy's own OpenBLAS (the
-  BLAS the operator's ``np.matmul`` uses; numba's ``np.dot`` on contiguous float32 slices, through SciPy's
-  BLAS, where that symbol is not found), on one BLAS thread as the operator's GEMMs. A kernel that runs the
-  recurrence step by step on the same BLAS cannot beat it, whatever it fuses.
+  Python between products: a numba-compiled loop calling NumPy's own OpenBLAS (the BLAS the operator's
+  ``np.matmul`` uses), on one BLAS thread as the operator's GEMMs. Each step takes the faster of one
+  ``cblas_sgemm`` and a_t ``cblas_sgemv`` (the widest step width where the rows' GEMVs win is measured once
+  per hidden size): OpenBLAS's GEMM packs W_h on every call, and at 1 x 64 a one-row GEMM costs several
+  times a GEMV, which ONNX Runtime's LSTM does not pay. Where NumPy's BLAS does not export these symbols,
+  numba's ``np.dot`` (SciPy's BLAS) does every product. A kernel that runs the recurrence step by step on
+  the same BLAS cannot beat it, whatever it fuses.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import numpy as np
 from operators.features import N_FEATURES
 from operators.lstm import Packing
 
-_COMPILED: list = []
+_COMPILED: list = []  # [(layer_products, description)]
+_GEMV_ROWS: dict[int, int] = {}  # hidden -> widest step done as one GEMV per row
 
 
 def measure_gemm_limit(batch_ticks: int, layers: int, hidden: int = 64, repeats: int = 7) -> float:
@@ -39,9 +43,9 @@ def measure_gemm_limit(batch_ticks: int, layers: int, hidden: int = 64, repeats:
     return batch_ticks / best
 
 
-def _numpy_sgemm():
-    """NumPy's own BLAS ``cblas_sgemm`` (the one the operator's ``np.matmul`` calls) as a ctypes function,
-    with the width of its integers; None when NumPy's BLAS is not an OpenBLAS that exports it."""
+def _numpy_blas():
+    """NumPy's own BLAS ``cblas_sgemm`` and ``cblas_sgemv`` (the library the operator's ``np.matmul`` calls)
+    as ctypes functions, and a description; None when NumPy's BLAS is not an OpenBLAS that exports them."""
     import ctypes  # noqa: PLC0415
 
     from threadpoolctl import threadpool_info  # noqa: PLC0415
@@ -50,34 +54,34 @@ def _numpy_sgemm():
         if info.get("user_api") != "blas" or "numpy" not in info.get("filepath", ""):
             continue
         lib = ctypes.CDLL(info["filepath"])
-        for name, integer in (("scipy_cblas_sgemm64_", ctypes.c_int64), ("cblas_sgemm64_", ctypes.c_int64),
-                              ("cblas_sgemm", ctypes.c_int)):
-            fn = getattr(lib, name, None)
-            if fn is None:
+        for prefix, suffix, integer in (("scipy_cblas_", "64_", ctypes.c_int64), ("cblas_", "64_", ctypes.c_int64),
+                                        ("cblas_", "", ctypes.c_int)):
+            gemm = getattr(lib, f"{prefix}sgemm{suffix}", None)
+            gemv = getattr(lib, f"{prefix}sgemv{suffix}", None)
+            if gemm is None or gemv is None:
                 continue
             # pointers passed as size_t: the same register and width on every ABI numba targets
-            ptr = ctypes.c_size_t
-            fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, integer, integer, integer, ctypes.c_float,
-                           ptr, integer, ptr, integer, ctypes.c_float, ptr, integer]
-            fn.restype = None
-            return fn, f"{info['filepath'].rsplit('/', 1)[-1]} {name}"
+            ptr, enum, f32 = ctypes.c_size_t, ctypes.c_int, ctypes.c_float
+            gemm.argtypes = [enum, enum, enum, integer, integer, integer, f32, ptr, integer, ptr, integer, f32, ptr,
+                             integer]
+            gemv.argtypes = [enum, enum, integer, integer, f32, ptr, integer, ptr, integer, f32, ptr, integer]
+            gemm.restype = gemv.restype = None
+            return gemm, gemv, f"{info['filepath'].rsplit('/', 1)[-1]} {prefix}sgemm{suffix}/{prefix}sgemv{suffix}"
     return None
 
 
 def _schedule_products():
     """(the compiled loop of one layer's products, which BLAS it calls); built once per process (numba
-    compiles on first call). It calls NumPy's own ``cblas_sgemm`` where it can be found (the operator's
-    BLAS: another build of OpenBLAS can be twice as slow on the narrow products), else numba's ``np.dot``
-    (SciPy's BLAS)."""
+    compiles on first call)."""
     if not _COMPILED:
         import numba  # noqa: PLC0415
 
-        found = _numpy_sgemm()
+        found = _numpy_blas()
         if found is not None:
-            sgemm, name = found
+            sgemm, sgemv, name = found
 
             @numba.njit(nogil=True)
-            def layer_products(active, x, wx, gates, h, wh, rec):  # pragma: no cover - compiled
+            def layer_products(active, gemv_rows, x, wx, gates, h, wh, rec):  # pragma: no cover - compiled
                 n, k = wx.shape[1], wx.shape[0]
                 # row-major (101), no transposes (111): C (m, n) = A (m, k) @ B (k, n)
                 sgemm(101, 111, 111, x.shape[0], n, k, 1.0, x.ctypes.data, k, wx.ctypes.data, n, 0.0,
@@ -85,12 +89,17 @@ def _schedule_products():
                 hidden = wh.shape[0]
                 hp, wp, rp = h.ctypes.data, wh.ctypes.data, rec.ctypes.data
                 for t in range(active.shape[0]):
-                    sgemm(101, 111, 111, active[t], n, hidden, 1.0, hp, hidden, wp, n, 0.0, rp, n)
+                    a = active[t]
+                    if a <= gemv_rows:  # each row: rec[r] = W_h^T h[r] (row-major W_h, transposed: 112)
+                        for r in range(a):
+                            sgemv(101, 112, hidden, n, 1.0, wp, n, hp + 4 * hidden * r, 1, 0.0, rp + 4 * n * r, 1)
+                    else:
+                        sgemm(101, 111, 111, a, n, hidden, 1.0, hp, hidden, wp, n, 0.0, rp, n)
         else:
             name = "numba np.dot (SciPy's BLAS)"
 
             @numba.njit(nogil=True)
-            def layer_products(active, x, wx, gates, h, wh, rec):  # pragma: no cover - compiled
+            def layer_products(active, gemv_rows, x, wx, gates, h, wh, rec):  # pragma: no cover - compiled
                 np.dot(x, wx, gates)
                 for t in range(active.shape[0]):
                     a = active[t]
@@ -101,7 +110,7 @@ def _schedule_products():
 
 
 def schedule_blas() -> str:
-    """Which BLAS routine the schedule limit calls."""
+    """Which BLAS routines the schedule limit calls."""
     return _schedule_products()[1]
 
 
@@ -112,36 +121,84 @@ def _blas_one_thread():
     return threadpool_limits(1, user_api="blas")
 
 
+def gemv_rows(hidden: int, widest: int = 32, steps: int = 200, repeats: int = 5) -> int:
+    """The widest step (at most ``widest`` rows) for which one GEMV per row beats one GEMM, measured once per
+    hidden size (best of ``repeats`` for each width); 0 when a one-row GEMM is already the faster."""
+    if hidden not in _GEMV_ROWS:
+        products = _schedule_products()[0]
+        rng = np.random.default_rng(0)
+        wh = rng.standard_normal((hidden, 4 * hidden), dtype=np.float32)
+        h = rng.standard_normal((widest, hidden), dtype=np.float32)
+        rec = np.empty((widest, 4 * hidden), np.float32)
+        x, wx, gates = np.zeros((1, 1), np.float32), np.zeros((1, 4 * hidden), np.float32), np.empty((1, 4 * hidden),
+                                                                                                    np.float32)
+        rows = 0
+        with _blas_one_thread():
+            for a in range(1, widest + 1):
+                active = np.full(steps, a, np.int64)
+                best = {}
+                for mode, limit in (("gemv", a), ("gemm", 0)):
+                    products(active, limit, x, wx, gates, h, wh, rec)
+                    best[mode] = min(_timed(products, active, limit, x, wx, gates, h, wh, rec) for _ in range(repeats))
+                if best["gemv"] >= best["gemm"]:
+                    break
+                rows = a
+        _GEMV_ROWS[hidden] = rows
+    return _GEMV_ROWS[hidden]
+
+
+def _timed(fn, *args) -> float:
+    started = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - started
+
+
+class ScheduleLimit:
+    """The packed schedule's products for given batches, ready to time round by round.
+
+    ``rounds``: per round, the tick counts per instrument of each of its batches. Inputs of the first
+    layer are the features, of the others the hidden state (the operator's widths)."""
+
+    def __init__(self, rounds: list[list[np.ndarray]], layers: int, hidden: int):
+        self.products = _schedule_products()[0]
+        self.layers = layers
+        self.gemv_rows = gemv_rows(hidden)
+        rng = np.random.default_rng(0)
+        self.wh = rng.standard_normal((hidden, 4 * hidden), dtype=np.float32)
+        self.wd = rng.standard_normal((hidden, 1), dtype=np.float32)
+        self.wx0 = rng.standard_normal((N_FEATURES, 4 * hidden), dtype=np.float32)
+        self.wxn = rng.standard_normal((hidden, 4 * hidden), dtype=np.float32)
+        self.plans = []
+        for counts in rounds:
+            plan = []
+            for lengths in counts:
+                t_total, g = int(np.sum(lengths)), len(lengths)
+                plan.append((Packing.build(np.asarray(lengths, np.int64)).active.astype(np.int64),
+                             rng.standard_normal((t_total, N_FEATURES), dtype=np.float32),
+                             rng.standard_normal((t_total, hidden), dtype=np.float32),
+                             np.empty((t_total, 4 * hidden), np.float32),
+                             rng.standard_normal((g, hidden), dtype=np.float32),
+                             np.empty((g, 4 * hidden), np.float32), np.empty((t_total, 1), np.float32)))
+            self.plans.append(plan)
+        with _blas_one_thread():
+            for plan in self.plans:  # compile, and touch every buffer once
+                self._run(plan)
+
+    def _run(self, plan: list) -> None:
+        for active, x, hidden_seq, gates, h, rec, y in plan:
+            self.products(active, self.gemv_rows, x, self.wx0, gates, h, self.wh, rec)
+            for _ in range(self.layers - 1):
+                self.products(active, self.gemv_rows, hidden_seq, self.wxn, gates, h, self.wh, rec)
+            np.dot(hidden_seq, self.wd, out=y)
+
+    def seconds(self, round_index: int = 0, repeats: int = 3) -> float:
+        """Seconds, best of ``repeats``, of one round's products."""
+        plan = self.plans[round_index]
+        with _blas_one_thread():
+            return min(_timed(self._run, plan) for _ in range(repeats))
+
+
 def schedule_seconds(counts: list[np.ndarray], layers: int, hidden: int, repeats: int = 5) -> float:
-    """Seconds, best of ``repeats``, of the packed schedule's matrix products for batches whose ticks per
-    instrument are ``counts`` (one array per batch), every layer; inputs of the first layer are the
-    features, of the others the hidden state (the same widths as the operator's; extra layers take the
-    hidden width for the projection as the operator's do)."""
-    products = _schedule_products()[0]
-    rng = np.random.default_rng(0)
-    wh = rng.standard_normal((hidden, 4 * hidden), dtype=np.float32)
-    wd = rng.standard_normal((hidden, 1), dtype=np.float32)
-    wx0 = rng.standard_normal((N_FEATURES, 4 * hidden), dtype=np.float32)
-    wxn = rng.standard_normal((hidden, 4 * hidden), dtype=np.float32)
-    plans = []
-    for lengths in counts:
-        pk = Packing.build(np.asarray(lengths, np.int64))
-        t_total, g = int(np.sum(lengths)), len(lengths)
-        plans.append((pk.active.astype(np.int64), rng.standard_normal((t_total, N_FEATURES), dtype=np.float32),
-                      rng.standard_normal((t_total, hidden), dtype=np.float32),
-                      np.empty((t_total, 4 * hidden), np.float32), rng.standard_normal((g, hidden), dtype=np.float32),
-                      np.empty((g, 4 * hidden), np.float32), np.empty((t_total, 1), np.float32)))
-    with _blas_one_thread():
-        total = 0.0
-        for active, x, hidden_seq, gates, h, rec, y in plans:
-            products(active, x, wx0, gates, h, wh, rec)  # compile / warm
-            best = float("inf")
-            for _ in range(repeats):
-                started = time.perf_counter()
-                products(active, x, wx0, gates, h, wh, rec)
-                for _ in range(layers - 1):
-                    products(active, hidden_seq, wxn, gates, h, wh, rec)
-                np.dot(hidden_seq, wd, out=y)
-                best = min(best, time.perf_counter() - started)
-            total += best
-    return total
+    """Seconds, best of ``repeats``, of the packed schedule's products for batches whose ticks per instrument
+    are ``counts`` (one array per batch), every layer."""
+    return ScheduleLimit([counts], layers, hidden).seconds(0, repeats)

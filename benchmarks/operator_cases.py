@@ -60,7 +60,8 @@ PeerFactory = Callable[[Bundle, int], object]
 
 
 def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments: int, rounds: int,
-                          peers: dict[str, PeerFactory]) -> dict:
+                          peers: dict[str, PeerFactory], limit: Callable[[list[pa.Table]], object] | None = None
+                          ) -> dict:
     """The operator and each peer over the same batches, alternating round by round, in one process.
 
     ``batches[0]`` warms every side up (not timed); the rest is cut into ``rounds`` rounds. In each round
@@ -69,6 +70,8 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
     the median over rounds of the per-round ratio peer time / operator time (``paired``: each pair ran
     back to back, so a burst of load on this shared machine moves one pair, not the median), the CPU
     time ratio (all of the process's threads), and its model calls alone (``model_seconds``).
+    ``limit`` (given the rounds' batches, returns an object whose ``seconds(r)`` times round r's work at the
+    machine's limit, e.g. :class:`benchmarks.limits.ScheduleLimit`) is timed the same way, last in each round.
     """
     fc = Forecaster(bundle)
     others = {name: make(bundle, n_instruments) for name, make in peers.items()}
@@ -78,6 +81,8 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
         side.step(batches[0])
     timed = batches[1:]
     per_round = max(len(timed) // rounds, 1)
+    at_limit = limit([timed[r * per_round:(r + 1) * per_round] for r in range(rounds)]) if limit else None
+    limit_best, limit_pairs = float("inf"), []
     best_op = best_op_cpu = float("inf")
     best = dict.fromkeys(others, float("inf"))
     best_cpu = dict.fromkeys(others, float("inf"))
@@ -103,11 +108,17 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
             best[name] = min(best[name], other)
             best_model[name] = min(best_model[name], peer.model_seconds - model_before)
             pairs[name].append(other / op)
+        if at_limit is not None:
+            seconds = at_limit.seconds(r)
+            limit_best = min(limit_best, seconds)
+            limit_pairs.append(seconds / op)
     return {"operator_ticks_per_second": ticks / best_op,
             "peers": {name: {"ticks_per_second": ticks / best[name],
                              "model_only_ticks_per_second": ticks / best_model[name],
                              "paired_ratio": float(np.median(pairs[name])),
                              "paired_ratios": [round(p, 4) for p in pairs[name]],
                              "cpu_ratio": best_cpu[name] / best_op_cpu} for name in others},
+            "limit": {"ticks_per_second": ticks / limit_best, "paired_fraction": float(np.median(limit_pairs)),
+                      "paired_fractions": [round(p, 4) for p in limit_pairs]} if at_limit is not None else None,
             "batches_per_round": per_round, "rounds": rounds,
             "mean_instruments_per_batch": float(np.mean(instruments_per_batch))}
