@@ -112,3 +112,12 @@ def test_backtest_benchmark_reads_the_first_ticks_of_a_file_in_place(tmp_path):
     norm = fitted(_bundle(1, 8), ticks).normalisation  # fitted on the ticks' own features, not the identity
     assert not np.allclose(norm.mean, 0.0) and not np.allclose(norm.std, 1.0)
     assert isinstance(ticks, pa.Table)
+
+
+def test_asking_for_the_onnx_peer_without_onnxruntime_is_one_line(monkeypatch, capsys):
+    import benchmarks.operator
+
+    monkeypatch.setattr(benchmarks.operator, "onnx_runtime_available", lambda: False)
+    assert main(["bench", "operator", "--peers", "keras,onnx"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "tickcast: error: --peers onnx needs onnx and onnxruntime: pip install 'tickcast[bench]'"]
