@@ -29,18 +29,34 @@ _GEMV_ROWS: dict[int, int] = {}  # hidden -> widest step done as one GEMV per ro
 
 
 def measure_gemm_limit(batch_ticks: int, layers: int, hidden: int = 64, repeats: int = 7) -> float:
-    """Rows/s of the gate GEMM [x, h] @ W over a batch's ticks, for every layer."""
-    rng = np.random.default_rng(0)
-    k0 = N_FEATURES + hidden
-    xs = [rng.standard_normal((batch_ticks, k0 if i == 0 else 2 * hidden), dtype=np.float32) for i in range(layers)]
-    ws = [rng.standard_normal((x.shape[1], 4 * hidden), dtype=np.float32) for x in xs]
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for x, w in zip(xs, ws):
-            x @ w
-        best = min(best, time.perf_counter() - started)
-    return batch_ticks / best
+    """Rows/s of the gate GEMM [x, h] @ W over a batch's ticks, for every layer (best of ``repeats``)."""
+    return batch_ticks / GemmLimit([[batch_ticks]], layers, hidden).seconds(0, repeats)
+
+
+class GemmLimit:
+    """The gate GEMM of every layer over each batch's ticks, ready to time round by round.
+
+    ``rounds``: per round, the tick count of each of its batches."""
+
+    def __init__(self, rounds: list[list[int]], layers: int, hidden: int):
+        rng = np.random.default_rng(0)
+        k0 = N_FEATURES + hidden
+        self.ws = [rng.standard_normal((k0 if i == 0 else 2 * hidden, 4 * hidden), dtype=np.float32)
+                   for i in range(layers)]
+        sizes = sorted({t for ticks in rounds for t in ticks})
+        self.xs = {t: [rng.standard_normal((t, w.shape[0]), dtype=np.float32) for w in self.ws] for t in sizes}
+        self.outs = {t: np.empty((t, 4 * hidden), np.float32) for t in sizes}
+        self.rounds = rounds
+        self._run(rounds[0])
+
+    def _run(self, ticks: list[int]) -> None:
+        for t in ticks:
+            for x, w in zip(self.xs[t], self.ws):
+                np.matmul(x, w, out=self.outs[t])
+
+    def seconds(self, round_index: int = 0, repeats: int = 3) -> float:
+        """Seconds, best of ``repeats``, of one round's GEMMs."""
+        return min(_timed(self._run, self.rounds[round_index]) for _ in range(repeats))
 
 
 def _numpy_blas():

@@ -60,8 +60,8 @@ PeerFactory = Callable[[Bundle, int], object]
 
 
 def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments: int, rounds: int,
-                          peers: dict[str, PeerFactory], limit: Callable[[list[pa.Table]], object] | None = None
-                          ) -> dict:
+                          peers: dict[str, PeerFactory],
+                          limits: dict[str, Callable[[list[list[pa.Table]]], object]] | None = None) -> dict:
     """The operator and each peer over the same batches, alternating round by round, in one process.
 
     ``batches[0]`` warms every side up (not timed); the rest is cut into ``rounds`` rounds. In each round
@@ -70,8 +70,10 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
     the median over rounds of the per-round ratio peer time / operator time (``paired``: each pair ran
     back to back, so a burst of load on this shared machine moves one pair, not the median), the CPU
     time ratio (all of the process's threads), and its model calls alone (``model_seconds``).
-    ``limit`` (given the rounds' batches, returns an object whose ``seconds(r)`` times round r's work at the
-    machine's limit, e.g. :class:`benchmarks.limits.ScheduleLimit`) is timed the same way, last in each round.
+    Each of ``limits`` (given the rounds' batches, returns an object whose ``seconds(r)`` times round r's
+    work at one of the machine's limits, e.g. :class:`benchmarks.limits.ScheduleLimit`) is timed the same
+    way, after the peers in each round: its best round, and the median over rounds of limit time /
+    operator time (the operator's fraction of that limit).
     """
     fc = Forecaster(bundle)
     others = {name: make(bundle, n_instruments) for name, make in peers.items()}
@@ -81,8 +83,10 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
         side.step(batches[0])
     timed = batches[1:]
     per_round = max(len(timed) // rounds, 1)
-    at_limit = limit([timed[r * per_round:(r + 1) * per_round] for r in range(rounds)]) if limit else None
-    limit_best, limit_pairs = float("inf"), []
+    chunks = [timed[r * per_round:(r + 1) * per_round] for r in range(rounds)]
+    at_limits = {name: make(chunks) for name, make in (limits or {}).items()}
+    limit_best = dict.fromkeys(at_limits, float("inf"))
+    limit_pairs: dict[str, list[float]] = {name: [] for name in at_limits}
     best_op = best_op_cpu = float("inf")
     best = dict.fromkeys(others, float("inf"))
     best_cpu = dict.fromkeys(others, float("inf"))
@@ -91,7 +95,7 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
     instruments_per_batch = []
     ticks = 0
     for r in range(rounds):
-        chunk = timed[r * per_round:(r + 1) * per_round]
+        chunk = chunks[r]
         ticks = sum(b.num_rows for b in chunk)
         cpu, started = time.process_time(), time.perf_counter()
         for b in chunk:
@@ -108,17 +112,18 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
             best[name] = min(best[name], other)
             best_model[name] = min(best_model[name], peer.model_seconds - model_before)
             pairs[name].append(other / op)
-        if at_limit is not None:
+        for name, at_limit in at_limits.items():
             seconds = at_limit.seconds(r)
-            limit_best = min(limit_best, seconds)
-            limit_pairs.append(seconds / op)
+            limit_best[name] = min(limit_best[name], seconds)
+            limit_pairs[name].append(seconds / op)
     return {"operator_ticks_per_second": ticks / best_op,
             "peers": {name: {"ticks_per_second": ticks / best[name],
                              "model_only_ticks_per_second": ticks / best_model[name],
                              "paired_ratio": float(np.median(pairs[name])),
                              "paired_ratios": [round(p, 4) for p in pairs[name]],
                              "cpu_ratio": best_cpu[name] / best_op_cpu} for name in others},
-            "limit": {"ticks_per_second": ticks / limit_best, "paired_fraction": float(np.median(limit_pairs)),
-                      "paired_fractions": [round(p, 4) for p in limit_pairs]} if at_limit is not None else None,
+            "limits": {name: {"ticks_per_second": ticks / limit_best[name],
+                              "paired_fraction": float(np.median(limit_pairs[name])),
+                              "paired_fractions": [round(p, 4) for p in limit_pairs[name]]} for name in at_limits},
             "batches_per_round": per_round, "rounds": rounds,
             "mean_instruments_per_batch": float(np.mean(instruments_per_batch))}

@@ -76,6 +76,8 @@ def test_one_case_reports_the_paired_median_of_its_rounds_and_both_limits():
     assert row["schedule_limit_ticks_per_second"] > 0 and row["gemm_limit_rows_per_second"] > 0
     fractions = row["fraction_of_schedule_limit_rounds"]  # schedule time / operator time, each round
     assert len(fractions) == 3 and row["fraction_of_schedule_limit"] == pytest.approx(np.median(fractions), abs=6e-4)
+    fractions = row["fraction_of_gemm_limit_rounds"]
+    assert len(fractions) == 3 and row["fraction_of_gemm_limit"] == pytest.approx(np.median(fractions), abs=6e-4)
     assert "peer_ticks_per_second" not in row and "keras_cell_ticks_per_second" not in row  # Keras not asked for
 
 
@@ -121,3 +123,14 @@ def test_asking_for_the_onnx_peer_without_onnxruntime_is_one_line(monkeypatch, c
     assert main(["bench", "operator", "--peers", "keras,onnx"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "tickcast: error: --peers onnx needs onnx and onnxruntime: pip install 'tickcast[bench]'"]
+
+
+def test_the_gemm_limit_times_each_batchs_gate_gemm_for_every_layer(monkeypatch):
+    calls = []
+    real = np.matmul
+    monkeypatch.setattr(limits.np, "matmul", lambda x, w, out: calls.append((x.shape, w.shape)) or real(x, w, out=out))
+    limit = limits.GemmLimit([[300, 200], [300]], layers=2, hidden=8)
+    calls.clear()
+    assert limit.seconds(0, repeats=1) > 0
+    f = limits.N_FEATURES
+    assert calls == [((300, f + 8), (f + 8, 32)), ((300, 16), (16, 32)), ((200, f + 8), (f + 8, 32)), ((200, 16), (16, 32))]
