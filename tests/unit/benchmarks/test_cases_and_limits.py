@@ -60,7 +60,8 @@ def test_the_schedule_limit_runs_the_packed_schedule_of_each_batch_for_every_lay
         steps = Packing.build(lengths).active.tolist()  # [3, 2, 2, 1] and [2, 2]: a_t of the ragged layout
         t = int(lengths.sum())
         expected += [(steps, 3, (t, f), (f, 32), (len(lengths), 8)), (steps, 3, (t, 8), (8, 32), (len(lengths), 8))]
-    assert calls == expected + expected  # once untimed (compile, first touch), once timed
+    runs = len(calls) // len(expected)  # once untimed (compile, first touch), then each timed run
+    assert runs >= 2 and calls == expected * runs
 
 
 def test_one_case_reports_the_paired_median_of_its_rounds_and_both_limits():
@@ -133,4 +134,5 @@ def test_the_gemm_limit_times_each_batchs_gate_gemm_for_every_layer(monkeypatch)
     calls.clear()
     assert limit.seconds(0, repeats=1) > 0
     f = limits.N_FEATURES
-    assert calls == [((300, f + 8), (f + 8, 32)), ((300, 16), (16, 32)), ((200, f + 8), (f + 8, 32)), ((200, 16), (16, 32))]
+    one_run = [((300, f + 8), (f + 8, 32)), ((300, 16), (16, 32)), ((200, f + 8), (f + 8, 32)), ((200, 16), (16, 32))]
+    assert len(calls) >= len(one_run) and calls == one_run * (len(calls) // len(one_run))
