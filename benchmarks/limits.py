@@ -1,7 +1,8 @@
 """The machine's limits for the operator's arithmetic, per case of ``tickcast bench operator``.
 
 - the GEMM limit: one NumPy/BLAS GEMM of the LSTM's gates ``[x, h] @ W`` over all ticks of a batch, per
-  layer, as if the batch had no time order at all;
+  layer, as if the batch had no time order at all, on one BLAS thread as the operator's GEMMs (two
+  threads on a shared two-core machine made it slower, not faster, at 1 x 64);
 - the schedule limit: the matrix products of the operator's own packed schedule for the same batches,
   alone, back to back in compiled code: per layer, the input projection ``x @ W_x`` over every tick, then
   for each step t of the packed layout (:class:`operators.lstm.Packing`, built from the batch's tick count
@@ -56,7 +57,8 @@ class GemmLimit:
 
     def seconds(self, round_index: int = 0, repeats: int = 3) -> float:
         """Seconds of one round's GEMMs: the best of ``repeats`` runs or more (see :func:`_best`)."""
-        return _best(self._run, self.rounds[round_index], repeats)
+        with _blas_one_thread():
+            return _best(self._run, self.rounds[round_index], repeats)
 
 
 def _numpy_blas():
