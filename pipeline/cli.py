@@ -165,7 +165,7 @@ def _exit_on_sigterm(signum, _frame) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from benchmarks.suite import run_benchmark  # noqa: PLC0415
+    from benchmarks.suite import case_options, run_benchmark  # noqa: PLC0415
 
     if args.pin_cores and (args.what != "e2e" or args.bootstrap_servers or len(os.sched_getaffinity(0)) < 2):
         raise ConfigError("--pin-cores is for `bench e2e` on the embedded broker with 2 or more CPUs")
@@ -175,7 +175,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                             names=args.names, modes=tuple(m for m in args.modes.split(",") if m),
                             sizes=int_list(args.sizes, "--sizes"), layers=int_list(args.layers, "--layers"),
                             activities=choices(args.activities, "--activities", ("uniform", "zipf")),
-                            pin_cores=args.pin_cores)
+                            pin_cores=args.pin_cores, **case_options(args))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
         print(f"figures written to {args.json}")
@@ -370,6 +370,9 @@ def _add_later_parsers(sub) -> None:
     p = sub.add_parser("bench", help="benchmarks that print figures")
     p.add_argument("what", choices=list(BENCHMARKS), help="which benchmark")
     add_bench_args(p)
+    from benchmarks.suite import add_case_args  # noqa: PLC0415
+
+    add_case_args(p)
     p.set_defaults(func=cmd_bench)
 
 
