@@ -66,7 +66,7 @@ TENSORFLOW_MIN = "2.16"
 
 def training_requirements() -> str:
     tensorflow = "tensorflow-cpu" if platform.machine() == "x86_64" else "tensorflow"
-    return f"'{tensorflow}>={TENSORFLOW_MIN}' 'keras>={SAFE_KERAS[0]}.{SAFE_KERAS[1]}'"
+    return f"'{tensorflow}>={TENSORFLOW_MIN}' 'keras>={SAFE_KERAS_TEXT}'"
 
 
 @dataclass(frozen=True)
@@ -226,10 +226,10 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
         raise BundleError(f"{meta_path}: normalisation has the wrong number of features; retrain the bundle")
     _check_normalisation(norm, spec, meta_path)
     model = None
-    if with_keras:
-        model = load_keras_model(path / MODEL_FILE, f"loading {path / MODEL_FILE} with Keras")
     if brought:
-        stack = stack_of_keras_file(path / MODEL_FILE, len(spec.names))
+        stack = stack_of_keras_file(path / MODEL_FILE, len(spec.names))  # vetted before Keras sees the file
+        if with_keras:
+            model = load_keras_model(path / MODEL_FILE, f"loading {path / MODEL_FILE} with Keras")
         bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape_of(stack), None,
                         dict(meta.get("training", {})), model, stack, outputs, arch.get("source", "keras"))
         _check_outputs(bundle, meta_path)
@@ -238,14 +238,15 @@ def load_bundle(directory: str | Path, *, with_keras: bool = False) -> Bundle:
                               "bundle it again with `tickcast bundle --keras`")
         weights: LSTMWeights | Stack = stack
     else:
-        if with_keras:
-            described = layers_of_model(model)
-        else:
-            try:
-                described = read_keras_file(path / MODEL_FILE)
-            except KerasFileError as exc:
-                raise BundleError(f"cannot load {path / MODEL_FILE}: {exc}") from None
+        try:
+            described = read_keras_file(path / MODEL_FILE)
+        except KerasFileError as exc:
+            raise BundleError(f"cannot load {path / MODEL_FILE}: {exc}") from None
         _check_architecture(described, shape, len(spec.names), path / MODEL_FILE)
+        if with_keras:
+            model = load_keras_model(path / MODEL_FILE, f"loading {path / MODEL_FILE} with Keras")
+            described = layers_of_model(model)
+            _check_architecture(described, shape, len(spec.names), path / MODEL_FILE)
         weights = weights_from_layers(described, shape.layers)
         bundle = Bundle(path, str(meta.get("model_version", "")), spec, norm, horizon, shape, weights,
                         dict(meta.get("training", {})), model, None, outputs)
@@ -267,6 +268,23 @@ def load_keras_model(model_file: Path, needed_for: str):
         return keras.saving.load_model(model_file, compile=False, safe_mode=True)
     except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
         raise BundleError(f"cannot load {model_file} in safe mode: {exc}") from None
+
+
+def keras_model_from_config(model_file: Path, needed_for: str):
+    """The model ``model_file``'s config describes, built by Keras in safe mode without its weights (the
+    caller sets them from arrays read by :mod:`operators.keras_file`); or a one-line error."""
+    from operators.keras_file import KerasFileError, read_keras_config  # noqa: PLC0415
+
+    keras = _keras(needed_for)
+    _check_keras_is_safe(keras.__version__)
+    try:
+        config = read_keras_config(model_file)
+    except KerasFileError as exc:
+        raise BundleError(f"cannot read {model_file}: {exc}") from None
+    try:
+        return keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as exc:  # noqa: BLE001 - Keras raises many kinds; all mean "unusable file"
+        raise BundleError(f"cannot build the model of {model_file} in safe mode: {exc}") from None
 
 
 def check_feature_names(names: tuple[str, ...], where: str) -> None:
@@ -297,16 +315,20 @@ def shape_of(stack: Stack) -> StateShape:
     return StateShape.of([(layer.kind, layer.units) for layer in stack.recurrent])
 
 
-# Keras before 3.9 lets a crafted .keras file run code despite safe_mode (CVE-2025-1550); pyproject.toml
-# asks for at least this version, and a bundle is never opened with an older one found in the environment.
-SAFE_KERAS = (3, 9)
+# Keras versions whose safe mode a crafted .keras file can bypass to run code: CVE-2025-1550 (before 3.9),
+# CVE-2025-8747 / GHSA-c9rc-mg46-23w3 and CVE-2025-9906 / GHSA-36fq-jgmw-4r9c (before 3.11.0), CVE-2025-49655
+# (3.11.0 to 3.11.2, TorchModuleWrapper), CVE-2026-1462 / GHSA-4f3f-g24h-fr8m (before 3.13.2, TFSMLayer).
+# pyproject.toml asks for at least this version, and a bundle is never opened with an older one found installed.
+SAFE_KERAS = (3, 13, 2)
+SAFE_KERAS_TEXT = ".".join(map(str, SAFE_KERAS))
 
 
 def _check_keras_is_safe(version: str) -> None:
-    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:2])
+    parts = tuple(int(p) for p in re.findall(r"\d+", version)[:3])
     if parts < SAFE_KERAS:
         raise BundleError(f"keras {version} is installed; its safe mode can be bypassed by a crafted model file "
-                          f"(CVE-2025-1550): install keras>={SAFE_KERAS[0]}.{SAFE_KERAS[1]} to load bundles")
+                          f"(CVE-2025-1550, CVE-2025-8747, CVE-2025-9906, CVE-2025-49655, CVE-2026-1462): install "
+                          f"keras>={SAFE_KERAS_TEXT} to load bundles")
 
 
 def _check_normalisation(norm: Normalisation, spec: FeatureSpec, meta_path: Path) -> None:

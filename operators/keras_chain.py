@@ -39,13 +39,18 @@ passed between layers), ``Lambda`` and any class not from Keras itself (its
 code is not in the file, and tickcast runs none), nested models, branches,
 several inputs or outputs, non-float32 dtype policies, activations given as
 objects or not in the list above, and any other layer type.
+
+A layer's config is vetted whole before anything else (:mod:`operators.keras_config`):
+only the keys Keras' class takes, and nested objects that are Keras' own
+built-ins with plain-data configs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from operators.keras_file import KerasLayer, KerasModel
+from operators.keras_config import config_refusal
+from operators.keras_file import KerasLayer, KerasModel, inbound_layers
 from operators.layers import ACTIVATIONS, Layer, PerTick, Recurrent, Stack
 
 RECURRENT = {"LSTM": ("lstm", 4), "GRU": ("gru", 3), "SimpleRNN": ("rnn", 1)}
@@ -149,7 +154,7 @@ def _chain(model: KerasModel) -> list[KerasLayer]:
             raise _refuse(layer, f"it is called {len(nodes)} times; each layer of a chain is called once")
         node = nodes[0]
         args = node.get("args", []) if isinstance(node, dict) else []
-        tensors = _tensors(args)
+        tensors = inbound_layers(args)
         kwargs = node.get("kwargs", {}) if isinstance(node, dict) else {}
         if len(tensors) != 1:
             raise _refuse(layer, f"it takes {len(tensors)} input tensors; only a linear chain is served")
@@ -177,17 +182,6 @@ def _chain(model: KerasModel) -> list[KerasLayer]:
     return chain
 
 
-def _tensors(args) -> list[str]:
-    """Names of the layers whose outputs are among ``args`` (tensors may be nested in lists)."""
-    out: list[str] = []
-    for arg in args if isinstance(args, list) else [args]:
-        if isinstance(arg, list):
-            out += _tensors(arg)
-        elif isinstance(arg, dict) and arg.get("class_name") == "__keras_tensor__":
-            out.append(str(arg.get("config", {}).get("keras_history", ["?"])[0]))
-    return out
-
-
 def _from_keras(module: str) -> bool:
     """Keras' own classes name module ``keras`` or ``keras.<...>`` (not, say, ``keras_extras``)."""
     return module == "keras" or module.startswith("keras.")
@@ -206,6 +200,9 @@ def _check_code(layer: KerasLayer, keras_layers: bool = False) -> None:
                                  f"(it serves LSTM, GRU, SimpleRNN and {', '.join(KERAS_PER_TICK)})")
         raise _refuse(layer, f"the NumPy kernel does not compute {layer.class_name} layers "
                              f"(it serves {', '.join(s for s in SUPPORTED if s != 'InputLayer')})")
+    why = config_refusal(layer.class_name, layer.config, layer.registered_name)
+    if why:
+        raise _refuse(layer, why)
     dtype = layer.config.get("dtype")
     name = dtype.get("config", {}).get("name") if isinstance(dtype, dict) else dtype
     if name not in (None, "float32"):

@@ -1,12 +1,14 @@
 """The Keras engine: a bundle's chain stepped by Keras itself, for models with layers the kernel lacks.
 
 The chain (:attr:`operators.bundle.Bundle.stack`) is rebuilt as one functional Keras model from the
-bundle's ``model.keras`` (loaded in safe mode: no code from the file runs): every recurrent layer is a
+bundle's ``model.keras`` config (deserialised in safe mode: no code from the file runs; its HDF5 weights are
+never opened in this process): every recurrent layer is a
 copy with ``return_sequences=True, return_state=True`` that takes its initial states as inputs and
 returns its final states; per-tick layers are copies of the model's own (an ``axis`` of the feature axis
 written as -1, so a layer after a sequence-to-one recurrent layer applies to every tick;
 ``TimeDistributed(layer)`` as its per-tick inner layer, which acts on the last axis); identity layers
-(Dropout, noise) are left out, as at inference. Same variables, copied from the loaded model.
+(Dropout, noise) are left out, as at inference. The variables are the chain's own arrays (read by
+:mod:`operators.keras_file` and hashed into the model version), so what runs is what the version names.
 
 Per micro-batch (the forecaster's seam, :class:`operators.engines.Stepper`): each instrument's ticks are
 one segment, split where a session reset zeroes the state (a segment after a reset starts from zeros);
@@ -30,7 +32,7 @@ class KerasEngine:
     """Steps ragged per-instrument sequences through the bundle's model, run by Keras."""
 
     def __init__(self, bundle, why: str = ""):
-        from operators.bundle import MODEL_FILE, _keras, load_keras_model  # noqa: PLC0415
+        from operators.bundle import MODEL_FILE, _keras, keras_model_from_config  # noqa: PLC0415
 
         needed = 'engine = "keras"' + (f" ({why})" if why else "")
         keras = _keras(needed)
@@ -40,7 +42,7 @@ class KerasEngine:
         if model is None:
             if bundle.path is None:
                 raise ValueError("the Keras engine needs the bundle's Keras model or its directory")
-            model = load_keras_model(bundle.path / MODEL_FILE, needed)
+            model = keras_model_from_config(bundle.path / MODEL_FILE, needed)
         stack = bundle.stack
         self.outputs = stack.outputs
         self.state_vectors = stack.state_vectors
@@ -71,7 +73,7 @@ class KerasEngine:
                     config["shared_axes"] = [1]  # checked: one slope vector for every tick
                 copy = source.__class__.from_config(config)
                 x = copy(x)
-            weights = source.get_weights()
+            weights = list(layer.arrays())
             if len(weights) != len(copy.weights):
                 raise ValueError(f"layer {layer.name}: its copy has {len(copy.weights)} variables, not {len(weights)}")
             copy.set_weights([np.reshape(w, tuple(v.shape)) for w, v in zip(weights, copy.weights)])

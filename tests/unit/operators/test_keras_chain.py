@@ -145,3 +145,74 @@ def test_a_custom_layer_subclass_saved_by_keras_is_refused(tmp_path):
                               Doubling(name="twice"), keras.layers.Dense(1)])
     message = _refusal(_save(model, tmp_path))
     assert "layer twice (Doubling)" in message and "never runs" in message
+
+
+def _object(module, cls, config=None, registered=None) -> dict:
+    return {"module": module, "class_name": cls, "config": {} if config is None else config,
+            "registered_name": registered}
+
+
+def _set(layer: int, key: str, value):
+    def edit(config):
+        config["config"]["layers"][layer]["config"][key] = value
+    return edit
+
+
+def _set_entry(layer: int, key: str, value):
+    def edit(config):
+        config["config"]["layers"][layer][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, pattern", [
+    (_set(1, "kernel_initializer", _object("os", "system", {"command": "id"})),
+     r"layer rnn \(LSTM\).*config.kernel_initializer is os.system; only Keras' own"),
+    (_set(1, "bias_initializer", _object("builtins", "function", registered="function") | {"config": "os.system"}),
+     r"config.bias_initializer is builtins.function"),
+    (_set(1, "kernel_regularizer", _object("keras.regularizers", "L2", {"l2": _object("builtins", "eval")})),
+     r"config.kernel_regularizer.l2 is an object inside a Keras object's config"),
+    (_set(1, "recurrent_constraint", _object("keras.src.saving.serialization_lib", "enable_unsafe_deserialization")),
+     r"config.recurrent_constraint is keras.src.saving.serialization_lib.enable_unsafe_deserialization"),
+    (_set(1, "kernel_initializer", _object("keras.initializers", "Zeros", registered="mine>Zeros")),
+     r"config.kernel_initializer \(keras.initializers.Zeros\) is not a plain Keras object"),
+    (_set(1, "bias_initializer", _object("keras.initializers", "Constant", {"value": [1, {"nested": {"a": 1}}]})
+          | {"extra": 1}), r"config.bias_initializer \(keras.initializers.Constant\) has keys \['extra'\]"),
+    (_set(2, "dtype", _object("keras", "DTypePolicyMap", {"name": "float32"})),
+     r"layer head \(Dense\).*config.dtype is keras.DTypePolicyMap"),
+    (_set(2, "kernel_initializer", _object("keras.layers", "TFSMLayer", {"filepath": "/tmp/x"})),
+     r"config.kernel_initializer is keras.layers.TFSMLayer"),
+    (_set_entry(1, "registered_name", "Custom>LSTM"), r"layer rnn \(LSTM\).*registered as 'Custom>LSTM'"),
+    (_set(2, "bias_constraznt", None), r"layer head \(Dense\).*keys \['bias_constraznt'\] that Keras' Dense does not"),
+])
+def test_nested_config_objects_other_than_keras_builtins_with_plain_configs_are_refused(tmp_path, edit, pattern):
+    """Keras deserialises every object nested in a layer's config when it loads the model: each must be one of
+    its own initializers, regularizers, constraints or float dtype policies, with plain data inside; and a key
+    the layer's Keras class does not take (Keras would refuse the file) is refused too."""
+    from tests.support.keras_files import edit_config
+
+    keras = _keras()
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None, N)), L.LSTM(3, return_sequences=True, name="rnn"),
+                              L.Dense(1, name="head")])
+    path = edit_config(_save(model, tmp_path), tmp_path / "edited.keras", edit)
+    assert __import__("re").search(pattern, _refusal(path))
+
+
+def test_keras_builtin_initializers_regularizers_and_constraints_are_served(tmp_path):
+    keras = _keras()
+    L = keras.layers
+    model = keras.Sequential([keras.Input((None, N)), L.LSTM(
+        3, return_sequences=True, kernel_initializer=keras.initializers.VarianceScaling(2.0, seed=1),
+        kernel_regularizer=keras.regularizers.L1L2(0.01, 0.02), recurrent_constraint=keras.constraints.MaxNorm(2.0),
+        bias_constraint=keras.constraints.NonNeg()), L.Dense(
+        1, kernel_regularizer=keras.regularizers.OrthogonalRegularizer(0.1),
+        bias_initializer=keras.initializers.Constant(0.5))])
+    assert bundle_keras_model(_save(model, tmp_path), FEATURES, fit_ticks()).outputs == 1
+
+
+def test_a_model_class_from_outside_keras_is_refused(tmp_path):
+    from tests.support.keras_files import edit_config
+
+    path = edit_config(_save(build("lstm"), tmp_path), tmp_path / "edited.keras",
+                       lambda c: c.update(module="mine.models", registered_name="mine>Sequential"))
+    assert "not Keras' own Sequential" in _refusal(path)

@@ -180,12 +180,16 @@ def test_keras_with_a_known_safe_mode_bypass_is_refused_and_not_admitted_by_the_
 
     from operators.bundle import SAFE_KERAS
 
-    monkeypatch.setattr(keras, "__version__", "3.8.0")
-    with pytest.raises(BundleError, match="CVE-2025-1550"):
-        load_bundle(bundle.path, with_keras=True)
-    monkeypatch.setattr(keras, "__version__", "3.9.0")
+    # Each with a published safe-mode bypass: CVE-2025-1550 (< 3.9), CVE-2025-8747 and CVE-2025-9906 (< 3.11),
+    # CVE-2025-49655 (3.11.0-3.11.2), CVE-2026-1462 (< 3.13.2).
+    for version in ("3.8.0", "3.10.0", "3.11.2", "3.13.1"):
+        monkeypatch.setattr(keras, "__version__", version)
+        with pytest.raises(BundleError, match="CVE-2025-8747.*CVE-2026-1462"):
+            load_bundle(bundle.path, with_keras=True)
+    monkeypatch.setattr(keras, "__version__", "3.13.2")
     load_bundle(bundle.path, with_keras=True)
+    assert SAFE_KERAS == (3, 13, 2)
     deps = tomllib.loads((Path(__file__).parents[3] / "pyproject.toml").read_text())["project"]["dependencies"]
     floor = [d for d in deps if d.replace(" ", "").startswith("keras>=")]
     assert floor, f"keras has no lower bound in {deps}"
-    assert tuple(int(p) for p in floor[0].split(">=")[1].split(".")[:2]) >= SAFE_KERAS
+    assert tuple(int(p) for p in floor[0].split(">=")[1].split(".")[:3]) >= SAFE_KERAS
