@@ -13,6 +13,8 @@ the store that writes and reads these files.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import math
 import re
 from dataclasses import dataclass, fields
@@ -104,6 +106,17 @@ class Manifest:
     @property
     def name(self) -> str:
         return self.data.rsplit(".", 1)[0]
+
+MAC_FIELD = "hmac_sha256"  # optional manifest member: HMAC-SHA256 of the other members (pipeline.checkpoint)
+
+
+def manifest_mac(key: bytes, raw: dict) -> str:
+    """HMAC-SHA256, hex, of a manifest's members (without ``MAC_FIELD``) as canonical JSON (sorted keys, ASCII):
+    the same bytes whoever serialises the same values, so the writer's MAC verifies on the reader's parse."""
+    body = json.dumps({k: v for k, v in raw.items() if k != MAC_FIELD}, sort_keys=True, ensure_ascii=True,
+                      allow_nan=False, separators=(",", ":"))
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
 
 _TYPES = {"format": int, "topic": str, "partition": int, "offset": int, "rows": int, "model_version": str,
           "feature_spec": dict, "layers": int, "hidden": int, "created_at": (int, float), "data": str,
