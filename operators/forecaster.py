@@ -95,6 +95,7 @@ class StepResult:
     n_resets: int
     n_expired: int
     expired: list[tuple[int, str]] = field(default_factory=list)  # (partition, instrument) rows reclaimed
+    n_non_finite_resets: int = 0  # states zeroed because the model's output (or state) was not finite
 
 
 class Forecaster:
@@ -188,6 +189,9 @@ class Forecaster:
             raise RuntimeError("state rows out of range")  # never: checked so that mode="clip" below clips nothing
         s0 = [take_rows(st.vector(name), rows, self._gather_buffer(name, width, len(rows))) for name, width in vectors]
         y, s_new = self.kernel.step(x, lengths, s0, reset, in_place=True)
+        s_new = list(s_new)
+        forecast = self._denormalise(y)
+        bad, n_non_finite = contain_non_finite(self.kernel, x, lengths, reset, forecast, s_new, self._denormalise)
         for (name, _), new in zip(vectors, s_new):
             put_rows(st.vector(name), rows, new)
         st.column("last_price")[rows] = price[ends]
@@ -198,15 +202,23 @@ class Forecaster:
         offsets = cols.offset[order][ends]
         st.column("last_offset")[rows] = np.maximum(st.column("last_offset")[rows], offsets)
 
-        norm = self.bundle.normalisation
-        forecast = y.astype(np.float64) * norm.target_std + norm.target_mean
         if forecast.shape[1] == 1:
             forecast = forecast[:, 0]  # one output per tick: forecasts (m,), as always
-        back = np.argsort(order, kind="stable")
         expired = []
         clock = np.concatenate([order, refused_rows]) if len(refused_rows) else order
         n_expired = self._sweep(cols.partition[clock], cols.ts[clock], expired)
-        return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired)
+        if bad is not None:  # never published: the tick is refused with its reason, the rest as usual
+            reasons[order[bad]] = RejectReason.NON_FINITE_FORECAST
+            order, forecast = order[~bad], forecast[~bad]
+        back = np.argsort(order, kind="stable")
+        return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired,
+                          n_non_finite)
+
+    def _denormalise(self, y: np.ndarray) -> np.ndarray:
+        """Model outputs (T, K) in target units, float64; an overflow is an infinity (refused), not a warning."""
+        norm = self.bundle.normalisation
+        with np.errstate(over="ignore", invalid="ignore"):
+            return y.astype(np.float64) * norm.target_std + norm.target_mean
 
     def _nothing_stepped(self, cols: TickColumns, reasons: np.ndarray, refused_rows: np.ndarray) -> StepResult:
         """Every valid tick was refused. Ticks refused by the instrument limit still move the expiry clock:
@@ -269,3 +281,57 @@ class Forecaster:
         self.expired_total += n_expired
         return n_expired
 
+
+def contain_non_finite(kernel, x: np.ndarray, lengths: np.ndarray, reset: np.ndarray | None, forecast: np.ndarray,
+                       states: list[np.ndarray], denormalise) -> tuple[np.ndarray | None, int]:
+    """Non-finite outputs, per tick, as if every tick were stepped alone: a tick whose forecast (any output) is
+    NaN or infinite leaves its instrument's recurrent state zeroed (its previous-tick values stay, as after
+    any tick), and the instrument's later ticks of the batch are stepped again from that zero state.
+
+    ``forecast`` (T, K) and the final ``states`` (rows per group) are corrected in place. Returns the (T,) mask
+    of non-finite ticks (None when there is none) and how many states were zeroed. Because the rule is per
+    tick, it gives the same verdicts and states for any split into batches. A final state holding a
+    non-finite value behind finite outputs (possible only for state no output depends on) is zeroed too,
+    at the batch's end, and counted: no checkpoint ever holds one."""
+    bad = ~np.isfinite(forecast).all(axis=1)
+    n_zeroed = 0
+    if bad.any():
+        states[:] = [s if s.flags.writeable else s.copy() for s in states]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        ends = starts + lengths
+        group = np.repeat(np.arange(len(lengths)), lengths)
+        current = starts.copy()  # per group: ticks from here on reflect every zeroing so far
+        positions = np.arange(len(bad))
+        while True:
+            pending = np.flatnonzero(bad & (positions >= current[group]))
+            if len(pending) == 0:
+                break
+            groups, first = np.unique(group[pending], return_index=True)
+            at = pending[first]  # each group's first non-finite tick not handled yet
+            n_zeroed += len(groups)
+            current[groups] = at + 1
+            tail_len = ends[groups] - (at + 1)
+            done = tail_len == 0
+            for s in states:
+                s[groups[done]] = 0.0
+            if done.all():
+                break
+            tg, tl, t0 = groups[~done], tail_len[~done], at[~done] + 1
+            idx = np.repeat(t0 - np.concatenate([[0], np.cumsum(tl)[:-1]]), tl) + np.arange(int(tl.sum()))
+            zeros = [np.zeros((len(tg), s.shape[1]), dtype=s.dtype) for s in states]
+            y_t, s_t = kernel.step(np.ascontiguousarray(x[idx]), tl, zeros,
+                                   None if reset is None else reset[idx], in_place=True)
+            forecast[idx] = denormalise(y_t)
+            bad[idx] = ~np.isfinite(forecast[idx]).all(axis=1)
+            for s, new in zip(states, s_t):
+                s[tg] = new
+    # Outputs finite, state not (a unit no output reads overflowed): zero it rather than keep or write it.
+    broken = np.zeros(len(lengths), dtype=bool)
+    for s in states:
+        broken |= ~np.isfinite(s).all(axis=1)
+    if broken.any():
+        states[:] = [s if s.flags.writeable else s.copy() for s in states]
+        for s in states:
+            s[broken] = 0.0
+        n_zeroed += int(broken.sum())
+    return (bad if bad.any() else None), n_zeroed
