@@ -170,6 +170,11 @@ def check_state(state: pa.Table, manifest: Manifest) -> None:
             text = meta[key].decode("ascii", "replace")
             if not re.fullmatch(r"-?[0-9]{1,19}", text) or not -2**63 <= int(text) <= _INT64_MAX:
                 raise ValueError(f"state metadata {key.decode()} = {meta[key][:40]!r} is not an int64")
+    recent = meta.get(b"tickcast.recent_ts")
+    if recent is not None and not re.fullmatch(rb"-?[0-9]{1,19}(,-?[0-9]{1,19}){0,1023}", recent):
+        raise ValueError(f"state metadata tickcast.recent_ts = {recent[:40]!r} is not a list of int64s")
+    if recent is not None and not all(-2**63 <= int(v) <= _INT64_MAX for v in recent.split(b",")):
+        raise ValueError("state metadata tickcast.recent_ts holds a value out of int64 range")
     for column in state.column_names:
         if state.column(column).null_count:
             raise ValueError(f"state column {column!r} has nulls")
