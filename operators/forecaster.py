@@ -222,7 +222,9 @@ class Forecaster:
         if forecast.shape[1] == 1:
             forecast = forecast[:, 0]  # one output per tick: forecasts (m,), as always
         expired = []
-        clock = np.sort(np.concatenate([order, refused_rows]))  # the ticks that move the clock, in record order
+        clock = np.concatenate([order, refused_rows]) if len(refused_rows) else order
+        if self.config.expire_after_ns is not None:
+            clock = np.sort(clock)  # the ticks that move the clock, in record order (the watermark's sequence)
         n_expired = self._sweep(cols.partition[clock], cols.ts[clock], expired)
         if bad is not None:  # never published: the tick is refused with its reason, the rest as usual
             reasons[order[bad]] = RejectReason.NON_FINITE_FORECAST
