@@ -16,9 +16,18 @@ Session resets and expiry use one rule, on event time: a tick more than
 ``reset_gap`` after its instrument's previous tick starts from zero state and
 no previous tick, exactly as a new instrument would. Expiry reclaims rows
 idle for more than ``expire_after`` + ``expiry_grace`` behind the partition's
-newest event time and implies ``reset_gap <= expire_after``, so reclaiming a
+watermark and implies ``reset_gap <= expire_after``, so reclaiming a
 row never changes a forecast unless ticks of one partition arrive more than
 ``expiry_grace`` behind each other in event time.
+
+The watermark is not the newest event time, which one record with a forged
+timestamp could move to 2096 (expiring every other instrument of its
+partition at once): it is the largest, over the partition's valid ticks in
+record order, of the oldest event time among the last ``watermark_window``
+(16) ticks. Moving it takes that many consecutive ticks at the new time; it is a
+function of the partition's tick sequence alone (the last ``watermark_window``
+event times are carried between batches and in checkpoints), so it does not
+depend on batch boundaries.
 
 Instrument limit (``max_instruments``): the state table holds at most that
 many rows. Instruments it holds are always served. A *new* instrument is given
@@ -53,6 +62,10 @@ from operators.validation import (DEFAULT_MAX_TS_AHEAD_NS, DEFAULT_TS_FLOOR_NS, 
                                   TimestampPolicy)
 
 
+WATERMARK_WINDOW = 16  # the watermark moves only as far as the oldest of a partition's last 16 valid ticks
+_RECENT_TS_KEY = b"tickcast.recent_ts"  # export_partition metadata: the last WATERMARK_WINDOW event times
+
+
 @dataclass(frozen=True)
 class ForecasterConfig:
     reset_gap_ns: int | None = None  # gap that starts an instrument afresh (None: never)
@@ -67,6 +80,7 @@ class ForecasterConfig:
     now_ns: int | None = None
     max_instruments: int | None = None  # rows the state table may hold; new instruments beyond are refused
     engine: str = "auto"  # what steps the model: "kernel" (NumPy), "keras", or "auto" (operators.engines)
+    watermark_window: int = WATERMARK_WINDOW  # consecutive ticks it takes to move a partition's watermark
 
     @property
     def effective_reset_gap_ns(self) -> int | None:
@@ -80,6 +94,8 @@ class ForecasterConfig:
                 raise ValueError(f"{name} must be positive, got {v}")
         if self.max_instruments is not None and self.max_instruments < 1:
             raise ValueError(f"max_instruments must be at least 1 (or None for no limit), got {self.max_instruments}")
+        if not 1 <= self.watermark_window <= 1024:
+            raise ValueError(f"watermark_window must be in 1..1024 ticks, got {self.watermark_window}")
         if self.engine not in ENGINES:
             raise ValueError(f"engine {self.engine!r} is not one of {', '.join(repr(e) for e in ENGINES)}")
 
@@ -95,6 +111,7 @@ class StepResult:
     n_resets: int
     n_expired: int
     expired: list[tuple[int, str]] = field(default_factory=list)  # (partition, instrument) rows reclaimed
+    n_non_finite_resets: int = 0  # states zeroed because the model's output (or state) was not finite
 
 
 class Forecaster:
@@ -114,6 +131,7 @@ class Forecaster:
                                           self.config.now_ns if self.config.now_ns is not None else time.time_ns())
         self._gather: dict[str, np.ndarray] = {}
         self._watermark: dict[int, int] = {}
+        self._recent: dict[int, np.ndarray] = {}  # per partition: its last WATERMARK_WINDOW event times, in order
         self._last_sweep: dict[int, int] = {}
         self.expired_total = 0
 
@@ -188,6 +206,9 @@ class Forecaster:
             raise RuntimeError("state rows out of range")  # never: checked so that mode="clip" below clips nothing
         s0 = [take_rows(st.vector(name), rows, self._gather_buffer(name, width, len(rows))) for name, width in vectors]
         y, s_new = self.kernel.step(x, lengths, s0, reset, in_place=True)
+        s_new = list(s_new)
+        forecast = self._denormalise(y)
+        bad, n_non_finite = contain_non_finite(self.kernel, x, lengths, reset, forecast, s_new, self._denormalise)
         for (name, _), new in zip(vectors, s_new):
             put_rows(st.vector(name), rows, new)
         st.column("last_price")[rows] = price[ends]
@@ -198,20 +219,31 @@ class Forecaster:
         offsets = cols.offset[order][ends]
         st.column("last_offset")[rows] = np.maximum(st.column("last_offset")[rows], offsets)
 
-        norm = self.bundle.normalisation
-        forecast = y.astype(np.float64) * norm.target_std + norm.target_mean
         if forecast.shape[1] == 1:
             forecast = forecast[:, 0]  # one output per tick: forecasts (m,), as always
-        back = np.argsort(order, kind="stable")
         expired = []
         clock = np.concatenate([order, refused_rows]) if len(refused_rows) else order
+        if self.config.expire_after_ns is not None:
+            clock = np.sort(clock)  # the ticks that move the clock, in record order (the watermark's sequence)
         n_expired = self._sweep(cols.partition[clock], cols.ts[clock], expired)
-        return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired)
+        if bad is not None:  # never published: the tick is refused with its reason, the rest as usual
+            reasons[order[bad]] = RejectReason.NON_FINITE_FORECAST
+            order, forecast = order[~bad], forecast[~bad]
+        back = np.argsort(order, kind="stable")
+        return StepResult(order[back], forecast[back], reasons, len(starts), n_resets, n_expired, expired,
+                          n_non_finite)
+
+    def _denormalise(self, y: np.ndarray) -> np.ndarray:
+        """Model outputs (T, K) in target units, float64; an overflow is an infinity (refused), not a warning."""
+        norm = self.bundle.normalisation
+        with np.errstate(over="ignore", invalid="ignore"):
+            return y.astype(np.float64) * norm.target_std + norm.target_mean
 
     def _nothing_stepped(self, cols: TickColumns, reasons: np.ndarray, refused_rows: np.ndarray) -> StepResult:
         """Every valid tick was refused. Ticks refused by the instrument limit still move the expiry clock:
         at the limit, only the clock moving on frees rows."""
         expired: list[tuple[int, str]] = []
+        refused_rows = np.sort(refused_rows)
         n_expired = self._sweep(cols.partition[refused_rows], cols.ts[refused_rows], expired)
         return StepResult(np.zeros(0, np.int64), self._no_forecasts.copy(), reasons, 0, 0, n_expired, expired)
 
@@ -233,6 +265,8 @@ class Forecaster:
         meta = dict(table.schema.metadata or {})
         meta[b"tickcast.watermark_ns"] = str(self._watermark.get(partition, NO_TS)).encode()
         meta[b"tickcast.last_sweep_ns"] = str(self._last_sweep.get(partition, NO_TS)).encode()
+        if partition in self._recent:
+            meta[_RECENT_TS_KEY] = ",".join(map(str, self._recent[partition].tolist())).encode()
         return table.replace_schema_metadata(meta)
 
     def import_partition(self, partition: int, table: pa.Table) -> int:
@@ -245,27 +279,103 @@ class Forecaster:
                 clock.pop(partition, None)
             else:
                 clock[partition] = value
+        recent = meta.get(_RECENT_TS_KEY)
+        if recent:
+            window = self.config.watermark_window
+            self._recent[partition] = np.array([int(v) for v in recent.split(b",")][-window:], np.int64)
+        else:
+            self._recent.pop(partition, None)
         return n
 
     def drop_partition(self, partition: int) -> int:
         """Forget ``partition`` (its rows and expiry clock); returns rows dropped."""
         self._watermark.pop(partition, None)
+        self._recent.pop(partition, None)
         self._last_sweep.pop(partition, None)
         return self.state.drop_partition(partition)
 
     def _sweep(self, partitions: np.ndarray, ts: np.ndarray, expired: list[tuple[int, str]]) -> int:
-        """Reclaim idle rows, at most once per 1/8 of ``expire_after`` of event time; their keys go to ``expired``."""
+        """Move each partition's watermark by its ticks (``ts`` in record order) and reclaim idle rows, at
+        most once per 1/8 of ``expire_after`` of event time; the reclaimed keys go to ``expired``."""
         expire = self.config.expire_after_ns
         if expire is None or len(ts) == 0:
             return 0
         grace = self.config.expiry_grace_ns if self.config.expiry_grace_ns is not None else expire
         n_expired = 0
         for p in np.unique(partitions).tolist():
-            wm = max(self._watermark.get(p, NO_TS), int(ts[partitions == p].max()))
-            self._watermark[p] = wm
+            wm = self._advance_watermark(p, ts[partitions == p])
+            if wm == NO_TS:
+                continue  # fewer than watermark_window ticks seen: no clock yet, nothing to reclaim
             if wm - self._last_sweep.get(p, NO_TS) >= max(expire // 8, 1) or p not in self._last_sweep:
                 self._last_sweep[p] = wm
                 n_expired += self.state.expire(p, wm - expire - grace, expired)
         self.expired_total += n_expired
         return n_expired
 
+    def _advance_watermark(self, partition: int, ts: np.ndarray) -> int:
+        """The partition's watermark after ``ts``: the largest, over every run of ``watermark_window``
+        consecutive ticks of its sequence, of the run's oldest event time (never lower than before)."""
+        window = self.config.watermark_window
+        seq = np.concatenate([self._recent.get(partition, np.zeros(0, np.int64)), ts.astype(np.int64)])
+        self._recent[partition] = seq[-window:].copy()
+        wm = self._watermark.get(partition, NO_TS)
+        if len(seq) >= window:
+            runs = np.lib.stride_tricks.sliding_window_view(seq, window)
+            wm = max(wm, int(runs.min(axis=1).max()))
+            self._watermark[partition] = wm
+        return wm
+
+
+def contain_non_finite(kernel, x: np.ndarray, lengths: np.ndarray, reset: np.ndarray | None, forecast: np.ndarray,
+                       states: list[np.ndarray], denormalise) -> tuple[np.ndarray | None, int]:
+    """Non-finite outputs, per tick, as if every tick were stepped alone: a tick whose forecast (any output) is
+    NaN or infinite leaves its instrument's recurrent state zeroed (its previous-tick values stay, as after
+    any tick), and the instrument's later ticks of the batch are stepped again from that zero state.
+
+    ``forecast`` (T, K) and the final ``states`` (rows per group) are corrected in place. Returns the (T,) mask
+    of non-finite ticks (None when there is none) and how many states were zeroed. Because the rule is per
+    tick, it gives the same verdicts and states for any split into batches. A final state holding a
+    non-finite value behind finite outputs (possible only for state no output depends on) is zeroed too,
+    at the batch's end, and counted: no checkpoint ever holds one."""
+    bad = ~np.isfinite(forecast).all(axis=1)
+    n_zeroed = 0
+    if bad.any():
+        states[:] = [s if s.flags.writeable else s.copy() for s in states]
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        ends = starts + lengths
+        group = np.repeat(np.arange(len(lengths)), lengths)
+        current = starts.copy()  # per group: ticks from here on reflect every zeroing so far
+        positions = np.arange(len(bad))
+        while True:
+            pending = np.flatnonzero(bad & (positions >= current[group]))
+            if len(pending) == 0:
+                break
+            groups, first = np.unique(group[pending], return_index=True)
+            at = pending[first]  # each group's first non-finite tick not handled yet
+            n_zeroed += len(groups)
+            current[groups] = at + 1
+            tail_len = ends[groups] - (at + 1)
+            done = tail_len == 0
+            for s in states:
+                s[groups[done]] = 0.0
+            if done.all():
+                break
+            tg, tl, t0 = groups[~done], tail_len[~done], at[~done] + 1
+            idx = np.repeat(t0 - np.concatenate([[0], np.cumsum(tl)[:-1]]), tl) + np.arange(int(tl.sum()))
+            zeros = [np.zeros((len(tg), s.shape[1]), dtype=s.dtype) for s in states]
+            y_t, s_t = kernel.step(np.ascontiguousarray(x[idx]), tl, zeros,
+                                   None if reset is None else reset[idx], in_place=True)
+            forecast[idx] = denormalise(y_t)
+            bad[idx] = ~np.isfinite(forecast[idx]).all(axis=1)
+            for s, new in zip(states, s_t):
+                s[tg] = new
+    # Outputs finite, state not (a unit no output reads overflowed): zero it rather than keep or write it.
+    broken = np.zeros(len(lengths), dtype=bool)
+    for s in states:
+        broken |= ~np.isfinite(s).all(axis=1)
+    if broken.any():
+        states[:] = [s if s.flags.writeable else s.copy() for s in states]
+        for s in states:
+            s[broken] = 0.0
+        n_zeroed += int(broken.sum())
+    return (bad if bad.any() else None), n_zeroed

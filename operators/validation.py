@@ -51,6 +51,7 @@ class RejectReason(IntEnum):
     TS_UNIT_MS = 11  # ... in milliseconds
     TS_UNIT_US = 12  # ... in microseconds
     INSTRUMENT_LIMIT = 13  # a new instrument while the process holds max_instruments (see Forecaster)
+    NON_FINITE_FORECAST = 14  # the model's output for this tick is NaN or infinite; the state was reset
 
     @property
     def label(self) -> str:

@@ -61,9 +61,11 @@ that are not the checkpoint's (network, permissions): callers retry those.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
+import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -74,10 +76,13 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from operators.errors import TickcastError
-from pipeline.checkpoint_format import (FORMAT, Manifest, check_manifest, check_state, join_uri, path_segment,
-                                        redact_uri, scrub_uri)
+from pipeline.checkpoint_format import (FORMAT, MAC_FIELD, Manifest, check_manifest, check_state, join_uri,
+                                        manifest_mac, path_segment, redact_uri, scrub_uri)
 
 log = logging.getLogger(__name__)
+
+_HEX_MAC = re.compile(r"[0-9a-f]{64}")
+MIN_KEY_BYTES = 16  # an HMAC key shorter than this is a configuration mistake
 
 # Data errors a checkpoint's bytes can provoke while being read or checked: each means "skip it".
 DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, pa.ArrowException)
@@ -109,16 +114,19 @@ class Problem:
 
 
 
-def group_store(checkpoint_uri: str, group_id: str, keep: int = 3) -> "CheckpointStore":
+def group_store(checkpoint_uri: str, group_id: str, keep: int = 3, key: bytes | None = None) -> "CheckpointStore":
     """The store of one consumer group: ``<checkpoint_uri>/<group segment>``, joined on the URI's path."""
-    return CheckpointStore(join_uri(checkpoint_uri, path_segment(group_id)), keep)
+    return CheckpointStore(join_uri(checkpoint_uri, path_segment(group_id)), keep, key=key)
 
 
 class CheckpointStore:
     def __init__(self, uri: str, keep: int = 3, filesystem: pafs.FileSystem | None = None,
-                 orphan_age_s: float = 60.0):
+                 orphan_age_s: float = 60.0, key: bytes | None = None):
         if keep < 1:
             raise CheckpointError(f"checkpoint_keep must be >= 1, got {keep}")
+        if key is not None and len(key) < MIN_KEY_BYTES:
+            raise CheckpointError(f"checkpoint key is {len(key)} bytes; give at least {MIN_KEY_BYTES}")
+        self.key = key  # HMAC-SHA256 key: manifests are signed, and unsigned or mis-signed ones are refused
         self.uri = uri
         self.keep = keep
         self.orphan_age_s = orphan_age_s  # data files without a manifest older than this are a dead write
@@ -145,13 +153,18 @@ class CheckpointStore:
     # -- writing ----------------------------------------------------------------------------
     def write(self, topic: str, partition: int, state: pa.Table, offset: int, model_version: str,
               feature_spec: dict) -> Manifest:
-        """Write one partition's checkpoint (data, then manifest), then prune old ones. Raises CheckpointError."""
+        """Write one partition's checkpoint (data, then manifest), then prune old ones. Raises CheckpointError.
+
+        What is written passes the checks :meth:`load` applies first (a checkpoint restore would refuse is
+        never written). A failed write removes what it wrote (its temporaries, and its data file when the
+        manifest did not follow) and prunes the leftovers of older failures, so a store that ran out of
+        space holds no more than before the attempt and works again once space returns."""
         meta = state.schema.metadata or {}
         created = time.time_ns()
         name = f"{offset:020d}-{created}-{self._writer_id}"
         folder = self._dir(topic, partition)
+        data_path, manifest_path = f"{folder}/{name}.arrow", f"{folder}/{name}.json"
         try:
-            self._mkdir(folder)
             sink = pa.BufferOutputStream()
             with ipc.new_file(sink, state.schema) as writer:
                 writer.write_table(state)
@@ -159,12 +172,33 @@ class CheckpointStore:
             manifest = Manifest(FORMAT, topic, partition, int(offset), state.num_rows, model_version, feature_spec,
                                 int(meta.get(b"layers", 0)), int(meta.get(b"hidden", 0)), created / 1e9,
                                 f"{name}.arrow", body.size, hashlib.sha256(body).hexdigest())
-            self._put(f"{folder}/{name}.arrow", body)
-            self._put(f"{folder}/{name}.json", json.dumps(asdict(manifest), sort_keys=True).encode())
+            raw = asdict(manifest)
+            check_manifest(raw, manifest_path)  # the reader's checks, before anything is written
+            check_state(state, manifest)
+        except (*DATA_ERRORS, OSError) as exc:
+            raise CheckpointError(f"refusing to write a checkpoint of {topic}/{partition} that restore would "
+                                  f"refuse: {exc}") from None
+        if self.key is not None:
+            raw[MAC_FIELD] = manifest_mac(self.key, raw)
+        written = False
+        try:
+            self._mkdir(folder)
+            self._put(data_path, body)
+            written = True
+            self._put(manifest_path, json.dumps(raw, sort_keys=True).encode())
         except (OSError, pa.ArrowException) as exc:
+            if written:
+                self._delete_quietly(data_path)  # no manifest: the data file would only take space
+            self._prune(folder)
             raise CheckpointError(f"cannot write checkpoint of {topic}/{partition} to {folder}: {exc}") from None
         self._prune(folder)
         return manifest
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except (OSError, pa.ArrowException):  # gone already, or the store is down: pruned later as an orphan
+            pass
 
     def _mkdir(self, folder: str) -> None:
         if self._local:
@@ -173,18 +207,26 @@ class CheckpointStore:
             self.fs.create_dir(folder, recursive=True)
 
     def _put(self, path: str, data) -> None:
+        """Write ``path`` whole or not at all; a failed write leaves nothing behind that it created."""
         if self._local:
             tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
             # Bypass pyarrow locally: it neither fsyncs nor sets modes. 0600: state is the user's data.
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
+                try:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(fd, view):]
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            except BaseException:
+                try:  # ENOSPC, EIO, ...: the partial temporary would keep the disk full
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
             dir_fd = os.open(os.path.dirname(path), os.O_RDONLY)
             try:
                 os.fsync(dir_fd)  # the rename itself survives a power cut
@@ -193,8 +235,12 @@ class CheckpointStore:
             return
         # Elsewhere no temporary + move: on an object store that is a second full copy and buys nothing,
         # since the manifest, not a rename, makes a checkpoint valid.
-        with self.fs.open_output_stream(path) as out:
-            out.write(data)
+        try:
+            with self.fs.open_output_stream(path) as out:
+                out.write(data)
+        except BaseException:
+            self._delete_quietly(path)  # a filesystem that shows partial files: never leave one
+            raise
 
     def _prune(self, folder: str) -> None:
         try:
@@ -281,6 +327,19 @@ class CheckpointStore:
             raw = json.loads(raw_bytes)
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"unreadable manifest: {exc}") from None
+        if isinstance(raw, dict) and MAC_FIELD in raw:
+            mac = raw.pop(MAC_FIELD)
+        else:
+            mac = None
+        if self.key is not None:  # authenticated store: the MAC covers every field, the data's SHA-256 with them
+            if not isinstance(mac, str) or not _HEX_MAC.fullmatch(mac):
+                raise ValueError("manifest is not authenticated (no MAC) and this store has a checkpoint key")
+            try:
+                expected = manifest_mac(self.key, raw)
+            except RecursionError:
+                raise ValueError("manifest nests too deep to authenticate") from None
+            if not hmac.compare_digest(mac, expected):
+                raise ValueError("manifest MAC does not verify with the checkpoint key (tampered, or another key)")
         manifest = check_manifest(raw, manifest_path)
         data_path = f"{manifest_path.rsplit('/', 1)[0]}/{manifest.data}"
         body = self._read(data_path, "data file")

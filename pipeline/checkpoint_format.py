@@ -13,6 +13,8 @@ the store that writes and reads these files.
 from __future__ import annotations
 
 import hashlib
+import hmac
+import json
 import math
 import re
 from dataclasses import dataclass, fields
@@ -105,6 +107,17 @@ class Manifest:
     def name(self) -> str:
         return self.data.rsplit(".", 1)[0]
 
+MAC_FIELD = "hmac_sha256"  # optional manifest member: HMAC-SHA256 of the other members (pipeline.checkpoint)
+
+
+def manifest_mac(key: bytes, raw: dict) -> str:
+    """HMAC-SHA256, hex, of a manifest's members (without ``MAC_FIELD``) as canonical JSON (sorted keys, ASCII):
+    the same bytes whoever serialises the same values, so the writer's MAC verifies on the reader's parse."""
+    body = json.dumps({k: v for k, v in raw.items() if k != MAC_FIELD}, sort_keys=True, ensure_ascii=True,
+                      allow_nan=False, separators=(",", ":"))
+    return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
+
+
 _TYPES = {"format": int, "topic": str, "partition": int, "offset": int, "rows": int, "model_version": str,
           "feature_spec": dict, "layers": int, "hidden": int, "created_at": (int, float), "data": str,
           "bytes": int, "sha256": str}
@@ -157,6 +170,11 @@ def check_state(state: pa.Table, manifest: Manifest) -> None:
             text = meta[key].decode("ascii", "replace")
             if not re.fullmatch(r"-?[0-9]{1,19}", text) or not -2**63 <= int(text) <= _INT64_MAX:
                 raise ValueError(f"state metadata {key.decode()} = {meta[key][:40]!r} is not an int64")
+    recent = meta.get(b"tickcast.recent_ts")
+    if recent is not None and not re.fullmatch(rb"-?[0-9]{1,19}(,-?[0-9]{1,19}){0,1023}", recent):
+        raise ValueError(f"state metadata tickcast.recent_ts = {recent[:40]!r} is not a list of int64s")
+    if recent is not None and not all(-2**63 <= int(v) <= _INT64_MAX for v in recent.split(b",")):
+        raise ValueError("state metadata tickcast.recent_ts holds a value out of int64 range")
     for column in state.column_names:
         if state.column(column).null_count:
             raise ValueError(f"state column {column!r} has nulls")

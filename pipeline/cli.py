@@ -198,7 +198,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print("checkpoint store: off (checkpoint_uri is empty)")
         return 0
     try:  # the group's folder, exactly as `tickcast run` derives it
-        how = group_store(cfg.checkpoint_uri, cfg.group_id, cfg.checkpoint_keep).check_writable()
+        how = group_store(cfg.checkpoint_uri, cfg.group_id, cfg.checkpoint_keep,
+                          cfg.checkpoint_key()).check_writable()
     except CheckpointError as exc:
         print(f"checkpoint store: NOT writable: {exc}")
         return 1

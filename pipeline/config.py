@@ -132,6 +132,9 @@ class RunConfig:
                                         "revoke and shutdown, and every checkpoint_every_batches)")
     checkpoint_every_batches: int = _opt(0, "also write checkpoints every this many batches (0: off)")
     checkpoint_keep: int = _opt(3, "checkpoints kept per partition")
+    checkpoint_key_file: str = _opt("", "file holding an HMAC-SHA256 key (at least 16 bytes) that signs checkpoint "
+                                    "manifests; with it, unsigned or mis-signed checkpoints are refused as "
+                                    "tampered. Empty: the SHA-256 in the manifest detects corruption only")
     max_instruments: int = _opt(1_000_000, "instruments this process holds state for; ticks of a new instrument "
                                 "beyond it go to the dead-letter topic as instrument_limit (0: no limit)")
     on_model_change: str = _opt("refuse", "a checkpoint from another model version: refuse to start, or "
@@ -258,10 +261,26 @@ class RunConfig:
                               "or SCRAM-SHA-512)")
         if self.sasl_password and self.sasl_password_file:
             raise ConfigError("give sasl_password or sasl_password_file, not both")
+        self.checkpoint_key()
         for name in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
                 raise ConfigError(f"{name} {path!r} does not exist or is not a file")
+
+    def checkpoint_key(self) -> bytes | None:
+        """The checkpoint HMAC key (the key file's bytes, one trailing newline dropped), or None without one."""
+        if not self.checkpoint_key_file:
+            return None
+        try:
+            key = Path(self.checkpoint_key_file).read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"checkpoint_key_file {self.checkpoint_key_file!r} cannot be read: "
+                              f"{exc.strerror or exc}") from None
+        key = key[:-1] if key.endswith(b"\n") else key
+        if len(key) < 16:
+            raise ConfigError(f"checkpoint_key_file {self.checkpoint_key_file!r} holds {len(key)} bytes; an HMAC "
+                              f"key needs at least 16 (e.g. head -c 32 /dev/urandom > FILE)")
+        return key
 
     @property
     def longest_bounded_wait_ms(self) -> int:

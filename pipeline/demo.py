@@ -76,7 +76,7 @@ def run_live(workdir: str | Path, bundle: Bundle, ticks: pa.Table, say: Callable
     from kafka import KafkaProducer  # noqa: PLC0415
 
     from pipeline import logs  # noqa: PLC0415
-    from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
+    from pipeline.kafka.broker import INPUT_TOPIC_CONFIG, EmbeddedBroker, create_topics  # noqa: PLC0415
     from pipeline.config import RunConfig  # noqa: PLC0415
     from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.live.status import STARTUP_S  # noqa: PLC0415
@@ -88,7 +88,8 @@ def run_live(workdir: str | Path, bundle: Bundle, ticks: pa.Table, say: Callable
     # longer exist.
     shutil.rmtree(Path(workdir) / "checkpoints", ignore_errors=True)
     with EmbeddedBroker() as broker:
-        create_topics(broker.bootstrap, {"ticks": 2, "forecasts": 2, "ticks.dlq": 1})
+        create_topics(broker.bootstrap, {"ticks": 2, "forecasts": 2, "ticks.dlq": 1},
+                      configs={"ticks": INPUT_TOPIC_CONFIG})
         say(4, f"embedded Kafka-protocol broker on {broker.bootstrap}; topics ticks (2 partitions), forecasts, "
                "ticks.dlq")
         cfg = RunConfig.load(env={}, flags=dict(model=str(bundle.path), bootstrap_servers=broker.bootstrap,

@@ -116,6 +116,9 @@ class Metrics:
                                     namespace=ns, registry=r)
         self.session_resets = Counter("session_resets", "Instrument states restarted after a long gap",
                                       namespace=ns, registry=r)
+        self.non_finite_resets = Counter("non_finite_state_resets", "Instrument states zeroed because the model's "
+                                         "output (or state) for a tick was NaN or infinite; each such tick is "
+                                         "dead-lettered as non_finite_forecast", namespace=ns, registry=r)
         self.commits = Counter("offset_commits", "Offset commits after acknowledged publishes",
                                namespace=ns, registry=r)
         self.broker_errors = Counter("broker_errors", "Failed broker operations (will be retried), by operation",

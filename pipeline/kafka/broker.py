@@ -206,8 +206,18 @@ class EmbeddedBroker:
 _RUNNING: weakref.WeakSet[EmbeddedBroker] = weakref.WeakSet()
 
 
-def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_s: float = 15.0) -> None:
-    """Create topics (name -> partitions), keep existing ones, and wait until metadata shows them all."""
+# Every tick topic tickcast creates carries this: the broker refuses a record whose CreateTime is more than an
+# hour ahead of its own clock (Kafka >= 3.6, KIP-937), so the record timestamp the operator's ts_ahead check
+# trusts as "now" is bounded by the broker, not only by the producer's word. Records from the past (a
+# historical backfill, read by time range for backtests) stay accepted; LogAppendTime would bound it too but
+# would replace those historical timestamps with the append time.
+INPUT_TOPIC_CONFIG = {"message.timestamp.after.max.ms": "3600000"}
+
+
+def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_s: float = 15.0,
+                  configs: dict[str, dict[str, str]] | None = None) -> None:
+    """Create topics (name -> partitions) with their ``configs`` (name -> topic configs), keep existing ones,
+    and wait until metadata shows them all."""
     from kafka import KafkaAdminClient  # noqa: PLC0415
     from kafka.admin import NewTopic  # noqa: PLC0415
     from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
@@ -217,7 +227,8 @@ def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, 
     try:
         for name, partitions in topics.items():
             try:
-                admin.create_topics([NewTopic(name, partitions, replication)])
+                admin.create_topics([NewTopic(name, partitions, replication,
+                                              topic_configs=dict((configs or {}).get(name, {})))])
             except TopicAlreadyExistsError:
                 log.debug("topic %s already exists", name)
         deadline = time.monotonic() + timeout_s
@@ -254,8 +265,9 @@ def serve_broker(port: int | None, host: str, topics: list[str], partitions: int
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     with EmbeddedBroker(port=port, host=host) as broker:
-        if topics:
-            create_topics(broker.bootstrap, {t: partitions for t in topics})
+        if topics:  # any of them may carry ticks: each bounds its records' CreateTime
+            create_topics(broker.bootstrap, {t: partitions for t in topics},
+                          configs={t: INPUT_TOPIC_CONFIG for t in topics})
         print(broker.bootstrap, flush=True)
         print(f"embedded broker listening on {broker.bootstrap} (in memory; Ctrl-C stops it)", file=sys.stderr)
         stop.wait()

@@ -35,9 +35,10 @@ reader, which is strict except that it accepts NaN/Inf/Infinity literals
 and skips nested values of ignored fields unchecked; so it takes only
 messages where neither can happen: printable ASCII without backslashes, one
 flat object (``{`` first, ``}`` last, no other brace or bracket anywhere) and
-no ``N`` or ``I`` outside strings. Everything else, and any group of messages
-Arrow refuses (halved until the refused message stands alone), goes message
-by message through Python's ``json`` with the checks above; the hypothesis
+no ``N`` or ``I`` outside strings. Everything else, and every run of ``FAST_CHUNK``
+messages that Arrow refuses (read once as a whole batch, then once per run), goes message
+by message through Python's ``json`` with the checks above, so a message costs a
+bounded amount of work whatever its neighbours are; the hypothesis
 properties in tests/property/test_decode.py hold the two paths to the same
 verdicts. The fast-path filter is a few NumPy passes over the joined bytes;
 the per-message Python work on it is the join and two length comprehensions.
@@ -182,28 +183,48 @@ def _flat_ascii_objects(vals: list[bytes], lens: np.ndarray) -> tuple[np.ndarray
     return ok, joined
 
 
-def _parse_fast(values: list[bytes], index: np.ndarray, refused: list[int],
-                joined: bytes | None = None) -> list[tuple[pa.Table, np.ndarray]]:
-    """Arrow's reader over the messages at ``index``; a refused group is halved until the
-    message Arrow refuses stands alone, and that one goes to ``refused`` (the slow path)."""
-    if len(index) == 0:
-        return []
-    buf = joined if joined is not None else b"\n".join(values[i] for i in index.tolist())
+# On a refusal, Arrow's reader gets each run of FAST_CHUNK messages once more; a run it refuses again goes
+# to the strict parser whole. No halving: a message costs at most three Arrow reads of its bytes and one
+# strict parse, whatever the mix around it (see benchmarks/decode.py).
+FAST_CHUNK = 256
+
+
+def _read_arrow(buf: bytes, count: int) -> pa.Table | None:
+    """Arrow's reader over ``count`` newline-joined flat objects; None if it refuses any of them."""
     try:
         table = pajson.read_json(
             pa.BufferReader(buf),
             read_options=pajson.ReadOptions(block_size=max(1 << 20, len(buf) + 1)),
             parse_options=pajson.ParseOptions(explicit_schema=MESSAGE_SCHEMA, unexpected_field_behavior="ignore"),
         )
-        if table.num_rows == len(index):  # always, for flat objects; checked, not assumed
-            return [(table, index)]
     except pa.ArrowException:
-        pass
-    if len(index) == 1:
-        refused.append(int(index[0]))
+        return None
+    return table if table.num_rows == count else None  # always, for flat objects; checked, not assumed
+
+
+def _parse_fast(values: list[bytes], index: np.ndarray, refused: list[int],
+                joined: bytes | None = None) -> list[tuple[pa.Table, np.ndarray]]:
+    """Arrow's reader over the messages at ``index``. If it refuses the group, each run of ``FAST_CHUNK``
+    messages is read again on its own, and every message of a run it refuses too goes to ``refused`` (the
+    slow path, whose verdict the fast path only ever repeats): one linear pass, never a recursive search."""
+    if len(index) == 0:
         return []
-    half = len(index) // 2
-    return _parse_fast(values, index[:half], refused) + _parse_fast(values, index[half:], refused)
+    buf = joined if joined is not None else b"\n".join(values[i] for i in index.tolist())
+    table = _read_arrow(buf, len(index))
+    if table is not None:
+        return [(table, index)]
+    if len(index) <= FAST_CHUNK:
+        refused.extend(index.tolist())
+        return []
+    parts = []
+    for start in range(0, len(index), FAST_CHUNK):
+        chunk = index[start:start + FAST_CHUNK]
+        table = _read_arrow(b"\n".join(values[i] for i in chunk.tolist()), len(chunk))
+        if table is None:
+            refused.extend(chunk.tolist())
+        else:
+            parts.append((table, chunk))
+    return parts
 
 
 class _Object(dict):

@@ -89,7 +89,8 @@ class Runner:
         self.json_names = messages.JsonNames()
         self.partitioner = clients.CachingPartitioner()  # shared by every producer this run makes
         self.partitions = Partitions(config.input_topics)
-        self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep)
+        self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
+                                  config.checkpoint_key())
                       if config.checkpoint_uri else None)
         self.recovery = Recovery(config, bundle, self.forecaster, self.store, self.partitions, self.conn,
                                  self.kafka_clients, metrics, self.stopping)

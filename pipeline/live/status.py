@@ -176,6 +176,7 @@ def account(metrics: Metrics, stats: RunStats, scorer: OnlineScorer, state, batc
     m.batch_ticks.observe(len(batch.records))
     m.batch_instruments.observe(result.n_instruments)
     m.session_resets.inc(result.n_resets)
+    m.non_finite_resets.inc(result.n_non_finite_resets)
     m.expired_rows.inc(result.n_expired)
     m.state_rows.set(len(state))
     m.state_bytes.set(state.nbytes)

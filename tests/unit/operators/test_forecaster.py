@@ -171,7 +171,7 @@ def test_reset_in_the_middle_of_a_batch(bundle):
 
 
 def test_expiry_reclaims_idle_rows_without_changing_survivors(bundle):
-    cfg = ForecasterConfig(expire_after_ns=60 * SEC)
+    cfg = ForecasterConfig(expire_after_ns=60 * SEC, watermark_window=1)
     fc = Forecaster(bundle, cfg)
     fc.step(ticks(["IDLE", "BUSY"], [5.0, 7.0], ts=[T0, T0]))
     fc.step(ticks(["BUSY"], [7.1], ts=[T0 + 60 * SEC]))
@@ -236,7 +236,7 @@ def test_free_rows_go_to_new_instruments_in_order_of_their_first_tick(bundle):
 
 
 def test_an_instrument_refused_at_the_limit_is_served_once_expiry_frees_a_row(bundle):
-    fc = Forecaster(bundle, ForecasterConfig(max_instruments=1, expire_after_ns=60 * SEC))
+    fc = Forecaster(bundle, ForecasterConfig(max_instruments=1, expire_after_ns=60 * SEC, watermark_window=1))
     fc.step(ticks(["A"], [1.0], ts=[T0]))
     assert fc.step(ticks(["B"], [1.0], ts=[T0 + 200 * SEC])).reasons.tolist() == [LIMIT]  # A reclaimed after it
     res = fc.step(ticks(["B"], [1.0], ts=[T0 + 201 * SEC]))
@@ -244,7 +244,7 @@ def test_an_instrument_refused_at_the_limit_is_served_once_expiry_frees_a_row(bu
 
 
 def test_ticks_refused_by_the_limit_move_the_clock_even_when_the_rest_of_the_batch_is_late(bundle):
-    fc = Forecaster(bundle, ForecasterConfig(max_instruments=2, expire_after_ns=60 * SEC))
+    fc = Forecaster(bundle, ForecasterConfig(max_instruments=2, expire_after_ns=60 * SEC, watermark_window=1))
     fc.step(ticks(["A"], [1.0], ts=[T0]))
     fc.step(ticks(["C"], [1.0], ts=[T0 + 100 * SEC]))  # the table is full; nothing idle long enough yet
     res = fc.step(ticks(["C", "B"], [1.0, 1.0], ts=[T0 + 50 * SEC, T0 + 200 * SEC]))  # C late, B refused
@@ -253,7 +253,7 @@ def test_ticks_refused_by_the_limit_move_the_clock_even_when_the_rest_of_the_bat
 
 
 def test_step_reports_which_instruments_expired(bundle):
-    fc = Forecaster(bundle, ForecasterConfig(expire_after_ns=60 * SEC))
+    fc = Forecaster(bundle, ForecasterConfig(expire_after_ns=60 * SEC, watermark_window=1))
     fc.step(ticks(["IDLE", "BUSY"], [5.0, 7.0], ts=[T0, T0]))
     res = fc.step(ticks(["BUSY"], [7.1], ts=[T0 + 121 * SEC]))
     assert res.n_expired == 1 and res.expired == [(0, "IDLE")]

@@ -66,7 +66,7 @@ def test_verdict_uses_the_record_timestamp_not_the_clock_of_the_run():
 
 
 def test_a_tick_dated_2099_moves_no_clock(bundle):
-    fc = Forecaster(bundle, ForecasterConfig(expire_after_ns=DAY))
+    fc = Forecaster(bundle, ForecasterConfig(expire_after_ns=DAY, watermark_window=1))
     names = ["A", "B", "C"]
     first = fc.step(ticks(names, [T0, T0 + SEC, T0 + 2 * SEC], [T0] * 3))
     assert len(first.rows) == 3
