@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 
 from operators.features import FEATURE_NAMES, KNOWN_FEATURES
 from pipeline.config import ConfigError, RunConfig
+from pipeline.ranges import RANGES
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -84,6 +85,8 @@ def add_run_config_args(p: argparse.ArgumentParser) -> None:
             shown = "unset"
         choices = f.metadata.get("choices")
         extra = f" {{{', '.join(c for c in choices if c)}}}" if choices else ""
+        if f.name in RANGES:
+            extra += f" [range: {RANGES[f.name].describe()}]"
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
                        help=f"{f.metadata['help']}{extra} [env: TICKCAST_{f.name.upper()}] (default: {shown!r})")
 
