@@ -40,8 +40,8 @@ RANGES: dict[str, Range] = {
     "status_interval_s": Range(0.0, 86_400.0, "s", "0: off"),
     "shutdown_timeout_s": Range(1.0, 3_600.0, "s", "the whole shutdown, every step included"),
     "fetch_max_bytes": Range(1_024, INT32_MAX, "bytes", "Kafka's fetch.max.bytes is a signed 32-bit integer"),
-    "request_timeout_ms": Range(1_000, 300_000, "ms", "below kafka-python's connections_max_idle_ms (540000); twice it below "
-                                "transaction_timeout_ms"),
+    "request_timeout_ms": Range(1_000, 300_000, "ms", "below kafka-python's connections_max_idle_ms (540000); "
+                                "twice it below transaction_timeout_ms"),
     "transaction_timeout_ms": Range(1_000, 3_600_000, "ms",
                                     "the broker's transaction.max.timeout.ms (default 900000) must allow it"),
     "session_timeout_ms": Range(1_000, 3_600_000, "ms",
