@@ -151,7 +151,7 @@ class Delivery:
         """One round: flush what was sent, judge every send. (what to send again, the reasons of the failures)."""
         try:
             with self.stall("publish"):
-                self.conn.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
+                self.conn.producer.flush(timeout=self.stopping.cap_s(self.cfg.request_timeout_ms / 1000))
         except Exception as exc:  # noqa: BLE001 - flush timeout: check futures below
             log.warning("flush incomplete", extra={"error": repr(exc)})
         failed, reasons = [], set()
@@ -183,7 +183,8 @@ class Delivery:
         def attempt() -> None:
             with self.stall("commit"):
                 # Bounded, so this loop keeps control (liveness, shutdown) through an outage.
-                self.conn.consumer.commit(offsets, timeout_ms=self.cfg.request_timeout_ms)
+                self.conn.consumer.commit(offsets, timeout_ms=int(self.stopping.cap_s(
+                    self.cfg.request_timeout_ms / 1000) * 1000))
             self.metrics.commits.inc()
 
         def on_error(exc: Exception, retry_in_s: float):
@@ -297,7 +298,8 @@ class Delivery:
         self.rewind()
 
     def _bounded(self, call, *args):
-        return bounded(call, *args, limit_ms=self.cfg.longest_bounded_wait_ms, beat=self.metrics.beat)
+        limit_ms = int(self.stopping.cap_s(self.cfg.longest_bounded_wait_ms / 1000) * 1000)
+        return bounded(call, *args, limit_ms=limit_ms, beat=self.metrics.beat)
 
     def replace_producer(self) -> None:
         """A new transactional producer (same id: it fences the old one); retried until the broker answers."""
