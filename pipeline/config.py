@@ -264,7 +264,8 @@ class RunConfig:
         except ConfigError as exc:
             out.append(str(exc))
         try:
-            check_kafka_client(self.kafka_client)
+            if self.kafka_client in KAFKA_CLIENTS:  # an unknown one is said above, with the choices
+                check_kafka_client(self.kafka_client)
         except ConfigError as exc:
             out.append(str(exc))
         host, _, port = self.metrics_address.rpartition(":")
