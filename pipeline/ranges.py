@@ -55,6 +55,13 @@ RANGES: dict[str, Range] = {
     "max_ts_ahead": Range(1_000_000, MAX_DURATION_NS, "duration", "Kafka timestamp skew allowed"),
 }
 
+# Numeric flags of the other commands that nothing else checks (a NaN learning rate trains NaN weights; a NaN or
+# zero price scale makes every tick invalid).
+FLAG_RANGES: dict[str, Range] = {
+    "learning_rate": Range(1e-9, 1.0, "", "Adam's step size"),
+    "price_scale": Range(1e-12, 1e12, "", "a multiplier of prices"),
+}
+
 
 def format_ns(ns: int) -> str:
     """The shortest exact spelling of a duration: 86_400_000_000_000 -> '1d'."""

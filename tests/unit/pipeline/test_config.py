@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig
@@ -122,6 +122,7 @@ def test_every_command_and_library_function_has_the_one_micro_batch_default(monk
         assert inspect.signature(fn).parameters["max_batch_ticks"].default == DEFAULT_MAX_BATCH_TICKS, fn
 
 
+@settings(deadline=None)  # the first call imports kafka-python's consumer (half a second)
 @given(st.text(max_size=300))
 def test_a_group_instance_id_is_accepted_exactly_when_kafka_python_accepts_it(value):
     """Kafka's own rule, as kafka-python's consumer checks it: the run refuses in one line what the client would
@@ -171,3 +172,16 @@ def test_config_check_lists_every_problem_one_line_each(tmp_path):
         "tickcast: error: reset_gap = '0.5ns' is outside 1ms..3650d",
         "tickcast: error: max_ts_ahead = '200000d' is outside 1ms..3650d",
     ]
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--price-scale"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "1e300", "x"])
+def test_float_flags_of_other_commands_are_refused_outside_their_range(flag, value, capsys):
+    from pipeline.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "--input", "t.parquet", "--out", "m", f"{flag}={value}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"tickcast train: error: argument {flag}: '{value}' is")
+    assert build_parser().parse_args(["train", "--input", "t", "--out", "m", flag, "0.001"]) is not None
