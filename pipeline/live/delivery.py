@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 
 from kafka.errors import (
@@ -255,7 +256,7 @@ class Delivery:
             return True
         try:
             with self.stall("transaction"):
-                tx.commit.result()
+                self._await_commit(tx)
         except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
@@ -268,6 +269,15 @@ class Delivery:
         self.sender.forget_cuts(outbox.records)
         self.metrics.commits.inc()
         return True
+
+    def _await_commit(self, tx: Transaction) -> None:
+        """The commit's outcome from the helper thread; after a stop request, not past the flush's deadline (the
+        commit was given its limits before the stop: they may end later)."""
+        while not tx.commit.done():
+            if self.stopping.past_deadline():
+                raise KafkaTimeoutError("transaction commit unanswered at the shutdown deadline")
+            futures_wait([tx.commit], timeout=0.2)
+        tx.commit.result()
 
     def _aborted(self, tx: Transaction, exc: BaseException) -> None:
         """A failed transaction: abort it (or fence its producer) and rewind to the committed offsets."""

@@ -156,3 +156,44 @@ def test_a_consumer_whose_close_never_returns_is_abandoned_at_the_close_deadline
         never.set()
         thread.join(30)
     assert code == [0]
+
+
+def test_a_transaction_commit_the_broker_never_answers_ends_at_the_flush_deadline(bundle, tmp_path):
+    """Exactly-once: the commit was submitted (with the full 2 x request_timeout_ms limit) before the stop; the
+    loop stops waiting for it at the flush's deadline, aborts it and rewinds (nothing committed for it: the
+    next owner or a restart redoes it)."""
+    broker = new_broker()
+    feed(broker, 100)
+    runner, fake = make_runner(bundle, broker, shutdown_timeout_s=TIMEOUT_S, processing="exactly_once",
+                               checkpoint_uri=str(tmp_path / "ckpt"), request_timeout_ms=60_000,
+                               transaction_timeout_ms=130_000)
+    stalled, entered, never = threading.Event(), threading.Event(), threading.Event()
+
+    def stall_later_commits(producer):
+        commit = producer.commit_transaction
+
+        def maybe_stall():
+            if stalled.is_set():
+                entered.set()
+                never.wait(120)
+            return commit()
+
+        producer.commit_transaction = maybe_stall
+
+    fake.on_producer = stall_later_commits
+    thread, code = run_in_thread(runner)
+    try:
+        wait(all_committed(broker))
+        stalled.set()
+        feed(broker, 100, start=100)
+        wait(entered.is_set)
+        started = time.monotonic()
+        runner.request_stop()
+        thread.join(TIMEOUT_S + MARGIN_S)
+        assert not thread.is_alive(), "the shutdown waited on the transaction commit past its deadline"
+        assert time.monotonic() - started <= TIMEOUT_S + MARGIN_S
+    finally:
+        never.set()
+        thread.join(30)
+    assert code == [0]
+    assert not all_committed(broker)(), "the unanswered batch was committed"
