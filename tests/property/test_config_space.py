@@ -75,7 +75,7 @@ def configs(draw) -> dict:
     return out
 
 
-def config_check(values: dict, folder: Path) -> tuple[int, str]:
+def config_check(values: dict, folder: Path) -> tuple[int, str, Path]:
     path = folder / "tickcast.toml"
     path.write_text('model = "m"\ngroup_id = "g"\nmetrics_address = "127.0.0.1:0"\n'
                     f'checkpoint_uri = {json.dumps(str(folder / "ckpt"))}\n'

@@ -97,3 +97,15 @@ def test_the_server_listens_on_the_configured_address_only(server_factory):
     assert server.address.startswith("127.0.0.1:")
     bound = server._server.socket.getsockname()
     assert bound[0] == "127.0.0.1"
+
+
+def test_the_readme_states_the_endpoint_limits_the_server_uses():
+    from pathlib import Path
+
+    from pipeline.metrics import ENDPOINT_LIMITS
+
+    readme = " ".join((Path(__file__).resolve().parents[3] / "README.md").read_text().split())
+    limits = ENDPOINT_LIMITS
+    stated = (f"worker thread (two) sees them, at most {limits['connection_limit']:,} connections, "
+              f"{limits['max_request_header_size'] // 1024} KiB of headers, {limits['channel_timeout']} s idle")
+    assert limits["threads"] == 2 and stated in readme
