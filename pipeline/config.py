@@ -165,7 +165,8 @@ class RunConfig:
     status_interval_s: float = _opt(5.0, "seconds between one-line status reports (0: off)")
     log_format: str = _opt("text", "log lines as key=value text or JSON", choices=("text", "json"))
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
-    shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, give up flushing after this many seconds")
+    shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, the whole shutdown (flush, commit, checkpoint, close) ends "
+                                     "within this many seconds")
     fetch_max_bytes: int = _opt(16 * 1024 * 1024, "bound on bytes the consumer fetches ahead (memory cap)")
     request_timeout_ms: int = _opt(30000, "Kafka request timeout; a transaction call waits at most twice this")
     transaction_timeout_ms: int = _opt(90000, "exactly_once: the broker aborts (and fences) a transaction open this "

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 import uuid
@@ -416,3 +417,14 @@ def test_a_planted_secret_never_reaches_logs_or_config_check(tmp_path, bundle):
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(cfg)], capture_output=True,
                          text=True, env={**ENV, "TICKCAST_SASL_PASSWORD_FILE": str(tmp_path / "nope")})
     assert bad.returncode == 2 and secret not in bad.stdout + bad.stderr
+
+
+def test_the_shipped_configs_are_inside_every_range(tmp_path):
+    from pipeline.config import RunConfig  # noqa: PLC0415
+
+    configmap = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())["data"]["tickcast.toml"]
+    (tmp_path / "k8s.toml").write_text(configmap)
+    for path in (DEPLOY / "tickcast.toml", tmp_path / "k8s.toml"):
+        values = {k: v for k, v in tomllib.loads(path.read_text()).items()}
+        cfg = RunConfig(**{k: v for k, v in values.items() if not k.startswith(("sasl_", "ssl_"))})
+        assert cfg._range_problems() == [], path
