@@ -383,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except TickcastError as exc:
-        print(f"tickcast: error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # one line per problem (config check lists them all)
+            print(f"tickcast: error: {line}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("tickcast: interrupted", file=sys.stderr)

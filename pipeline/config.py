@@ -12,14 +12,17 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import math
 import os
 import re
 import tomllib
+from fractions import Fraction
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from operators.errors import TickcastError
+from pipeline.ranges import MAX_DATE_NS, MAX_DURATION_NS, RANGES, UNITS_NS, format_ns
 
 
 class ConfigError(TickcastError):
@@ -31,26 +34,31 @@ class ConfigError(TickcastError):
 # batch's latency and memory, and a file backtest's per-batch overhead.
 DEFAULT_MAX_BATCH_TICKS = 5_000
 
-_UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
-             "h": 3_600_000_000_000, "d": 86_400_000_000_000}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ns|us|ms|s|m|h|d)\s*$")
 # Kafka's rule for a group.instance.id (its topic-name rule): the brokers and both clients refuse anything else.
 _GROUP_INSTANCE_ID = re.compile(r"(?!\.\.?\Z)[A-Za-z0-9._-]{1,249}")
 
 
-def parse_duration_ns(text: str, what: str = "duration") -> int:
-    """'500ms', '30s', '15m', '2h', '1d' -> nanoseconds."""
+def parse_duration_ns(text: str, what: str = "duration", lo_ns: int = 1, hi_ns: int = MAX_DURATION_NS) -> int:
+    """'500ms', '30s', '15m', '2h', '1d' -> nanoseconds, refused in one line outside ``lo_ns``..``hi_ns`` (by
+    default 1 ns to 3650 days: a duration added to a time must stay inside int64 nanoseconds, year 2262)."""
     m = _DURATION.match(str(text))
     if not m:
         raise ConfigError(f"{what} {text!r} is not a duration; write a number and a unit, e.g. 30s, 15m, 2h, 1d")
-    value = float(m.group(1)) * _UNITS_NS[m.group(2)]
+    number, unit = m.group(1), m.group(2)
+    # Exact arithmetic: '0.5ns' is not silently 0, '200000d' is not a float that overflows int64 later.
+    value = Fraction(number) * UNITS_NS[unit]
     if value <= 0:
         raise ConfigError(f"{what} must be positive, got {text!r}")
+    if value < lo_ns or value > hi_ns:
+        raise ConfigError(f"{what} = {text!r} is outside {format_ns(lo_ns)}..{format_ns(hi_ns)}")
+    if value.denominator != 1:
+        raise ConfigError(f"{what} = {text!r} is not a whole number of nanoseconds")
     return int(value)
 
 
 def parse_date_ns(text: str, what: str = "date") -> int:
-    """'1990-01-01' (UTC midnight) -> nanoseconds since the epoch."""
+    """'1990-01-01' (UTC midnight) -> nanoseconds since the epoch, after 1970-01-01 and before 2200-01-01."""
     import datetime as dt
 
     try:
@@ -60,6 +68,8 @@ def parse_date_ns(text: str, what: str = "date") -> int:
     ns = (day - dt.date(1970, 1, 1)).days * 86_400_000_000_000
     if ns <= 0:
         raise ConfigError(f"{what} must be after 1970-01-01, got {text!r}")
+    if ns >= MAX_DATE_NS:
+        raise ConfigError(f"{what} must be before 2200-01-01, got {text!r}")
     return ns
 
 
@@ -158,7 +168,8 @@ class RunConfig:
     status_interval_s: float = _opt(5.0, "seconds between one-line status reports (0: off)")
     log_format: str = _opt("text", "log lines as key=value text or JSON", choices=("text", "json"))
     log_level: str = _opt("info", "log level", choices=("debug", "info", "warning", "error"))
-    shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, give up flushing after this many seconds")
+    shutdown_timeout_s: float = _opt(20.0, "on SIGTERM, the whole shutdown (flush, commit, checkpoint, close) ends "
+                                     "within this many seconds")
     fetch_max_bytes: int = _opt(16 * 1024 * 1024, "bound on bytes the consumer fetches ahead (memory cap)")
     request_timeout_ms: int = _opt(30000, "Kafka request timeout; a transaction call waits at most twice this")
     transaction_timeout_ms: int = _opt(90000, "exactly_once: the broker aborts (and fences) a transaction open this "
@@ -197,75 +208,105 @@ class RunConfig:
         for k, v in (flags or {}).items():
             if v is not None:
                 values[k] = (v, f"--{k.replace('_', '-')}")
-        kwargs = {}
+        kwargs, problems = {}, []
         types = {f.name: f for f in fields(cls)}
         for k, (v, source) in values.items():
             if k not in types:
                 near = difflib.get_close_matches(k, cls.keys(), n=1)
                 hint = f"; did you mean {near[0]!r}?" if near else ""
-                raise ConfigError(f"unknown config key {k!r} in {source}{hint}")
-            kwargs[k] = _coerce(types[k], v, source)
+                problems.append(f"unknown config key {k!r} in {source}{hint}")
+                continue
+            try:
+                kwargs[k] = _coerce(types[k], v, source)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        if problems:
+            raise ConfigError("\n".join(problems))
         cfg = cls(**kwargs)
         cfg.check()
         return cfg
 
     def check(self) -> None:
+        """Raise ConfigError listing every problem, one line each (see :meth:`problems`)."""
+        problems = self.problems()
+        if problems:
+            raise ConfigError("\n".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every way this config would keep the run from starting or working, one line each; [] when none."""
+        out: list[str] = []
         for f in fields(self):
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices and value not in choices:
-                raise ConfigError(f"{f.name} = {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+                out.append(f"{f.name} = {value!r} is not one of {', '.join(repr(c) for c in choices)}")
+        out += self._range_problems()
         if not self.model:
-            raise ConfigError("no model bundle given; set --model DIR (or model = \"DIR\" in the config file)")
+            out.append("no model bundle given; set --model DIR (or model = \"DIR\" in the config file)")
         if not self.input_topics or any(not t for t in self.input_topics):
-            raise ConfigError("input_topics is empty; name at least one topic, e.g. --input-topics ticks")
+            out.append("input_topics is empty; name at least one topic, e.g. --input-topics ticks")
         if self.output_topic in self.input_topics or self.dead_letter_topic in self.input_topics:
-            raise ConfigError("output_topic and dead_letter_topic must differ from the input topics")
-        for name in ("max_batch_ticks", "max_batch_ms", "fetch_max_bytes", "request_timeout_ms", "fetch_max_wait_ms",
-                     "session_timeout_ms", "transaction_timeout_ms"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+            out.append("output_topic and dead_letter_topic must differ from the input topics")
         if self.group_instance_id and not _GROUP_INSTANCE_ID.fullmatch(self.group_instance_id):
-            raise ConfigError(f"group_instance_id = {self.group_instance_id!r} must be 1-249 characters of ASCII "
-                              f"letters, digits, '.', '_' and '-', and not '.' or '..'")
-        if self.max_batches_in_flight < 1:
-            raise ConfigError(f"max_batches_in_flight must be >= 1 (1: no pipelining), got {self.max_batches_in_flight}")
+            out.append(f"group_instance_id = {self.group_instance_id!r} must be 1-249 characters of ASCII "
+                       f"letters, digits, '.', '_' and '-', and not '.' or '..'")
         if self.transaction_timeout_ms <= self.longest_bounded_wait_ms:
-            raise ConfigError(f"transaction_timeout_ms = {self.transaction_timeout_ms} must exceed the longest bounded "
-                              f"broker wait, 2 x request_timeout_ms = {self.longest_bounded_wait_ms}: otherwise a "
-                              f"stalled call gets the transaction aborted and the producer fenced first; raise "
-                              f"transaction_timeout_ms or lower request_timeout_ms")
-        if self.shutdown_timeout_s <= 0:
-            raise ConfigError("shutdown_timeout_s must be > 0")
-        if self.checkpoint_interval_s < 0 or self.checkpoint_every_batches < 0:
-            raise ConfigError("checkpoint_interval_s and checkpoint_every_batches must be >= 0")
-        if self.checkpoint_keep < 1:
-            raise ConfigError(f"checkpoint_keep must be >= 1, got {self.checkpoint_keep}")
-        if self.max_instruments < 0:
-            raise ConfigError(f"max_instruments must be >= 0 (0: no limit), got {self.max_instruments}")
+            out.append(f"transaction_timeout_ms = {self.transaction_timeout_ms} must exceed the longest bounded "
+                       f"broker wait, 2 x request_timeout_ms = {self.longest_bounded_wait_ms}: otherwise a "
+                       f"stalled call gets the transaction aborted and the producer fenced first; raise "
+                       f"transaction_timeout_ms or lower request_timeout_ms")
+        if self.request_timeout_ms <= self.fetch_max_wait_ms:  # kafka-python refuses it (KafkaConfigurationError)
+            out.append(f"request_timeout_ms = {self.request_timeout_ms} must exceed fetch_max_wait_ms = "
+                       f"{self.fetch_max_wait_ms}: a fetch the broker holds would time out")
         if self.processing == "exactly_once" and not self.checkpoint_uri:
-            raise ConfigError("processing = exactly_once needs checkpoint_uri (state must survive a restart for "
-                              "replayed forecasts to equal the first ones)")
+            out.append("processing = exactly_once needs checkpoint_uri (state must survive a restart for "
+                       "replayed forecasts to equal the first ones)")
         if self.on_model_change == "warmup" and not self.warmup:
-            raise ConfigError("on_model_change = warmup needs warmup = DURATION (how much input to replay), e.g. 30m")
-        for name in ("reset_gap", "expire_after", "warmup", "max_ts_ahead"):
-            if getattr(self, name):
-                parse_duration_ns(getattr(self, name), name)
-        parse_date_ns(self.ts_floor, "ts_floor")
-        check_kafka_client(self.kafka_client)
+            out.append("on_model_change = warmup needs warmup = DURATION (how much input to replay), e.g. 30m")
+        try:
+            parse_date_ns(self.ts_floor, "ts_floor")
+        except ConfigError as exc:
+            out.append(str(exc))
+        try:
+            if self.kafka_client in KAFKA_CLIENTS:  # an unknown one is said above, with the choices
+                check_kafka_client(self.kafka_client)
+        except ConfigError as exc:
+            out.append(str(exc))
         host, _, port = self.metrics_address.rpartition(":")
         if not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"metrics_address {self.metrics_address!r} is not host:port, e.g. 127.0.0.1:9108")
+            out.append(f"metrics_address {self.metrics_address!r} is not host:port, e.g. 127.0.0.1:9108")
         if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
-            raise ConfigError(f"security_protocol {self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256 "
-                              "or SCRAM-SHA-512)")
+            out.append(f"security_protocol {self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256 "
+                       "or SCRAM-SHA-512)")
         if self.sasl_password and self.sasl_password_file:
-            raise ConfigError("give sasl_password or sasl_password_file, not both")
-        self.checkpoint_key()
+            out.append("give sasl_password or sasl_password_file, not both")
+        try:
+            self.checkpoint_key()
+        except ConfigError as exc:
+            out.append(str(exc))
         for name in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
             path = getattr(self, name)
             if path and not Path(path).is_file():
-                raise ConfigError(f"{name} {path!r} does not exist or is not a file")
+                out.append(f"{name} {path!r} does not exist or is not a file")
+        return out
+
+    def _range_problems(self) -> list[str]:
+        """Each key of :data:`RANGES` that is not finite or lies outside its range (durations: parsed first)."""
+        out = []
+        for name, r in RANGES.items():
+            value = getattr(self, name)
+            if r.unit == "duration":
+                if value:
+                    try:
+                        parse_duration_ns(value, name, int(r.lo), int(r.hi))
+                    except ConfigError as exc:
+                        out.append(str(exc))
+                continue
+            if not math.isfinite(value):
+                out.append(f"{name} = {value!r} is not a finite number; give {r.describe()}")
+            elif not r.lo <= value <= r.hi:
+                out.append(f"{name} = {value!r} is outside {r.describe()} ({r.why})")
+        return out
 
     def checkpoint_key(self) -> bytes | None:
         """The checkpoint HMAC key (the key file's bytes, one trailing newline dropped), or None without one."""

@@ -4,11 +4,13 @@ training config they make, and the parsers of list-valued flags."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from dataclasses import MISSING, fields
 
 from operators.features import FEATURE_NAMES, KNOWN_FEATURES
 from pipeline.config import ConfigError, RunConfig
+from pipeline.ranges import FLAG_RANGES, RANGES
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
@@ -23,7 +25,8 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=4, help="training epochs (default: 4)")
     p.add_argument("--window", type=int, default=128, help="ticks per training sequence (default: 128)")
     p.add_argument("--batch-size", type=int, default=64, help="sequences per training step (default: 64)")
-    p.add_argument("--learning-rate", type=float, default=2e-3, help="Adam learning rate (default: 0.002)")
+    p.add_argument("--learning-rate", type=ranged_float("learning_rate"), default=2e-3,
+                   help=f"Adam learning rate [range: {FLAG_RANGES['learning_rate'].describe().strip()}] (default: 0.002)")
     p.add_argument("--max-ticks", type=int, default=400_000,
                    help="train on at most this many ticks, the first in the file (default: 400000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -65,7 +68,8 @@ def add_input_args(p: argparse.ArgumentParser, topic: bool = True, flag: str = "
     p.add_argument("--map", default=None, metavar="CANON=SOURCE,...",
                    help="column mapping for Parquet/CSV, e.g. --map instrument=sym,price=last,ts=time")
     p.add_argument("--instrument", default=None, help="instrument name for single-instrument files without one")
-    p.add_argument("--price-scale", type=float, default=1.0, help="multiply prices by this (e.g. 0.0001)")
+    p.add_argument("--price-scale", type=ranged_float("price_scale"), default=1.0,
+                   help="multiply prices by this (e.g. 0.0001)")
     p.add_argument("--ts-unit", default="ns", choices=["s", "ms", "us", "ns"],
                    help="unit of integer timestamps in Parquet/CSV (default: ns)")
     p.add_argument("--from", dest="time_from", default=None, metavar="TIME",
@@ -84,6 +88,8 @@ def add_run_config_args(p: argparse.ArgumentParser) -> None:
             shown = "unset"
         choices = f.metadata.get("choices")
         extra = f" {{{', '.join(c for c in choices if c)}}}" if choices else ""
+        if f.name in RANGES:
+            extra += f" [range: {RANGES[f.name].describe()}]"
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
                        help=f"{f.metadata['help']}{extra} [env: TICKCAST_{f.name.upper()}] (default: {shown!r})")
 
@@ -133,3 +139,20 @@ def choices(text: str | None, flag: str, allowed: tuple[str, ...]) -> tuple[str,
     if wrong:
         raise ConfigError(f"{flag} takes a comma-separated subset of {', '.join(allowed)}, got {text!r}")
     return values
+
+
+def ranged_float(name: str):
+    """An argparse type: a finite float inside ``FLAG_RANGES[name]`` (argparse says what is wrong in one line)."""
+    r = FLAG_RANGES[name]
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value) or not r.lo <= value <= r.hi:
+            raise argparse.ArgumentTypeError(f"{text!r} is outside {r.describe().strip()} ({r.why})")
+        return value
+
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse

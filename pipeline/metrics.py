@@ -19,8 +19,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
-from socketserver import ThreadingMixIn
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import numpy as np
 from prometheus_client import (
@@ -205,19 +203,26 @@ class Metrics:
         return self.ready and self.blocked is None
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format, *args):  # noqa: A002 - signature from the stdlib
-        pass
-
-
-class _ThreadingWSGIServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+# The endpoint faces whoever can reach the port (README, "Metrics"): a slow or hostile client must not take it
+# down. waitress reads each request on one event loop, a whole request before a worker thread sees it, so a
+# client that sends half a request holds a socket, never a thread; these bounds hold the rest.
+ENDPOINT_LIMITS = {
+    "threads": 2,  # workers: the handlers are quick (a registry dump, a flag)
+    "connection_limit": 1000,  # open connections (a socket each, no thread); past it new ones wait in the backlog
+    "channel_timeout": 10,  # seconds a connection may sit idle or half-sent before it is closed
+    "cleanup_interval": 2,  # seconds between sweeps for such connections
+    "max_request_header_size": 16 * 1024,  # bytes
+    "max_request_body_size": 1024,  # bytes: nothing here takes a body
+    "backlog": 128,
+}
 
 
 class MetricsServer:
-    """Serves /metrics, /healthz and /readyz on a background thread."""
+    """Serves /metrics, /healthz and /readyz on a background thread (waitress, bounded: ``ENDPOINT_LIMITS``)."""
 
-    def __init__(self, metrics: Metrics, address: str):
+    def __init__(self, metrics: Metrics, address: str, **limits):
+        from waitress.server import create_server  # noqa: PLC0415 - the serving process only
+
         host, _, port = address.rpartition(":")
         metrics_app = make_wsgi_app(metrics.registry)
         self.metrics = metrics
@@ -236,18 +241,28 @@ class MetricsServer:
             start_response("404 Not Found", [("Content-Type", "text/plain")])
             return [b"not found: try /metrics, /healthz or /readyz\n"]
 
-        self._server = make_server(host.strip("[]"), int(port), app, server_class=_ThreadingWSGIServer,
-                                   handler_class=_QuietHandler)
-        self.address = f"{host}:{self._server.server_port}"
-        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics-http", daemon=True)
+        self._server = create_server(app, host=host.strip("[]"), port=int(port), ident="", expose_tracebacks=False,
+                                     asyncore_use_poll=True, **{**ENDPOINT_LIMITS, **limits})
+        self.address = f"{host}:{self._server.effective_port}"
+        self._thread = threading.Thread(target=self._serve, name="metrics-http", daemon=True)
+
+    def _serve(self) -> None:
+        try:
+            self._server.run()
+        except (OSError, ValueError):  # the listener closed under the loop by stop()
+            pass
 
     def start(self) -> "MetricsServer":
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop the workers, close the listener and every open connection; the loop ends within a second."""
+        from waitress import wasyncore  # noqa: PLC0415
+
+        self._server.task_dispatcher.shutdown(timeout=1)
+        wasyncore.close_all(self._server._map, ignore_all=True)
+        self._thread.join(2.0)
 
 
 def _plain(start_response, ok: bool, body: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from pipeline.config import ConfigError, RunConfig
@@ -39,4 +40,10 @@ def serve(cfg: RunConfig) -> int:
     s = runner.summary()
     print(f"tickcast run: {s['ticks']:,} ticks, {s['forecasts']:,} forecasts, {s['dead_letters']:,} dead letters "
           f"in {s['elapsed_s']} s; latency p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms", file=sys.stderr)
+    if runner.checkpointer.abandoned:
+        # The write left running at its deadline still holds the store's client: exit-time hooks (pyarrow's S3
+        # finalizer) would wait for it, past the shutdown timeout. Exit now; the previous checkpoint is whole.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code

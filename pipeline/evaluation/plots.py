@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +12,26 @@ import pyarrow as pa
 from pipeline.evaluation.scores import spearman
 
 
-def plot_backtest(forecasts: pa.Table, out_dir: Path, title: str) -> list[Path]:
-    """Cumulative absolute error (model vs random walk) and a forecast/realised scatter."""
+@contextmanager
+def plain_text_pyplot() -> Iterator:
+    """pyplot on the Agg backend, drawing every string as it is: a ``$`` in an instrument name or a file name
+    is text, never matplotlib mathtext (``X$^$``, a valid instrument name, made the whole report fail)."""
     import matplotlib  # noqa: PLC0415 - plotting only when asked
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        yield plt
+
+
+def plot_backtest(forecasts: pa.Table, out_dir: Path, title: str) -> list[Path]:
+    """Cumulative absolute error (model vs random walk) and a forecast/realised scatter."""
+    with plain_text_pyplot() as plt:
+        return _plot_backtest(forecasts, out_dir, title, plt)
+
+
+def _plot_backtest(forecasts: pa.Table, out_dir: Path, title: str, plt) -> list[Path]:
     f = forecasts.column("forecast").to_numpy()
     r = forecasts.column("realized").to_numpy(zero_copy_only=False)
     ok = np.isfinite(r)

@@ -237,32 +237,30 @@ def _table(t: pa.Table, specs: dict[str, str], limit: int = 60) -> str:
 def write_report(out_dir: Path) -> Path:
     """report.html from forecasts.parquet and summary.json in ``out_dir`` (self-contained: images inlined).
     A model with several outputs gets a table of every output's scores, then a section per mean output."""
-    import matplotlib  # noqa: PLC0415
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
+    from pipeline.evaluation.plots import plain_text_pyplot  # noqa: PLC0415 - matplotlib only when asked
 
     out_dir = Path(out_dir)
     summary = json.loads((out_dir / "summary.json").read_text())
     forecasts = pq.read_table(out_dir / "forecasts.parquet")
     rejected = html.escape(json.dumps(summary.get('rejected', {})))
-    if "outputs" in summary:
-        rows = "".join(_output_row(o) for o in summary["outputs"])
-        sections = "".join(
-            f"<h2>Output {html.escape(o['name'])}: log return over {o['horizon_ticks']} ticks</h2>"
-            + _sections(output_view(forecasts, o["name"]), o.get("confidence"), plt)[0].replace("h2>", "h3>")
-            for o in summary["outputs"] if o["kind"] == "mean")
-        intro = (f"{summary.get('forecasts', 0):,} forecasts of {len(summary['outputs'])} outputs per tick, each "
-                 f"scored against its own realised log return · rejected: {rejected}</p>"
-                 "<h2>Every output</h2><p>Means: MAE and R² against the random walk (a zero return); quantiles: "
-                 "pinball loss (model and random walk) and coverage (share of realised returns at or below the "
-                 "forecast; a calibrated q-quantile covers q).</p><table><tr><th>output</th><th>horizon</th>"
-                 "<th>scored</th><th>MAE</th><th>MAE rw</th><th>R² vs rw</th><th>hit rate</th><th>pinball</th>"
-                 f"<th>pinball rw</th><th>coverage</th></tr>{rows}</table>")
-    else:
-        sections, ci = _sections(forecasts, summary.get("confidence"), plt)
-        intro = (f"{summary.get('forecasts', 0):,} forecasts · {ci.get('n', 0):,} scored at a horizon of "
-                 f"{summary.get('horizon_ticks')} ticks · rejected: {rejected}</p>")
+    with plain_text_pyplot() as plt:
+        if "outputs" in summary:
+            rows = "".join(_output_row(o) for o in summary["outputs"])
+            sections = "".join(
+                f"<h2>Output {html.escape(o['name'])}: log return over {o['horizon_ticks']} ticks</h2>"
+                + _sections(output_view(forecasts, o["name"]), o.get("confidence"), plt)[0].replace("h2>", "h3>")
+                for o in summary["outputs"] if o["kind"] == "mean")
+            intro = (f"{summary.get('forecasts', 0):,} forecasts of {len(summary['outputs'])} outputs per tick, each "
+                     f"scored against its own realised log return · rejected: {rejected}</p>"
+                     "<h2>Every output</h2><p>Means: MAE and R² against the random walk (a zero return); quantiles: "
+                     "pinball loss (model and random walk) and coverage (share of realised returns at or below the "
+                     "forecast; a calibrated q-quantile covers q).</p><table><tr><th>output</th><th>horizon</th>"
+                     "<th>scored</th><th>MAE</th><th>MAE rw</th><th>R² vs rw</th><th>hit rate</th><th>pinball</th>"
+                     f"<th>pinball rw</th><th>coverage</th></tr>{rows}</table>")
+        else:
+            sections, ci = _sections(forecasts, summary.get("confidence"), plt)
+            intro = (f"{summary.get('forecasts', 0):,} forecasts · {ci.get('n', 0):,} scored at a horizon of "
+                     f"{summary.get('horizon_ticks')} ticks · rejected: {rejected}</p>")
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>tickcast backtest</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}

@@ -1,12 +1,20 @@
 """When and what to snapshot: periodic checkpoints written by a background writer between batches, one on
-revoke (snapshot taken at once, written by the background writer) and a synchronous one at shutdown. Only state that matches the committed offsets is written: never
-mid-batch (``Partitions.dirty``), never a partition mid-replay, never one unchanged since its last checkpoint.
+revoke (snapshot taken at once, written by the background writer) and one at shutdown, waited for until its
+deadline. Only state that matches the committed offsets is written: never mid-batch (``Partitions.dirty``),
+never a partition mid-replay, never one unchanged since its last checkpoint.
+
+The writer is one daemon thread: a write stalled on the store (an S3 endpoint that stops answering) is
+abandoned at the shutdown deadline and the process exits anyway; the store writes data, then the manifest,
+so the checkpoint before it stays the one a restart restores.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 
 import pyarrow as pa
 from kafka.structs import TopicPartition
@@ -35,8 +43,9 @@ class Checkpointer:
         self.stats = stats
         self.last_checkpoint = time.monotonic()
         self.batches_since = 0
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint") if store else None
+        self.writer = Writer() if store else None
         self.pending_write: Future | None = None
+        self.abandoned = False  # a write was left running at the shutdown deadline
 
     def batch_done(self) -> None:
         self.batches_since += 1
@@ -59,9 +68,10 @@ class Checkpointer:
         self.batches_since = 0
         self.pending_write = self.writer.submit(self.write, snapshots, "periodic")
 
-    def checkpoint_now(self, partitions, why: str, wait: bool = True) -> None:
+    def checkpoint_now(self, partitions, why: str, wait: bool = True, deadline: float | None = None) -> None:
         """Checkpoint partitions whose state matches their committed offsets: the snapshot is taken now; the
-        write happens now (``wait``: shutdown) or on the background writer, after any write queued before it.
+        background writer writes it after any write queued before it, waited for (``wait``: shutdown) until
+        ``deadline`` (monotonic; None: no deadline), then abandoned.
 
         A revoke does not wait: kafka-python runs rebalance listeners on its network thread, where a slow
         store (S3) would hold up heartbeats until the group evicts this member. The next owner restores from
@@ -77,13 +87,20 @@ class Checkpointer:
             if snapshots:
                 self.pending_write = self.writer.submit(self.write, snapshots, why)
             return
-        if self.pending_write is not None:
-            self.pending_write.result()
-        self.write(snapshots, why)
+        written = self.writer.submit(self.write, snapshots, why)  # after any write queued before it
+        try:
+            written.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            self.abandoned = True
+            self.stats.checkpoint_failures += 1
+            self.metrics.checkpoint_writes.labels("failed").inc()
+            log.error("checkpoint abandoned at its deadline (the store did not answer); a restart restores the "
+                      "previous checkpoint and replays from there", extra={"why": why})
 
     def close(self) -> None:
+        """No more writes; one still running goes on, unwaited (its thread never holds the process up)."""
         if self.writer is not None:
-            self.writer.shutdown(wait=True)
+            self.writer.shutdown()
 
     def snapshots(self, partitions) -> list[tuple[TopicPartition, pa.Table, int]]:
         """Copies of the state of partitions that moved since their last checkpoint (not mid-replay)."""
@@ -118,3 +135,30 @@ class Checkpointer:
             log.debug("checkpoint written", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset,
                                                    "rows": m.rows, "bytes": m.bytes, "why": why})
 
+
+
+class Writer:
+    """Runs writes one at a time, in order, on one daemon thread; ``submit`` returns a Future. (An executor's
+    worker threads are joined at interpreter exit, so a write stalled on the store would hold the process.)"""
+
+    def __init__(self):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="checkpoint", daemon=True).start()
+
+    def submit(self, fn, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def shutdown(self) -> None:
+        self._jobs.put(None)
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+                future.set_exception(exc)

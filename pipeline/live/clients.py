@@ -9,6 +9,7 @@ without a broker.
 
 from __future__ import annotations
 
+import inspect
 import socket
 import threading
 import time
@@ -119,20 +120,36 @@ def serve_deliveries(producer) -> None:
         serve()
 
 
-def close(conn: Connection) -> None:
-    """Close both clients; a failure to close is logged, never raised (it must not mask the exit path)."""
+def close(conn: Connection, deadline: float | None = None) -> None:
+    """Close both clients by ``deadline`` (monotonic; None: each within its own timeouts); a failure to close,
+    or a close still running at its deadline (a stalled broker), is logged and abandoned, never raised: it
+    must not mask the exit path. The consumer (LeaveGroup) gets half of the time left, the producer the rest."""
+    def left_s(share: float) -> float:
+        return 30.0 if deadline is None else max(0.0, (deadline - time.monotonic()) * share)
+
     if conn.consumer is not None:
-        try:
-            conn.consumer.close(autocommit=False)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("consumer close failed", extra={"error": repr(exc)})
-        conn.consumer = None
+        consumer, conn.consumer = conn.consumer, None
+        ms = int(left_s(0.5) * 1000)
+        _close_within(lambda: consumer.close(autocommit=False, **_timeout_ms(consumer, ms)), ms, "consumer")
     if conn.producer is not None:
-        try:
-            conn.producer.close(timeout=5)
-        except Exception as exc:  # noqa: BLE001
-            log.warning("producer close failed", extra={"error": repr(exc)})
-        conn.producer = None
+        producer, conn.producer = conn.producer, None
+        s = min(5.0, left_s(1.0))
+        _close_within(lambda: producer.close(timeout=s), int(s * 1000) + 100, "producer")
+
+
+def _timeout_ms(consumer, ms: int) -> dict:
+    """kafka-python's close takes a timeout for its LeaveGroup; librdkafka's (the adapter's) does not."""
+    params = inspect.signature(consumer.close).parameters
+    return {"timeout_ms": ms} if "timeout_ms" in params else {}
+
+
+def _close_within(call: Callable[[], Any], limit_ms: int, what: str) -> None:
+    try:
+        bounded(call, limit_ms=max(1, limit_ms), beat=lambda: None)
+    except KafkaTimeoutError:
+        log.warning(f"{what} close abandoned at the shutdown deadline", extra={"limit_ms": limit_ms})
+    except Exception as exc:  # noqa: BLE001
+        log.warning(f"{what} close failed", extra={"error": repr(exc)})
 
 
 def publish_error_reason(exc: BaseException) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 
 from kafka.errors import (
@@ -151,7 +152,7 @@ class Delivery:
         """One round: flush what was sent, judge every send. (what to send again, the reasons of the failures)."""
         try:
             with self.stall("publish"):
-                self.conn.producer.flush(timeout=self.cfg.request_timeout_ms / 1000)
+                self.conn.producer.flush(timeout=self.stopping.cap_s(self.cfg.request_timeout_ms / 1000))
         except Exception as exc:  # noqa: BLE001 - flush timeout: check futures below
             log.warning("flush incomplete", extra={"error": repr(exc)})
         failed, reasons = [], set()
@@ -183,7 +184,8 @@ class Delivery:
         def attempt() -> None:
             with self.stall("commit"):
                 # Bounded, so this loop keeps control (liveness, shutdown) through an outage.
-                self.conn.consumer.commit(offsets, timeout_ms=self.cfg.request_timeout_ms)
+                self.conn.consumer.commit(offsets, timeout_ms=int(self.stopping.cap_s(
+                    self.cfg.request_timeout_ms / 1000) * 1000))
             self.metrics.commits.inc()
 
         def on_error(exc: Exception, retry_in_s: float):
@@ -254,7 +256,7 @@ class Delivery:
             return True
         try:
             with self.stall("transaction"):
-                tx.commit.result()
+                self._await_commit(tx)
         except FatalError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure: abort, rewind, redo from the committed offsets
@@ -267,6 +269,15 @@ class Delivery:
         self.sender.forget_cuts(outbox.records)
         self.metrics.commits.inc()
         return True
+
+    def _await_commit(self, tx: Transaction) -> None:
+        """The commit's outcome from the helper thread; after a stop request, not past the flush's deadline (the
+        commit was given its limits before the stop: they may end later)."""
+        while not tx.commit.done():
+            if self.stopping.past_deadline():
+                raise KafkaTimeoutError("transaction commit unanswered at the shutdown deadline")
+            futures_wait([tx.commit], timeout=0.2)
+        tx.commit.result()
 
     def _aborted(self, tx: Transaction, exc: BaseException) -> None:
         """A failed transaction: abort it (or fence its producer) and rewind to the committed offsets."""
@@ -297,7 +308,8 @@ class Delivery:
         self.rewind()
 
     def _bounded(self, call, *args):
-        return bounded(call, *args, limit_ms=self.cfg.longest_bounded_wait_ms, beat=self.metrics.beat)
+        limit_ms = int(self.stopping.cap_s(self.cfg.longest_bounded_wait_ms / 1000) * 1000)
+        return bounded(call, *args, limit_ms=limit_ms, beat=self.metrics.beat)
 
     def replace_producer(self) -> None:
         """A new transactional producer (same id: it fences the old one); retried until the broker answers."""

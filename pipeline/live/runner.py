@@ -142,10 +142,12 @@ class Runner:
         except FatalError as exc:
             log.error("stopping", extra={"reason": str(exc)})
             code = 2
-        finally:
+        finally:  # each step by its deadline (pipeline.live.stopping: the shutdown budget)
+            self.stopping.begin_shutdown()
             if code == 0:
-                self.checkpointer.checkpoint_now(self.partitions.assigned, "shutdown")
-            self._close()
+                self.checkpointer.checkpoint_now(self.partitions.assigned, "shutdown",
+                                                 deadline=self.stopping.deadline("checkpoint"))
+            self._close(deadline=self.stopping.deadline("close"))
             self.checkpointer.close()
         log.info("stopped", extra=self.summary())
         return code
@@ -202,8 +204,8 @@ class Runner:
         return clients.retry(attempt, on_error, wait=self.stop_event.wait, stopped=self.stop_event.is_set,
                      cap_s=30.0) is True
 
-    def _close(self) -> None:
-        clients.close(self.conn)
+    def _close(self, deadline: float | None = None) -> None:
+        clients.close(self.conn, deadline)
         self.delivery.close()
         self.metrics.ready = False
 

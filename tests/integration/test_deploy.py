@@ -3,6 +3,8 @@ Kubernetes manifests, the compose file, the systemd unit, the image recipe, and 
 
 from __future__ import annotations
 
+import configparser
+import http.server
 import json
 import re
 import runpy
@@ -11,13 +13,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import tomllib
 import urllib.parse
 import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 from packaging.requirements import Requirement
 
 from pipeline.files.synthetic import generate_ticks
@@ -172,10 +177,11 @@ def _kubernetes_validate(paths: list[Path]) -> subprocess.CompletedProcess:
 def test_kubernetes_manifests_validate_against_the_schemas(tmp_path):
     core = [p for p in sorted((DEPLOY / "k8s").glob("*.yaml")) if p.name not in
             ("podmonitor.yaml", "keda-scaledobject.yaml")]
-    assert {p.name for p in core} == {"configmap.yaml", "statefulset.yaml", "service.yaml", "pdb.yaml"}
+    assert {p.name for p in core} == {"configmap.yaml", "statefulset.yaml", "service.yaml", "pdb.yaml",
+                                      "networkpolicy.yaml"}
     res = _kubernetes_validate(core)
     assert res.returncode == 0, res.stdout + res.stderr
-    assert res.stdout.count("passed") == 4
+    assert res.stdout.count("passed") == 5
     # The validator does catch mistakes (a wrong type, an unknown field under --strict).
     bad = tmp_path / "bad.yaml"
     bad.write_text((DEPLOY / "k8s" / "statefulset.yaml").read_text().replace("replicas: 3", 'replicas: "three"'))
@@ -192,8 +198,34 @@ def test_kubernetes_manifests_validate_against_the_schemas(tmp_path):
     assert partitions == compose_partitions, "scale-out is bounded by the input topic's partitions"
     statefulset = (DEPLOY / "k8s" / "statefulset.yaml").read_text()
     for probe in ("startupProbe", "livenessProbe", "readinessProbe", "path: /readyz", "fieldPath: metadata.name",
-                  "secretKeyRef", "runAsNonRoot: true", "resources:"):
+                  "runAsNonRoot: true", "resources:"):
         assert probe in statefulset, probe
+
+
+def test_the_statefulset_takes_the_s3_keys_from_a_mounted_file_not_the_environment():
+    sts = yaml.safe_load((DEPLOY / "k8s" / "statefulset.yaml").read_text())
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container["env"]}
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"} & env.keys()
+    assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in container["env"]), "a secret in the environment"
+    path = env["AWS_SHARED_CREDENTIALS_FILE"]["value"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mount = next(m for m in mounts.values() if path.startswith(m["mountPath"] + "/"))
+    assert mount["readOnly"] is True and volumes[mount["name"]]["secret"]["secretName"] == "tickcast-s3"
+
+
+def test_the_network_policy_lets_only_prometheus_reach_the_metrics_port():
+    policy = yaml.safe_load((DEPLOY / "k8s" / "networkpolicy.yaml").read_text())
+    sts = yaml.safe_load((DEPLOY / "k8s" / "statefulset.yaml").read_text())
+    assert policy["kind"] == "NetworkPolicy" and policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == sts["spec"]["template"]["metadata"]["labels"]
+    (rule,) = policy["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert all("namespaceSelector" in peer and "podSelector" in peer for peer in rule["from"]), "open to all pods"
+    ports = sts["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert [p["name"] for p in ports] == ["metrics"], "the pod serves nothing else"
 
 
 def test_compose_file_validates_against_the_compose_spec(tmp_path):
@@ -207,9 +239,106 @@ def test_compose_file_validates_against_the_compose_spec(tmp_path):
         assert f"\n  {service}" in text, service
     assert "KAFKA_PROCESS_ROLES: broker,controller" in text and "image: apache/kafka:" in text
     bad = tmp_path / "docker-compose.yml"
-    bad.write_text(text.replace("    restart: unless-stopped", "    restart: [unless-stopped]"))
+    bad.write_text(text.replace("  restart: on-failure:3", "  restart: [on-failure]"))
     assert subprocess.run([tool, "--builtin-schema", "vendor.compose-spec", str(bad)],
                           capture_output=True).returncode != 0
+
+
+def _compose() -> dict:
+    return yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+
+
+def _service(compose: dict, name: str) -> dict:
+    """A service with its YAML merge keys (``<<: *tickcast-member``) applied by the loader."""
+    return compose["services"][name]
+
+
+def test_compose_publishes_on_localhost_only_and_keeps_secrets_in_files(tmp_path):
+    compose = _compose()
+    published = {name: svc["ports"] for name, svc in compose["services"].items() if "ports" in svc}
+    assert {"tickcast", "tickcast-2", "prometheus", "grafana", "minio"} <= published.keys()
+    for name, ports in published.items():
+        assert all(str(p).startswith("127.0.0.1:") for p in ports), (name, ports)
+    # No password, key or secret sits in the file or in an environment variable.
+    secret_words = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|ROOT_USER", re.I)
+    for name, svc in compose["services"].items():
+        for key, value in (svc.get("environment") or {}).items():
+            if secret_words.search(key):
+                assert key.endswith("_FILE") and str(value).startswith("/run/secrets/"), (name, key)
+    assert "tickcast-minio-secret" not in (DEPLOY / "docker-compose.yml").read_text()
+    grafana = _service(compose, "grafana")["environment"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false" and grafana["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana_admin_password"
+    member = _service(compose, "tickcast")
+    assert member["environment"]["AWS_SHARED_CREDENTIALS_FILE"] == "/run/secrets/aws_credentials"
+    assert "aws_credentials" in member["secrets"]
+    # deploy/make-secrets.sh writes every secret the file names, once, outside git.
+    for f in ("docker-compose.yml", "make-secrets.sh"):
+        shutil.copy(DEPLOY / f, tmp_path / f)
+    subprocess.run(["sh", str(tmp_path / "make-secrets.sh")], check=True, capture_output=True)
+    for name, spec in compose["secrets"].items():
+        assert (tmp_path / spec["file"]).is_file(), name
+    creds = configparser.ConfigParser()
+    creds.read(tmp_path / "secrets" / "aws_credentials")
+    assert creds["default"]["aws_secret_access_key"] == (tmp_path / "secrets" / "minio_root_password").read_text().strip()
+    first = (tmp_path / "secrets" / "grafana_admin_password").read_text()
+    subprocess.run(["sh", str(tmp_path / "make-secrets.sh")], check=True, capture_output=True)
+    assert (tmp_path / "secrets" / "grafana_admin_password").read_text() == first, "a rerun replaced a secret"
+    assert "deploy/secrets/" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_compose_restarts_failures_but_not_a_clean_stop_and_not_exit_2_forever():
+    """compose cannot exempt exit code 2 (systemd's RestartPreventExitStatus=2 does): on-failure never restarts
+    exit 0, and its cap ends an exit-2 loop with the container down as Exited (2)."""
+    compose = _compose()
+    for name in ("tickcast", "tickcast-2"):
+        policy = _service(compose, name)["restart"]
+        kind, _, cap = policy.partition(":")
+        assert kind == "on-failure" and cap.isdigit() and 1 <= int(cap) <= 5, (name, policy)
+
+
+def test_compose_creates_the_input_topic_with_a_bound_on_future_timestamps():
+    script = _service(_compose(), "topics")["command"][0]
+    assert "message.timestamp.after.max.ms=3600000" in script
+    # Only for the input topic: the loop applies it when the topic is ticks.
+    assert re.search(r'if \[ "\$\$\{t%%:\*\}" = ticks \]; then extra="--config message.timestamp.after.max.ms=', script)
+    assert "$$extra" in script
+
+
+def test_pyarrow_reads_the_s3_keys_from_the_shared_credentials_file(tmp_path, bundle):
+    """What the deploy files rely on: with AWS_SHARED_CREDENTIALS_FILE and no key in the environment or the URI,
+    `tickcast config check` signs its S3 requests with the key in that file."""
+    seen: list[str] = []
+
+    class Recorder(http.server.BaseHTTPRequestHandler):
+        def _answer(self):
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_PUT = do_HEAD = do_POST = do_DELETE = _answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    creds = tmp_path / "credentials"
+    creds.write_text("[default]\naws_access_key_id = AKIAFROMTHEFILE\naws_secret_access_key = s3cr3t\n")
+    cfg = tmp_path / "tickcast.toml"
+    cfg.write_text(f'model = "{bundle.path}"\ncheckpoint_uri = "s3://bucket/ckpt?endpoint_override=127.0.0.1:'
+                   f'{server.server_address[1]}&scheme=http&region=us-east-1"\n')
+    env = {k: v for k, v in ENV.items() if not k.startswith("AWS_")}
+    env |= {"AWS_SHARED_CREDENTIALS_FILE": str(creds), "AWS_EC2_METADATA_DISABLED": "true",
+            "AWS_CONFIG_FILE": str(tmp_path / "none")}
+    try:
+        subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(cfg), "--ignore-env"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        server.shutdown()
+    assert seen, "no request reached the store"
+    assert any("Credential=AKIAFROMTHEFILE/" in auth for auth in seen), seen[:3]
 
 
 def test_systemd_unit_verifies(tmp_path):
@@ -224,13 +353,14 @@ def test_systemd_unit_verifies(tmp_path):
     assert "KillSignal=SIGTERM" in unit and "RestartPreventExitStatus=2" in unit and "User=tickcast" in unit
 
 
-def test_image_recipe_is_multi_stage_pinned_non_root_with_a_readiness_healthcheck():
+def test_image_recipe_is_multi_stage_pinned_non_root_with_a_liveness_healthcheck():
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert dockerfile.count("\nFROM ") >= 2
     base = re.search(r"ARG PYTHON_IMAGE=(\S+)", dockerfile).group(1)
     assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", base), f"base image not pinned to a release: {base}"
     assert re.search(r"^USER 10001:10001$", dockerfile, re.M)
-    assert "HEALTHCHECK" in dockerfile and "/readyz" in dockerfile
+    health = re.search(r"^HEALTHCHECK .*\n.*$", dockerfile, re.M).group(0)
+    assert "/healthz" in health and "/readyz" not in health, "the health check probes readiness, not liveness"
     assert "-r deploy/requirements.lock" in dockerfile
     pins = [ln for ln in (DEPLOY / "requirements.lock").read_text().splitlines() if ln and not ln.startswith("#")]
     assert len(pins) > 20 and all(re.fullmatch(r"[A-Za-z0-9_.\-\[\]]+==[\w.+\-]+", ln) for ln in pins), pins
@@ -287,3 +417,14 @@ def test_a_planted_secret_never_reaches_logs_or_config_check(tmp_path, bundle):
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(cfg)], capture_output=True,
                          text=True, env={**ENV, "TICKCAST_SASL_PASSWORD_FILE": str(tmp_path / "nope")})
     assert bad.returncode == 2 and secret not in bad.stdout + bad.stderr
+
+
+def test_the_shipped_configs_are_inside_every_range(tmp_path):
+    from pipeline.config import RunConfig  # noqa: PLC0415
+
+    configmap = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())["data"]["tickcast.toml"]
+    (tmp_path / "k8s.toml").write_text(configmap)
+    for path in (DEPLOY / "tickcast.toml", tmp_path / "k8s.toml"):
+        values = {k: v for k, v in tomllib.loads(path.read_text()).items()}
+        cfg = RunConfig(**{k: v for k, v in values.items() if not k.startswith(("sasl_", "ssl_"))})
+        assert cfg._range_problems() == [], path

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import inspect
+from dataclasses import fields
+from pathlib import Path
 import subprocess
 import sys
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig
@@ -42,8 +44,8 @@ def test_tickcast_table_is_accepted(tmp_path):
 @pytest.mark.parametrize("text, message", [
     ('model = "m"\nmax_batch_tick = 5\n', "did you mean 'max_batch_ticks'"),
     ('model = "m"\nmax_batch_ticks = "many"\n', "max_batch_ticks from"),
-    ('model = "m"\nmax_batch_ticks = 0\n', "max_batch_ticks must be >= 1"),
-    ('model = "m"\nmax_batches_in_flight = 0\n', r"max_batches_in_flight must be >= 1 \(1: no pipelining\), got 0"),
+    ('model = "m"\nmax_batch_ticks = 0\n', r"max_batch_ticks = 0 is outside 1\.\.10000000 ticks"),
+    ('model = "m"\nmax_batches_in_flight = 0\n', r"max_batches_in_flight = 0 is outside 1\.\.16 batches"),
     ('model = "m"\noutput_mode = "sometimes"\n', "output_mode = 'sometimes' is not one of"),
     ('model = "m"\nreset_gap = "soon"\n', "is not a duration"),
     ('model = "m"\nmetrics_address = "9108"\n', "is not host:port"),
@@ -90,7 +92,7 @@ def test_config_check_command(tmp_path):
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(bad), "--ignore-env"],
                          capture_output=True, text=True)
     assert out.returncode == 2
-    assert out.stderr.strip() == "tickcast: error: max_batch_ms must be >= 1, got -1"
+    assert out.stderr.strip() == "tickcast: error: max_batch_ms = -1 is outside 1..600000 ms (a tick's latency budget)"
 
 
 def test_run_help_documents_every_option():
@@ -120,6 +122,7 @@ def test_every_command_and_library_function_has_the_one_micro_batch_default(monk
         assert inspect.signature(fn).parameters["max_batch_ticks"].default == DEFAULT_MAX_BATCH_TICKS, fn
 
 
+@settings(deadline=None)  # the first call imports kafka-python's consumer (half a second)
 @given(st.text(max_size=300))
 def test_a_group_instance_id_is_accepted_exactly_when_kafka_python_accepts_it(value):
     """Kafka's own rule, as kafka-python's consumer checks it: the run refuses in one line what the client would
@@ -140,3 +143,45 @@ def test_a_group_instance_id_is_accepted_exactly_when_kafka_python_accepts_it(va
         assert "\n" not in str(err)
         accepted = False
     assert accepted == (client_accepts or value == ""), "empty: dynamic membership"
+
+
+def test_every_numeric_and_duration_key_has_one_range_shown_in_help_and_readme():
+    from pipeline.cli import build_parser
+    from pipeline.ranges import RANGES
+
+    numeric = {f.name for f in fields(RunConfig) if f.type in ("int", "float")}
+    durations = {"reset_gap", "expire_after", "warmup", "max_ts_ahead"}
+    assert set(RANGES) == numeric | durations
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["run"].format_help().split())
+    readme = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    for key, r in RANGES.items():
+        assert f"[range: {r.describe()}]" in help_text, key
+        assert f"| `{key}` | {r.describe()} |" in readme, key
+
+
+def test_config_check_lists_every_problem_one_line_each(tmp_path):
+    bad = write(tmp_path, 'model = "m"\nshutdown_timeout_s = nan\nfetch_max_bytes = 1e11\nreset_gap = "0.5ns"\n'
+                          'max_ts_ahead = "200000d"\n')
+    out = subprocess.run([sys.executable, "-m", "pipeline.cli", "config", "check", str(bad), "--ignore-env"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr.splitlines() == [
+        "tickcast: error: shutdown_timeout_s = nan is not a finite number; give 1..3600 s",
+        "tickcast: error: fetch_max_bytes = 100000000000 is outside 1024..2147483647 bytes (Kafka's fetch.max.bytes "
+        "is a signed 32-bit integer)",
+        "tickcast: error: reset_gap = '0.5ns' is outside 1ms..3650d",
+        "tickcast: error: max_ts_ahead = '200000d' is outside 1ms..3650d",
+    ]
+
+
+@pytest.mark.parametrize("flag", ["--learning-rate", "--price-scale"])
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "0", "-1", "1e300", "x"])
+def test_float_flags_of_other_commands_are_refused_outside_their_range(flag, value, capsys):
+    from pipeline.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(["train", "--input", "t.parquet", "--out", "m", f"{flag}={value}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1].startswith(f"tickcast train: error: argument {flag}: '{value}' is")
+    assert build_parser().parse_args(["train", "--input", "t", "--out", "m", flag, "0.001"]) is not None

@@ -312,8 +312,8 @@ def test_systemd_restart_policy_matches_the_exit_codes():
         r._connect = lambda: True
         r._collect = lambda: (_ for _ in ()).throw(error)
         r.checkpointer = Checkpointer(r.cfg, None, None, None, r.partitions, r.metrics, r.stats)  # no store
-        r.checkpointer.checkpoint_now = lambda *a: None
-        r._close = lambda: None
+        r.checkpointer.checkpoint_now = lambda *a, **k: None
+        r._close = lambda *a, **k: None
         r.stats = RunStats()
         return r.run()
 
