@@ -342,11 +342,11 @@ class Runner:
             self.partitions.end_replays()
         status.account(self.metrics, self.stats, self.scorer, self.forecaster.state, entry.batch, entry.out_rows,
                        entry.started)
-        self._forget_expired(entry.batch.result.expired)
+        self.forget_expired(entry.batch.result.expired)
         status.update_lag(self.metrics, self.partitions, self.conn.consumer)
         return True
 
-    def _forget_expired(self, expired: list[tuple[int, str]]) -> None:
+    def forget_expired(self, expired: list[tuple[int, str]]) -> None:
         """The name-keyed memos follow the state table: what it expired leaves them too (the scorer forgets
         in ``status.account``). A name still live elsewhere is merely computed again."""
         if expired:
