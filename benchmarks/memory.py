@@ -5,7 +5,8 @@ ticks in three consecutive batches and is then never seen again (a producer
 keying by order id looks like this). Event time advances one second per batch.
 The ticks go through the live consumer's own per-batch code, without Kafka:
 ``Runner.forecaster.step`` (state table), ``pipeline.live.status.score`` (online scorer,
-expiry hookup) and ``Runner.json_names`` (the forecast encoder's name cache).
+expiry hookup), ``Runner.json_names`` (the forecast encoder's name cache) and ``Runner.forget_expired``
+(the name memos' expiry hookup).
 
 Two runs over the same stream:
 1. ``expire``: ``expire_after`` on, no instrument limit: rows are reclaimed as
@@ -89,6 +90,7 @@ def run_one(mode: str, names_total: int, new_per_batch: int, name_length: int, e
         score(runner.scorer, runner.metrics, ticks, res.rows, res.forecasts, res.expired)
         if len(res.rows):
             names_cache.lookup(ticks.column("instrument").take(pa.array(res.rows)).to_pylist())
+        runner.forget_expired(res.expired)
         refused += int(np.count_nonzero(res.reasons == RejectReason.INSTRUMENT_LIMIT))
         ticks_done += n
         seen = min((b + 1) * new_per_batch, names_total)

@@ -231,16 +231,27 @@ class CachingPartitioner(DefaultPartitioner):
     """kafka-python's key partitioner (murmur2, as the Java client), memoised per (topic, key, partitions).
 
     The pure-Python murmur2 is a fifth of a send's cost; instruments repeat, so each key is hashed once.
+    Only the keys of ``cached_topics`` are memoised (all topics when None): the forecast topic's keys are
+    instruments, which ``forget`` drops again when the state table expires them, so the memo follows the
+    instruments the process holds; a dead-letter key may be any bytes and is hashed each time (dead letters
+    are rare; memoising a flood of distinct keys would only grow). ``max_keys`` bounds it whatever happens.
     """
 
-    def __init__(self, max_keys: int = 1_000_000):
+    def __init__(self, max_keys: int = 1_000_000, cached_topics: frozenset[str] | None = None):
         self._cache: dict = {}
+        self._widths: dict[str, set[int]] = {}  # topic -> partition counts its memoised keys were placed for
         self._max_keys = max_keys
+        self.cached_topics = cached_topics
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def partition(self, topic, key, serialized_key, value, serialized_value, cluster):
         parts = cluster.partitions_for_topic(topic) if serialized_key is not None else None
         if not parts:  # no key (random pick) or an unknown topic (the library's error)
             return super().partition(topic, key, serialized_key, value, serialized_value, cluster)
+        if self.cached_topics is not None and topic not in self.cached_topics:
+            return sorted(parts)[(murmur2(serialized_key) & 0x7FFFFFFF) % len(parts)]
         return self.of_key(topic, serialized_key, parts)
 
     def of_key(self, topic: str, serialized_key: bytes, partitions) -> int:
@@ -250,9 +261,17 @@ class CachingPartitioner(DefaultPartitioner):
         if hit is None:
             hit = sorted(partitions)[(murmur2(serialized_key) & 0x7FFFFFFF) % n]
             if len(self._cache) >= self._max_keys:
-                self._cache.clear()
+                self._cache = {}  # a fresh dict: a cleared one keeps its table size
             self._cache[(topic, serialized_key, n)] = hit
+            self._widths.setdefault(topic, set()).add(n)
         return hit
+
+    def forget(self, topic: str, keys) -> None:
+        """Drop these keys' memoised placements in ``topic`` (instruments the state table expired)."""
+        cache = self._cache
+        for n in self._widths.get(topic, ()):
+            for k in keys:
+                cache.pop((topic, k, n), None)
 
 
 class StallWatch:

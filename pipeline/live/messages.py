@@ -69,9 +69,10 @@ def dead_letter(topic: str, d: DeadLetter, cut_level: int) -> Outgoing:
 class JsonNames:
     """Instrument name -> its JSON string literal, memoised for the forecast encoder.
 
-    Bounded: when the new names of a batch would take it past ``max_size`` it is
-    cleared first (a hot set of instruments stays cached; a flood of one-off
-    names costs a ``json.dumps`` each, not memory).
+    Bounded: ``forget`` drops the names the state table expires, and when the new
+    names of a batch would take it past ``max_size`` it is cleared first (a hot
+    set of instruments stays cached; a flood of one-off names costs a
+    ``json.dumps`` each, not memory).
     """
 
     def __init__(self, max_size: int = 32_768):
@@ -80,6 +81,12 @@ class JsonNames:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+    def forget(self, names) -> None:
+        """Drop these names (instruments the state table expired): the cache follows the live instruments."""
+        cache = self._cache
+        for nm in names:
+            cache.pop(nm, None)
 
     def lookup(self, names: list[str]) -> dict[str, str]:
         """A mapping that holds every name of ``names``."""

@@ -87,7 +87,8 @@ class Runner:
         self.stopping = Stopping(config.shutdown_timeout_s)
         self.conn = clients.Connection()
         self.json_names = messages.JsonNames()
-        self.partitioner = clients.CachingPartitioner()  # shared by every producer this run makes
+        # shared by every producer this run makes; memoises the forecast topic's keys (instruments) only
+        self.partitioner = clients.CachingPartitioner(cached_topics=frozenset({config.output_topic}))
         self.partitions = Partitions(config.input_topics)
         self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
                                   config.checkpoint_key())
@@ -348,8 +349,17 @@ class Runner:
             self.partitions.end_replays()
         status.account(self.metrics, self.stats, self.scorer, self.forecaster.state, entry.batch, entry.out_rows,
                        entry.started)
+        self.forget_expired(entry.batch.result.expired)
         status.update_lag(self.metrics, self.partitions, self.conn.consumer)
         return True
+
+    def forget_expired(self, expired: list[tuple[int, str]]) -> None:
+        """The name-keyed memos follow the state table: what it expired leaves them too (the scorer forgets
+        in ``status.account``). A name still live elsewhere is merely computed again."""
+        if expired:
+            names = {nm for _, nm in expired}
+            self.json_names.forget(names)
+            self.partitioner.forget(self.cfg.output_topic, [nm.encode() for nm in names])
 
     def _drain(self) -> None:
         """Settle every batch in flight, oldest first."""

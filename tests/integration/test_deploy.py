@@ -402,9 +402,17 @@ def test_a_planted_secret_never_reaches_logs_or_config_check(tmp_path, bundle):
                              "--bootstrap-servers", f"127.0.0.1:{port}", "--metrics-address", "127.0.0.1:0",
                              "--log-level", "debug", "--request-timeout-ms", "2000"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(15)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 90  # until the connection errors are logged (not a guess at how long it takes)
+    while not any("broker unreachable" in ln for ln in list(lines)) and time.monotonic() < deadline:
+        time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=60)
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
+    out = proc.stdout.read()
+    err = "".join(lines)
     assert "broker unreachable" in err
     assert secret not in out + err
     cfg = tmp_path / "tickcast.toml"

@@ -95,6 +95,17 @@ def wait_drained(bootstrap, tout, expected: int, timeout: float = 180.0) -> None
     raise AssertionError(f"forecasts did not reach {expected} within {timeout}s")
 
 
+def wait_for_checkpoints(store_dir, group: str, topic: str, partitions: int = PARTITIONS,
+                         timeout: float = 120.0) -> None:
+    """Until the store holds a usable checkpoint of every partition of ``topic`` (a fact a restart can rely
+    on, whatever the machine's speed); fails after ``timeout`` s."""
+    store = group_store(str(store_dir), group)
+    deadline = time.monotonic() + timeout
+    while any(store.latest(topic, p) is None for p in range(partitions)):
+        assert time.monotonic() < deadline, f"no checkpoint of every partition of {topic} within {timeout}s"
+        time.sleep(0.2)
+
+
 def failing_first(times: int, call, error: BaseException):
     """``call`` that raises ``error`` on its first ``times`` calls, then behaves (a store or broker that
     recovers)."""

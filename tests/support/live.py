@@ -101,6 +101,15 @@ class RunProcess:
                 found = True
         return total if found else 0.0
 
+    def wait_metric(self, name: str, done, timeout: float = 60.0, **labels: str) -> float:
+        """The metric's value once ``done(value)`` holds (metrics are updated after a batch settles, a moment
+        after its output is readable: poll, never sleep and hope); fails after ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while not done(value := self.metric(name, **labels)):
+            assert time.monotonic() < deadline, f"{name}{labels or ''} = {value} after {timeout}s"
+            time.sleep(0.1)
+        return value
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)

@@ -33,6 +33,9 @@ from kafka.consumer import fetcher as _fetcher
 from kafka.record.memory_records import MemoryRecords
 
 
+FIRST_RECORD_S = 90.0  # the longest wait for the first record set of a topic the broker says holds records
+
+
 @dataclass(frozen=True)
 class LogRecord:
     """One record; accessors named like confluent-kafka's Message so callers read either."""
@@ -135,20 +138,26 @@ def committed(batches: list[_Batch]) -> list[LogRecord]:
 
 
 def read_committed(bootstrap: str, topic: str, partitions: int, timeout: float = 10.0) -> list[LogRecord]:
-    """Every committed record of ``topic`` (all partitions, from the start); stops after ``timeout`` s idle."""
+    """Every committed record of ``topic`` (all partitions, from the start); stops after ``timeout`` s idle,
+    counted from the first record set if the broker lists any."""
     with _tap_lock:
         _install_tap()
         _taps[topic] = sink = []
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                              isolation_level="read_uncommitted")
     try:
-        consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        consumer.assign(tps)
         consumer.seek_to_beginning()
-        idle_since = time.monotonic()
-        while time.monotonic() - idle_since < timeout:
+        # The quiet time runs from the first record set when the broker lists any (connecting and the first
+        # fetch can take longer than ``timeout`` on a busy machine), else from now.
+        first = any(end > 0 for end in consumer.end_offsets(tps).values())
+        start = idle_since = time.monotonic()
+        while (time.monotonic() - start < FIRST_RECORD_S if first else time.monotonic() - idle_since < timeout):
             before = len(sink)
             consumer.poll(timeout_ms=500)
             if len(sink) != before:
+                first = False
                 idle_since = time.monotonic()
     finally:
         consumer.close()
