@@ -30,8 +30,8 @@ _FUSED = {"fastmath": _FLAGS | {"contract"}, "error_model": "numpy", "boundschec
 def _tanh(x):
     """Eigen's generic_fast_tanh_float: a 13/6 rational approximation, clamped (branch-free: vectorises)."""
     clamp = np.float32(7.90531110763549805)
-    xc = x if x < clamp else clamp
-    xc = xc if xc > -clamp else -clamp
+    xc = clamp if x > clamp else x  # in this form a NaN stays NaN (it fails both comparisons)
+    xc = -clamp if xc < -clamp else xc
     x2 = xc * xc
     p = np.float32(-2.76076847742355e-16)
     p = p * x2 + np.float32(2.00018790482477e-13)

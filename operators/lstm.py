@@ -369,7 +369,7 @@ class RaggedLSTM:
         project = self._kernels.project
         for kind, *plan in self._loops:
             if kind == "tick":
-                layer_in = _per_tick(plan[0], layer_in, project)
+                layer_in = _per_tick(plan[0], plan[1], layer_in, project)
                 continue
             fn, wx, b, wh, extra = plan
             out = self._workspace(f"out{n_rec % 2}", (t_total, wh.shape[0]))
@@ -386,11 +386,10 @@ class RaggedLSTM:
         return y.copy(), st  # a copy: y may be a workspace (or a view of one) the next batch overwrites
 
 
-def _per_tick(layer: PerTick, x: np.ndarray, project) -> np.ndarray:
+def _per_tick(layer: PerTick, kernel: np.ndarray | None, x: np.ndarray, project) -> np.ndarray:
     """A per-tick layer on the compiled path: Dense with the row-by-row product, the rest as NumPy has it."""
     if layer.kind != "dense":
         return np.ascontiguousarray(layer.apply(x), dtype=np.float32)
-    kernel = np.ascontiguousarray(layer.kernel, dtype=np.float32)
     y = np.empty((len(x), kernel.shape[1]), np.float32)
     project(np.ascontiguousarray(x, dtype=np.float32), kernel, y)
     if layer.bias is not None:
@@ -420,12 +419,12 @@ def _compiled_plan(stack: Stack, kernels: compiled.Kernels) -> list[tuple] | Non
     plan: list[tuple] = []
     for layer in stack.layers:
         if isinstance(layer, PerTick):
-            plan.append(("tick", layer))
+            plan.append(("tick", layer, _own(layer.kernel) if layer.kind == "dense" else None))
             continue
         units = layer.units
         if layer.kind == "lstm":
             wx, wh, b = RaggedLSTM._fast_lstm(layer)
-            plan.append(("lstm", kernels.lstm, wx, b, wh, None))
+            plan.append(("lstm", kernels.lstm, _own(wx), _own(b), _own(wh), None))
             continue
         cell = RecurrentCell(layer)
         width = 3 * units if layer.kind == "gru" else units
@@ -433,6 +432,11 @@ def _compiled_plan(stack: Stack, kernels: compiled.Kernels) -> list[tuple] | Non
         extra = cell.b_rec if layer.kind == "gru" and cell.b_rec is not None else np.zeros(
             width if layer.kind == "gru" else 0, np.float32)
         loop = kernels.gru if layer.kind == "gru" else kernels.rnn
-        plan.append((layer.kind, loop, cell.wx, np.ascontiguousarray(b_in, np.float32), cell.wh,
-                     np.ascontiguousarray(extra, np.float32)))
+        plan.append((layer.kind, loop, _own(cell.wx), _own(b_in), _own(cell.wh), _own(extra)))
     return plan
+
+
+def _own(a: np.ndarray) -> np.ndarray:
+    """A writable C-contiguous float32 array, as the compiled loops' signatures take (weights read from a model
+    file may be read-only views)."""
+    return np.require(a, dtype=np.float32, requirements=["C", "W"])

@@ -133,7 +133,9 @@ def test_a_groups_numbers_do_not_depend_on_who_shares_its_steps(hidden):
 def test_compiled_tanh_is_close_to_exact_tanh_over_the_float_range():
     # One row per value, whose i, f, o gates are pinned (f = 0, i = 1, o = 1 via huge pre-activations):
     # then c = tanh(g) and h = tanh(tanh(g)), so the rows expose the loop's tanh at every g.
-    u = np.concatenate([np.linspace(-12, 12, 4001), [0.0, 1e-7, -3e-4, 5e-4, 7.9, 8.0, 1e4, -1e4]]).astype(np.float32)
+    # NaN must stay NaN (a model whose outputs go NaN is caught downstream; a tanh that made it 1 would hide it)
+    u = np.concatenate([np.linspace(-12, 12, 4001), [0.0, 1e-7, -3e-4, 5e-4, 7.9, 8.0, 1e4, -1e4, np.nan]]).astype(
+        np.float32)
     n = len(u)
     xw = np.zeros((n, 4), np.float32)
     xw[:, 0], xw[:, 1], xw[:, 2], xw[:, 3] = 1e4, -1e4, 1e4, u  # columns i, f, o (halved), g
@@ -141,9 +143,9 @@ def test_compiled_tanh_is_close_to_exact_tanh_over_the_float_range():
     idx = np.arange(n, dtype=np.int64)
     compiled.load().lstm(xw, np.eye(4, dtype=np.float32), np.zeros(4, np.float32), idx, idx, np.array([n], np.int64), np.zeros(n, np.bool_),
                          h, c, np.zeros((1, 4), np.float32), out)
-    np.testing.assert_allclose(c[:, 0], np.tanh(u.astype(np.float64)), rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(c[:, 0], np.tanh(u.astype(np.float64)), rtol=2e-6, atol=1e-7)  # NaN stays NaN
     np.testing.assert_allclose(h[:, 0], np.tanh(np.tanh(u.astype(np.float64))), rtol=2e-6, atol=1e-7)
-    assert np.array_equal(out, h)
+    assert np.array_equal(out, h, equal_nan=True)
 
 
 def test_the_compiled_loop_can_be_switched_off(monkeypatch):
