@@ -93,6 +93,17 @@ def describe(model: KerasModel, keras_layers: bool = False) -> Stack:
     """The servable chain of ``model``, or :class:`UnservableModel`.
 
     ``keras_layers``: also per-tick layers only Keras computes (the Keras engine's chain; see the module)."""
+    try:
+        return _describe(model, keras_layers)
+    except UnservableModel:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError) as exc:
+        # A config value of the wrong type (say "units": "x"): the file is malformed, refused in one line.
+        shown = " ".join(str(exc).split())[:200]
+        raise _refuse(None, f"its config.json holds a malformed value ({type(exc).__name__}: {shown})") from None
+
+
+def _describe(model: KerasModel, keras_layers: bool) -> Stack:
     chain = _chain(model)
     n_inputs = None
     if chain and chain[0].class_name == "InputLayer":

@@ -99,3 +99,12 @@ def h5_bytes(build) -> bytes:
     with h5py.File(buf, "w") as f:
         build(f)
     return buf.getvalue()
+
+
+def replace_dataset(f, where: str, **kwargs) -> None:
+    """The dataset ``where`` recreated with the same shape and dtype unless given, and ``kwargs`` (h5py's)."""
+    old = f[where]
+    shape, dtype = old.shape, old.dtype
+    group, name = where.rsplit("/", 1)
+    del f[where]
+    f[group].create_dataset(name, shape=kwargs.pop("shape", shape), dtype=kwargs.pop("dtype", dtype), **kwargs)

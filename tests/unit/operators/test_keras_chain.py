@@ -216,3 +216,12 @@ def test_a_model_class_from_outside_keras_is_refused(tmp_path):
     path = edit_config(_save(build("lstm"), tmp_path), tmp_path / "edited.keras",
                        lambda c: c.update(module="mine.models", registered_name="mine>Sequential"))
     assert "not Keras' own Sequential" in _refusal(path)
+
+
+@pytest.mark.parametrize("value", ["x", None, [3], {"a": 1}, 1e300, -1])
+def test_a_config_value_of_the_wrong_type_is_a_one_line_refusal(tmp_path, value):
+    from tests.support.keras_files import edit_config
+
+    path = edit_config(_save(build("gru"), tmp_path), tmp_path / "edited.keras",
+                       lambda c: c["config"]["layers"][1]["config"].__setitem__("units", value))
+    _refusal(path)

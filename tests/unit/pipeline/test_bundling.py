@@ -120,3 +120,33 @@ def test_a_model_with_a_layer_the_kernel_lacks_is_bundled_without_tensorflow_and
     assert "; served by engine: keras (auto: the NumPy kernel cannot; layer bn (BatchNormalization)" in done.stdout
     kinds = [layer["kind"] for layer in json.loads((folder / "bn" / "bundle.json").read_text())["architecture"]["stack"]]
     assert kinds == ["rnn", "keras", "dense"]
+
+
+@pytest.mark.parametrize("target", ["secret", "fifo"])
+def test_a_model_file_whose_weights_point_outside_it_is_refused_in_one_line_and_exit_2(made, tmp_path, target):
+    """A Dense kernel stored "externally" in a host file (it would come back as the kernel) or in a FIFO (a
+    reader would wait forever): `tickcast bundle` says so in one line and exits 2, without reading either."""
+    import os
+
+    import numpy as np
+
+    from tests.support.keras_files import edit_weights, replace_dataset
+
+    folder, _, no_tf = made
+    outside = tmp_path / target
+    if target == "fifo":
+        os.mkfifo(outside)
+    else:
+        outside.write_bytes(np.full(1024, 4242.0, np.float32).tobytes())
+    model = edit_weights(folder / "k1.keras", tmp_path / "m.keras",
+                         lambda f: replace_dataset(f, "layers/dense/vars/0", external=[(str(outside), 0, 4096)]))
+    try:
+        done = subprocess.run([sys.executable, "-m", "pipeline.cli", "bundle", "--keras", str(model), "--features",
+                               ",".join(FEATURES), "--fit-normalisation-on", str(folder / "ticks.parquet"), "--out",
+                               str(tmp_path / "b")], capture_output=True, text=True, timeout=240, env=no_tf, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("tickcast bundle hung on a model file whose weights name a FIFO")
+    assert done.returncode == 2, done.stdout + done.stderr[-2000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tickcast: error: ") and "external file" in lines[0], lines
+    assert not (tmp_path / "b" / "bundle.json").exists()
