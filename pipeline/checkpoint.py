@@ -61,11 +61,9 @@ that are not the checkpoint's (network, permissions): callers retry those.
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import logging
 import os
-import re
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -76,13 +74,10 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from operators.errors import TickcastError
-from pipeline.checkpoint_format import (FORMAT, MAC_FIELD, Manifest, check_manifest, check_state, join_uri,
-                                        manifest_mac, path_segment, redact_uri, scrub_uri)
+from pipeline.checkpoint_format import (FORMAT, MAC_FIELD, MIN_KEY_BYTES, Manifest, authenticate, check_manifest,
+                                        check_state, join_uri, manifest_mac, path_segment, redact_uri, scrub_uri)
 
 log = logging.getLogger(__name__)
-
-_HEX_MAC = re.compile(r"[0-9a-f]{64}")
-MIN_KEY_BYTES = 16  # an HMAC key shorter than this is a configuration mistake
 
 # Data errors a checkpoint's bytes can provoke while being read or checked: each means "skip it".
 DATA_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, pa.ArrowException)
@@ -327,19 +322,7 @@ class CheckpointStore:
             raw = json.loads(raw_bytes)
         except (ValueError, RecursionError) as exc:
             raise ValueError(f"unreadable manifest: {exc}") from None
-        if isinstance(raw, dict) and MAC_FIELD in raw:
-            mac = raw.pop(MAC_FIELD)
-        else:
-            mac = None
-        if self.key is not None:  # authenticated store: the MAC covers every field, the data's SHA-256 with them
-            if not isinstance(mac, str) or not _HEX_MAC.fullmatch(mac):
-                raise ValueError("manifest is not authenticated (no MAC) and this store has a checkpoint key")
-            try:
-                expected = manifest_mac(self.key, raw)
-            except RecursionError:
-                raise ValueError("manifest nests too deep to authenticate") from None
-            if not hmac.compare_digest(mac, expected):
-                raise ValueError("manifest MAC does not verify with the checkpoint key (tampered, or another key)")
+        authenticate(raw, self.key)
         manifest = check_manifest(raw, manifest_path)
         data_path = f"{manifest_path.rsplit('/', 1)[0]}/{manifest.data}"
         body = self._read(data_path, "data file")

@@ -118,6 +118,26 @@ def manifest_mac(key: bytes, raw: dict) -> str:
     return hmac.new(key, body.encode(), hashlib.sha256).hexdigest()
 
 
+_HEX_MAC = re.compile(r"[0-9a-f]{64}")
+MIN_KEY_BYTES = 16  # an HMAC key shorter than this is a configuration mistake
+
+
+def authenticate(raw, key: bytes | None) -> None:
+    """Take ``MAC_FIELD`` out of a parsed manifest; with a ``key``, ValueError unless it is there and verifies
+    (without one, the MAC is ignored: the SHA-256 then detects corruption only, not tampering)."""
+    mac = raw.pop(MAC_FIELD, None) if isinstance(raw, dict) else None
+    if key is None:
+        return
+    if not isinstance(mac, str) or not _HEX_MAC.fullmatch(mac):
+        raise ValueError("manifest is not authenticated (no MAC) and this store has a checkpoint key")
+    try:
+        expected = manifest_mac(key, raw)
+    except RecursionError:
+        raise ValueError("manifest nests too deep to authenticate") from None
+    if not hmac.compare_digest(mac, expected):
+        raise ValueError("manifest MAC does not verify with the checkpoint key (tampered, or another key)")
+
+
 _TYPES = {"format": int, "topic": str, "partition": int, "offset": int, "rows": int, "model_version": str,
           "feature_spec": dict, "layers": int, "hidden": int, "created_at": (int, float), "data": str,
           "bytes": int, "sha256": str}
