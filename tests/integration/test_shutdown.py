@@ -33,7 +33,9 @@ def sigterm_and_time(run: RunProcess) -> tuple[float, int]:
         code = run.proc.wait(timeout=120)
     finally:
         run.kill()
-    return time.monotonic() - started, code
+    elapsed = time.monotonic() - started
+    print(f"SIGTERM to exit: {elapsed:.1f} s (shutdown_timeout_s {SHUTDOWN_S})")
+    return elapsed, code
 
 
 def test_sigterm_with_the_broker_stalled_ends_within_the_shutdown_timeout(bundle, tmp_path, kafka_client):
