@@ -102,7 +102,8 @@ class Runner:
         self.inflight = InFlight(config.max_batches_in_flight)
         self.sizer = BatchSizer(config.max_batch_ticks, config.max_batch_ms)
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
-                                 "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden)})
+                                 "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden),
+                                 "engine": self.forecaster.engine.engine})
 
     @property
     def stop_event(self) -> threading.Event:
