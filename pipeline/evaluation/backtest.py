@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm import tqdm
 
+from operators.engines import compiled_line
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
 from operators.outputs import OutputSpec
@@ -64,6 +65,7 @@ def run_backtest(
     forecaster = Forecaster(bundle, config)
     if progress:
         print(forecaster.engine.line, file=sys.stderr, flush=True)
+        print(compiled_line(forecaster.kernel)[1], file=sys.stderr, flush=True)
     source = TableSource(ticks, max_batch_ticks)
     sink = ForecastCollector([o.name for o in bundle.output_list] if several else None)
     rejected: dict[str, int] = {}
