@@ -48,6 +48,8 @@ from typing import Callable
 
 import numpy as np
 
+from operators.layers import PerTick, Recurrent, RecurrentCell, Stack, activation
+
 
 def cache_dir() -> Path:
     """Where compiled machine code is kept: ``TICKCAST_KERNEL_CACHE``, else ``$XDG_CACHE_HOME/tickcast``."""
@@ -124,3 +126,76 @@ def _build() -> Kernels:
 
     lstm, gru, rnn, project = _loops.compile_all(cache=cached)
     return Kernels(lstm, gru, rnn, project, time.perf_counter() - start, cached)
+
+
+# -- a model's layers as the loops take them ---------------------------------------------------
+
+
+def lstm_gate_weights(layer: Recurrent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """W_x, W_h and bias of a tanh/sigmoid LSTM with the gate columns i, f, c, o reordered to i, f, o, g (the
+    three sigmoid gates contiguous) and those halved (sigmoid via tanh; exact: a power of two)."""
+    h = layer.units
+    perm = np.concatenate([np.arange(0, 2 * h), np.arange(3 * h, 4 * h), np.arange(2 * h, 3 * h)])
+    scale = np.ones(4 * h, dtype=np.float32)
+    scale[: 3 * h] = 0.5
+    bias = layer.bias if layer.bias is not None else np.zeros(4 * h, np.float32)
+    wx = np.ascontiguousarray(layer.kernel[:, perm] * scale, dtype=np.float32)
+    wh = np.ascontiguousarray(layer.recurrent[:, perm] * scale, dtype=np.float32)
+    b = np.ascontiguousarray(np.asarray(bias)[perm] * scale, dtype=np.float32)
+    return wx, wh, b
+
+
+def per_tick(layer: PerTick, kernel: np.ndarray | None, x: np.ndarray, project) -> np.ndarray:
+    """A per-tick layer on the compiled path: Dense with the row-by-row product, the rest as NumPy has it."""
+    if layer.kind != "dense":
+        return np.ascontiguousarray(layer.apply(x), dtype=np.float32)
+    y = np.empty((len(x), kernel.shape[1]), np.float32)
+    project(np.ascontiguousarray(x, dtype=np.float32), kernel, y)
+    if layer.bias is not None:
+        y += np.asarray(layer.bias, dtype=np.float32)
+    return np.ascontiguousarray(activation(layer.activation)(y), dtype=np.float32)
+
+
+def _compilable(layer: Recurrent) -> bool:
+    acts = (layer.activation, layer.recurrent_activation)
+    return ((layer.kind == "lstm" and acts == ("tanh", "sigmoid"))
+            or (layer.kind == "gru" and layer.reset_after and acts == ("tanh", "sigmoid"))
+            or (layer.kind == "rnn" and layer.activation == "tanh"))
+
+
+def uncompiled_layer(stack: Stack) -> str:
+    for layer in stack.recurrent:
+        if not _compilable(layer):
+            return f"the compiled loop has no {layer.describe()} layer ({layer.name})"
+    return ""
+
+
+def plan(stack: Stack, kernels: Kernels) -> list[tuple] | None:
+    """Per layer: ("tick", layer, its Dense kernel or None) or (kind, loop, W_x, bias, W_h, extra) for the compiled loops; None when a
+    recurrent layer has no compiled loop (the whole stack then takes the NumPy path)."""
+    if not all(_compilable(layer) for layer in stack.recurrent):
+        return None
+    steps: list[tuple] = []
+    for layer in stack.layers:
+        if isinstance(layer, PerTick):
+            steps.append(("tick", layer, _own(layer.kernel) if layer.kind == "dense" else None))
+            continue
+        units = layer.units
+        if layer.kind == "lstm":
+            wx, wh, b = lstm_gate_weights(layer)
+            steps.append(("lstm", kernels.lstm, _own(wx), _own(b), _own(wh), None))
+            continue
+        cell = RecurrentCell(layer)
+        width = 3 * units if layer.kind == "gru" else units
+        b_in = cell.b_in if cell.b_in is not None else np.zeros(width, np.float32)
+        extra = cell.b_rec if layer.kind == "gru" and cell.b_rec is not None else np.zeros(
+            width if layer.kind == "gru" else 0, np.float32)
+        loop = kernels.gru if layer.kind == "gru" else kernels.rnn
+        steps.append((layer.kind, loop, _own(cell.wx), _own(b_in), _own(cell.wh), _own(extra)))
+    return steps
+
+
+def _own(a: np.ndarray) -> np.ndarray:
+    """A writable C-contiguous float32 array, as the compiled loops' signatures take (weights read from a model
+    file may be read-only views)."""
+    return np.require(a, dtype=np.float32, requirements=["C", "W"])

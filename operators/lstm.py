@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from operators import blas, compiled
-from operators.layers import PerTick, Recurrent, RecurrentCell, Stack, activation
+from operators.layers import PerTick, Recurrent, RecurrentCell, Stack
 
 _BLOCK_ROWS = 1024
 _WIDE_STEP_ROWS = 256  # steps at least this wide project their inputs block by block
@@ -129,33 +129,19 @@ class RaggedLSTM:
             if isinstance(layer, PerTick):
                 self._plan.append(("tick", layer))
             elif layer.kind == "lstm" and (layer.activation, layer.recurrent_activation) == ("tanh", "sigmoid"):
-                self._plan.append(("lstm", *self._fast_lstm(layer)))
+                self._plan.append(("lstm", *compiled.lstm_gate_weights(layer)))
             else:
                 self._plan.append(("cell", RecurrentCell(layer)))
         self._scratch: dict[str, np.ndarray] = {}
         # The compiled time loop (operators.compiled) when it serves every recurrent layer; NumPy otherwise.
         self._kernels = compiled.load() if compiled_loop else None
-        self._loops = _compiled_plan(self.stack, self._kernels) if self._kernels is not None else None
+        self._loops = compiled.plan(self.stack, self._kernels) if self._kernels is not None else None
         if compiled_loop and self._kernels is None:
             self.why_not_compiled = compiled.unavailable()
         elif not compiled_loop:
             self.why_not_compiled = "the NumPy path was asked for"
         else:
-            self.why_not_compiled = "" if self._loops is not None else _uncompiled_layer(self.stack)
-
-    @staticmethod
-    def _fast_lstm(layer: Recurrent) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        h = layer.units
-        # Reorder gate columns i, f, g, o -> i, f, o, g so the three sigmoid
-        # gates are contiguous, and halve them (sigmoid via tanh).
-        perm = np.concatenate([np.arange(0, 2 * h), np.arange(3 * h, 4 * h), np.arange(2 * h, 3 * h)])
-        scale = np.ones(4 * h, dtype=np.float32)
-        scale[: 3 * h] = 0.5
-        bias = layer.bias if layer.bias is not None else np.zeros(4 * h, np.float32)
-        wx = np.ascontiguousarray(layer.kernel[:, perm] * scale, dtype=np.float32)
-        wh = np.ascontiguousarray(layer.recurrent[:, perm] * scale, dtype=np.float32)
-        b = np.ascontiguousarray(np.asarray(bias)[perm] * scale, dtype=np.float32)
-        return wx, wh, b
+            self.why_not_compiled = "" if self._loops is not None else compiled.uncompiled_layer(self.stack)
 
     @property
     def compiled(self) -> bool:
@@ -369,7 +355,7 @@ class RaggedLSTM:
         project = self._kernels.project
         for kind, *plan in self._loops:
             if kind == "tick":
-                layer_in = _per_tick(plan[0], plan[1], layer_in, project)
+                layer_in = compiled.per_tick(plan[0], plan[1], layer_in, project)
                 continue
             fn, wx, b, wh, extra = plan
             out = self._workspace(f"out{n_rec % 2}", (t_total, wh.shape[0]))
@@ -384,59 +370,3 @@ class RaggedLSTM:
             n_rec += 1
         y = layer_in if layer_in.ndim == 2 else layer_in.reshape(t_total, -1)
         return y.copy(), st  # a copy: y may be a workspace (or a view of one) the next batch overwrites
-
-
-def _per_tick(layer: PerTick, kernel: np.ndarray | None, x: np.ndarray, project) -> np.ndarray:
-    """A per-tick layer on the compiled path: Dense with the row-by-row product, the rest as NumPy has it."""
-    if layer.kind != "dense":
-        return np.ascontiguousarray(layer.apply(x), dtype=np.float32)
-    y = np.empty((len(x), kernel.shape[1]), np.float32)
-    project(np.ascontiguousarray(x, dtype=np.float32), kernel, y)
-    if layer.bias is not None:
-        y += np.asarray(layer.bias, dtype=np.float32)
-    return np.ascontiguousarray(activation(layer.activation)(y), dtype=np.float32)
-
-
-def _compilable(layer: Recurrent) -> bool:
-    acts = (layer.activation, layer.recurrent_activation)
-    return ((layer.kind == "lstm" and acts == ("tanh", "sigmoid"))
-            or (layer.kind == "gru" and layer.reset_after and acts == ("tanh", "sigmoid"))
-            or (layer.kind == "rnn" and layer.activation == "tanh"))
-
-
-def _uncompiled_layer(stack: Stack) -> str:
-    for layer in stack.recurrent:
-        if not _compilable(layer):
-            return f"the compiled loop has no {layer.describe()} layer ({layer.name})"
-    return ""
-
-
-def _compiled_plan(stack: Stack, kernels: compiled.Kernels) -> list[tuple] | None:
-    """Per layer: ("tick", layer) or (kind, loop, W_x, bias, W_h, extra) for the compiled loops; None when a
-    recurrent layer has no compiled loop (the whole stack then takes the NumPy path)."""
-    if not all(_compilable(layer) for layer in stack.recurrent):
-        return None
-    plan: list[tuple] = []
-    for layer in stack.layers:
-        if isinstance(layer, PerTick):
-            plan.append(("tick", layer, _own(layer.kernel) if layer.kind == "dense" else None))
-            continue
-        units = layer.units
-        if layer.kind == "lstm":
-            wx, wh, b = RaggedLSTM._fast_lstm(layer)
-            plan.append(("lstm", kernels.lstm, _own(wx), _own(b), _own(wh), None))
-            continue
-        cell = RecurrentCell(layer)
-        width = 3 * units if layer.kind == "gru" else units
-        b_in = cell.b_in if cell.b_in is not None else np.zeros(width, np.float32)
-        extra = cell.b_rec if layer.kind == "gru" and cell.b_rec is not None else np.zeros(
-            width if layer.kind == "gru" else 0, np.float32)
-        loop = kernels.gru if layer.kind == "gru" else kernels.rnn
-        plan.append((layer.kind, loop, _own(cell.wx), _own(b_in), _own(cell.wh), _own(extra)))
-    return plan
-
-
-def _own(a: np.ndarray) -> np.ndarray:
-    """A writable C-contiguous float32 array, as the compiled loops' signatures take (weights read from a model
-    file may be read-only views)."""
-    return np.require(a, dtype=np.float32, requirements=["C", "W"])
