@@ -48,6 +48,7 @@ from typing import Callable
 
 import numpy as np
 
+from operators.errors import EnvironmentSettingError
 from operators.layers import PerTick, Recurrent, RecurrentCell, Stack, activation
 
 
@@ -126,6 +127,33 @@ def _build() -> Kernels:
 
     lstm, gru, rnn, project = _loops.compile_all(cache=cached)
     return Kernels(lstm, gru, rnn, project, time.perf_counter() - start, cached)
+
+
+def loop_threads() -> int:
+    """Threads the compiled loop deals a batch's instruments over: ``TICKCAST_LOOP_THREADS`` (1-64, default 1).
+    Instruments are independent, so each thread steps its own through every step; the numbers are the same
+    to the bit whatever the count."""
+    raw = os.environ.get("TICKCAST_LOOP_THREADS", "1")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 64:
+        raise EnvironmentSettingError(f"TICKCAST_LOOP_THREADS={raw!r} is not a whole number of threads from 1 to 64")
+    return n
+
+
+def deal(order: np.ndarray, lengths: np.ndarray, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The groups of ``order`` (longest first) dealt round-robin to ``parts`` workers: per worker its groups
+    (still longest first) and how many of them step at each step."""
+    out = []
+    for w in range(parts):
+        mine = np.ascontiguousarray(order[w::parts])
+        lens = lengths[mine]
+        longest = int(lens[0])
+        active = (len(mine) - np.cumsum(np.bincount(lens, minlength=longest + 1))[:longest]).astype(np.int64)
+        out.append((mine, active))
+    return out
 
 
 # -- a model's layers as the loops take them ---------------------------------------------------

@@ -19,3 +19,7 @@ class InputDataError(TickcastError):
 
 class TrainingUnavailable(TickcastError):
     """Training (or running a model through Keras) was asked of an install without TensorFlow and Keras."""
+
+
+class EnvironmentSettingError(TickcastError, ValueError):
+    """An environment variable tickcast reads (TICKCAST_*) holds a value it cannot use."""

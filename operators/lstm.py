@@ -34,6 +34,7 @@ i, f, o columns once (exact: scaling by a power of two).
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,6 +43,7 @@ from operators import blas, compiled
 from operators.layers import PerTick, Recurrent, RecurrentCell, Stack
 
 _BLOCK_ROWS = 1024
+_THREADED_TICKS = 512  # smaller batches stay on one thread (handing work to the pool costs more than it saves)
 _WIDE_STEP_ROWS = 256  # steps at least this wide project their inputs block by block
 
 
@@ -135,6 +137,8 @@ class RaggedLSTM:
         self._scratch: dict[str, np.ndarray] = {}
         # The compiled time loop (operators.compiled) when it serves every recurrent layer; NumPy otherwise.
         self._kernels = compiled.load() if compiled_loop else None
+        self._threads = compiled.loop_threads()
+        self._pool: ThreadPoolExecutor | None = None
         self._loops = compiled.plan(self.stack, self._kernels) if self._kernels is not None else None
         if compiled_loop and self._kernels is None:
             self.why_not_compiled = compiled.unavailable()
@@ -353,6 +357,8 @@ class RaggedLSTM:
         layer_in = np.ascontiguousarray(x, dtype=np.float32)
         k = n_rec = 0
         project = self._kernels.project
+        parts = min(self._threads, g) if t_total >= _THREADED_TICKS else 1
+        dealt = [(order, active)] if parts == 1 else compiled.deal(order, lengths, parts)
         for kind, *plan in self._loops:
             if kind == "tick":
                 layer_in = compiled.per_tick(plan[0], plan[1], layer_in, project)
@@ -360,13 +366,23 @@ class RaggedLSTM:
             fn, wx, b, wh, extra = plan
             out = self._workspace(f"out{n_rec % 2}", (t_total, wh.shape[0]))
             layer_in = np.ascontiguousarray(layer_in, dtype=np.float32)
-            if kind == "lstm":
-                fn(layer_in, wx, b, starts, order, active, reset, st[k], st[k + 1], wh, out)
-                k += 2
-            else:
-                fn(layer_in, wx, b, starts, order, active, reset, st[k], extra, wh, out)
-                k += 1
+            second = st[k + 1] if kind == "lstm" else extra
+            self._each(dealt, lambda o, a: fn(layer_in, wx, b, starts, o, a, reset, st[k], second, wh, out))
+            k += 2 if kind == "lstm" else 1
             layer_in = out
             n_rec += 1
         y = layer_in if layer_in.ndim == 2 else layer_in.reshape(t_total, -1)
         return y.copy(), st  # a copy: y may be a workspace (or a view of one) the next batch overwrites
+
+    def _each(self, dealt: list[tuple[np.ndarray, np.ndarray]], step) -> None:
+        """``step(order, active)`` for each worker's groups: the first here, the others on the pool (the loops
+        release the GIL); they touch disjoint state rows and ticks."""
+        if len(dealt) == 1:
+            step(*dealt[0])
+            return
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads - 1, thread_name_prefix="tickcast-loop")
+        futures = [self._pool.submit(step, *part) for part in dealt[1:]]
+        step(*dealt[0])
+        for f in futures:
+            f.result()

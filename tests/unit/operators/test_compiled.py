@@ -174,3 +174,34 @@ def test_a_layer_without_a_compiled_loop_takes_the_numpy_path_for_the_whole_stac
     assert not model.compiled
     if compiled.load() is not None:
         assert "relu" in model.why_not_compiled
+
+
+@needs_compiled
+@pytest.mark.parametrize("threads", [2, 3])
+def test_threads_deal_the_instruments_and_change_no_number(monkeypatch, threads):
+    """TICKCAST_LOOP_THREADS: the batch's instruments dealt over threads give the same outputs and states
+    to the bit as one thread, for a GRU, SimpleRNN and LSTM stack with resets."""
+    rng, lengths, x, reset = _batch(11, groups=41, longest=60)
+    h = HIDDEN
+    rnn = Recurrent("rnn", "rnn", rng.normal(0, 0.3, (h, h)).astype(np.float32),
+                    rng.normal(0, 0.3, (h, h)).astype(np.float32), None)
+    lw = _weights(1, seed=4).layers[0]
+    lstm = Recurrent("lstm", "lstm", rng.normal(0, 0.3, (h, 4 * h)).astype(np.float32), lw.recurrent, lw.bias)
+    stack = Stack((_gru(rng, 5, h), rnn, lstm, PerTick("dense", "head", rng.normal(0, 1, (h, 2)).astype(np.float32),
+                                                       None)), 5)
+    s0 = [rng.uniform(-1, 1, (len(lengths), w)).astype(np.float32) for _, w in stack.state_vectors]
+    assert len(x) >= 512  # threads are used from 512 ticks on
+    y1, s1 = RaggedLSTM(stack).step(x, lengths, s0, reset)
+    monkeypatch.setenv("TICKCAST_LOOP_THREADS", str(threads))
+    many = RaggedLSTM(stack)
+    y2, s2 = many.step(x, lengths, s0, reset)
+    assert many._pool is not None, "the pool was used"
+    assert np.array_equal(y1, y2)
+    assert all(np.array_equal(a, b) for a, b in zip(s1, s2))
+
+
+@pytest.mark.parametrize("value", ["0", "65", "two", ""])
+def test_a_bad_thread_count_is_one_line(monkeypatch, value):
+    monkeypatch.setenv("TICKCAST_LOOP_THREADS", value)
+    with pytest.raises(ValueError, match="^TICKCAST_LOOP_THREADS=.* is not a whole number of threads from 1 to 64$"):
+        RaggedLSTM(_weights(1))
