@@ -15,7 +15,7 @@ import threading
 from collections import namedtuple
 
 from kafka.errors import KafkaTimeoutError, MessageSizeTooLargeError
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndTimestamp, TopicPartition
 
 Record = namedtuple("Record", "topic partition offset key value timestamp headers", defaults=((),))
 
@@ -220,6 +220,18 @@ class FakeConsumer:
 
     def beginning_offsets(self, tps):
         return {tp: 0 for tp in tps}
+
+    def assign(self, tps):
+        self.assigned = set(tps)
+
+    def offsets_for_times(self, timestamps):
+        """As Kafka answers: per partition the first record with a timestamp at or after the one asked, or None."""
+        out = {}
+        with self.broker.lock:
+            for tp, at_ms in timestamps.items():
+                hit = next((r for r in self.broker.topics[tp.topic][tp.partition] if r.timestamp >= at_ms), None)
+                out[tp] = None if hit is None else OffsetAndTimestamp(hit.offset, hit.timestamp, -1)
+        return out
 
     def seek(self, tp, offset):
         self.positions[tp] = offset
