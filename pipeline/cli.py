@@ -233,8 +233,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if args.speed < 0:
         raise ConfigError(f"--speed must be >= 0 (0 = as fast as possible), got {args.speed}")
+    security = RunConfig.load_kafka_security(args.config)
     ticks = load_ticks(_tick_input(args)).ticks
-    stats = replay_to_kafka(ticks, args.topic, args.bootstrap_servers, speed=args.speed, progress=not args.quiet)
+    stats = replay_to_kafka(ticks, args.topic, args.bootstrap_servers, speed=args.speed, progress=not args.quiet,
+                            security=security)
     print(f"{stats.messages:,} ticks published to {args.topic} in {stats.seconds:.1f}s "
           f"({stats.messages / max(stats.seconds, 1e-9):,.0f}/s)")
     return 0
@@ -346,6 +348,9 @@ def _add_later_parsers(sub) -> None:
     p.add_argument("--speed", type=float, default=1.0,
                    help="replay gaps X times faster than real time; 0 = as fast as possible (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML config file whose Kafka security settings (security_protocol, ssl_*, sasl_*) apply; "
+                        "TICKCAST_<KEY> environment variables override it")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("generate", help="write synthetic ticks (Parquet)")

@@ -79,7 +79,7 @@ def replay(ticks: pa.Table, topic: str, producer: KafkaProducer, speed: float = 
 
 
 def replay_to_kafka(ticks: pa.Table, topic: str, bootstrap_servers: str, *, speed: float,
-                    progress: bool = True) -> ReplayStats:
+                    progress: bool = True, security: dict | None = None) -> ReplayStats:
     """``tickcast replay``: :func:`replay` through a producer of its own (acks=all), closed afterwards."""
     from kafka.errors import KafkaError  # noqa: PLC0415
 
@@ -87,7 +87,7 @@ def replay_to_kafka(ticks: pa.Table, topic: str, bootstrap_servers: str, *, spee
 
     try:
         producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=5,
-                                 batch_size=256 * 1024)
+                                 batch_size=256 * 1024, **(security or {}))
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}; is the broker running?") from None
     try:
