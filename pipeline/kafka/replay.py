@@ -85,6 +85,9 @@ def replay_to_kafka(ticks: pa.Table, topic: str, bootstrap_servers: str, *, spee
 
     from pipeline.config import ConfigError  # noqa: PLC0415
 
+    from pipeline.kafka.tls import check_tls  # noqa: PLC0415
+
+    check_tls(bootstrap_servers, security or {})
     try:
         producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=5,
                                  batch_size=256 * 1024, **(security or {}))

@@ -115,3 +115,52 @@ def test_run_and_replay_over_tls(tls_broker, pki, bundle, tmp_path, kafka_client
     assert len(got) == 400
     assert {json.loads(m.value())["offset"] for m in got} == set(range(400))
     assert tls_broker.front.handshakes > before  # the clients spoke TLS, through the front, not around it
+
+
+def _one_clear_line(stderr: str) -> str:
+    """The single line naming the failure (a `tickcast: error:` line, or one JSON log line at error level)."""
+    lines = [ln for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("tickcast: error:")
+              or (ln.startswith("{") and json.loads(ln).get("level") in ("error", "critical", "ERROR", "CRITICAL"))]
+    assert len(errors) == 1, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+@pytest.mark.parametrize("case", ["wrong_ca", "wrong_hostname"])
+def test_a_refused_certificate_ends_run_with_one_clear_line(pki, tls_broker, bundle, kafka_client, case,
+                                                             request):
+    if case == "wrong_ca":
+        broker, cafile = tls_broker, pki["other_ca"]
+    else:  # the right CA, but the certificate names another host
+        broker = EmbeddedBroker(tls=pki["elsewhere"])
+        broker.start()
+        request.addfinalizer(broker.stop)
+        cafile = pki["ca"]
+    u = uuid.uuid4().hex[:8]
+    started = time.monotonic()
+    run = RunProcess.start(broker.bootstrap, str(bundle.path), f"in-{u}", f"out-{u}", f"dlq-{u}", f"g-{u}",
+                           "--kafka-client", kafka_client, env=_tls_env(cafile))
+    try:
+        code = run.proc.wait(timeout=GIVE_UP_S)
+    finally:
+        run.kill()
+    elapsed = time.monotonic() - started
+    time.sleep(0.2)  # the stderr pump's last lines
+    stderr = "".join(run.raw)
+    assert code == 2, stderr[-3000:]  # an operator must act: exit 2, no restart loop
+    line = _one_clear_line(stderr)
+    assert "certificate was refused" in line and broker.bootstrap in line, line
+    print(f"{kafka_client} {case}: exit {code} after {elapsed:.1f}s: {line}")
+
+
+def test_a_refused_certificate_ends_replay_with_one_clear_line(tls_broker, pki, tmp_path):
+    write_parquet(generate_ticks(2, 20, seed=1, bad_fraction=0.0), tmp_path / "t.parquet")
+    started = time.monotonic()
+    out = _replay(tls_broker.bootstrap, tmp_path / "t.parquet", f"never-{uuid.uuid4().hex[:8]}",
+                  _tls_env(pki["other_ca"]))
+    assert out.returncode == 2, out.stderr[-3000:]
+    line = _one_clear_line(out.stderr)
+    assert "certificate was refused" in line, line
+    print(f"replay wrong_ca: exit {out.returncode} after {time.monotonic() - started:.1f}s: {line}")
