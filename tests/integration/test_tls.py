@@ -89,9 +89,11 @@ def _read_over_tls(bootstrap: str, cafile: Path, topic: str, expected: int, time
     return out
 
 
-def _replay(bootstrap: str, ticks_file: Path, topic: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+def _replay(bootstrap: str, ticks_file: Path, topic: str, env: dict[str, str],
+            kafka_client: str = "kafka-python") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "pipeline.cli", "replay", "--input", str(ticks_file), "--topic",
-                           topic, "--bootstrap-servers", bootstrap, "--speed", "0", "--quiet"],
+                           topic, "--bootstrap-servers", bootstrap, "--speed", "0", "--quiet",
+                           "--kafka-client", kafka_client],
                           capture_output=True, text=True, env=env, timeout=GIVE_UP_S)
 
 
@@ -106,7 +108,7 @@ def test_run_and_replay_over_tls(tls_broker, pki, bundle, tmp_path, kafka_client
                            "--kafka-client", kafka_client, env=env)
     try:
         assert run.wait_for("starting")["kafka_client"] == kafka_client
-        out = _replay(tls_broker.bootstrap, tmp_path / "t.parquet", tin, env)
+        out = _replay(tls_broker.bootstrap, tmp_path / "t.parquet", tin, env, kafka_client)
         assert out.returncode == 0, out.stderr
         assert "400 ticks published" in out.stdout
         got = _read_over_tls(tls_broker.bootstrap, pki["ca"], tout, expected=400)
@@ -155,12 +157,13 @@ def test_a_refused_certificate_ends_run_with_one_clear_line(pki, tls_broker, bun
     print(f"{kafka_client} {case}: exit {code} after {elapsed:.1f}s: {line}")
 
 
-def test_a_refused_certificate_ends_replay_with_one_clear_line(tls_broker, pki, tmp_path):
+@pytest.mark.parametrize("kafka_client", ["kafka-python", "confluent"])
+def test_a_refused_certificate_ends_replay_with_one_clear_line(tls_broker, pki, tmp_path, kafka_client):
     write_parquet(generate_ticks(2, 20, seed=1, bad_fraction=0.0), tmp_path / "t.parquet")
     started = time.monotonic()
     out = _replay(tls_broker.bootstrap, tmp_path / "t.parquet", f"never-{uuid.uuid4().hex[:8]}",
-                  _tls_env(pki["other_ca"]))
+                  _tls_env(pki["other_ca"]), kafka_client)
     assert out.returncode == 2, out.stderr[-3000:]
     line = _one_clear_line(out.stderr)
     assert "certificate was refused" in line, line
-    print(f"replay wrong_ca: exit {out.returncode} after {time.monotonic() - started:.1f}s: {line}")
+    print(f"replay {kafka_client} wrong_ca: exit {out.returncode} after {time.monotonic() - started:.1f}s: {line}")
