@@ -21,7 +21,7 @@ from benchmarks.suite import BENCHMARKS
 from operators.errors import TickcastError
 from operators.features import KNOWN_FEATURES
 from pipeline import console
-from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, parse_duration_ns
+from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, check_kafka_client, parse_duration_ns
 from pipeline.flags import (add_bench_args, add_input_args, add_run_config_args, add_train_args, choices, int_list,
                             train_config)
 from pipeline.inputs import TickInput, load_ticks
@@ -233,8 +233,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
     if args.speed < 0:
         raise ConfigError(f"--speed must be >= 0 (0 = as fast as possible), got {args.speed}")
+    security = RunConfig.load_kafka_security(args.config)
+    check_kafka_client(args.kafka_client, "--kafka-client")
     ticks = load_ticks(_tick_input(args)).ticks
-    stats = replay_to_kafka(ticks, args.topic, args.bootstrap_servers, speed=args.speed, progress=not args.quiet)
+    stats = replay_to_kafka(ticks, args.topic, args.bootstrap_servers, speed=args.speed, progress=not args.quiet,
+                            security=security, kafka_client=args.kafka_client)
     print(f"{stats.messages:,} ticks published to {args.topic} in {stats.seconds:.1f}s "
           f"({stats.messages / max(stats.seconds, 1e-9):,.0f}/s)")
     return 0
@@ -346,6 +349,12 @@ def _add_later_parsers(sub) -> None:
     p.add_argument("--speed", type=float, default=1.0,
                    help="replay gaps X times faster than real time; 0 = as fast as possible (default: 1)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--config", default=None, metavar="FILE",
+                   help="TOML config file whose Kafka security settings (security_protocol, ssl_*, sasl_*) apply; "
+                        "TICKCAST_<KEY> environment variables override it")
+    p.add_argument("--kafka-client", default=os.environ.get("TICKCAST_KAFKA_CLIENT", "kafka-python"),
+                   help="client library: kafka-python or confluent (librdkafka, pip install 'tickcast[confluent]') "
+                        "[env: TICKCAST_KAFKA_CLIENT] (default: kafka-python)")
     p.set_defaults(func=cmd_replay)
 
     p = sub.add_parser("generate", help="write synthetic ticks (Parquet)")

@@ -195,7 +195,7 @@ class RunConfig:
 
     @classmethod
     def load(cls, file: str | Path | None = None, env: dict[str, str] | None = None,
-             flags: dict[str, Any] | None = None) -> "RunConfig":
+             flags: dict[str, Any] | None = None, check: bool = True) -> "RunConfig":
         values: dict[str, tuple[Any, str]] = {}
         if file:
             for k, v in _read_toml(Path(file)).items():
@@ -223,7 +223,8 @@ class RunConfig:
         if problems:
             raise ConfigError("\n".join(problems))
         cfg = cls(**kwargs)
-        cfg.check()
+        if check:
+            cfg.check()
         return cfg
 
     def check(self) -> None:
@@ -341,6 +342,18 @@ class RunConfig:
         return out
 
     # -- what the Kafka clients get -------------------------------------------------
+    @classmethod
+    def load_kafka_security(cls, file: str | Path | None = None) -> dict[str, Any]:
+        """:meth:`kafka_security` of the config file and environment, for a command that only produces
+        (``tickcast replay``); only the security settings' problems are refused."""
+        cfg = cls.load(file, check=False)
+        keys = {"security_protocol", "sasl_mechanism", "sasl_password_file", "ssl_cafile", "ssl_certfile",
+                "ssl_keyfile", "give"}
+        problems = [p for p in cfg.problems() if p.split(" ", 1)[0] in keys]
+        if problems:
+            raise ConfigError("\n".join(problems))
+        return cfg.kafka_security()
+
     def kafka_security(self) -> dict[str, Any]:
         """Security settings passed through to both consumer and producer."""
         opts: dict[str, Any] = {"security_protocol": self.security_protocol}

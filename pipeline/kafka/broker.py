@@ -69,8 +69,12 @@ class EmbeddedBroker:
     """Tansu as a child process on ``host:port`` (a free port when none is given), in-memory storage."""
 
     def __init__(self, port: int | None = None, host: str = "127.0.0.1", log_path: Path | None = None,
-                 advertised: str | None = None):
+                 advertised: str | None = None, tls: tuple[Path, Path] | None = None):
         self.host = host
+        # TLS (certificate, key; PEM): served by a TlsFront on a port of its own, as this Tansu build cannot
+        # serve TLS itself (see pipeline.kafka.tls_front); the broker advertises the front.
+        self.tls = tls
+        self.front = None
         self.advertised = advertised  # host:port clients are told to use (a proxy in front), default our own
         self._auto_port = not port
         self.port = port or free_port(host)
@@ -86,7 +90,7 @@ class EmbeddedBroker:
 
     @property
     def bootstrap(self) -> str:
-        return f"{self.host}:{self.port}"
+        return self.front.address if self.front is not None else f"{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -97,6 +101,11 @@ class EmbeddedBroker:
         if self.running:
             return self.bootstrap
         binary = broker_binary()
+        if self.tls is not None and self.front is None:
+            from pipeline.kafka.tls_front import TlsFront  # noqa: PLC0415
+
+            self.front = TlsFront(*self.tls, upstream=(self.host, self.port), host=self.host)
+            self.advertised = self.advertised or self.front.address
         deadline = time.monotonic() + timeout_s
         for attempt in range(3):
             self._spawn(binary)
@@ -122,6 +131,8 @@ class EmbeddedBroker:
 
     def _spawn(self, binary: Path) -> None:
         url = f"tcp://{self.host}:{self.port}"
+        if self.front is not None:
+            self.front.upstream = (self.host, self.port)
         advertised = f"tcp://{self.advertised}" if self.advertised else url
         cmd = [str(binary), "broker", "--cluster-id", self.cluster_id, "--listener-url", url,
                "--advertised-listener-url", advertised, "--storage-engine", "memory://tansu/"]
@@ -153,6 +164,12 @@ class EmbeddedBroker:
         from kafka import KafkaAdminClient  # noqa: PLC0415
 
         extra = {"bootstrap_timeout_ms": 3000} if "bootstrap_timeout_ms" in KafkaAdminClient.DEFAULT_CONFIG else {}
+        if self.front is not None:  # our own front, our own certificate: no need to verify it here
+            import ssl  # noqa: PLC0415
+
+            context = ssl.create_default_context()
+            context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+            extra.update(security_protocol="SSL", ssl_context=context)
         try:
             admin = KafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=2000,
                                      client_id="tickcast-broker-probe", **extra)
@@ -180,6 +197,8 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         """Terminate the broker by pid: SIGTERM, then SIGKILL after 2 s (in-memory: nothing to flush)."""
+        if self.front is not None:
+            self.front.close()
         proc = self.proc
         if proc is None:
             return
@@ -215,15 +234,15 @@ INPUT_TOPIC_CONFIG = {"message.timestamp.after.max.ms": "3600000"}
 
 
 def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, timeout_s: float = 15.0,
-                  configs: dict[str, dict[str, str]] | None = None) -> None:
+                  configs: dict[str, dict[str, str]] | None = None, security: dict | None = None) -> None:
     """Create topics (name -> partitions) with their ``configs`` (name -> topic configs), keep existing ones,
-    and wait until metadata shows them all."""
+    and wait until metadata shows them all; ``security``: kafka-python options (``RunConfig.kafka_security``)."""
     from kafka import KafkaAdminClient  # noqa: PLC0415
     from kafka.admin import NewTopic  # noqa: PLC0415
     from kafka.errors import TopicAlreadyExistsError  # noqa: PLC0415
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="tickcast-admin",
-                             request_timeout_ms=max(1000, int(timeout_s * 1000)))
+                             request_timeout_ms=max(1000, int(timeout_s * 1000)), **(security or {}))
     try:
         for name, partitions in topics.items():
             try:

@@ -79,15 +79,20 @@ def replay(ticks: pa.Table, topic: str, producer: KafkaProducer, speed: float = 
 
 
 def replay_to_kafka(ticks: pa.Table, topic: str, bootstrap_servers: str, *, speed: float,
-                    progress: bool = True) -> ReplayStats:
-    """``tickcast replay``: :func:`replay` through a producer of its own (acks=all), closed afterwards."""
+                    progress: bool = True, security: dict | None = None,
+                    kafka_client: str = "kafka-python") -> ReplayStats:
+    """``tickcast replay``: :func:`replay` through a producer of its own (acks=all; kafka-python's or
+    librdkafka's, ``kafka_client``), closed afterwards."""
     from kafka.errors import KafkaError  # noqa: PLC0415
 
     from pipeline.config import ConfigError  # noqa: PLC0415
+    from pipeline.kafka.tls import check_tls  # noqa: PLC0415
+    from pipeline.live.clients import make_clients  # noqa: PLC0415
 
+    check_tls(bootstrap_servers, security or {})
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=5,
-                                 batch_size=256 * 1024)
+        producer = make_clients(kafka_client).producer(bootstrap_servers=bootstrap_servers.split(","), acks="all", linger_ms=5,
+                                 batch_size=256 * 1024, **(security or {}))
     except KafkaError as exc:
         raise ConfigError(f"cannot reach Kafka at {bootstrap_servers}: {exc}; is the broker running?") from None
     try:

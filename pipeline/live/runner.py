@@ -50,6 +50,7 @@ from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
 from pipeline.live import clients, messages, status
+from pipeline.kafka.tls import check_tls
 from pipeline.live.batch import Batch, step_batch
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import Delivery, Outbox
@@ -186,6 +187,7 @@ class Runner:
 
     def _connect(self) -> bool:
         def attempt() -> bool:
+            check_tls(self.cfg.bootstrap_servers, self.cfg.kafka_security())  # a refused certificate: one line
             self.conn.producer = self.delivery.make_producer()
             self.conn.consumer = clients.open_consumer(self.kafka_clients, self.cfg)
             self.conn.consumer.subscribe(self.cfg.input_topics, listener=_Listener(self))
