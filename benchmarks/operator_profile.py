@@ -12,7 +12,8 @@ duration only (nothing in the operator knows it is being timed):
 - ``late ticks``: ``refuse_late``;
 - ``features``: raw features and normalisation;
 - ``gather`` / ``scatter``: h and c rows out of and back into the state table;
-- ``LSTM + head``: ``RaggedLSTM.step`` (packing, GEMMs, the element-wise step, the dense head);
+- ``LSTM + head``: ``RaggedLSTM.step`` (the compiled time loop, or the NumPy path's packing, GEMMs and
+  gates; the dense head);
 - ``rest``: what is left (previous-tick values, sorting groups by length, the scalar columns'
   scatter, forecasts back to batch order, the expiry clock).
 
