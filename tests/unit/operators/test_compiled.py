@@ -203,5 +203,21 @@ def test_threads_deal_the_instruments_and_change_no_number(monkeypatch, threads)
 @pytest.mark.parametrize("value", ["0", "65", "two", ""])
 def test_a_bad_thread_count_is_one_line(monkeypatch, value):
     monkeypatch.setenv("TICKCAST_LOOP_THREADS", value)
-    with pytest.raises(ValueError, match="^TICKCAST_LOOP_THREADS=.* is not a whole number of threads from 1 to 64$"):
+    from operators.errors import TickcastError
+
+    with pytest.raises(TickcastError, match="^TICKCAST_LOOP_THREADS=.* is not a whole number of threads from 1 to 64$"):
         RaggedLSTM(_weights(1))
+
+
+def test_a_bad_thread_count_ends_a_command_with_one_line_and_exit_2(monkeypatch, tmp_path, capsys, bundle):
+    from pipeline.cli import main
+    from pipeline.files.sinks import write_parquet
+    from pipeline.files.synthetic import generate_ticks
+
+    write_parquet(generate_ticks(3, 300, seed=1), tmp_path / "t.parquet")
+    monkeypatch.setenv("TICKCAST_LOOP_THREADS", "two")
+    code = main(["backtest", "--input", str(tmp_path / "t.parquet"), "--model", str(bundle.path), "--out",
+                 str(tmp_path / "bt"), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == ["tickcast: error: TICKCAST_LOOP_THREADS='two' is not a whole number of threads from 1 to 64"]
