@@ -51,11 +51,10 @@ def step_batch(records: list, received_at: list[float], partitions: Partitions, 
     ticks, idx = decoded.ticks, decoded.index
     # Records a recovery replays (before the committed offset) update state and emit nothing.
     silent = partitions.silent_mask(part_ids, offs, stamps)
+    partitions.stepped(part_ids, offs)  # before the step: one that raises leaves the state dirty
     t_step = time.perf_counter()
-    partitions.dirty = True
     result = forecaster.step(ticks)
     metrics.step_seconds.observe(time.perf_counter() - t_step)
-    partitions.advance(part_ids, offs)
 
     # Dead letters: decode failures and operator refusals, with the original bytes.
     dead = [(i, reason.label, detail) for i, reason, detail in decoded.rejected]

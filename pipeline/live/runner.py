@@ -6,25 +6,24 @@ Order of one batch (at-least-once), written down because it is the contract:
    more than ``max_batch_ms`` after its first record's receipt (``inflight.BatchSizer``);
 2. decode the batch into columns; messages that are not ticks get a reason;
 3. ``Forecaster.step`` on the valid ticks; ticks it refuses get a reason;
-4. send every forecast to the output topic and every refused message, with its
-   original key and value and the reason in headers, to the dead-letter topic;
-5. flush the producer and check every send was acknowledged (retry until it is,
-   or until shutdown gives up: then nothing is committed and the batch is
-   processed again after restart);
+4. send every forecast to the output topic and every refused message, with its original key and value and
+   the reason in headers, to the dead-letter topic;
+5. flush the producer and check every send was acknowledged (retry until it is, or until shutdown gives up:
+   then nothing is committed and the batch is processed again after restart);
 6. commit the offsets after the batch's last records.
 
-A restart (or a partition moving to another process) resumes at the committed
-offsets. A partition this process starts to own is restored from its newest
-valid checkpoint and replayed silently up to the committed offset; with
-checkpoints off it begins with empty state, and the log says so loudly.
+A restart (or a partition moving to another process) resumes at the committed offsets. A partition this
+process starts to own is restored from its newest valid checkpoint and replayed silently up to the committed
+offset; with checkpoints off it begins with empty state, and the log says so loudly.
 ``processing = exactly_once`` replaces steps 4-6 with one Kafka transaction.
 
 Pipelining (``max_batches_in_flight`` > 1): steps 1-3 of the next batch run while the previous batch
 waits in step 5 (or, exactly-once, for its transaction's commit); batches are settled oldest first, so
 offsets are still committed in input order and never past a batch not yet acknowledged.
 
-Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (what each owned partition's state
-reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``batch`` (steps 2-3),
+Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (each owned partition and where its
+state stands), ``restore_plan`` (where a restored partition's state comes from), ``recovery`` (restores and
+rewinds: the plan's facts, the plan applied), ``messages`` (wire formats), ``batch`` (steps 2-3),
 ``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
 (snapshots), ``status`` (stats, what a settled batch adds to them, lag, status line). This module holds
 the lifecycle and the loop.
@@ -40,7 +39,6 @@ import time
 import numpy as np
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
-from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
@@ -109,18 +107,6 @@ class Runner:
     @property
     def stop_event(self) -> threading.Event:
         return self.stopping.event
-
-    @property
-    def consumer(self):
-        return self.conn.consumer
-
-    @consumer.setter
-    def consumer(self, value) -> None:
-        self.conn.consumer = value
-
-    @property
-    def producer(self):
-        return self.conn.producer
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_args) -> None:
@@ -220,90 +206,90 @@ class Runner:
         if self.delivery.transactional:  # the open transaction's commit ends first: the next owner sees it
             self.inflight.wait_commits(self.cfg.longest_bounded_wait_ms / 1000)
             if self.inflight and self.inflight.all_committed():
-                parts.dirty = False  # nothing stepped is uncommitted (a revoke comes inside a poll)
+                for entry in self.inflight.batches:  # committed: settled (a revoke comes inside a poll)
+                    parts.settled(entry.batch.part_ids, entry.batch.offs)
         else:  # abandon: never commit a revoked partition's offsets (its new owner reprocesses them)
             self.inflight.forget_partitions(revoked)
-        mine = [tp for tp in revoked if tp in parts.assigned]
+        mine = [tp for tp in revoked if tp in parts]
         if mine:
             self.checkpointer.checkpoint_now(mine, "revoke", wait=False)  # never block the network thread
-        parts.revoked |= set(revoked)
+        parts.revoke(revoked)
         for tp in revoked:
             part_id = parts.part_id(tp.topic, tp.partition)
             self.forecaster.drop_partition(part_id)
             self.scorer.drop_partition(part_id)
-            parts.forget(tp)
             status.drop_lag(self.metrics, tp)
-        parts.assigned -= set(revoked)
-        self.metrics.assigned_partitions.set(len(parts.assigned))
+        self.metrics.assigned_partitions.set(len(parts))
         self.metrics.rebalances.inc()
         log.info("partitions revoked", extra={"partitions": describe(revoked)})
 
     def on_assigned(self, assigned) -> None:
         # Runs on kafka-python's I/O thread, where blocking consumer calls are not allowed: the
         # restore (committed offsets, seek) happens on the loop's thread right after this poll.
-        parts = self.partitions
-        parts.assigned |= set(assigned)
-        parts.revoked -= set(assigned)
-        parts.to_restore |= set(assigned)
-        self.metrics.assigned_partitions.set(len(parts.assigned))
-        if not parts.to_restore:  # nothing to restore (an idle member of a group with few partitions): ready
-            self.metrics.ready = True
-
-    def _restore_assigned(self) -> None:
-        parts = self.partitions
-        pending, parts.to_restore = sorted(parts.to_restore & parts.assigned), set()
-        if self.recovery.restore_with_retry(pending):
+        self.partitions.assign(assigned)
+        self.metrics.assigned_partitions.set(len(self.partitions))
+        if not self.partitions.pending():  # nothing to restore (an idle member of a group with few partitions)
             self.metrics.ready = True
 
     # -- one batch ------------------------------------------------------------------------
     def _collect(self) -> tuple[list, list[float]]:
-        """Records of one micro-batch, with the time each poll returned them. Partitions assigned by a poll
-        are restored here, before their records are kept."""
-        records: list = []
-        received: list[float] = []
-        first_at = None
+        """Records of one micro-batch, with the time each poll returned them, polled until the batch window
+        closes; older batches are settled as their acknowledgements arrive. Partitions assigned by a poll are
+        restored here, before their records are kept."""
+        records, received, first_at = [], [], None  # records, when their polls returned, the first's time
         limit = self.sizer.limit()
-        parts = self.partitions
         while len(records) < limit and not self.stop_event.is_set():
-            # With batches in flight, an empty poll returns at once: the loop then settles them.
-            idle_ms = 0 if self.inflight else 200
-            wait_ms = idle_ms if first_at is None else max(0, int(
-                (self.sizer.close_at(first_at, len(records)) - time.monotonic()) * 1000))
-            try:
-                polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=limit - len(records))
-                self.metrics.broker_up.set(1)
-            except Exception as exc:  # noqa: BLE001 - kafka-python raises many kinds; all retried but these
-                if (failure := clients.consumer_failure(exc)) is not None:
-                    raise FatalError(failure) from exc
-                self.metrics.broker_errors.labels("poll").inc()
-                self.metrics.broker_up.set(0)
-                log.warning("poll failed; retrying", extra={"error": repr(exc)})
-                self.metrics.beat()  # waiting out the broker on purpose
-                self.stop_event.wait(1.0)
+            polled = self._poll(self._poll_wait_ms(first_at, len(records)), limit - len(records))
+            if polled is None:
                 continue
-            self.metrics.beat()
-            if self.inflight:
-                clients.serve_deliveries(self.conn.producer)
-            while self.inflight.ready():  # commit in order as acknowledgements arrive
-                self._settle_oldest()
+            self._settle_acknowledged()
             now = time.monotonic()
             for recs in polled.values():
                 records.extend(recs)
                 received.extend([now] * len(recs))
-            drop = parts.revoked | parts.to_restore
-            if drop and records:  # fetched before a rebalance: the new owner (or the restore's seek) reads them again
-                kept = [(r, t) for r, t in zip(records, received) if TopicPartition(r.topic, r.partition) not in drop]
-                records, received = [r for r, _ in kept], [t for _, t in kept]
-            parts.revoked.clear()
-            if parts.to_restore:
-                self._restore_assigned()
-                if self.stopping.fatal:
+            records, received = self.partitions.keep_ready(records, received)
+            if pending := self.partitions.pending():  # assigned by this poll: restored before their records
+                if self.recovery.restore_with_retry(pending):
+                    self.metrics.ready = True
+                elif self.stopping.fatal:
                     break
             if records and first_at is None:
                 first_at = now
             if not records or time.monotonic() >= self.sizer.close_at(first_at, len(records)):
                 break
         return records, received
+
+    def _poll_wait_ms(self, first_at: float | None, n: int) -> int:
+        """Until the batch window closes once it holds a record; before, 200 ms, or none with batches in flight
+        (an empty poll returns at once: the loop then settles them)."""
+        if first_at is None:
+            return 0 if self.inflight else 200
+        return max(0, int((self.sizer.close_at(first_at, n) - time.monotonic()) * 1000))
+
+    def _poll(self, wait_ms: int, max_records: int) -> dict | None:
+        """One poll; None if it failed (counted, logged, waited out: poll again). A consumer that cannot go on
+        ends the run."""
+        try:
+            polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=max_records)
+            self.metrics.broker_up.set(1)
+        except Exception as exc:  # noqa: BLE001 - kafka-python raises many kinds; all retried but these
+            if (failure := clients.consumer_failure(exc)) is not None:
+                raise FatalError(failure) from exc
+            self.metrics.broker_errors.labels("poll").inc()
+            self.metrics.broker_up.set(0)
+            log.warning("poll failed; retrying", extra={"error": repr(exc)})
+            self.metrics.beat()  # waiting out the broker on purpose
+            self.stop_event.wait(1.0)
+            return None
+        self.metrics.beat()
+        return polled
+
+    def _settle_acknowledged(self) -> None:
+        """Settle, oldest first, the batches in flight whose acknowledgements have arrived (commits in order)."""
+        if self.inflight:
+            clients.serve_deliveries(self.conn.producer)
+        while self.inflight.ready():
+            self._settle_oldest()
 
     def _process(self, records: list, received_at: list[float]) -> None:
         """Step and encode a batch; settle the oldest batches until there is room; dispatch this one (sends
@@ -318,7 +304,7 @@ class Runner:
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
         work_s = time.perf_counter() - t_batch  # and the sends issued, below (not the wait for older batches)
         while self.inflight and (self.delivery.transactional or not self.inflight.room_for_next()):
-            if not self._settle_oldest(stepped=True):
+            if not self._settle_oldest():
                 return  # aborted and rewound: these records come again
         entry = InFlightBatch(outbox, batch, out_rows, t_batch)
         t_send = time.perf_counter()
@@ -333,11 +319,10 @@ class Runner:
         while len(self.inflight) >= self.inflight.depth:
             self._settle_oldest()
 
-    def _settle_oldest(self, stepped: bool = False) -> bool:
+    def _settle_oldest(self) -> bool:
         """Settle the oldest batch in flight: its acknowledgements then its offsets (at-least-once), or its
         transaction's commit (exactly-once); then account it. False: aborted, the state rewound and every
-        batch in flight dropped (their records come again). ``stepped``: a newer batch is stepped, not yet
-        dispatched (the state stays ahead of the committed offsets)."""
+        batch in flight dropped (their records come again)."""
         entry = self.inflight.oldest()
         if self.delivery.transactional:
             if not self.delivery.finish_transaction(entry.outbox, entry.tx):
@@ -346,10 +331,8 @@ class Runner:
         else:
             self.delivery.settle(entry.outbox, entry.sent)
         self.inflight.pop()
-        self.partitions.dirty = stepped or bool(self.inflight)
+        self.partitions.settled(entry.batch.part_ids, entry.batch.offs, replayed=entry.batch.silent is not None)
         self.checkpointer.batch_done()
-        if entry.batch.silent is not None:
-            self.partitions.end_replays()
         status.account(self.metrics, self.stats, self.scorer, self.forecaster.state, entry.batch, entry.out_rows,
                        entry.started)
         self.forget_expired(entry.batch.result.expired)
