@@ -49,17 +49,25 @@ class Partition:
     def __init__(self, tp: TopicPartition, part_id: int):
         self.tp = tp
         self.part_id = part_id  # its rows' partition id in the state table
-        self.resumed = False  # restored since it was assigned
-        self.stepped_to: int | None = None  # the state reflects every record before this offset
-        self.settled_to: int | None = None  # every batch that stepped records before this offset is settled
-        self.checkpointed: int | None = None  # offset of the last checkpoint written or restored
-        self.replay_until: int | None = None  # records before this offset: step, do not emit
-        self.replay_until_ts: int | None = None  # fresh warm-up: records stamped before this (ms) are silent
-        self.lag: int | None = None  # last lag seen (status line, gauges)
+        self._resumed = False  # restored since it was assigned
+        self._stepped_to: int | None = None  # the state reflects every record before this offset
+        self._settled_to: int | None = None  # every batch that stepped records before this offset is settled
+        self._checkpointed: int | None = None  # offset of the last checkpoint written or restored
+        self._replay_until: int | None = None  # records before this offset: step, do not emit
+        self._replay_until_ts: int | None = None  # fresh warm-up: records stamped before this (ms) are silent
+        self._lag: int | None = None  # last lag seen (status line, gauges)
 
     def __repr__(self) -> str:
-        return (f"Partition({self.where}, stepped_to={self.stepped_to}, settled_to={self.settled_to}, "
-                f"checkpointed={self.checkpointed}, replay_until={self.replay_until})")
+        return (f"Partition({self.where}, stepped_to={self._stepped_to}, settled_to={self._settled_to}, "
+                f"checkpointed={self._checkpointed}, replay_until={self._replay_until})")
+
+    # Read-only views: the methods below are the only writers.
+    resumed = property(lambda self: self._resumed)
+    stepped_to = property(lambda self: self._stepped_to)
+    settled_to = property(lambda self: self._settled_to)
+    checkpointed = property(lambda self: self._checkpointed)
+    replay_until = property(lambda self: self._replay_until)
+    lag = property(lambda self: self._lag)
 
     @property
     def where(self) -> str:
@@ -67,71 +75,71 @@ class Partition:
 
     @property
     def replaying(self) -> bool:
-        return self.replay_until is not None or self.replay_until_ts is not None
+        return self._replay_until is not None or self._replay_until_ts is not None
 
     @property
     def dirty(self) -> bool:
         """Stepped past its settled offsets: a batch that stepped it is not published and committed yet."""
-        return self.stepped_to != self.settled_to
+        return self._stepped_to != self._settled_to
 
     # -- lifecycle ----------------------------------------------------------------------------
     def restart(self) -> None:
         """A restore begins: whatever the state reflected before is gone (the operator dropped its rows)."""
-        self.resumed = False
-        self.stepped_to = self.settled_to = self.checkpointed = self.replay_until = self.replay_until_ts = None
+        self._resumed = False
+        self._stepped_to = self._settled_to = self._checkpointed = self._replay_until = self._replay_until_ts = None
 
     def resume(self, resume: Resume) -> None:
         """Restored: the state reflects the records before ``resume.at``; those before ``emit_from`` (or
         stamped before ``emit_from_ts``) are replayed silently."""
-        self.resumed = True
-        self.stepped_to = self.settled_to = resume.at
-        self.checkpointed = resume.checkpointed
-        self.replay_until = resume.emit_from if (
+        self._resumed = True
+        self._stepped_to = self._settled_to = resume.at
+        self._checkpointed = resume.checkpointed
+        self._replay_until = resume.emit_from if (
             resume.emit_from is not None and resume.at is not None and resume.emit_from > resume.at) else None
-        self.replay_until_ts = resume.emit_from_ts
+        self._replay_until_ts = resume.emit_from_ts
 
     def step(self, last_offset: int) -> None:
         """A batch steps this partition's records up to ``last_offset``."""
-        self.stepped_to = _after(self.stepped_to, last_offset)
+        self._stepped_to = _after(self._stepped_to, last_offset)
 
     def settle(self, last_offset: int) -> None:
         """The batch that stepped records up to ``last_offset`` is published and committed."""
-        self.settled_to = _after(self.settled_to, last_offset)
+        self._settled_to = _after(self._settled_to, last_offset)
 
     def silent(self, offs: np.ndarray, stamps: np.ndarray) -> np.ndarray:
         """Which of these records (this partition's, in order) a recovery or warm-up replays. The first record
         of the live era ends a warm-up."""
-        if self.replay_until is not None:
-            return offs < self.replay_until
-        if self.replay_until_ts is None:
+        if self._replay_until is not None:
+            return offs < self._replay_until
+        if self._replay_until_ts is None:
             return np.zeros(len(offs), dtype=bool)
-        silent = stamps < self.replay_until_ts
+        silent = stamps < self._replay_until_ts
         if not silent.all():
-            self.replay_until_ts = None
+            self._replay_until_ts = None
             log.info("warm-up done; emitting", extra={"partition": self.where})
         return silent
 
     def end_replay(self) -> None:
         """A replay whose records are all stepped is over."""
-        reached = self.stepped_to if self.stepped_to is not None else -1
-        if self.replay_until is not None and reached >= self.replay_until:
-            until, self.replay_until = self.replay_until, None
+        reached = self._stepped_to if self._stepped_to is not None else -1
+        if self._replay_until is not None and reached >= self._replay_until:
+            until, self._replay_until = self._replay_until, None
             log.info("replay done; emitting", extra={"partition": self.where, "offset": until})
 
     def snapshot(self) -> int | None:
         """The offset a checkpoint of this state carries now (the next to read: every record before it is in
         the state), or None when there is nothing to checkpoint: no state, stepped past its settled offsets,
         mid-replay, or unchanged since its last checkpoint."""
-        if self.stepped_to is None or self.dirty or self.replaying or self.checkpointed == self.stepped_to:
+        if self._stepped_to is None or self.dirty or self.replaying or self._checkpointed == self._stepped_to:
             return None
-        return self.stepped_to
+        return self._stepped_to
 
     def checkpointed_at(self, offset: int) -> None:
         """A checkpoint of this partition at ``offset`` is written."""
-        self.checkpointed = offset
+        self._checkpointed = offset
 
     def saw_lag(self, lag: int) -> None:
-        self.lag = lag
+        self._lag = lag
 
 
 def _after(offset: int | None, last: int) -> int:
@@ -148,11 +156,8 @@ class Partitions:
         self._owned: dict[TopicPartition, Partition] = {}
         self._revoked: set[TopicPartition] = set()
 
-    def __getitem__(self, tp: TopicPartition) -> Partition:
-        """The partition ``tp``, owned (KeyError otherwise)."""
-        return self._owned[tp]
-
     def find(self, tp: TopicPartition) -> Partition | None:
+        """The partition ``tp`` itself (its methods change it), or None when it is not owned."""
         return self._owned.get(tp)
 
     def __contains__(self, tp: TopicPartition) -> bool:

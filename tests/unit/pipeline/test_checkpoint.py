@@ -709,13 +709,13 @@ def test_empty_restore_forgets_where_the_old_state_stood(bundle, tmp_path):
     from pipeline.live.partitions import Resume
 
     runner = _runner(bundle, str(tmp_path), FakeConsumer(committed=None))
-    partition = runner.partitions[TP]
+    partition = runner.partitions.find(TP)
     partition.resume(Resume(400, checkpointed=400))
     partition.step(499)
     partition.settle(499)
     assert partition.snapshot() == 500
     runner.recovery.restore(TP)
-    assert runner.partitions[TP].stepped_to is None
+    assert runner.partitions.find(TP).stepped_to is None
     assert runner.checkpointer.snapshots([TP]) == [], "a checkpoint would be labelled with an offset its state does not reflect"
 
 
@@ -737,7 +737,7 @@ def test_a_wrong_typed_manifest_is_skipped_not_retried_forever(bundle, tmp_path,
     waits = []
     runner.stop_event.wait = lambda s: (waits.append(s), len(waits) >= 3 and runner.stop_event.set())[0]
     assert runner.recovery.restore_with_retry([TP]) is True and waits == []
-    assert runner.conn.consumer.seeks == [100] and runner.partitions[TP].replay_until == 300
+    assert runner.conn.consumer.seeks == [100] and runner.partitions.find(TP).replay_until == 300
     assert _load_failures(runner) == 1
 
 
@@ -780,8 +780,8 @@ def test_checkpoint_older_than_the_log_start_replays_what_retention_left(bundle,
     root, _ = _bad_then_good(bundle, tmp_path, state)
     runner = _runner(bundle, root, FakeConsumer(committed=300, log_start=250))
     runner.recovery.restore(TP)
-    assert runner.conn.consumer.seeks == [250] and runner.partitions[TP].replay_until == 300
-    assert runner.partitions[TP].checkpointed == 200 and runner.partitions[TP].stepped_to == 250
+    assert runner.conn.consumer.seeks == [250] and runner.partitions.find(TP).replay_until == 300
+    assert runner.partitions.find(TP).checkpointed == 200 and runner.partitions.find(TP).stepped_to == 250
     warned = [r for r in caplog.records if "deleted by retention" in r.getMessage()]
     assert warned and warned[0].missing == 50
 
@@ -790,4 +790,4 @@ def test_checkpoint_behind_a_log_start_past_the_committed_offset(bundle, tmp_pat
     root, _ = _bad_then_good(bundle, tmp_path, state)
     runner = _runner(bundle, root, FakeConsumer(committed=300, log_start=400))
     runner.recovery.restore(TP)
-    assert runner.conn.consumer.seeks == [300] and runner.partitions[TP].replay_until is None
+    assert runner.conn.consumer.seeks == [300] and runner.partitions.find(TP).replay_until is None

@@ -35,7 +35,7 @@ class SlowStore:
 def _checkpointer(store) -> Checkpointer:
     parts = Partitions(["ticks"])
     parts.assign([TP])
-    parts[TP].resume(Resume(42))  # its state reflects every record before 42, none checkpointed yet
+    parts.find(TP).resume(Resume(42))  # its state reflects every record before 42, none checkpointed yet
     forecaster = SimpleNamespace(export_partition=lambda part_id: pa.table({"instrument": ["A"]}))
     bundle = SimpleNamespace(model_version="v", feature_spec=SimpleNamespace(to_dict=lambda: {}))
     cfg = SimpleNamespace(checkpoint_interval_s=0, checkpoint_every_batches=0)
@@ -62,9 +62,9 @@ def test_the_writer_hands_back_what_it_wrote_and_the_partition_learns_it_on_the_
     ck = _checkpointer(store)
     ck.checkpoint_now([TP], "shutdown")
     assert store.written == [("ticks", 0, 42)]
-    assert ck.partitions[TP].checkpointed is None, "the writer's thread never writes a partition's state"
+    assert ck.partitions.find(TP).checkpointed is None, "the writer's thread never writes a partition's state"
     assert ck.snapshots([TP]) == [], "told before the next snapshot: unchanged since its checkpoint"
-    assert ck.partitions[TP].checkpointed == 42
+    assert ck.partitions.find(TP).checkpointed == 42
     ck.close()
 
 

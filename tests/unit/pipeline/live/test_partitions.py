@@ -23,7 +23,7 @@ def owned(*tps) -> Partitions:
     parts = Partitions(["ticks"])
     parts.assign(tps)
     for tp in tps:
-        parts[tp].resume(Resume(0))
+        parts.find(tp).resume(Resume(0))
     return parts
 
 
@@ -34,11 +34,11 @@ def ids(parts: Partitions, tps_offsets) -> tuple[np.ndarray, np.ndarray]:
 
 def test_the_collection_hands_out_the_partition_itself_and_nothing_for_one_not_owned():
     parts = owned(TP0)
-    parts[TP0].step(9)
-    assert parts[TP0].stepped_to == 10, "what is written through the partition stays written"
-    assert parts.find(TP1) is None and TP1 not in parts
-    with pytest.raises(KeyError):
-        parts[TP1]  # noqa: B018 - the lookup is the test
+    parts.find(TP0).step(9)
+    assert parts.find(TP0).stepped_to == 10, "what is written through the partition stays written"
+    assert parts.find(TP1) is None and TP1 not in parts, "not owned: nothing to write to"
+    with pytest.raises(AttributeError):
+        parts.find(TP0).stepped_to = 3  # read-only: only its lifecycle methods change it
     parts.revoke([TP0])
     assert parts.find(TP0) is None and len(parts) == 0
 
@@ -50,7 +50,7 @@ def test_records_of_revoked_and_not_yet_restored_partitions_are_dropped_once():
     records = [Record("ticks", p, o) for p, o in [(0, 1), (1, 1), (2, 1), (0, 2)]]
     kept, times = parts.keep_ready(records, [0.0, 1.0, 2.0, 3.0])
     assert [(r.partition, r.offset) for r in kept] == [(0, 1), (0, 2)] and times == [0.0, 3.0]
-    parts[TP2].resume(Resume(0))
+    parts.find(TP2).resume(Resume(0))
     kept, _ = parts.keep_ready(records, [0.0] * 4)
     assert [r.partition for r in kept] == [0, 1, 2, 0], "a revoke drops the records of one poll only"
 
@@ -58,7 +58,7 @@ def test_records_of_revoked_and_not_yet_restored_partitions_are_dropped_once():
 def test_a_snapshot_is_taken_of_settled_state_that_moved_since_its_checkpoint_and_not_mid_replay(caplog):
     parts = Partitions(["ticks"])
     parts.assign([TP0])
-    p = parts[TP0]
+    p = parts.find(TP0)
     assert p.snapshot() is None, "no state yet"
     p.resume(Resume(100, checkpointed=100, emit_from=300))
     assert p.replay_until == 300 and p.snapshot() is None
@@ -76,20 +76,20 @@ def test_a_snapshot_is_taken_of_settled_state_that_moved_since_its_checkpoint_an
 def test_a_warm_up_of_a_fresh_group_ends_at_the_first_record_of_the_live_era(caplog):
     parts = Partitions(["ticks"])
     parts.assign([TP0])
-    parts[TP0].resume(Resume(0, emit_from_ts=1000))
+    parts.find(TP0).resume(Resume(0, emit_from_ts=1000))
     pid, offs = ids(parts, [(TP0, 0), (TP0, 1), (TP0, 2)])
     assert parts.silent_mask(pid, offs, np.array([10, 20, 30])).tolist() == [True, True, True]
     with caplog.at_level(logging.INFO, logger="tickcast.run"):
         assert parts.silent_mask(pid, offs + 3, np.array([40, 1000, 50])).tolist() == [True, False, True]
-    assert "warm-up done; emitting" in caplog.messages and not parts[TP0].replaying
+    assert "warm-up done; emitting" in caplog.messages and not parts.find(TP0).replaying
     assert parts.silent_mask(pid, offs + 6, np.array([60, 70, 80])) is None, "over: every later record emits"
 
 
 def test_a_restore_forgets_where_the_state_stood():
     parts = owned(TP0)
-    parts[TP0].step(41)
-    parts[TP0].restart()
-    assert (parts[TP0].stepped_to, parts[TP0].settled_to, parts[TP0].resumed) == (None, None, False)
+    parts.find(TP0).step(41)
+    parts.find(TP0).restart()
+    assert (parts.find(TP0).stepped_to, parts.find(TP0).settled_to, parts.find(TP0).resumed) == (None, None, False)
     assert parts.pending() == [TP0] and not parts.dirty
 
 
@@ -138,7 +138,7 @@ def test_dirty_is_exactly_a_batch_stepped_and_not_settled(case):
         touched = {tp for b in open_batches for tp, _ in batches[b]}
         assert parts.dirty == bool(open_batches)
         for tp in (TP0, TP1, TP2):
-            assert parts[tp].dirty == (tp in touched)
-            assert (parts[tp].snapshot() is None) or tp not in touched, "a snapshot of unsettled state"
+            assert parts.find(tp).dirty == (tp in touched)
+            assert (parts.find(tp).snapshot() is None) or tp not in touched, "a snapshot of unsettled state"
     final = {tp: max((o for b in batches for t, o in b if t == tp), default=-1) + 1 for tp in (TP0, TP1, TP2)}
-    assert {tp: parts[tp].snapshot() for tp in final} == final, "all settled: each at the record after its last"
+    assert {tp: parts.find(tp).snapshot() for tp in final} == final, "all settled: each at the record after its last"
