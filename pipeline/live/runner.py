@@ -44,7 +44,7 @@ from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
 from operators.engines import compiled_line
 from pipeline import logs
-from pipeline.checkpoint import group_store
+from pipeline.checkpoint import CheckpointStore, group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
 from pipeline.live import clients, messages, status
@@ -64,8 +64,11 @@ log = logs.get("run")
 
 
 class Runner:
+    """The live runtime, wired from its config. Its two doors to the outside can be given instead of made from
+    the config (tests, embedding): the Kafka client factory and the checkpoint store."""
+
     def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics,
-                 kafka_clients: clients.KafkaClients | None = None):
+                 kafka_clients: clients.KafkaClients | None = None, store: CheckpointStore | None = None):
         self.cfg = config
         self.bundle = bundle
         self.metrics = metrics
@@ -89,9 +92,8 @@ class Runner:
         # shared by every producer this run makes; memoises the forecast topic's keys (instruments) only
         self.partitioner = clients.CachingPartitioner(cached_topics=frozenset({config.output_topic}))
         self.partitions = Partitions(config.input_topics)
-        self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
-                                  config.checkpoint_key())
-                      if config.checkpoint_uri else None)
+        self.store = store or (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
+                                           config.checkpoint_key()) if config.checkpoint_uri else None)
         self.recovery = Recovery(config, bundle, self.forecaster, self.store, self.partitions, self.conn,
                                  self.kafka_clients, metrics, self.stopping)
         self.delivery = Delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics, self.stats,
@@ -260,15 +262,13 @@ class Runner:
         return records, received
 
     def _poll_wait_ms(self, first_at: float | None, n: int) -> int:
-        """Until the batch window closes once it holds a record; before, 200 ms, or none with batches in flight
-        (an empty poll returns at once: the loop then settles them)."""
+        """Until the batch window closes; before its first record 200 ms, or 0 with batches in flight to settle."""
         if first_at is None:
             return 0 if self.inflight else 200
         return max(0, int((self.sizer.close_at(first_at, n) - time.monotonic()) * 1000))
 
     def _poll(self, wait_ms: int, max_records: int) -> dict | None:
-        """One poll; None if it failed (counted, logged, waited out: poll again). A consumer that cannot go on
-        ends the run."""
+        """One poll; None if it failed (counted, logged, waited out). A consumer that cannot go on ends the run."""
         try:
             polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=max_records)
             self.metrics.broker_up.set(1)
