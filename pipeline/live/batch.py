@@ -34,6 +34,7 @@ class Batch:
     forecasts: np.ndarray
     dead: list[DeadLetter]
     silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
+    stepped: dict  # TopicPartition -> highest offset stepped (``Partitions.settled`` once settled)
 
 
 def step_batch(records: list, received_at: list[float], partitions: Partitions, forecaster: Forecaster,
@@ -51,7 +52,7 @@ def step_batch(records: list, received_at: list[float], partitions: Partitions, 
     ticks, idx = decoded.ticks, decoded.index
     # Records a recovery replays (before the committed offset) update state and emit nothing.
     silent = partitions.silent_mask(part_ids, offs, stamps)
-    partitions.stepped(part_ids, offs)  # before the step: one that raises leaves the state dirty
+    stepped = partitions.stepped(part_ids, offs)  # before the step: one that raises leaves the state dirty
     t_step = time.perf_counter()
     result = forecaster.step(ticks)
     metrics.step_seconds.observe(time.perf_counter() - t_step)
@@ -69,4 +70,4 @@ def step_batch(records: list, received_at: list[float], partitions: Partitions, 
         stats.replayed += n_silent
         metrics.replayed_ticks.inc(n_silent)
     return Batch(records, received_at, ticks, part_ids, offs, idx, result, rows, forecasts,
-                 [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent)
+                 [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent, stepped)

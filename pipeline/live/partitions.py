@@ -230,16 +230,19 @@ class Partitions:
                 silent[mine] = p.silent(offs[mine], stamps[mine])
         return silent if silent.any() else None
 
-    def stepped(self, part_ids: np.ndarray, offs: np.ndarray) -> None:
-        """A batch steps these records (called before the step: one that raises leaves the state dirty)."""
-        for tp, last in self.last_offsets(part_ids, offs).items():
+    def stepped(self, part_ids: np.ndarray, offs: np.ndarray) -> dict[TopicPartition, int]:
+        """A batch steps these records (called before the step: one that raises leaves the state dirty). The
+        highest offset stepped per partition, which ``settled`` takes once the batch is settled."""
+        last_offsets = self.last_offsets(part_ids, offs)
+        for tp, last in last_offsets.items():
             if (p := self._owned.get(tp)) is not None:
                 p.step(last)
+        return last_offsets
 
-    def settled(self, part_ids: np.ndarray, offs: np.ndarray, replayed: bool = False) -> None:
-        """The batch that stepped these records is published and committed; ``replayed``: it replayed some
-        silently (a replay stepped to its end is over)."""
-        for tp, last in self.last_offsets(part_ids, offs).items():
+    def settled(self, last_offsets: dict[TopicPartition, int], replayed: bool = False) -> None:
+        """The batch that stepped up to these offsets is published and committed; ``replayed``: it replayed
+        some records silently (a replay stepped to its end is over)."""
+        for tp, last in last_offsets.items():
             if (p := self._owned.get(tp)) is not None:
                 p.settle(last)
         if replayed:

@@ -209,7 +209,7 @@ class Runner:
             self.inflight.wait_commits(self.cfg.longest_bounded_wait_ms / 1000)
             if self.inflight and self.inflight.all_committed():
                 for entry in self.inflight.batches:  # committed: settled (a revoke comes inside a poll)
-                    parts.settled(entry.batch.part_ids, entry.batch.offs)
+                    parts.settled(entry.batch.stepped)
         else:  # abandon: never commit a revoked partition's offsets (its new owner reprocesses them)
             self.inflight.forget_partitions(revoked)
         mine = [tp for tp in revoked if tp in parts]
@@ -331,7 +331,7 @@ class Runner:
         else:
             self.delivery.settle(entry.outbox, entry.sent)
         self.inflight.pop()
-        self.partitions.settled(entry.batch.part_ids, entry.batch.offs, replayed=entry.batch.silent is not None)
+        self.partitions.settled(entry.batch.stepped, replayed=entry.batch.silent is not None)
         self.checkpointer.batch_done()
         status.account(self.metrics, self.stats, self.scorer, self.forecaster.state, entry.batch, entry.out_rows,
                        entry.started)

@@ -62,11 +62,11 @@ def test_a_snapshot_is_taken_of_settled_state_that_moved_since_its_checkpoint_an
     assert p.snapshot() is None, "no state yet"
     p.resume(Resume(100, checkpointed=100, emit_from=300))
     assert p.replay_until == 300 and p.snapshot() is None
-    pid, offs = ids(parts, [(TP0, o) for o in range(100, 300)])
-    parts.stepped(pid, offs)
+    stepped = parts.stepped(*ids(parts, [(TP0, o) for o in range(100, 300)]))
+    assert stepped == {TP0: 299}
     assert parts.dirty and p.snapshot() is None, "stepped, not settled"
     with caplog.at_level(logging.INFO, logger="tickcast.run"):
-        parts.settled(pid, offs, replayed=True)
+        parts.settled(stepped, replayed=True)
     assert "replay done; emitting" in caplog.messages
     assert not parts.dirty and p.snapshot() == 300
     p.checkpointed_at(300)
@@ -126,15 +126,12 @@ def pipelined_batches(draw):
 def test_dirty_is_exactly_a_batch_stepped_and_not_settled(case):
     batches, events = case
     parts = owned(TP0, TP1, TP2)
-    open_batches: set[int] = set()
+    open_batches: dict[int, dict] = {}  # stepped, not settled: what each stepped
     for kind, i in events:
-        pid, offs = ids(parts, batches[i])
         if kind == "step":
-            parts.stepped(pid, offs)
-            open_batches.add(i)
+            open_batches[i] = parts.stepped(*ids(parts, batches[i]))
         else:
-            parts.settled(pid, offs)
-            open_batches.discard(i)
+            parts.settled(open_batches.pop(i))
         touched = {tp for b in open_batches for tp, _ in batches[b]}
         assert parts.dirty == bool(open_batches)
         for tp in (TP0, TP1, TP2):
