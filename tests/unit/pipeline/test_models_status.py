@@ -115,3 +115,28 @@ def test_the_default_url_is_the_configured_metrics_port_on_localhost(endpoint, c
     monkeypatch.setenv("TICKCAST_METRICS_ADDRESS", f"0.0.0.0:{port}")
     assert main(["models", "status"]) == 0
     assert "prim " in capsys.readouterr().out
+
+
+def test_every_metric_the_dashboard_queries_is_defined_in_pipeline_metrics():
+    import json
+    import re
+    from pathlib import Path
+
+    from tests.support.metric_names import exported_names
+
+    dashboard = json.loads((Path(__file__).parents[3] / "deploy" / "grafana" / "tickcast.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if isinstance(v.get("query"), dict)]
+    named = {n for e in exprs for n in re.findall(r"\btickcast_[a-z0-9_]+", e)}
+    m = Metrics()
+    m.publish_comparison(_snapshot())
+    exported = exported_names(generate_latest(m.registry).decode())
+    assert not sorted(named - exported), "queried but not defined"
+    comparison = [p for p in dashboard["panels"] if p["title"].startswith("Model comparison")]
+    queried = {n for p in comparison for t in p["targets"] for n in re.findall(r"\btickcast_[a-z0-9_]+", t["expr"])}
+    assert {"tickcast_model_score", "tickcast_model_paired_difference", "tickcast_model_forecasts_scored_total",
+            "tickcast_model_started_timestamp_seconds"} <= queried
+    # Each model's series has samples once a snapshot is published (not only a declaration).
+    samples = {line.split("{")[0].split(" ")[0] for line in generate_latest(m.registry).decode().splitlines()
+               if line.startswith("tickcast_model_")}
+    assert queried <= samples
