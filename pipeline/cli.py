@@ -83,11 +83,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-batch-ticks must be >= 1, got {args.max_batch_ticks}")
     config = _forecaster_config(args)
     bundle = load_bundle(args.model)
+    candidates = [load_bundle(d) for d in args.candidate or []]
     source = _tick_input(args)
     loaded = load_ticks(source)
     result = run_backtest(loaded.ticks, bundle, args.out, max_batch_ticks=args.max_batch_ticks, config=config,
                           source_name=source.name(with_range=True), plots=not args.no_plots, progress=not args.quiet,
-                          undecodable=loaded.undecodable)
+                          undecodable=loaded.undecodable, candidates=candidates)
     print(console.format_summary(result.summary, result.out_dir))
     return 0
 
@@ -293,6 +294,9 @@ def _add_later_parsers(sub) -> None:
     p = sub.add_parser("backtest", help="stream a tick file through the operator and score the forecasts")
     add_input_args(p)
     p.add_argument("--model", required=True, help="model bundle directory (from `tickcast train`)")
+    p.add_argument("--candidate", action="append", metavar="DIR", help="a candidate model bundle, stepped over the "
+                   "same ticks with its own state and compared with --model (repeatable; its forecasts in "
+                   "OUT/candidates/<model_version>/)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-batch-ticks", type=int,
                    default=int(os.environ.get("TICKCAST_MAX_BATCH_TICKS", DEFAULT_MAX_BATCH_TICKS)),
