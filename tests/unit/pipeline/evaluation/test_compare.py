@@ -51,6 +51,13 @@ def test_the_resample_means_equal_the_loop_reference(n, block):
                                rtol=1e-10, atol=1e-12)
 
 
+def test_several_series_are_resampled_with_the_same_draws_as_one():
+    d = np.random.default_rng(2).normal(0, 1, (90, 3))
+    together = moving_block_means(d, 5, 200, seed=9)
+    for j in range(3):
+        np.testing.assert_allclose(together[:, j], reference_means(d[:, j], 5, 200, 9), rtol=1e-10)
+
+
 def test_the_interval_is_the_percentiles_of_the_reference_resamples():
     d = ar1(np.random.default_rng(5), 400, 0.5, 0.2)
     iv = block_interval(d, resamples=500, seed=3)
