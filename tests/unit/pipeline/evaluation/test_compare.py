@@ -128,11 +128,14 @@ class Reference:
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 40), st.integers(0, 2), st.integers(0, 10_000))
-def test_the_window_holds_the_last_matured_ticks_of_every_model(horizon, window, candidates, seed):
+@given(st.integers(1, 4), st.integers(1, 40), st.integers(0, 2), st.integers(0, 10_000),
+       st.one_of(st.none(), st.integers(1, 60)))
+def test_the_window_holds_the_last_matured_ticks_of_every_model(horizon, window, candidates, seed, block):
+    """Windows smaller than a block included: the block is then the whole window."""
     rng = np.random.default_rng(seed)
     versions = ["p", *[f"c{i}" for i in range(candidates)]]
-    scorer = ComparisonScorer(horizon, versions[0], versions[1:], window=window, resamples=50, clock=lambda: 5.0)
+    scorer = ComparisonScorer(horizon, versions[0], versions[1:], window=window, block=block, resamples=50,
+                              clock=lambda: 5.0)
     ref = Reference(horizon)
     keys = [(0, "A"), (0, "B"), (1, "A")]
     for _ in range(int(rng.integers(1, 8))):
@@ -146,7 +149,7 @@ def test_the_window_holds_the_last_matured_ticks_of_every_model(horizon, window,
     r = np.array([m[0] for m in last]).reshape(-1)
     fc = np.array([m[1] for m in last]).reshape(-1, len(versions))
     snap = scorer.snapshot()
-    expected = compare_forecasts(r, fc, versions, started={v: 5.0 for v in versions}, resamples=50)
+    expected = compare_forecasts(r, fc, versions, started={v: 5.0 for v in versions}, block=block, resamples=50)
     assert snap.models[0].scored_total == sum(math.isfinite(m[1][0]) for m in ref.matured)
     for got, want in zip(snap.models, expected.models):  # realised: np.log here, math.log there
         g, w = got.to_dict(), want.to_dict()
@@ -159,6 +162,7 @@ def test_the_window_holds_the_last_matured_ticks_of_every_model(horizon, window,
             assert [got.interval.mid, got.interval.low, got.interval.high] == pytest.approx(
                 [want.interval.mid, want.interval.low, want.interval.high], rel=1e-9, abs=1e-15)
     assert snap.window == len(last)
+    assert all(d.interval.block <= snap.paired for d in snap.differences if d.interval)
     assert snap.paired == int(np.isfinite(fc).all(axis=1).sum()) if len(last) else snap.paired == 0
     assert [m.role for m in snap.models] == ["primary"] + ["candidate"] * candidates
     assert [m.started for m in snap.models] == [5.0] * len(versions)
