@@ -388,7 +388,7 @@ class Producer:
 
 
 class ConfluentClients:
-    """The factory of ``kafka_client = confluent``: the same methods as ``pipeline.live.clients.KafkaClients``."""
+    """The factory of ``kafka_client = confluent``: the same methods as ``pipeline.kafka.clients.KafkaClients``."""
 
     def consumer(self, **config) -> Consumer:
         return Consumer(**config)
