@@ -47,7 +47,7 @@ def _model(name: str, hidden: int):
 
 def custom_bundle(name: str, folder: Path, hidden: int = HIDDEN) -> Bundle:
     """The chain saved as a .keras file and bundled as `tickcast bundle --keras` does, loaded with Keras."""
-    from operators.keras_bundle import bundle_keras_model  # noqa: PLC0415
+    from operators.bundle_from_keras import bundle_keras_model  # noqa: PLC0415
 
     model_file = folder / f"{name}.keras"
     _model(name, hidden).save(model_file)

@@ -66,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from pipeline.bundling import bundle_keras, describe_bundle  # noqa: PLC0415
+    from pipeline.bundle_command import bundle_keras, describe_bundle  # noqa: PLC0415
 
     bundle, path = bundle_keras(args.keras, args.features, _tick_input(args), args.out, args.horizon, args.target_scale,
                                 args.outputs)
@@ -182,9 +182,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.serve import serve  # noqa: PLC0415
+    from pipeline.run_command import run_live  # noqa: PLC0415
 
-    return serve(_run_config(args))
+    return run_live(_run_config(args))
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
