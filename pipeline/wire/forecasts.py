@@ -1,7 +1,7 @@
 """Forecast messages: JSON (one per forecast, keyed by instrument) or Arrow IPC (one per output partition,
 at most ``ARROW_ROWS_PER_MESSAGE`` rows), and reading an Arrow one back.
 
-The formats are documented in the README ("Forecast messages"); their Arrow schema is
+The formats are documented in the README ("Output message (forecast)"); their Arrow schema is
 ``pipeline.wire.schemas.FORECAST_MESSAGE_SCHEMA``.
 """
 
