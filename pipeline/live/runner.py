@@ -23,7 +23,7 @@ offsets are still committed in input order and never past a batch not yet acknow
 
 Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (each owned partition and where its
 state stands), ``restore_plan`` (where a restored partition's state comes from), ``recovery`` (restores and
-rewinds: the plan's facts, the plan applied), ``messages`` (wire formats), ``batch`` (steps 2-3),
+rewinds: the plan's facts, the plan applied), ``pipeline.wire`` (message formats), ``batch`` (steps 2-3),
 ``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
 (snapshots), ``status`` (stats, what a settled batch adds to them, lag, status line). This module holds
 the lifecycle and the loop.
@@ -47,32 +47,33 @@ from pipeline import logs
 from pipeline.checkpoint import CheckpointStore, group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
-from pipeline.live import clients, messages, status
+from pipeline.live import clients, status
+from pipeline.kafka.clients import KafkaClients, make_clients
 from pipeline.kafka.tls import check_tls
-from pipeline.live.batch import Batch, step_batch
+from pipeline.live.batch import step_batch
 from pipeline.live.checkpointer import Checkpointer
-from pipeline.live.delivery import Delivery, Outbox
-from pipeline.live.inflight import BatchSizer, InFlight, InFlightBatch
-from pipeline.live.messages import Outgoing
+from pipeline.live.delivery import Delivery
+from pipeline.live.inflight import Batch, BatchSizer, InFlight, InFlightBatch, Outbox
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
+from pipeline.wire.forecasts import JsonNames, encode_arrow, encode_json, last_per_group
+from pipeline.wire.outgoing import Outgoing
 
 log = logs.get("run")
 
 
 class Runner:
-    """The live runtime, wired from its config. Its two doors to the outside can be given instead of made from
-    the config (tests, embedding): the Kafka client factory and the checkpoint store."""
+    """The live runtime from its config; its Kafka client factory and checkpoint store may be given instead."""
 
     def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics,
-                 kafka_clients: clients.KafkaClients | None = None, store: CheckpointStore | None = None):
+                 kafka_clients: KafkaClients | None = None, store: CheckpointStore | None = None):
         self.cfg = config
         self.bundle = bundle
         self.metrics = metrics
-        self.kafka_clients = kafka_clients or clients.make_clients(config.kafka_client)
+        self.kafka_clients = kafka_clients or make_clients(config.kafka_client)
         self.forecaster = Forecaster(bundle, ForecasterConfig(
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
@@ -88,7 +89,7 @@ class Runner:
         self.stats = RunStats()
         self.stopping = Stopping(config.shutdown_timeout_s)
         self.conn = clients.Connection()
-        self.json_names = messages.JsonNames()
+        self.json_names = JsonNames()
         # shared by every producer this run makes; memoises the forecast topic's keys (instruments) only
         self.partitioner = clients.CachingPartitioner(cached_topics=frozenset({config.output_topic}))
         self.partitions = Partitions(config.input_topics)
@@ -235,9 +236,8 @@ class Runner:
 
     # -- one batch ------------------------------------------------------------------------
     def _collect(self) -> tuple[list, list[float]]:
-        """Records of one micro-batch, with the time each poll returned them, polled until the batch window
-        closes; older batches are settled as their acknowledgements arrive. Partitions assigned by a poll are
-        restored here, before their records are kept."""
+        """Records of one micro-batch and when each poll returned them, polled until the batch window closes;
+        older batches settle as their acknowledgements arrive, partitions a poll assigns are restored."""
         records, received, first_at = [], [], None  # records, when their polls returned, the first's time
         limit = self.sizer.limit()
         while len(records) < limit and not self.stop_event.is_set():
@@ -355,7 +355,7 @@ class Runner:
     def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Tick rows to publish and their forecasts: all, or the last per instrument (``output_mode``)."""
         if self.cfg.output_mode == "last_per_instrument" and len(batch.rows):
-            keep = messages.last_per_group(batch.ticks, batch.rows)
+            keep = last_per_group(batch.ticks, batch.rows)
         else:
             keep = np.arange(len(batch.rows))
         return batch.rows[keep], batch.forecasts[keep]
@@ -367,12 +367,12 @@ class Runner:
                 return []
             topic = self.cfg.output_topic
             partitions = self.delivery.sender.await_topic(topic)
-            return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, partitions,
+            return encode_arrow(self.bundle, self.cfg.input_topics, topic, partitions,
                                 self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
                                 batch.part_ids, batch.offs)
-        return messages.encode_json(self.bundle, self.json_names, self.cfg.output_topic, batch.ticks, out_rows,
-                                    forecasts, msg_index, [r.topic for r in batch.records], batch.part_ids,
-                                    batch.offs)
+        return encode_json(self.bundle, self.json_names, self.cfg.output_topic, batch.ticks, out_rows,
+                           forecasts, msg_index, [r.topic for r in batch.records], batch.part_ids,
+                           batch.offs)
 
 
 def freeze_long_lived_objects() -> None:

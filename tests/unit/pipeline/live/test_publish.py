@@ -25,9 +25,9 @@ from prometheus_client import CollectorRegistry
 from operators.features import FEATURE_NAMES
 from pipeline.config import ConfigError, RunConfig
 from pipeline.live import status
-from pipeline.live.clients import KafkaClients
-from pipeline.live.delivery import Outbox
-from pipeline.live.messages import DeadLetter, Outgoing
+from pipeline.kafka.clients import KafkaClients
+from pipeline.live.inflight import Outbox
+from pipeline.wire.outgoing import DeadLetter, Outgoing
 from pipeline.live.runner import Runner
 from pipeline.live.stopping import FatalError, PublishTimeout
 from pipeline.metrics import Metrics
