@@ -107,7 +107,7 @@ def test_offsets_are_committed_in_order_when_acknowledgements_arrive_out_of_orde
         # The newest batch in flight is acknowledged before the older one: a newer batch's acks come first.
         if len(runner.inflight) == 2:
             older, newer = runner.inflight.batches[0], runner.inflight.batches[1]
-            fake.producers[-1].release(f for _, f in newer.sent)
+            fake.producers[-1].release(f for _, f in newer.pending)
             out_of_order.append(newer.acknowledged() and not older.acknowledged())
 
     watch_steps(runner, before=ack_newest_first)
