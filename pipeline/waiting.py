@@ -17,6 +17,11 @@ a call bounded in time.
   most ``limit_s`` (the caller's error class after that; the thread is abandoned, the caller replaces the
   client it blocked on), beating liveness meanwhile.
 
+Waits in pipeline/live and pipeline/kafka that are not retries and keep their own form: one wait on a
+future or a process with its own timeout (the shutdown checkpoint's write, a revoke's wait for the open
+transaction's commit, the embedded broker's process exit), the stall watch's ticker thread, and the embedded
+broker command waiting for its signal.
+
 Why a helper of our own and not ``tenacity``: tenacity covers the retry loop (``stop_when_event_set``, a
 custom ``sleep``), but not the rest of what the runtime needs, which would be written around it anyway: a
 three-way verdict per failure (raise, give up quietly, retry) that the five retrying callers share; a
@@ -72,10 +77,10 @@ def pause(seconds: float, *, stop: threading.Event | None = None, wake: threadin
           deadline: Deadline = None) -> bool:
     """Sleep ``seconds``, ending early at ``deadline`` or when ``stop`` is set. False: stopped."""
     end = time.monotonic() + seconds
+    left = seconds
     while True:
         if stop is not None and stop.is_set():
             return False
-        left = end - time.monotonic()
         until_deadline = left_s(deadline)
         if until_deadline is not None:
             left = min(left, until_deadline)
@@ -86,6 +91,7 @@ def pause(seconds: float, *, stop: threading.Event | None = None, wake: threadin
         if wake is not None and not wake.is_set():
             if not wake.wait(left):
                 return True  # slept it out
+            left = end - time.monotonic()
             continue  # woken: the deadline may be nearer now
         time.sleep(left)
         return True
@@ -93,8 +99,8 @@ def pause(seconds: float, *, stop: threading.Event | None = None, wake: threadin
 
 def retry(attempt: Callable[[], Any], on_error: Callable[[Exception, float], Any] | None = None, *,
           retry_on: type[Exception] | tuple[type[Exception], ...] = Exception, backoff: Backoff = Backoff(),
-          stop: threading.Event | None = None, deadline: Deadline = None, wake: threading.Event | None = None, beat: Callable[[], None] | None = None,
-          sleep: Callable[[float], Any] | None = None) -> Any:
+          stop: threading.Event | None = None, deadline: Deadline = None, wake: threading.Event | None = None,
+          beat: Callable[[], None] | None = None, sleep: Callable[[float], Any] | None = None) -> Any:
     """``attempt()`` until it returns; what it returned, or None when given up or stopped (module docstring).
 
     ``beat`` (liveness) runs before every try: waiting on the broker is waiting on purpose. ``sleep`` replaces

@@ -43,7 +43,8 @@ class DeliveryStrategy(Protocol):
 
 
 def open_delivery(cfg: RunConfig, conn: Connection, clients: KafkaClients, partitioner: CachingPartitioner,
-                  metrics: Metrics, stopping: Stopping, stall: StallWatch, rewind: Callable[[], None]) -> DeliveryStrategy:
+                  metrics: Metrics, stopping: Stopping, stall: StallWatch,
+                  rewind: Callable[[], None]) -> DeliveryStrategy:
     """The strategy ``cfg.processing`` asks for. ``rewind``: back to the committed offsets (exactly-once)."""
     sender = Sender(cfg, conn, metrics, stopping)
     if cfg.processing == "exactly_once":

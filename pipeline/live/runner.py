@@ -23,11 +23,11 @@ Pipelining (``max_batches_in_flight`` > 1): steps 1-3 of the next batch run whil
 waits in step 5 (or, exactly-once, for its transaction's commit); batches are settled oldest first, so
 offsets are still committed in input order and never past a batch not yet acknowledged.
 
-Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (what each owned partition's state
-reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``batch`` (steps 2-3),
-``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
-(snapshots), ``status`` (stats, what a settled batch adds to them, lag, status line). This module holds
-the lifecycle and the loop.
+Who does what: ``clients`` (Kafka clients), ``pipeline.waiting`` (retries, bounded calls), ``partitions``
+(what each owned partition's state reflects), ``recovery`` (restores and rewinds), ``messages`` (wire
+formats), ``batch`` (steps 2-3), ``delivery`` (steps 4-6: ``at_least_once`` or ``exactly_once``),
+``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer`` (snapshots), ``status`` (stats,
+what a settled batch adds to them, lag, status line). This module holds the lifecycle and the loop.
 """
 
 from __future__ import annotations

@@ -127,8 +127,8 @@ class Sender:
                                "error": repr(exc)})
 
         try:
-            partitions = retry(attempt, on_error, retry_on=(KafkaError, _TopicMissing), backoff=Backoff(0.5, 0.5), deadline=self.stopping.drain_deadline,
-                               wake=self.stopping.event)
+            partitions = retry(attempt, on_error, retry_on=(KafkaError, _TopicMissing), backoff=Backoff(0.5, 0.5),
+                               deadline=self.stopping.drain_deadline, wake=self.stopping.event)
         except OutOfTime:
             raise PublishTimeout(f"topic {topic!r} still missing") from None
         if waited_since is not None:
