@@ -295,15 +295,17 @@ class Producer:
         fut = Delivery()
 
         def produce() -> None:
-            try:
-                self._p.produce(topic, value, key, -1 if partition is None else partition, on_delivery=fut,
-                                timestamp=timestamp_ms or 0, headers=headers or None)
-            except ck.KafkaException as exc:
-                raise_kafka_error(exc)
+            self._p.produce(topic, value, key, -1 if partition is None else partition, on_delivery=fut,
+                            timestamp=timestamp_ms or 0, headers=headers or None)
 
-        try:  # a full queue: wait by serving delivery reports, which empties it
-            retry(produce, retry_on=BufferError, backoff=_QUEUE_FULL, deadline=time.monotonic() + self._max_block_s,
-                  sleep=self._p.poll)
+        try:
+            try:
+                produce()
+            except BufferError:  # a full queue: waited out by serving delivery reports, which empties it
+                retry(produce, retry_on=BufferError, backoff=_QUEUE_FULL,
+                      deadline=time.monotonic() + self._max_block_s, sleep=self._p.poll)
+        except ck.KafkaException as exc:
+            raise_kafka_error(exc)
         except OutOfTime:
             raise kerr.KafkaTimeoutError("the producer's queue stayed full for max_block_ms") from None
         self._unpolled += 1

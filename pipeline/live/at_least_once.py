@@ -56,7 +56,7 @@ class AtLeastOnce:
         pending = self.sender.outgoing(outbox)
         for topic in dict.fromkeys(m.topic for m in pending):
             self.sender.await_topic(topic)
-        return Sends((msg, self.sender.send(msg)) for msg in pending)
+        return Sends([(msg, self.sender.send(msg)) for msg in pending])
 
     def settle(self, outbox: Outbox, sends: Sends) -> bool:
         """Wait for every acknowledgement of the batch (resending what failed), then commit its offsets. Called
