@@ -13,11 +13,11 @@ from pipeline import logs
 from pipeline.config import RunConfig
 from pipeline.live.clients import Connection, StallWatch, publish_error_reason
 from pipeline.live.inflight import InFlight, Outbox
-from pipeline.live.messages import Outgoing
 from pipeline.live.sender import Sender
 from pipeline.live.stopping import PublishTimeout, Stopping
 from pipeline.metrics import Metrics
 from pipeline.waiting import GIVE_UP, OutOfTime, retry
+from pipeline.wire.outgoing import Outgoing
 
 log = logs.get("run")
 

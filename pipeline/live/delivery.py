@@ -21,7 +21,8 @@ from typing import Protocol
 
 from pipeline.config import RunConfig
 from pipeline.live.at_least_once import AtLeastOnce
-from pipeline.live.clients import CachingPartitioner, Connection, KafkaClients, StallWatch
+from pipeline.kafka.clients import KafkaClients
+from pipeline.live.clients import CachingPartitioner, Connection, StallWatch
 from pipeline.live.exactly_once import ExactlyOnce
 from pipeline.live.inflight import InFlight, Outbox, Pending
 from pipeline.live.sender import Sender

@@ -18,12 +18,12 @@ from kafka.errors import KafkaTimeoutError, ProducerFencedError
 
 from pipeline import logs
 from pipeline.config import RunConfig
+from pipeline.kafka.clients import KafkaClients
 from pipeline.live.clients import (
     FENCED,
     FENCED_BY_ANOTHER,
     CachingPartitioner,
     Connection,
-    KafkaClients,
     StallWatch,
     open_producer,
 )

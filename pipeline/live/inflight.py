@@ -1,4 +1,5 @@
-"""Batches stepped but not yet committed, oldest first, and the batch size the latency budget allows.
+"""Batches stepped but not yet committed, oldest first, and the batch size the latency budget allows; what a
+stepped batch holds (``Batch``) and what it sends and commits (``Outbox``).
 
 Pipelining (``max_batches_in_flight`` > 1): batch N's sends are issued (at-least-once) or its transaction's
 commit is started (exactly-once), then batch N+1 is polled, decoded and stepped while N's acknowledgements
@@ -16,7 +17,29 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
-from pipeline.live.messages import DeadLetter, Outgoing
+import numpy as np
+import pyarrow as pa
+
+from operators.forecaster import StepResult
+from pipeline.wire.outgoing import DeadLetter, Outgoing
+
+
+@dataclass
+class Batch:
+    """One micro-batch after the operator: the records, their decoded ticks and what came out."""
+
+    records: list
+    received_at: list[float]
+    ticks: pa.Table  # decoded valid ticks, with partition id and offset
+    part_ids: np.ndarray  # partition id of each record
+    offs: np.ndarray  # offset of each record
+    idx: np.ndarray  # record index of each decoded tick
+    result: StepResult
+    rows: np.ndarray  # tick rows with a forecast to emit (not silent)
+    forecasts: np.ndarray
+    dead: list[DeadLetter]
+    silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
+
 
 @dataclass
 class Outbox:
@@ -40,7 +63,7 @@ class InFlightBatch:
     (``outbox``, ``pending``) and what the runner accounts afterwards."""
 
     outbox: Outbox  # its offsets shrink on revoke
-    batch: object  # batch.Batch
+    batch: Batch
     out_rows: object
     started: float  # perf_counter at the batch's start (batch duration)
     pending: Pending

@@ -17,8 +17,9 @@ from operators.bundle import Bundle
 from pipeline import logs
 from pipeline.checkpoint import DATA_ERRORS, Problem, StoreUnavailable
 from pipeline.config import RunConfig, parse_duration_ns
+from pipeline.kafka.clients import KafkaClients
 from pipeline.kafka.topics import first_offsets_at
-from pipeline.live.clients import Connection, KafkaClients, client_options
+from pipeline.live.clients import Connection, client_options
 from pipeline.live.partitions import Partitions
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics

@@ -13,11 +13,11 @@ from kafka.errors import KafkaError
 from pipeline import logs
 from pipeline.config import RunConfig
 from pipeline.live.clients import Connection, publish_error_reason
-from pipeline.live.messages import DEAD_LETTER_CUTS, DeadLetter, Outgoing, dead_letter
 from pipeline.live.inflight import Outbox
 from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
 from pipeline.waiting import Backoff, OutOfTime, retry
+from pipeline.wire.outgoing import DEAD_LETTER_CUTS, DeadLetter, Outgoing, dead_letter
 
 log = logs.get("run")
 
