@@ -4,9 +4,11 @@ about a thread being woken ("promptly") allow seconds for what must take an hour
 
 from __future__ import annotations
 
+import ast
 import itertools
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -238,3 +240,46 @@ def test_a_bounded_call_that_outlives_its_limit_fails_with_the_callers_error_and
         assert beats, "liveness beaten while it waited"
     finally:
         release.set()
+
+
+# -- one way to wait -------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[3]
+TICKERS = {("pipeline/live/clients.py", "_watch")}  # the stall watch's thread: a ticker, not a wait for an answer
+
+
+def sleeps_and_wait_loops(source: str, module: str) -> list[str]:
+    """Calls of ``time.sleep`` anywhere, and of ``.wait(...)`` inside a loop, in one module's source."""
+    found = []
+
+    def visit(node, function: str | None, in_loop: bool):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            function, in_loop = node.name, False
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (module, function) not in TICKERS:
+            name = node.func.attr
+            if name == "sleep" and isinstance(node.func.value, ast.Name) and node.func.value.id == "time":
+                found.append(f"time.sleep in {function} (line {node.lineno})")
+            if name == "wait" and in_loop:
+                found.append(f".wait in a loop in {function} (line {node.lineno})")
+        for child in ast.iter_child_nodes(node):
+            visit(child, function, in_loop or isinstance(node, (ast.While, ast.For)))
+
+    visit(ast.parse(source), None, False)
+    return found
+
+
+def test_the_runtime_and_the_client_adapters_wait_only_through_pipeline_waiting():
+    modules = sorted((ROOT / "pipeline" / "live").glob("*.py")) + sorted((ROOT / "pipeline" / "kafka").glob("*.py"))
+    assert len(modules) > 10
+    found = {m.relative_to(ROOT).as_posix(): sleeps_and_wait_loops(m.read_text(), m.relative_to(ROOT).as_posix())
+             for m in modules}
+    assert {m: f for m, f in found.items() if f} == {}
+
+
+def test_the_check_finds_a_hand_written_retry_and_spares_only_the_ticker():
+    source = ("import time\n\ndef f(stop):\n    while True:\n        stop.wait(1)\n\n"
+              "def g():\n    time.sleep(1)\n\ndef _watch(closed):\n    while not closed.wait(0.5):\n        pass\n")
+    assert sleeps_and_wait_loops(source, "pipeline/live/x.py") == [
+        ".wait in a loop in f (line 5)", "time.sleep in g (line 8)", ".wait in a loop in _watch (line 11)"]
+    assert sleeps_and_wait_loops(source, "pipeline/live/clients.py") == [
+        ".wait in a loop in f (line 5)", "time.sleep in g (line 8)"]
