@@ -207,7 +207,7 @@ class Runner:
             self.metrics.broker_errors.labels("connect").inc()
             log.warning("broker unreachable; retrying", extra={"bootstrap": self.cfg.bootstrap_servers,
                                                               "retry_in_s": retry_in_s, "error": repr(exc)})
-            self._close()
+            clients.close(self.conn)  # the clients only: the delivery (its committer thread) lives on
 
         return retry(attempt, on_error, stop=self.stop_event, backoff=Backoff(cap_s=30.0)) is True
 
