@@ -208,7 +208,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_state_inspect(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import CheckpointStore, inventory_by_partition, redact_uri  # noqa: PLC0415
+    from pipeline.checkpoint import CheckpointStore, redact_uri  # noqa: PLC0415
+    from pipeline.checkpoint_inventory import inventory_by_partition  # noqa: PLC0415
 
     rows = inventory_by_partition(CheckpointStore(args.dir))
     if not rows:
