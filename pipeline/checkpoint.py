@@ -304,11 +304,10 @@ class CheckpointStore:
             # Then every data file of those checkpoints: the primary's by name (a lagging listing may not show
             # it yet), the others' as listed (any the listing missed are deleted later as orphans).
             stale_stems = {checkpoint_stem(p.rsplit("/", 1)[1]) for p in stale}
-            for path in stale:
-                self._delete_missing_ok(f"{path[: -len('.json')]}.arrow")
-            for info in files:
-                if info.base_name.endswith(".arrow") and checkpoint_stem(info.base_name) in stale_stems:
-                    self._delete_missing_ok(info.path)
+            data = {f"{p[: -len('.json')]}.arrow" for p in stale} | {
+                i.path for i in files if i.base_name.endswith(".arrow") and checkpoint_stem(i.base_name) in stale_stems}
+            for path in sorted(data):
+                self._delete_missing_ok(path)
             # Leftovers of writes that died: temporaries, and data files whose manifest never came (or
             # whose manifest a prune deleted just before dying), once older than orphan_age_s.
             cutoff = time.time() - self.orphan_age_s
