@@ -194,9 +194,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK")
     for k, v in cfg.redacted().items():
         print(f"  {k} = {json.dumps(v)}")
+    code = 0
+    if cfg.candidates:
+        from pipeline.candidates import describe_models  # noqa: PLC0415
+
+        lines, problem = describe_models(cfg.model, [c.model for c in cfg.candidates])
+        print(f"models: a primary and {len(cfg.candidates)} candidate(s), the candidates' forecasts to "
+              f"{cfg.shadow_output_topic}")
+        print("\n".join(f"  {line}" for line in lines))
+        if problem:
+            print(f"models: NOT startable: {problem}")
+            code = 1
     if not cfg.checkpoint_uri:
         print("checkpoint store: off (checkpoint_uri is empty)")
-        return 0
+        return code
     try:  # the group's folder, exactly as `tickcast run` derives it
         how = group_store(cfg.checkpoint_uri, cfg.group_id, cfg.checkpoint_keep,
                           cfg.checkpoint_key()).check_writable()
@@ -204,7 +215,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"checkpoint store: NOT writable: {exc}")
         return 1
     print(f"checkpoint store: writable: {redact_uri(cfg.checkpoint_uri)}, group {cfg.group_id} ({how})")
-    return 0
+    return code
 
 
 def cmd_state_inspect(args: argparse.Namespace) -> int:
