@@ -10,7 +10,7 @@ The ticks are synthetic (``pipeline.files.synthetic``: Zipf-skewed activity over
 shape, e.g. the shape of the real equity hold-out day (4 instruments, 448k ticks, 5,000-tick batches,
 1 x 32): ``tickcast bench backtest --instruments 4 --ticks 448000 --batch-ticks 5000 --hidden 32 --layers 1
 --skip-topic``; or the first ``ticks`` of a real tick file or folder read in place (``data``, any format
-``tickcast backtest`` reads). The model has the benchmark's weights (:func:`benchmarks.workload._bundle`)
+``tickcast backtest`` reads). The model has the benchmark's weights (:func:`benchmarks.workload.bench_bundle`)
 with its normalisation fitted on the ticks' own features, so the features are scaled as a trained
 model's are.
 """
@@ -48,7 +48,7 @@ def fitted(bundle: Bundle, ticks: pa.Table, sample: int = 100_000) -> Bundle:
 
 def run(n_ticks: int = 300_000, instruments: int = 1000, batch: int = 10_000, printer=print, hidden: int = 64,
         layers: int = 1, topic: bool = True, data: str | None = None) -> dict:
-    from benchmarks.workload import _bundle  # noqa: PLC0415
+    from benchmarks.workload import bench_bundle  # noqa: PLC0415
 
     if data is not None:
         from pipeline.files.formats import read_ticks  # noqa: PLC0415
@@ -59,7 +59,7 @@ def run(n_ticks: int = 300_000, instruments: int = 1000, batch: int = 10_000, pr
     else:
         ticks = generate_ticks(instruments, n_ticks, seed=5, bad_fraction=0.0)
         source = "synthetic, Zipf activity"
-    bundle = fitted(_bundle(layers, hidden), ticks)
+    bundle = fitted(bench_bundle(layers, hidden), ticks)
     printer(f"backtest benchmark: {n_ticks:,} ticks ({source}), {instruments:,} instruments, {layers} x {hidden}, "
             f"batches of {batch:,}")
 
@@ -90,7 +90,7 @@ def run(n_ticks: int = 300_000, instruments: int = 1000, batch: int = 10_000, pr
 
 
 def _topic(ticks: pa.Table, bundle: Bundle, batch: int, printer) -> dict:
-    from benchmarks.e2e import _produce, measure_ceiling  # noqa: PLC0415
+    from benchmarks.e2e import produce_ticks, measure_ceiling  # noqa: PLC0415
     from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
     from pipeline.kafka.replay import encode_ticks  # noqa: PLC0415
     from pipeline.kafka.topics import read_topic_range  # noqa: PLC0415
@@ -99,7 +99,7 @@ def _topic(ticks: pa.Table, bundle: Bundle, batch: int, printer) -> dict:
     with EmbeddedBroker() as broker:
         topic = f"btb-{uuid.uuid4().hex[:6]}"
         create_topics(broker.bootstrap, {topic: 1})
-        _produce(broker.bootstrap, topic, encode_ticks(ticks))
+        produce_ticks(broker.bootstrap, topic, encode_ticks(ticks))
         ceiling = measure_ceiling(broker.bootstrap, topic, n_ticks, 20_000)
         out = tempfile.mkdtemp(prefix="tickcast-bench-bt-")
         try:

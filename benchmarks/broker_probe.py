@@ -4,7 +4,7 @@
 Two probes, each with a fresh embedded broker, 4,000 ticks a second (the soak's rate):
 
 1. the load generator alone: CPU of the sending process, kafka-python's producer paced one message at a
-   time (the load generator before) against ``benchmarks.e2e._produce_paced`` (librdkafka, bursts every 2 ms);
+   time (the load generator before) against ``benchmarks.e2e.produce_paced`` (librdkafka, bursts every 2 ms);
 2. the broker's CPU every 10 seconds while a caught-up consumer reads the topic being produced, with the
    load generator gathering 5 ms and 100 ms of ticks into each record batch (librdkafka's ``linger.ms``).
 
@@ -27,7 +27,7 @@ import uuid
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 import benchmarks.e2e as e2e
-from benchmarks.e2e import _produce_paced
+from benchmarks.e2e import produce_paced
 from pipeline import logs
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
@@ -57,21 +57,21 @@ def _kafka_python_paced(bootstrap: str, topic: str, messages, rate: float) -> No
 
 def kafka_python_load(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
                       cpus: set[int] | None = None, linger_ms: int = 5) -> None:
-    """``benchmarks.e2e._produce``'s signature around the old load generator (a spawned process imports it)."""
+    """``benchmarks.e2e.produce_ticks``'s signature around the old load generator (a spawned process imports it)."""
     if cpus:
         os.sched_setaffinity(0, cpus)
     _kafka_python_paced(bootstrap, topic, messages, rate)
 
 
 def latency_under_each_generator(mode: str, rate: float, rounds: int = 2) -> None:
-    from benchmarks.operator import _bundle  # noqa: PLC0415
+    from benchmarks.workload import bench_bundle  # noqa: PLC0415
 
-    bundle = _bundle(1, 32)
-    generators = (("librdkafka, bursts every 2 ms", e2e._produce), ("kafka-python, one by one", kafka_python_load))
+    bundle = bench_bundle(1, 32)
+    generators = (("librdkafka, bursts every 2 ms", e2e.produce_ticks), ("kafka-python, one by one", kafka_python_load))
     try:
         for _ in range(rounds):
             for name, produce in generators:
-                e2e._produce = produce  # measure_latency's load generator, for this run
+                e2e.produce_ticks = produce  # measure_latency's load generator, for this run
                 u = uuid.uuid4().hex[:6]
                 topics = {f"lat-{u}": 1, f"out-{u}": 1, f"dlq-{u}": 1}
                 with e2e.phase_broker(True, "", True, topics) as (bootstrap, cpus):
@@ -80,7 +80,7 @@ def latency_under_each_generator(mode: str, rate: float, rounds: int = 2) -> Non
                       f"p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, {lat['mean_batch_ticks']:.0f} a batch",
                       flush=True)
     finally:
-        e2e._produce = generators[0][1]
+        e2e.produce_ticks = generators[0][1]
 
 
 def generator_cpu(messages, send) -> tuple[float, float]:
@@ -110,7 +110,7 @@ def broker_cpu_under_tail_reads(messages, linger_ms: int, printer=print) -> list
 
         reader = threading.Thread(target=read, daemon=True)
         reader.start()
-        sender = threading.Thread(target=_produce_paced, args=(b.bootstrap, "t", messages, RATE, None, None,
+        sender = threading.Thread(target=produce_paced, args=(b.bootstrap, "t", messages, RATE, None, None,
                                                                 linger_ms))
         sender.start()
         shares, last = [], _cpu_seconds(b.proc.pid)
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     messages = encode_ticks(generate_ticks(1000, RATE * seconds, seed=3, bad_fraction=0.0))
     print(f"load generator alone, {RATE:,} ticks/s for {seconds} s:")
     for name, send in (("kafka-python, paced one by one", _kafka_python_paced),
-                       ("librdkafka, bursts every 2 ms", _produce_paced)):
+                       ("librdkafka, bursts every 2 ms", produce_paced)):
         rate, share = generator_cpu(messages, send)
         print(f"  {name:<32} {rate:>7,.0f} msgs/s, {100 * share:.0f} % of a core "
               f"({1e6 * share / rate:.0f} us of CPU a message)")

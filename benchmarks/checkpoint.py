@@ -110,9 +110,9 @@ def _case(bundle, fc, n: int, store: CheckpointStore, where: str, printer) -> di
 
 
 def run(sizes=(10_000, 100_000, 1_000_000), printer=print) -> dict:
-    from benchmarks.operator import _bundle  # noqa: PLC0415
+    from benchmarks.workload import bench_bundle  # noqa: PLC0415
 
-    bundle = _bundle(1, 64)
+    bundle = bench_bundle(1, 64)
     rows = []
     with _s3_endpoint() as s3_uri:
         printer("checkpoint benchmark: hidden 64, 1 layer, one partition, best of 3; local directory (fsync) and "
@@ -139,8 +139,8 @@ def exactly_once_cost(n_ticks: int = 60_000, instruments: int = 1000, printer=pr
     import threading  # noqa: PLC0415
     import uuid  # noqa: PLC0415
 
-    from benchmarks.e2e import _produce  # noqa: PLC0415
-    from benchmarks.operator import _bundle  # noqa: PLC0415
+    from benchmarks.e2e import produce_ticks  # noqa: PLC0415
+    from benchmarks.workload import bench_bundle  # noqa: PLC0415
     from pipeline.config import RunConfig  # noqa: PLC0415
     from pipeline.files.synthetic import generate_ticks  # noqa: PLC0415
     from pipeline.kafka.broker import EmbeddedBroker, create_topics  # noqa: PLC0415
@@ -148,13 +148,13 @@ def exactly_once_cost(n_ticks: int = 60_000, instruments: int = 1000, printer=pr
     from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics  # noqa: PLC0415
 
-    bundle = _bundle(1, 32)
+    bundle = bench_bundle(1, 32)
     out = {}
     with EmbeddedBroker() as broker:
         u = uuid.uuid4().hex[:6]
         tin, tout, dlq = f"eo-in-{u}", f"eo-out-{u}", f"eo-dlq-{u}"
         create_topics(broker.bootstrap, {tin: 1, tout: 1, dlq: 1})
-        _produce(broker.bootstrap, tin, encode_ticks(generate_ticks(instruments, n_ticks, seed=1, bad_fraction=0.0)))
+        produce_ticks(broker.bootstrap, tin, encode_ticks(generate_ticks(instruments, n_ticks, seed=1, bad_fraction=0.0)))
         for mode in ("at_least_once", "exactly_once", "at_least_once", "exactly_once"):
             root = tempfile.mkdtemp(prefix="tickcast-bench-eo-")
             cfg = RunConfig.load(env={}, flags=dict(

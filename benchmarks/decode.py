@@ -1,6 +1,6 @@
 """``python -m benchmarks.decode``: the tick decoder's cost on clean and adversarial batches.
 
-Each row decodes a batch of N messages (default 5,000) with ``pipeline.kafka.ticks.decode_batch``, best
+Each row decodes a batch of N messages (default 5,000) with ``pipeline.wire.ticks.decode_batch``, best
 of ``repeats``, and prints the time per batch, per message and against the clean batch:
 
 - clean: valid ticks, every one taken by the fast path (Arrow's reader);
@@ -22,7 +22,7 @@ from unittest import mock
 
 import numpy as np
 
-from pipeline.kafka import ticks
+from pipeline.wire import ticks
 
 T0 = 1_767_225_600_000_000_000
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from benchmarks.e2e import DEPTHS, _produce, measure_drain, measure_pipeline, minutes_command, phase_broker
+from benchmarks.e2e import DEPTHS, produce_ticks, measure_drain, measure_pipeline, minutes_command, phase_broker
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.replay import encode_ticks
 
@@ -19,13 +19,13 @@ RATE_TICKS = 150_000
 
 
 def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False, printer=print) -> dict:
-    from benchmarks.operator import _bundle  # noqa: PLC0415
+    from benchmarks.workload import bench_bundle  # noqa: PLC0415
 
-    bundle = _bundle(1, 32)
+    bundle = bench_bundle(1, 32)
     u = uuid.uuid4().hex[:6]
     tin, tout, dlq = f"rate-in-{u}", f"rate-out-{u}", f"rate-dlq-{u}"
     with phase_broker(True, "", pin_cores, {tin: 1, tout: 1, dlq: 1}) as (bootstrap, _):
-        _produce(bootstrap, tin, encode_ticks(generate_ticks(instruments, RATE_TICKS, seed=1, bad_fraction=0.0)))
+        produce_ticks(bootstrap, tin, encode_ticks(generate_ticks(instruments, RATE_TICKS, seed=1, bad_fraction=0.0)))
         rate = measure_pipeline(bundle, bootstrap, tin, tout, dlq, RATE_TICKS, "every_tick", BATCH,
                                 DEPTHS["pipelined"])["ticks_per_second"]
     printer(f"drain: the pipelined loop's rate, JSON every_tick: {rate:,.0f} ticks/s"

@@ -41,7 +41,7 @@ from pipeline.config import RunConfig
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
 from pipeline.kafka.replay import encode_ticks
-from pipeline.kafka.ticks import decode_batch
+from pipeline.wire.ticks import decode_batch
 from pipeline.live.runner import Runner, freeze_long_lived_objects
 from pipeline.metrics import Metrics
 
@@ -58,12 +58,12 @@ DRAIN_PARTITIONS = 8
 BACKLOG_LINGER_MS = 100
 
 
-def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
+def produce_ticks(bootstrap: str, topic: str, messages, rate: float | None = None, stop=None,
              cpus: set[int] | None = None, linger_ms: int = 5) -> None:
     """Send ``messages`` ((key, value, ts) each): all at once with kafka-python, or paced at ``rate`` a second by
-    ``_produce_paced``."""
+    ``produce_paced``."""
     if rate:
-        _produce_paced(bootstrap, topic, messages, rate, stop, cpus, linger_ms)
+        produce_paced(bootstrap, topic, messages, rate, stop, cpus, linger_ms)
         return
     p = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms, batch_size=512 * 1024, acks=1)
     for k, v, ts in messages:
@@ -77,7 +77,7 @@ def _produce(bootstrap: str, topic: str, messages, rate: float | None = None, st
 PACING_S = 0.002  # the paced load generator sends what is due, then sleeps this long
 
 
-def _produce_paced(bootstrap: str, topic: str, messages, rate: float, stop=None, cpus: set[int] | None = None,
+def produce_paced(bootstrap: str, topic: str, messages, rate: float, stop=None, cpus: set[int] | None = None,
                    linger_ms: int = 5) -> None:
     """The load generator: ``rate`` messages a second, sent in small bursts of what is due every ``PACING_S``.
 
@@ -167,19 +167,19 @@ def measure_ceiling_confluent(bootstrap: str, topic: str, n: int, batch: int) ->
 
 def measure_producer(bootstrap: str, topic: str, n: int) -> float:
     """kafka-python's own send+acknowledge rate for forecast-sized messages, producer set up as the runner's."""
-    from benchmarks.producers import _messages, kafka_python  # noqa: PLC0415
+    from benchmarks.producers import forecast_messages, kafka_python  # noqa: PLC0415
 
-    return 1.0 / kafka_python(bootstrap, topic, _messages(n))
+    return 1.0 / kafka_python(bootstrap, topic, forecast_messages(n))
 
 
 def measure_producer_confluent(bootstrap: str, topic: str, n: int) -> float:
     """The same through the librdkafka adapter the runner uses with kafka_client = confluent."""
-    from benchmarks.producers import _messages  # noqa: PLC0415
+    from benchmarks.producers import forecast_messages  # noqa: PLC0415
     from pipeline.kafka.confluent import Producer  # noqa: PLC0415
 
     p = Producer(bootstrap_servers=bootstrap, acks="all", linger_ms=2, retries=5,
                  max_in_flight_requests_per_connection=1, batch_size=256 * 1024)
-    msgs = _messages(n)
+    msgs = forecast_messages(n)
     started = time.perf_counter()
     for k, v in msgs:
         p.send(topic, key=k, value=v)
@@ -254,13 +254,13 @@ def measure_drain(bundle, bootstrap: str, rate: float, minutes: float, instrumen
     tin, tout, dlq = f"drain-in-{u}", f"drain-out-{u}", f"drain-dlq-{u}"
     create_topics(bootstrap, {tin: DRAIN_PARTITIONS, tout: 1, dlq: 1})
     printer(f"  producing a backlog of {n:,} ticks for a {minutes:g}-minute drain ...")
-    _produce(bootstrap, tin, encode_ticks(generate_ticks(instruments, n, seed=2, bad_fraction=0.0)),
+    produce_ticks(bootstrap, tin, encode_ticks(generate_ticks(instruments, n, seed=2, bad_fraction=0.0)),
              linger_ms=BACKLOG_LINGER_MS)
     samples: list = []
     p = measure_pipeline(bundle, bootstrap, tin, tout, dlq, n, "every_tick", batch, DEPTHS["pipelined"],
                          rss_samples=samples, max_seconds=3 * minutes * 60)
     d = {"minutes": minutes, "ticks": n, "drained": p["ticks"], "partitions": DRAIN_PARTITIONS,
-         "ticks_per_second": p["ticks_per_second"], "seconds": p["seconds"], **_rss_summary(samples)}
+         "ticks_per_second": p["ticks_per_second"], "seconds": p["seconds"], **rss_summary(samples)}
     printer(f"  drained {d['drained']:,} of {n:,} ticks in {d['seconds']:.0f} s "
             f"({d['ticks_per_second']:,.0f} ticks/s); RSS min {d['rss_mib_min']:.0f} MiB, "
             f"max {d['rss_mib_max']:.0f} MiB (first half "
@@ -284,7 +284,7 @@ def measure_latency(bundle, bootstrap, tin, tout, dlq, rate: float, seconds: flo
     time.sleep(1.0)
     # The load comes from another process, so it does not compete for this one's GIL.
     ctx = multiprocessing.get_context("spawn")
-    feeder = ctx.Process(target=_produce, args=(bootstrap, tin, messages, rate, None, feeder_cpus,
+    feeder = ctx.Process(target=produce_ticks, args=(bootstrap, tin, messages, rate, None, feeder_cpus,
                                                     feeder_linger_ms))
     feeder.start()
     while feeder.is_alive():
@@ -341,7 +341,7 @@ def minutes_command(run, argv: list[str] | None = None) -> int:
     return 0
 
 
-def _rss_summary(samples: list) -> dict:
+def rss_summary(samples: list) -> dict:
     t = np.array([s[0] for s in samples]) - samples[0][0]
     rss = np.array([s[1] for s in samples]) / 2**20
     half = len(rss) // 2
@@ -352,11 +352,11 @@ def _rss_summary(samples: list) -> dict:
 
 def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None, drain_minutes: float = 0.0,
         bootstrap: str | None = None, bundle: Bundle | None = None, printer=print, pin_cores: bool = False) -> dict:
-    from benchmarks.operator import _bundle  # noqa: PLC0415
+    from benchmarks.workload import bench_bundle  # noqa: PLC0415
 
     n = n_ticks or (30_000 if quick else 150_000)
     batch = 5000
-    bundle = bundle or _bundle(1, 32)
+    bundle = bundle or bench_bundle(1, 32)
     broker = None
     if bootstrap is None:
         broker = EmbeddedBroker()
@@ -372,7 +372,7 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
         printer(f"e2e benchmark: {n:,} ticks over {instruments:,} instruments, broker {bootstrap}, "
                 f"micro-batches <= {batch:,} ticks")
         ticks = generate_ticks(instruments, n, seed=1, bad_fraction=0.0)
-        _produce(bootstrap, tin, encode_ticks(ticks))
+        produce_ticks(bootstrap, tin, encode_ticks(ticks))
         # The bare clients get what Runner does for itself: the process's long-lived objects out of the
         # cyclic collector's full collections (otherwise 200-300 ms pauses every few seconds, theirs alone).
         freeze_long_lived_objects()

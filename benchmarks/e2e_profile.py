@@ -10,8 +10,8 @@ import pstats
 import sys
 import uuid
 
-from benchmarks.e2e import _produce, measure_pipeline
-from benchmarks.operator import _bundle
+from benchmarks.e2e import produce_ticks, measure_pipeline
+from benchmarks.workload import bench_bundle
 from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
 from pipeline.kafka.replay import encode_ticks
@@ -20,12 +20,12 @@ from pipeline.kafka.replay import encode_ticks
 def main(argv: list[str] | None = None) -> int:
     mode, depth = (argv or sys.argv[1:] or ["every_tick", "2"])[:2]
     n = 40_000
-    bundle = _bundle(1, 32)
+    bundle = bench_bundle(1, 32)
     with EmbeddedBroker() as broker:
         u = uuid.uuid4().hex[:6]
         tin, tout, dlq = f"prof-in-{u}", f"prof-out-{u}", f"prof-dlq-{u}"
         create_topics(broker.bootstrap, {tin: 1, tout: 1, dlq: 1})
-        _produce(broker.bootstrap, tin, encode_ticks(generate_ticks(1000, n, seed=1, bad_fraction=0.0)))
+        produce_ticks(broker.bootstrap, tin, encode_ticks(generate_ticks(1000, n, seed=1, bad_fraction=0.0)))
         measure_pipeline(bundle, broker.bootstrap, tin, tout, dlq, n, mode, 5000, int(depth))  # warm-up
         profile = cProfile.Profile()
         profile.enable()

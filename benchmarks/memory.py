@@ -28,7 +28,7 @@ from collections import deque
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.operator import _bundle
+from benchmarks.workload import bench_bundle
 from operators.validation import RejectReason
 from pipeline.config import RunConfig
 from pipeline.live.runner import Runner
@@ -52,7 +52,7 @@ def _names(batch: int, n: int, length: int) -> list[str]:
 
 def run_one(mode: str, names_total: int, new_per_batch: int, name_length: int, expire_batches: int,
             max_instruments: int, partitions: int, report_every: int) -> dict:
-    bundle = _bundle(1, 64)
+    bundle = bench_bundle(1, 64)
     cfg = RunConfig(model="unused", checkpoint_uri="",
                     expire_after=f"{expire_batches}s" if mode == "expire" else "",
                     max_instruments=max_instruments if mode == "limit" else 0)

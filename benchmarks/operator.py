@@ -35,18 +35,16 @@ import time
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.limits import GemmLimit, ScheduleLimit, measure_gemm_limit, schedule_blas
+from benchmarks.limits import GemmLimit, ScheduleLimit, schedule_blas
 from benchmarks.operator_cases import Case, cases, measure_against_peers
 from benchmarks.peers import BucketedKeras, check_peer
-from benchmarks.workload import HIDDEN, T0, _bundle, _stream, _warm_table, tick_counts
+from benchmarks.workload import HIDDEN, bench_bundle, tick_batches, tick_counts
 from operators.bundle import Bundle, shape_of
 from operators.features import N_FEATURES, FeatureSpec, Normalisation
 from operators.forecaster import Forecaster
 from operators.layers import PerTick, Recurrent, Stack
 from operators.state import StateShape, StateTable
 
-__all__ = ["HIDDEN", "T0", "BucketedKeras", "_bundle", "_stream", "_warm_table", "check_peer", "measure_gemm_limit",
-           "run"]
 
 def measure_keras_cell(bundle: Bundle, batch: pa.Table, n_ticks: int) -> float:
     """One eager Keras LSTMCell call per tick per layer; state per instrument in a dict."""
@@ -104,7 +102,7 @@ def measure_gru_vs_lstm(instrument_counts: list[int], batch_ticks: int, rounds: 
     """Operator ticks/s of a GRU and the same-size LSTM over the same batches, alternating, best round each."""
     rows = []
     for n in instrument_counts:
-        batches = _stream(n, "uniform", 1 + rounds * batches_per_round, batch_ticks, seed=n)
+        batches = tick_batches(n, "uniform", 1 + rounds * batches_per_round, batch_ticks, seed=n)
         ops = {kind: Forecaster(_recurrent_bundle(kind, hidden), state=None) for kind in ("lstm", "gru")}
         best = dict.fromkeys(ops, float("inf"))
         for fc in ops.values():
@@ -165,7 +163,7 @@ def measure_case(case: Case, bundle: Bundle, peers: dict, rounds: int, batches_p
                  cell_ticks: int) -> dict:
     """One case: the operator against each peer (paired), the per-tick Keras cell, both limits."""
     n_batches = 1 + rounds * batches_per_round
-    batches = _stream(case.instruments, case.activity, n_batches, case.batch_ticks,
+    batches = tick_batches(case.instruments, case.activity, n_batches, case.batch_ticks,
                       seed=case.instruments + case.layers)
     m = measure_against_peers(bundle, batches, case.instruments, rounds, peers, {
         "schedule": lambda chunks: ScheduleLimit([[tick_counts(b) for b in c] for c in chunks], case.layers,
@@ -239,7 +237,7 @@ def run(quick: bool = False, batch_ticks: int | None = None, printer=print, inst
     for case in selected:  # each model built once, and each peer checked on it before anything is timed
         key = (case.layers, case.hidden)
         if key not in bundles:
-            bundles[key] = bundle = _bundle(*key)
+            bundles[key] = bundle = bench_bundle(*key)
             for name, make in factories.items():
                 gap = check_peer(bundle, peer=lambda b, make=make: make(b, 1024))
                 printer(f"peer check ({case.layers}x{case.hidden}): bucketed {name} equals the operator, largest "

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.workload import _warm_table
+from benchmarks.workload import warm_table
 from operators.bundle import Bundle
 from operators.forecaster import Forecaster
 
@@ -77,7 +77,7 @@ def measure_against_peers(bundle: Bundle, batches: list[pa.Table], n_instruments
     """
     fc = Forecaster(bundle)
     others = {name: make(bundle, n_instruments) for name, make in peers.items()}
-    warm = _warm_table(n_instruments)
+    warm = warm_table(n_instruments)
     for side in (fc, *others.values()):
         side.step(warm)
         side.step(batches[0])

@@ -7,7 +7,7 @@ Two chains of hidden size 32, each served by the engine ``auto`` picks, over the
 
 Each against the same two baselines as the built-in model: the bucketed-Keras peer
 (:class:`BucketedChain`: what a capable TensorFlow user writes for such a chain, as
-:class:`benchmarks.operator.BucketedKeras` does for the stacked LSTM), alternating round by round, best
+:class:`benchmarks.peers.BucketedKeras` does for the stacked LSTM), alternating round by round, best
 round each, checked to give the operator's forecasts first; and one eager Keras cell (or layer) call per
 tick and layer with each instrument's state in a dict.
 """
@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.operator import BucketedKeras, _stream, _warm_table
+from benchmarks.peers import BucketedKeras
+from benchmarks.workload import tick_batches, warm_table
 from operators.bundle import Bundle, load_bundle, save_bundle
 from operators.features import FEATURE_NAMES
 from operators.forecaster import Forecaster
@@ -46,11 +47,11 @@ def _model(name: str, hidden: int):
 
 def custom_bundle(name: str, folder: Path, hidden: int = HIDDEN) -> Bundle:
     """The chain saved as a .keras file and bundled as `tickcast bundle --keras` does, loaded with Keras."""
-    from operators.keras_bundle import bundle_keras_model  # noqa: PLC0415
+    from operators.bundle_from_keras import bundle_keras_model  # noqa: PLC0415
 
     model_file = folder / f"{name}.keras"
     _model(name, hidden).save(model_file)
-    ticks = pa.concat_tables(_stream(50, "uniform", 2, 2_000, seed=1))
+    ticks = pa.concat_tables(tick_batches(50, "uniform", 2, 2_000, seed=1))
     save_bundle(bundle_keras_model(model_file, list(FEATURE_NAMES), ticks, horizon=10), folder / name,
                 model_file=model_file)
     return load_bundle(folder / name, with_keras=True)
@@ -187,9 +188,9 @@ def measure_custom_models(n_instruments: int, batch_ticks: int, rounds: int, bat
     with tempfile.TemporaryDirectory() as tmp:
         for label, name in CHAINS.items():
             bundle = custom_bundle(name, Path(tmp))
-            batches = _stream(n_instruments, "uniform", 1 + rounds * batches_per_round, batch_ticks, seed=11)
+            batches = tick_batches(n_instruments, "uniform", 1 + rounds * batches_per_round, batch_ticks, seed=11)
             fc, peer = Forecaster(bundle), BucketedChain(bundle, capacity=n_instruments)
-            warm = _warm_table(n_instruments)
+            warm = warm_table(n_instruments)
             fc.step(warm)
             _peer_forecasts(peer, warm)
             mine, theirs = fc.step(batches[0]), _peer_forecasts(peer, batches[0])

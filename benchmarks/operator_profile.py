@@ -30,7 +30,8 @@ from contextlib import ExitStack, contextmanager
 
 import operators.forecaster as forecaster_mod
 import operators.grouping as grouping_mod
-from benchmarks.operator import BucketedKeras, _bundle, _stream, _warm_table
+from benchmarks.peers import BucketedKeras
+from benchmarks.workload import bench_bundle, tick_batches, warm_table
 from operators.features import Normalisation
 from operators.forecaster import Forecaster
 from operators.lstm import RaggedLSTM
@@ -92,9 +93,9 @@ def _timers(spent: dict[str, float]) -> ExitStack:
 def profile(n_instruments: int, layers: int, activity: str = "uniform", n_batches: int = 6, repeats: int = 3,
             batch_ticks: int = 10_000, peer: bool = True) -> dict:
     """Milliseconds per batch of each stage (best pass) and the peer's full step on the same batches."""
-    bundle = _bundle(layers)
-    batches = _stream(n_instruments, activity, n_batches + 1, batch_ticks, seed=n_instruments + layers)
-    warm = _warm_table(n_instruments)
+    bundle = bench_bundle(layers)
+    batches = tick_batches(n_instruments, activity, n_batches + 1, batch_ticks, seed=n_instruments + layers)
+    warm = warm_table(n_instruments)
     best: dict[str, float] | None = None
     for _ in range(repeats):
         fc = Forecaster(bundle)

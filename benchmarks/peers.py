@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from benchmarks.workload import _stream, _warm_table
+from benchmarks.workload import tick_batches, warm_table
 from operators.bundle import Bundle
 from operators.features import FEATURE_NAMES, N_FEATURES, FeatureInputs, compute_features, previous_within_groups
 from operators.forecaster import Forecaster
@@ -161,9 +161,9 @@ def check_peer(bundle: Bundle, n_instruments: int = 40, n_batches: int = 4, batc
 
     Raises AssertionError if any forecast differs by more than float32 rounding.
     """
-    batches = _stream(n_instruments, "zipf", n_batches, batch_ticks, seed=7)
+    batches = tick_batches(n_instruments, "zipf", n_batches, batch_ticks, seed=7)
     fc, other = Forecaster(bundle), peer(bundle, **options)
-    warm = _warm_table(n_instruments)
+    warm = warm_table(n_instruments)
     fc.step(warm)
     other.step(warm)
     worst = 0.0

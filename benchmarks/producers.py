@@ -15,7 +15,7 @@ import time
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
 
 
-def _messages(n: int) -> list[tuple[bytes, bytes]]:
+def forecast_messages(n: int) -> list[tuple[bytes, bytes]]:
     return [(f"SYM{i % 1000:04d}".encode(),
              (f'{{"v":1,"model_version":"0123456789ab","horizon_ticks":10,"instrument":"SYM{i % 1000:04d}",'
               f'"ts":{1_700_000_000_000_000_000 + i},"forecast":{1.2345e-5 * (i % 7)!r},"topic":"in",'
@@ -56,7 +56,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=100_000)
     args = ap.parse_args()
-    msgs = _messages(args.messages)
+    msgs = forecast_messages(args.messages)
     with EmbeddedBroker() as broker:
         create_topics(broker.bootstrap, {"kp": 4, "rd": 4})
         rows = []

@@ -59,11 +59,11 @@ def _wait_forecasts(bootstrap: str, topic: str, want: int, timeout: float) -> fl
     return time.time()
 
 
-# What `tickcast run` imports before it loads the bundle (pipeline/serve.py), then the bundle load, each timed.
+# What `tickcast run` imports before it loads the bundle (pipeline/run_command.py), then the bundle load, each timed.
 _STARTUP_PROBE = """
 import sys, time
 t0 = time.perf_counter()
-import pipeline.cli, pipeline.serve, pipeline.logs, pipeline.live.runner, pipeline.metrics
+import pipeline.cli, pipeline.run_command, pipeline.logs, pipeline.live.runner, pipeline.metrics
 from operators.bundle import load_bundle
 t1 = time.perf_counter()
 load_bundle(sys.argv[1])

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 
-from benchmarks.e2e import DEPTHS, _rss_summary, measure_latency, minutes_command, pin
+from benchmarks.e2e import DEPTHS, rss_summary, measure_latency, minutes_command, pin
 from pipeline.kafka.broker import EmbeddedBroker, create_topics
 
 RATE = 4000  # ticks/s
@@ -23,9 +23,9 @@ FEEDER_LINGER_MS = 100
 
 
 def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False, printer=print) -> dict:
-    from benchmarks.operator import _bundle  # noqa: PLC0415
+    from benchmarks.workload import bench_bundle  # noqa: PLC0415
 
-    bundle = _bundle(1, 32)
+    bundle = bench_bundle(1, 32)
     with EmbeddedBroker() as broker:
         feeder_cpus = pin(broker) if pin_cores else None
         u = uuid.uuid4().hex[:6]
@@ -38,7 +38,7 @@ def run(minutes: float = 10.0, instruments: int = 1000, pin_cores: bool = False,
                               "every_tick", 5000, DEPTHS["pipelined"], feeder_cpus, rss_samples=samples,
                               feeder_linger_ms=FEEDER_LINGER_MS)
     result = {"minutes": minutes, "rate_ticks_per_second": RATE, "pinned_cores": pin_cores,
-              "expected_ticks": int(RATE * minutes * 60), **lat, **_rss_summary(samples)}
+              "expected_ticks": int(RATE * minutes * 60), **lat, **rss_summary(samples)}
     printer(f"  {result['ticks']:,} of {result['expected_ticks']:,} ticks; RSS min {result['rss_mib_min']:.0f} MiB, "
             f"max {result['rss_mib_max']:.0f} MiB (first half {result['rss_mib_first_half_max']:.0f}, second half "
             f"{result['rss_mib_second_half_max']:.0f}), second-half slope "

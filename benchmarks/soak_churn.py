@@ -111,7 +111,7 @@ def slope_after(samples: list[tuple[float, int]], warmup_s: float) -> float:
 
 
 def _bundle(workdir: Path) -> Path:
-    from benchmarks.startup import _bundle as saved_bundle  # noqa: PLC0415
+    from benchmarks.startup import saved_bundle  # noqa: PLC0415
 
     return saved_bundle(workdir, 1, 32)
 

@@ -33,7 +33,7 @@ print(next(line.split()[1] for line in open("/proc/self/status") if line.startsw
 """
 
 
-def _bundle(directory: Path, layers: int, hidden: int) -> Path:
+def saved_bundle(directory: Path, layers: int, hidden: int) -> Path:
     import numpy as np  # noqa: PLC0415
 
     from operators.features import FeatureSpec, Normalisation  # noqa: PLC0415
@@ -66,7 +66,7 @@ def run(repeats: int = 5, shapes=((1, 64), (2, 128))) -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="tickcast-bench-startup-") as tmp:
         for layers, hidden in shapes:
-            path = _bundle(Path(tmp), layers, hidden)
+            path = saved_bundle(Path(tmp), layers, hidden)
             samples = {"file": [], "keras": []}
             for i in range(repeats):
                 for loader in (("file", "keras") if i % 2 == 0 else ("keras", "file")):

@@ -19,7 +19,7 @@ HIDDEN = 64
 T0 = 1_767_225_600_000_000_000
 
 
-def _bundle(layers: int, hidden: int = HIDDEN) -> Bundle:
+def bench_bundle(layers: int, hidden: int = HIDDEN) -> Bundle:
     """A built-in stacked LSTM + Dense(1) bundle with Keras' initial weights (seeded by ``layers``)."""
     model = build_keras_model(N_FEATURES, layers, hidden, seed=layers)
     norm = Normalisation(np.zeros(N_FEATURES), np.ones(N_FEATURES), 0.0, 1e-3)
@@ -27,7 +27,7 @@ def _bundle(layers: int, hidden: int = HIDDEN) -> Bundle:
                   weights_from_keras(model, layers), {}, model)
 
 
-def _stream(n_instruments: int, activity: str, n_batches: int, batch_ticks: int, seed: int = 0) -> list[pa.Table]:
+def tick_batches(n_instruments: int, activity: str, n_batches: int, batch_ticks: int, seed: int = 0) -> list[pa.Table]:
     """``n_batches`` micro-batches of ``batch_ticks`` clean ticks; each tick's instrument drawn uniformly
     (``uniform``) or Zipf-skewed with s = 1.1 (``zipf``: a few instruments take most ticks, as in bursts)."""
     rng = np.random.default_rng(seed)
@@ -53,7 +53,7 @@ def _stream(n_instruments: int, activity: str, n_batches: int, batch_ticks: int,
     return batches
 
 
-def _warm_table(n_instruments: int) -> pa.Table:
+def warm_table(n_instruments: int) -> pa.Table:
     """One tick per instrument, a second before the stream: every instrument has a row and a history."""
     names = [f"I{i:07d}" for i in range(n_instruments)]
     return pa.table({

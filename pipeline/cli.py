@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from benchmarks.suite import BENCHMARKS
 from operators.errors import TickcastError
 from operators.features import KNOWN_FEATURES
 from pipeline import console
@@ -67,7 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from pipeline.bundling import bundle_keras, describe_bundle  # noqa: PLC0415
+    from pipeline.bundle_command import bundle_keras, describe_bundle  # noqa: PLC0415
 
     bundle, path = bundle_keras(args.keras, args.features, _tick_input(args), args.out, args.horizon, args.target_scale,
                                 args.outputs)
@@ -83,11 +82,12 @@ def cmd_backtest(args: argparse.Namespace) -> int:
         raise ConfigError(f"--max-batch-ticks must be >= 1, got {args.max_batch_ticks}")
     config = _forecaster_config(args)
     bundle = load_bundle(args.model)
+    candidates = [load_bundle(d) for d in args.candidate or []]
     source = _tick_input(args)
     loaded = load_ticks(source)
     result = run_backtest(loaded.ticks, bundle, args.out, max_batch_ticks=args.max_batch_ticks, config=config,
                           source_name=source.name(with_range=True), plots=not args.no_plots, progress=not args.quiet,
-                          undecodable=loaded.undecodable)
+                          undecodable=loaded.undecodable, candidates=candidates)
     print(console.format_summary(result.summary, result.out_dir))
     return 0
 
@@ -183,9 +183,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.serve import serve  # noqa: PLC0415
+    from pipeline.run_command import run_live  # noqa: PLC0415
 
-    return serve(_run_config(args))
+    return run_live(_run_config(args))
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -231,6 +231,14 @@ def cmd_state_inspect(args: argparse.Namespace) -> int:
     else:
         print(console.format_inventory(rows))
     return 0 if not any(r.unusable for r in rows) else 1
+
+
+def cmd_models_status(args: argparse.Namespace) -> int:
+    from pipeline.models_status import format_status, metrics_url, read_status  # noqa: PLC0415
+
+    url = args.metrics_url or metrics_url(RunConfig.load(args.config, check=False).metrics_address)
+    print(format_status(read_status(url)))
+    return 0
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
@@ -297,6 +305,9 @@ def _add_later_parsers(sub) -> None:
     p = sub.add_parser("backtest", help="stream a tick file through the operator and score the forecasts")
     add_input_args(p)
     p.add_argument("--model", required=True, help="model bundle directory (from `tickcast train`)")
+    p.add_argument("--candidate", action="append", metavar="DIR", help="a candidate model bundle, stepped over the "
+                   "same ticks with its own state and compared with --model (repeatable; its forecasts in "
+                   "OUT/candidates/<model_version>/)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-batch-ticks", type=int,
                    default=int(os.environ.get("TICKCAST_MAX_BATCH_TICKS", DEFAULT_MAX_BATCH_TICKS)),
@@ -345,6 +356,16 @@ def _add_later_parsers(sub) -> None:
     ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
     ps.set_defaults(func=cmd_state_inspect)
 
+    p = sub.add_parser("models", help="the models of a run: the primary and its candidates")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    pm = msub.add_parser("status", help="each model's role, run time and scores, and each candidate's paired "
+                         "difference to the primary with its interval, from a run's metrics endpoint")
+    pm.add_argument("--metrics-url", default=None, metavar="URL", help="the run's metrics, e.g. "
+                    "http://host:9108/metrics (default: the configured metrics_address's port on localhost)")
+    pm.add_argument("--config", default=None, metavar="FILE", help="TOML config file whose metrics_address gives "
+                    "the default URL; TICKCAST_METRICS_ADDRESS overrides it")
+    pm.set_defaults(func=cmd_models_status)
+
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker (for demos and tests)")
     p.add_argument("--port", type=int, default=None, help="port to listen on (default: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
@@ -389,11 +410,12 @@ def _add_later_parsers(sub) -> None:
                    help="where the demo serves /metrics (default: 127.0.0.1:9108)")
     p.set_defaults(func=cmd_demo)
 
+    # The product does not import its benchmarks at module level: only the bench command's flags come from there.
+    from benchmarks.suite import BENCHMARKS, add_case_args  # noqa: PLC0415
+
     p = sub.add_parser("bench", help="benchmarks that print figures")
     p.add_argument("what", choices=list(BENCHMARKS), help="which benchmark")
     add_bench_args(p)
-    from benchmarks.suite import add_case_args  # noqa: PLC0415
-
     add_case_args(p)
     p.set_defaults(func=cmd_bench)
 

@@ -1,3 +1,3 @@
-"""Kafka I/O outside the live loop: the tick message schema and decoder, topic range reads, file -> topic replay,
+"""Kafka I/O outside the live loop: the client factory, topic range reads, file -> topic replay,
 the embedded broker. Knows nothing of the live runtime (``pipeline.live``), backtests or reports.
 """

@@ -8,7 +8,7 @@ one code path for both clients. What differs, and how it is bridged:
 - Config and errors: translated by ``pipeline.kafka.confluent_mapping`` (kafka-python options to librdkafka
   properties; librdkafka errors to the ``kafka.errors`` class of the same code or meaning).
 - Records: a ``Record`` tuple with ``topic partition offset timestamp key value headers``.
-- Sends: ``send`` returns a ``Delivery`` (``is_done``, ``failed()``, ``exception``), completed by librdkafka's
+- Sends: ``send`` returns a ``SendResult`` (``is_done``, ``failed()``, ``exception``), completed by librdkafka's
   delivery report, which ``flush`` serves.
 - Rebalances: librdkafka calls on_assign/on_revoke inside ``poll`` on the loop's own thread; they are forwarded
   to the kafka-python listener. ``close`` does not forward the revoke librdkafka makes while leaving (kafka-python
@@ -264,7 +264,7 @@ class Consumer:
         self._c.close()
 
 
-class Delivery:
+class SendResult:
     """A send's outcome, completed by librdkafka's delivery report (the shape of kafka-python's future)."""
 
     __slots__ = ("is_done", "exception", "offset")
@@ -300,10 +300,10 @@ class Producer:
         self._topics: dict[str, tuple[float, set]] = {}
         self._unpolled = 0
 
-    def send(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp_ms=None) -> Delivery:
-        """Queue one record; its Delivery completes at the acknowledgement. A full queue is waited out for at
+    def send(self, topic: str, value=None, key=None, headers=None, partition=None, timestamp_ms=None) -> SendResult:
+        """Queue one record; its SendResult completes at the acknowledgement. A full queue is waited out for at
         most max_block_ms (KafkaTimeoutError), as kafka-python blocks on a full buffer."""
-        fut = Delivery()
+        fut = SendResult()
         deadline = None
         while True:
             try:
@@ -324,7 +324,7 @@ class Producer:
         return fut
 
     def serve_deliveries(self) -> None:
-        """Complete the ``Delivery`` of every send acknowledged by now, without waiting: librdkafka hands its
+        """Complete the ``SendResult`` of every send acknowledged by now, without waiting: librdkafka hands its
         delivery reports over only inside ``poll`` or ``flush``."""
         self._p.poll(0)
 
@@ -388,7 +388,7 @@ class Producer:
 
 
 class ConfluentClients:
-    """The factory of ``kafka_client = confluent``: the same methods as ``pipeline.live.clients.KafkaClients``."""
+    """The factory of ``kafka_client = confluent``: the same methods as ``pipeline.kafka.clients.KafkaClients``."""
 
     def consumer(self, **config) -> Consumer:
         return Consumer(**config)

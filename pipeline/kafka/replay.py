@@ -1,6 +1,6 @@
 """Publish a tick table to a topic: keyed by instrument, paced by event time.
 
-Each tick becomes one schema-v1 JSON message (see ``pipeline.kafka.ticks``) whose
+Each tick becomes one schema-v1 JSON message (see ``pipeline.wire.ticks``) whose
 Kafka timestamp is the tick's event time (ms). With ``speed`` X > 0 the gaps
 between ticks are replayed X times faster than they happened; with 0 the
 ticks go out as fast as the producer takes them.
@@ -87,7 +87,7 @@ def replay_to_kafka(ticks: pa.Table, topic: str, bootstrap_servers: str, *, spee
 
     from pipeline.config import ConfigError  # noqa: PLC0415
     from pipeline.kafka.tls import check_tls  # noqa: PLC0415
-    from pipeline.live.clients import make_clients  # noqa: PLC0415
+    from pipeline.kafka.clients import make_clients  # noqa: PLC0415
 
     check_tls(bootstrap_servers, security or {})
     try:

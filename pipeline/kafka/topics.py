@@ -23,7 +23,7 @@ from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
 from operators.errors import TickcastError
-from pipeline.kafka.ticks import decode_records
+from pipeline.wire.ticks import decode_records
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class TopicRange:
 def read_topic_range(bootstrap: str, topic: str, from_ms: int | None, to_ms: int | None, *,
                      client_options: dict | None = None, timeout_s: float = 60.0, progress=None,
                      clients=None) -> TopicRange:
-    """``clients``: the factory of the consumer (``pipeline.live.clients.make_clients``); kafka-python's
+    """``clients``: the factory of the consumer (``pipeline.kafka.clients.make_clients``); kafka-python's
     ``KafkaConsumer`` when None."""
     consumer = (clients.consumer if clients is not None else KafkaConsumer)(
         bootstrap_servers=bootstrap.split(","), group_id=None, enable_auto_commit=False,
@@ -198,7 +198,7 @@ def load_topic_range(bootstrap: str, topic: str, time_from: str | None, time_to:
     from tqdm import tqdm  # noqa: PLC0415
 
     from pipeline.config import ConfigError, check_kafka_client, parse_time_ns  # noqa: PLC0415
-    from pipeline.live.clients import make_clients  # noqa: PLC0415
+    from pipeline.kafka.clients import make_clients  # noqa: PLC0415
 
     check_kafka_client(kafka_client, "--kafka-client")
     lo, hi = parse_time_ns(time_from, "--from"), parse_time_ns(time_to, "--to")

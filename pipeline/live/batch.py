@@ -4,36 +4,18 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import numpy as np
-import pyarrow as pa
 
-from operators.forecaster import Forecaster, StepResult
+from operators.forecaster import Forecaster
 from operators.validation import reject_labels
-from pipeline.kafka.ticks import decode_records
 from pipeline.live import status
-from pipeline.live.messages import DeadLetter
+from pipeline.live.inflight import Batch
 from pipeline.live.partitions import Partitions
 from pipeline.live.status import RunStats
 from pipeline.metrics import Metrics
-
-
-@dataclass
-class Batch:
-    """One micro-batch after the operator: the records, their decoded ticks and what came out."""
-
-    records: list
-    received_at: list[float]
-    ticks: pa.Table  # decoded valid ticks, with partition id and offset
-    part_ids: np.ndarray  # partition id of each record
-    offs: np.ndarray  # offset of each record
-    idx: np.ndarray  # record index of each decoded tick
-    result: StepResult
-    rows: np.ndarray  # tick rows with a forecast to emit (not silent)
-    forecasts: np.ndarray
-    dead: list[DeadLetter]
-    silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
+from pipeline.wire.outgoing import DeadLetter
+from pipeline.wire.ticks import decode_records
 
 
 def step_batch(records: list, received_at: list[float], partitions: Partitions, forecaster: Forecaster,

@@ -1,10 +1,6 @@
-"""The run's Kafka clients: where they come from (a factory), how they are configured, the key partitioner,
-the stall watch, one retry-with-backoff helper, and calls bounded in time.
-
-The factory is the seam between the runtime and a client library: ``KafkaClients`` makes kafka-python's clients;
-``pipeline.kafka.confluent.ConfluentClients`` makes librdkafka ones behind the same methods (``kafka_client =
-confluent``, chosen by ``make_clients``); ``tests/support/fake_kafka`` makes in-memory ones, so the real loop runs
-without a broker.
+"""The run's Kafka clients: how they are configured and opened (from a factory of
+``pipeline.kafka.clients``), the key partitioner, the stall watch, one retry-with-backoff helper, and calls
+bounded in time.
 """
 
 from __future__ import annotations
@@ -17,7 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
 from kafka.errors import (
     FencedInstanceIdError,
     InvalidProducerEpochError,
@@ -32,6 +27,7 @@ from kafka.partitioner.default import murmur2
 
 from pipeline import logs
 from pipeline.config import RunConfig
+from pipeline.kafka.clients import KafkaClients
 from pipeline.metrics import Metrics
 
 log = logs.get("run")
@@ -42,25 +38,6 @@ FENCED_BY_ANOTHER = ("another process with the same transactional_id took over (
                      "own transactional_id")
 FENCED_INSTANCE = ("another process joined the group with the same group_instance_id (fenced); give every process "
                    "its own group_instance_id")
-
-
-class KafkaClients:
-    """Makes the run's Kafka clients: kafka-python's ``KafkaConsumer`` and ``KafkaProducer``."""
-
-    def consumer(self, **config) -> Any:
-        return KafkaConsumer(**config)
-
-    def producer(self, **config) -> Any:
-        return KafkaProducer(**config)
-
-
-def make_clients(kind: str = "kafka-python") -> Any:
-    """The factory for ``kafka_client``: kafka-python's (the default) or librdkafka's (``confluent``)."""
-    if kind == "confluent":
-        from pipeline.kafka.confluent import ConfluentClients  # noqa: PLC0415 - an optional dependency
-
-        return ConfluentClients()
-    return KafkaClients()
 
 
 @dataclass

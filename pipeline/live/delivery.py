@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
-from dataclasses import dataclass
 
 from kafka.errors import (
     CommitFailedError,
@@ -24,40 +23,26 @@ from kafka.errors import (
 
 from pipeline import logs
 from pipeline.config import RunConfig
+from pipeline.kafka.clients import KafkaClients
 from pipeline.live.clients import (
     FENCED,
     FENCED_BY_ANOTHER,
     GIVE_UP,
     CachingPartitioner,
     Connection,
-    KafkaClients,
     StallWatch,
     bounded,
     open_producer,
     publish_error_reason,
     retry,
 )
-from pipeline.live.inflight import Transaction
-from pipeline.live.messages import (
-    DeadLetter,
-    Outgoing,
-)
+from pipeline.live.inflight import Outbox, Transaction
 from pipeline.live.sender import Sender
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics
 
 log = logs.get("run")
-
-
-@dataclass
-class Outbox:
-    """What one batch sends and commits: forecast messages, then dead letters, and the input offsets."""
-
-    forecasts: list[Outgoing]
-    dead: list[DeadLetter]
-    records: list  # the batch's input records (dead letters' cut levels are forgotten once delivered)
-    offsets: dict
 
 
 class _Unacknowledged(Exception):

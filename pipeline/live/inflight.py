@@ -1,4 +1,5 @@
-"""Batches stepped but not yet committed, oldest first, and the batch size the latency budget allows.
+"""Batches stepped but not yet committed, oldest first, and the batch size the latency budget allows; what a
+stepped batch holds (``Batch``) and what it sends and commits (``Outbox``).
 
 Pipelining (``max_batches_in_flight`` > 1): batch N's sends are issued (at-least-once) or its transaction's
 commit is started (exactly-once), then batch N+1 is polled, decoded and stepped while N's acknowledgements
@@ -18,6 +19,39 @@ from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
+import numpy as np
+import pyarrow as pa
+
+from operators.forecaster import StepResult
+from pipeline.wire.outgoing import DeadLetter, Outgoing
+
+
+@dataclass
+class Batch:
+    """One micro-batch after the operator: the records, their decoded ticks and what came out."""
+
+    records: list
+    received_at: list[float]
+    ticks: pa.Table  # decoded valid ticks, with partition id and offset
+    part_ids: np.ndarray  # partition id of each record
+    offs: np.ndarray  # offset of each record
+    idx: np.ndarray  # record index of each decoded tick
+    result: StepResult
+    rows: np.ndarray  # tick rows with a forecast to emit (not silent)
+    forecasts: np.ndarray
+    dead: list[DeadLetter]
+    silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
+
+
+@dataclass
+class Outbox:
+    """What one batch sends and commits: forecast messages, then dead letters, and the input offsets."""
+
+    forecasts: list[Outgoing]
+    dead: list[DeadLetter]
+    records: list  # the batch's input records (dead letters' cut levels are forgotten once delivered)
+    offsets: dict
+
 
 @dataclass
 class Transaction:
@@ -36,8 +70,8 @@ class InFlightBatch:
     """One batch between its dispatch and its settling: what ``Delivery`` needs to finish it (``outbox``,
     the sends issued or the open transaction) and what the runner accounts afterwards."""
 
-    outbox: object  # delivery.Outbox; its offsets shrink on revoke
-    batch: object  # batch.Batch
+    outbox: Outbox  # its offsets shrink on revoke
+    batch: Batch
     out_rows: object
     started: float  # perf_counter at the batch's start (batch duration)
     sent: list = field(default_factory=list)  # at-least-once: (Outgoing, future) per send

@@ -13,10 +13,9 @@ import numpy as np
 from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline import logs
+from pipeline.wire.ticks import PARTITION_MASK, TOPIC_SHIFT
 
 log = logs.get("run")
-TOPIC_SHIFT = 20
-PARTITION_MASK = (1 << TOPIC_SHIFT) - 1
 
 
 @dataclass

@@ -17,11 +17,11 @@ from operators.bundle import Bundle
 from pipeline import logs
 from pipeline.checkpoint import DATA_ERRORS, Problem, StoreUnavailable
 from pipeline.config import RunConfig, parse_duration_ns
+from pipeline.kafka.clients import KafkaClients
 from pipeline.kafka.topics import first_offsets_at
 from pipeline.live.clients import (
     GIVE_UP,
     Connection,
-    KafkaClients,
     client_options,
     retry,
 )

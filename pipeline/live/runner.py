@@ -24,7 +24,7 @@ waits in step 5 (or, exactly-once, for its transaction's commit); batches are se
 offsets are still committed in input order and never past a batch not yet acknowledged.
 
 Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (what each owned partition's state
-reflects), ``recovery`` (restores and rewinds), ``messages`` (wire formats), ``batch`` (steps 2-3),
+reflects), ``recovery`` (restores and rewinds), ``pipeline.wire`` (message formats), ``batch`` (steps 2-3),
 ``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
 (snapshots), ``status`` (stats, what a settled batch adds to them, lag, status line). This module holds
 the lifecycle and the loop.
@@ -49,29 +49,31 @@ from pipeline import logs
 from pipeline.checkpoint import group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
-from pipeline.live import clients, messages, status
+from pipeline.live import clients, status
+from pipeline.kafka.clients import KafkaClients, make_clients
 from pipeline.kafka.tls import check_tls
-from pipeline.live.batch import Batch, step_batch
+from pipeline.live.batch import step_batch
 from pipeline.live.checkpointer import Checkpointer
-from pipeline.live.delivery import Delivery, Outbox
-from pipeline.live.inflight import BatchSizer, InFlight, InFlightBatch
-from pipeline.live.messages import Outgoing
+from pipeline.live.delivery import Delivery
+from pipeline.live.inflight import Batch, BatchSizer, InFlight, InFlightBatch, Outbox
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
+from pipeline.wire.forecasts import JsonNames, encode_arrow, encode_json, last_per_group
+from pipeline.wire.outgoing import Outgoing
 
 log = logs.get("run")
 
 
 class Runner:
     def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics,
-                 kafka_clients: clients.KafkaClients | None = None):
+                 kafka_clients: KafkaClients | None = None):
         self.cfg = config
         self.bundle = bundle
         self.metrics = metrics
-        self.kafka_clients = kafka_clients or clients.make_clients(config.kafka_client)
+        self.kafka_clients = kafka_clients or make_clients(config.kafka_client)
         self.forecaster = Forecaster(bundle, ForecasterConfig(
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
@@ -87,7 +89,7 @@ class Runner:
         self.stats = RunStats()
         self.stopping = Stopping(config.shutdown_timeout_s)
         self.conn = clients.Connection()
-        self.json_names = messages.JsonNames()
+        self.json_names = JsonNames()
         # shared by every producer this run makes; memoises the forecast topic's keys (instruments) only
         self.partitioner = clients.CachingPartitioner(cached_topics=frozenset({config.output_topic}))
         self.partitions = Partitions(config.input_topics)
@@ -372,7 +374,7 @@ class Runner:
     def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
         """Tick rows to publish and their forecasts: all, or the last per instrument (``output_mode``)."""
         if self.cfg.output_mode == "last_per_instrument" and len(batch.rows):
-            keep = messages.last_per_group(batch.ticks, batch.rows)
+            keep = last_per_group(batch.ticks, batch.rows)
         else:
             keep = np.arange(len(batch.rows))
         return batch.rows[keep], batch.forecasts[keep]
@@ -384,12 +386,12 @@ class Runner:
                 return []
             topic = self.cfg.output_topic
             partitions = self.delivery.sender.await_topic(topic)
-            return messages.encode_arrow(self.bundle, self.cfg.input_topics, topic, partitions,
+            return encode_arrow(self.bundle, self.cfg.input_topics, topic, partitions,
                                 self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
                                 batch.part_ids, batch.offs)
-        return messages.encode_json(self.bundle, self.json_names, self.cfg.output_topic, batch.ticks, out_rows,
-                                    forecasts, msg_index, [r.topic for r in batch.records], batch.part_ids,
-                                    batch.offs)
+        return encode_json(self.bundle, self.json_names, self.cfg.output_topic, batch.ticks, out_rows,
+                           forecasts, msg_index, [r.topic for r in batch.records], batch.part_ids,
+                           batch.offs)
 
 
 def freeze_long_lived_objects() -> None:

@@ -7,19 +7,16 @@ retriable and left to the caller (``send`` returns it). A topic that does not ex
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 from kafka.errors import KafkaError, KafkaTimeoutError
 
 from pipeline import logs
 from pipeline.config import RunConfig
 from pipeline.live.clients import Connection, publish_error_reason
-from pipeline.live.messages import DEAD_LETTER_CUTS, DeadLetter, Outgoing, dead_letter
+from pipeline.live.inflight import Outbox
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics
-
-if TYPE_CHECKING:
-    from pipeline.live.delivery import Outbox
+from pipeline.wire.outgoing import DEAD_LETTER_CUTS, DeadLetter, Outgoing, dead_letter
 
 log = logs.get("run")
 

@@ -8,18 +8,15 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
 
 from pipeline import logs
 from pipeline.evaluation.online import OnlineScorer
+from pipeline.live.inflight import Batch
 from pipeline.live.partitions import Partitions
 from pipeline.metrics import Metrics
-
-if TYPE_CHECKING:
-    from pipeline.live.batch import Batch  # batch.py imports this module
 
 log = logs.get("run")
 STARTUP_S = 10.0  # latencies of batches settled this soon after the first batch arrived count as start-up

@@ -15,7 +15,8 @@ import pytest
 from kafka.partitioner.default import murmur2
 
 from operators.forecaster import Forecaster
-from pipeline.files.sinks import FORECAST_MESSAGE_SCHEMA, decode_forecast_message
+from pipeline.wire.forecasts import decode_forecast_message
+from pipeline.wire.schemas import FORECAST_MESSAGE_SCHEMA
 from pipeline.files.synthetic import generate_ticks
 from tests.support.live import RunProcess, produce, tick_messages
 from tests.support.readers import read_all

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.evaluation.backtest import run_backtest
-from pipeline.files.sinks import decode_forecast_message
+from pipeline.wire.forecasts import decode_forecast_message
 from pipeline.files.synthetic import generate_ticks
 from tests.support.bundles import in_target_units
 from tests.support.live import RunProcess, produce, tick_messages

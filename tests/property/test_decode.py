@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from operators.validation import TickColumns
-from pipeline.kafka import ticks
-from pipeline.kafka.ticks import decode_batch
+from pipeline.wire import ticks
+from pipeline.wire.ticks import decode_batch
 
 FIELDS = ["v", "instrument", "ts", "price", "size", "bid", "ask", "bid_size", "ask_size"]
 SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,7 +13,7 @@ import pytest
 
 from operators.forecaster import Forecaster
 from pipeline.checkpoint import group_store
-from pipeline.kafka.ticks import decode_batch
+from pipeline.wire.ticks import decode_batch
 from tests.support.readers import read_committed
 
 PARTITIONS = 2

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 from operators.bundle import Bundle, _keras, load_bundle, save_bundle  # noqa: E402
-from operators.keras_bundle import bundle_keras_model  # noqa: E402
+from operators.bundle_from_keras import bundle_keras_model  # noqa: E402
 from operators.training import sequences_from_table  # noqa: E402
 from pipeline.files.synthetic import generate_ticks  # noqa: E402
 

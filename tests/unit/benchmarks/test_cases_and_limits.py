@@ -67,9 +67,9 @@ def test_the_schedule_limit_runs_the_packed_schedule_of_each_batch_for_every_lay
 def test_one_case_reports_the_paired_median_of_its_rounds_and_both_limits():
     pytest.importorskip("onnxruntime", reason="the ONNX Runtime peer needs the bench extra")
     from benchmarks.operator import _peers, measure_case
-    from benchmarks.workload import _bundle
+    from benchmarks.workload import bench_bundle
 
-    row = measure_case(Case(4, "zipf", 1, 8, 300), _bundle(1, 8), _peers(("onnx",), 1), rounds=3,
+    row = measure_case(Case(4, "zipf", 1, 8, 300), bench_bundle(1, 8), _peers(("onnx",), 1), rounds=3,
                        batches_per_round=1, cell_ticks=5)
     rounds = row["operator_over_onnx_peer_paired_rounds"]  # peer time / operator time, each round
     assert row["operator_over_onnx_peer_paired_median"] == pytest.approx(np.median(rounds), abs=0.0051)
@@ -105,14 +105,14 @@ def test_backtest_benchmark_runs_a_file_of_the_real_datas_shape():
 
 def test_backtest_benchmark_reads_the_first_ticks_of_a_file_in_place(tmp_path):
     from benchmarks.backtest import fitted, run
-    from benchmarks.workload import _bundle
+    from benchmarks.workload import bench_bundle
     from pipeline.files.synthetic import generate_ticks
 
     ticks = generate_ticks(3, 3_000, seed=2, bad_fraction=0.0)
     pacsv.write_csv(ticks, tmp_path / "ticks.csv")
     r = run(2_000, batch=500, hidden=8, topic=False, data=str(tmp_path / "ticks.csv"), printer=lambda _: None)
     assert (r["ticks"], r["instruments"], r["forecasts_scored"]) == (2_000, 3, 2_000)
-    norm = fitted(_bundle(1, 8), ticks).normalisation  # fitted on the ticks' own features, not the identity
+    norm = fitted(bench_bundle(1, 8), ticks).normalisation  # fitted on the ticks' own features, not the identity
     assert not np.allclose(norm.mean, 0.0) and not np.allclose(norm.std, 1.0)
     assert isinstance(ticks, pa.Table)
 

@@ -10,13 +10,13 @@ pytest.importorskip("onnx", reason="the ONNX Runtime peer needs the bench extra:
 
 from benchmarks.onnx_peer import BucketedOnnx, lstm_graph, onnx_gates, session  # noqa: E402
 from benchmarks.peers import check_peer  # noqa: E402
-from benchmarks.workload import _bundle, _stream, _warm_table  # noqa: E402
+from benchmarks.workload import bench_bundle, tick_batches, warm_table  # noqa: E402
 
 
 @pytest.mark.parametrize("layers, hidden, threads", [(1, 8, 1), (2, 6, 1), (1, 8, 2)])
 def test_onnx_peer_gives_the_operators_forecasts(layers, hidden, threads):
     # check_peer raises when any forecast differs from the operator's by more than float32 rounding
-    gap = check_peer(_bundle(layers, hidden), n_instruments=12, n_batches=3, batch_ticks=200, peer=BucketedOnnx,
+    gap = check_peer(bench_bundle(layers, hidden), n_instruments=12, n_batches=3, batch_ticks=200, peer=BucketedOnnx,
                      threads=threads)
     assert gap < 1e-4
 
@@ -24,10 +24,10 @@ def test_onnx_peer_gives_the_operators_forecasts(layers, hidden, threads):
 def test_onnx_peer_keeps_state_per_instrument_across_batches():
     # Two peers that differ only in h and c (the carried one has stepped a batch, the other has zeros
     # with the same previous ticks): without the scatter back of Y_h/Y_c their next forecasts would agree.
-    bundle = _bundle(1, 8)
-    batches = _stream(5, "zipf", 2, 60, seed=3)
+    bundle = bench_bundle(1, 8)
+    batches = tick_batches(5, "zipf", 2, 60, seed=3)
     carried, fresh = BucketedOnnx(bundle, capacity=2), BucketedOnnx(bundle, capacity=2)  # rows grow
-    carried.step(_warm_table(5))
+    carried.step(warm_table(5))
     carried.step(batches[0])
     fresh.index = dict(carried.index)
     fresh.last_price, fresh.last_ts = carried.last_price.copy(), carried.last_ts.copy()
@@ -43,7 +43,7 @@ def test_keras_gate_blocks_go_to_onnx_order():
 
 
 def test_the_graph_takes_and_returns_every_layers_state():
-    bundle = _bundle(2, 4)
+    bundle = bench_bundle(2, 4)
     model = lstm_graph(bundle.weights)
     assert [i.name for i in model.graph.input] == ["x", "h0", "c0", "h1", "c1"]
     assert [o.name for o in model.graph.output] == ["y", "h0_out", "c0_out", "h1_out", "c1_out"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.operator import _stream, _warm_table
+from benchmarks.workload import tick_batches, warm_table
 from benchmarks.operator_custom import BucketedChain, _peer_forecasts, custom_bundle, measure_custom_models
 
 
@@ -21,9 +21,9 @@ def test_each_custom_chain_runs_on_its_engine_against_both_baselines():
 
 def test_the_chain_peer_keeps_state_per_instrument_across_batches(tmp_path):
     bundle = custom_bundle("lstm_gelu_gru", tmp_path, hidden=4)
-    batches = _stream(5, "uniform", 2, 50, seed=3)
+    batches = tick_batches(5, "uniform", 2, 50, seed=3)
     carried, fresh = BucketedChain(bundle, capacity=2), BucketedChain(bundle, capacity=2)  # rows grow
     for peer in (carried, fresh):
-        _peer_forecasts(peer, _warm_table(5))
+        _peer_forecasts(peer, warm_table(5))
     _peer_forecasts(carried, batches[0])
     assert not np.allclose(_peer_forecasts(carried, batches[1]), _peer_forecasts(fresh, batches[1]))

@@ -12,7 +12,7 @@ from operators.bundle import _keras
 from operators.engines import choose
 from operators.errors import BundleError
 from operators.forecaster import Forecaster, ForecasterConfig
-from operators.keras_bundle import bundle_keras_model
+from operators.bundle_from_keras import bundle_keras_model
 from tests.support.keras_models import FEATURES, build, bundled, fit_ticks
 from tests.support.no_tensorflow import ROOT, env_without_tensorflow
 

@@ -9,7 +9,7 @@ import pytest
 
 from operators.bundle import _keras
 from operators.errors import BundleError
-from operators.keras_bundle import bundle_keras_model
+from operators.bundle_from_keras import bundle_keras_model
 from tests.support.keras_models import FEATURES, build, fit_ticks
 
 N = len(FEATURES)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from operators.errors import BundleError
-from operators.keras_bundle import bundle_keras_model
+from operators.bundle_from_keras import bundle_keras_model
 from operators.keras_file import KerasFileError, read_keras_model
 from tests.support.keras_files import ROOT, WEIGHTS, edit_weights, keras_weights, members, rezip
 from tests.support.keras_models import FEATURES, fit_ticks

@@ -155,7 +155,7 @@ def test_serving_reads_the_same_weights_as_keras_without_importing_it(fixture, r
     np.testing.assert_array_equal(served.weights.dense_kernel, b.weights.dense_kernel)
     assert served.weights.dense_bias == b.weights.dense_bias
     # What `tickcast run` and `tickcast backtest` import, then the bundle loaded and the operator built.
-    probe = ("import sys\nimport pipeline.cli, pipeline.serve, pipeline.live.runner, pipeline.evaluation.backtest\n"
+    probe = ("import sys\nimport pipeline.cli, pipeline.run_command, pipeline.live.runner, pipeline.evaluation.backtest\n"
              "from operators.bundle import load_bundle\nfrom operators.forecaster import Forecaster\n"
              f"Forecaster(load_bundle({str(b.path)!r}))\n"
              "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('keras', 'tensorflow'))\n"

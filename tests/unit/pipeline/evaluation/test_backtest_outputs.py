@@ -110,7 +110,7 @@ def test_compare_is_per_output_with_each_outputs_own_loss(backtest, tmp_path):
 
 def test_a_single_quantile_output_is_scored_by_pinball_loss_not_mae(tmp_path):
     from operators.bundle import load_bundle, save_bundle
-    from operators.keras_bundle import bundle_keras_model
+    from operators.bundle_from_keras import bundle_keras_model
     from operators.outputs import OutputSpec
     from tests.support.keras_models import FEATURES, build, fit_ticks
 

@@ -116,7 +116,7 @@ def test_capacity_shrinks_after_instruments_leave_and_grows_again():
 def test_json_name_cache_is_bounded_and_always_answers():
     import json
 
-    from pipeline.live.messages import JsonNames
+    from pipeline.wire.forecasts import JsonNames
 
     cache = JsonNames(max_size=100)
     for b in range(300):

@@ -14,11 +14,10 @@ from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from pipeline.config import ConfigError, RunConfig
 from pipeline.kafka import confluent, confluent_mapping
+from pipeline.kafka.clients import KafkaClients, make_clients
 from pipeline.live.clients import (
     CachingPartitioner,
-    KafkaClients,
     consumer_failure,
-    make_clients,
     open_consumer,
     open_producer,
     publish_error_reason,

@@ -37,7 +37,7 @@ def broken(request, bundle):
 
 @pytest.mark.parametrize("output_format", ["json", "arrow"])
 def test_non_finite_forecasts_go_to_the_dead_letter_topic_never_to_the_output(broken, tmp_path, output_format):
-    from pipeline.files.sinks import decode_forecast_message
+    from pipeline.wire.forecasts import decode_forecast_message
 
     broker = new_broker()
     feed(broker, N)

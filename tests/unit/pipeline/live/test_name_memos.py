@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from pipeline.live.clients import CachingPartitioner
-from pipeline.live.messages import JsonNames
+from pipeline.wire.forecasts import JsonNames
 from tests.support.fake_kafka import FakeBroker
 from tests.support.live_loop import make_runner, run_until
 

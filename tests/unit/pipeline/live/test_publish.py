@@ -25,10 +25,12 @@ from prometheus_client import CollectorRegistry
 from pipeline.config import ConfigError, RunConfig
 from pipeline.live import status
 from pipeline.live.checkpointer import Checkpointer
-from pipeline.live.clients import CachingPartitioner, Connection, KafkaClients
-from pipeline.live.delivery import Delivery, Outbox
+from pipeline.kafka.clients import KafkaClients
+from pipeline.live.clients import CachingPartitioner, Connection
+from pipeline.live.delivery import Delivery
+from pipeline.live.inflight import Outbox
 from pipeline.live.inflight import InFlight
-from pipeline.live.messages import DeadLetter, Outgoing
+from pipeline.wire.outgoing import DeadLetter, Outgoing
 from pipeline.live.partitions import Partitions
 from pipeline.live.runner import Runner
 from pipeline.live.status import RunStats

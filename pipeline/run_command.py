@@ -8,7 +8,7 @@ import sys
 from pipeline.config import ConfigError, RunConfig
 
 
-def serve(cfg: RunConfig) -> int:
+def run_live(cfg: RunConfig) -> int:
     """Run :class:`pipeline.live.runner.Runner` under ``cfg`` with its metrics endpoint; the runner's exit code."""
     from operators.bundle import load_bundle  # noqa: PLC0415
     from pipeline import logs  # noqa: PLC0415

@@ -58,6 +58,10 @@ import pyarrow.json as pajson
 from operators.validation import NUMERIC_COLUMNS, TICK_COLUMNS, DecodeReason
 
 SCHEMA_VERSION = 1
+# A decoded tick's ``partition`` is a partition id: the input topic's index in the high bits, so two input
+# topics' partition 0 never share state rows.
+TOPIC_SHIFT = 20
+PARTITION_MASK = (1 << TOPIC_SHIFT) - 1
 MAX_KEY_BYTES = 256
 MAX_INSTRUMENT_BYTES = MAX_KEY_BYTES
 MAX_VALUE_BYTES = 4096

@@ -1,6 +1,6 @@
 """``tickcast bundle --keras``: a bundle around a Keras model trained anywhere.
 
-The work is :func:`operators.keras_bundle.bundle_keras_model` (read the file as data, refuse what the
+The work is :func:`operators.bundle_from_keras.bundle_keras_model` (read the file as data, refuse what the
 NumPy kernel cannot compute exactly, fit the normalisation); this module turns flags into its arguments,
 loads the ticks the normalisation is fitted on, writes the bundle and says what it holds.
 """
@@ -20,7 +20,7 @@ def bundle_keras(model_file: str, features: str, ticks_from: TickInput, out: str
                  target_scale: str = "fitted", outputs: str = "") -> tuple[Bundle, Path]:
     """Bundle ``model_file`` (a .keras file) into ``out``; ConfigError/BundleError in one line when it cannot.
     ``outputs``: ``--outputs name:horizon[:quantile],...``, one per model output."""
-    from operators.keras_bundle import bundle_keras_model  # noqa: PLC0415
+    from operators.bundle_from_keras import bundle_keras_model  # noqa: PLC0415
     from operators.outputs import parse_outputs  # noqa: PLC0415
 
     names = [name.strip() for name in features.split(",") if name.strip()]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from operators.validation import DecodeReason
-from pipeline.kafka.ticks import decode_batch
+from pipeline.wire.ticks import decode_batch
 
 
 def msg(**fields) -> bytes:
@@ -16,12 +16,12 @@ def msg(**fields) -> bytes:
 
 
 def test_good_batch_decodes_on_the_fast_path(monkeypatch):
-    import pipeline.kafka.ticks
+    import pipeline.wire.ticks
 
     def slow_path(indices, values, rejected):
         raise AssertionError(f"messages {indices} left the fast path")
 
-    monkeypatch.setattr(pipeline.kafka.ticks, "_decode_slowly", slow_path)  # the one way off the fast path
+    monkeypatch.setattr(pipeline.wire.ticks, "_decode_slowly", slow_path)  # the one way off the fast path
     keys = [b"A", b"B", None]
     values = [msg(instrument="A"), msg(size=3), msg(instrument="C", bid=9.9, ask=10.1)]
     out = decode_batch(keys, values)

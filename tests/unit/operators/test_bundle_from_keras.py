@@ -11,7 +11,7 @@ from operators.bundle import _keras, load_bundle, save_bundle
 from operators.errors import BundleError
 from operators.features import FEATURE_NAMES, KNOWN_FEATURES, Normalisation, log_return_target
 from operators.forecaster import Forecaster
-from operators.keras_bundle import bundle_keras_model
+from operators.bundle_from_keras import bundle_keras_model
 from operators.training import sequences_from_table
 from pipeline.files.synthetic import generate_ticks
 from tests.support.bundles import in_target_units

@@ -49,7 +49,7 @@ def test_bundle_command_writes_a_bundle_that_loads_without_tensorflow_and_serves
     meta = json.loads((path / "bundle.json").read_text())
     assert meta["feature_spec"]["names"] == FEATURES and meta["target"]["horizon_ticks"] == 7
     assert meta["architecture"]["source"] == "keras" and meta["architecture"]["cells"] == [["gru", 4]]
-    probe = ("import sys, json\nimport pyarrow.parquet as pq\nimport pipeline.cli, pipeline.serve\n"
+    probe = ("import sys, json\nimport pyarrow.parquet as pq\nimport pipeline.cli, pipeline.run_command\n"
              "try:\n    import tensorflow\nexcept ModuleNotFoundError:\n    pass\nelse:\n    raise SystemExit('tf')\n"
              "from operators.bundle import load_bundle\nfrom operators.forecaster import Forecaster\n"
              f"r = Forecaster(load_bundle({str(path)!r})).step(pq.read_table({str(folder / 'ticks.parquet')!r}))\n"

@@ -1,69 +1,28 @@
-"""What the loop sends: forecast messages (JSON, one per forecast, or Arrow IPC, one per output partition) and
-dead letters (the refused record's own bytes, the reason in headers, cut to fit when refused for size).
+"""Forecast messages: JSON (one per forecast, keyed by instrument) or Arrow IPC (one per output partition,
+at most ``ARROW_ROWS_PER_MESSAGE`` rows), and reading an Arrow one back.
 
-The formats are documented in docs/; ``pipeline.files.sinks`` holds the Arrow schema they share with the file sink.
+The formats are documented in the README ("Output message (forecast)"); their Arrow schema is
+``pipeline.wire.schemas.FORECAST_MESSAGE_SCHEMA``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.ipc as ipc
 
 from operators.bundle import Bundle
-from pipeline.files.sinks import (
-    ARROW_CONTENT_TYPE,
-    encode_forecast_batch,
-    forecast_message_schema,
-)
-from pipeline.live.partitions import PARTITION_MASK, TOPIC_SHIFT
+from pipeline.wire.outgoing import Outgoing
+from pipeline.wire.schemas import ARROW_CONTENT_TYPE, forecast_message_schema
+from pipeline.wire.ticks import PARTITION_MASK, TOPIC_SHIFT
 
 # Arrow output: rows per message, and bytes per message (a row is ~45 B plus its instrument name, at most
 # the 256-byte key limit): every message stays far below the producer's 1 MiB max_request_size.
 ARROW_ROWS_PER_MESSAGE = 8192
 ARROW_MESSAGE_BYTES = 512 * 1024
-# A dead letter refused for its size is sent again cut: its value to 1 KiB, then to nothing (key to 256 bytes).
-DEAD_LETTER_CUTS = (1024, 0)
-DEAD_LETTER_KEY_BYTES = 256
-
-
-class DeadLetter(NamedTuple):
-    """A record the run refused: the record itself (its index in the batch before), the reason label, detail."""
-
-    record: object
-    reason: str
-    detail: str
-
-
-class Outgoing(NamedTuple):
-    """One record to produce: a forecast message (the encoders make them) or a dead letter (``dead``: the one it
-    carries, rebuilt smaller when it must be cut). Partition None: the producer's partitioner picks by key."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: list | None
-    partition: int | None
-    dead: DeadLetter | None = None
-
-
-def dead_letter(topic: str, d: DeadLetter, cut_level: int) -> Outgoing:
-    """A refused message with its key and value, the reason, detail and source in headers; cut to fit when a
-    size refusal was seen for it before (``tickcast.truncated``, with the original sizes)."""
-    r = d.record
-    key, value = r.key, r.value if r.value is not None else b""
-    headers = [("tickcast.reason", d.reason.encode()), ("tickcast.detail", d.detail.encode()[:512]),
-               ("tickcast.source", f"{r.topic}/{r.partition}/{r.offset}".encode())]
-    if cut_level:
-        headers += [("tickcast.truncated", b"true"), ("tickcast.original_size", str(len(value)).encode())]
-        value = value[:DEAD_LETTER_CUTS[cut_level - 1]]
-        if key is not None and len(key) > DEAD_LETTER_KEY_BYTES:
-            headers.append(("tickcast.original_key_size", str(len(key)).encode()))
-            key = key[:DEAD_LETTER_KEY_BYTES]
-    return Outgoing(topic, key, value, headers, None, d)
 
 
 class JsonNames:
@@ -181,6 +140,23 @@ def encode_arrow(bundle: Bundle, input_topics: list[str], topic: str, partitions
             chunk = mine.slice(start, per_message)
             out.append(Outgoing(topic, None, encode_forecast_batch(chunk, meta), headers, p))
     return out
+
+
+def encode_forecast_batch(table: pa.Table, metadata: dict[str, str]) -> bytes:
+    """One forecast message: the rows of ``table`` (FORECAST_MESSAGE_SCHEMA) as an Arrow IPC stream."""
+    sink = pa.BufferOutputStream()
+    with ipc.new_stream(sink, table.schema.with_metadata(metadata)) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def decode_forecast_message(value: bytes) -> pa.Table:
+    """The forecasts of one `output_format = "arrow"` message (metadata in ``table.schema.metadata``).
+    Checked in full: bytes that read as Arrow but break its invariants raise ``pa.ArrowInvalid`` here rather
+    than crash the reader's first compute call."""
+    table = ipc.open_stream(value).read_all()
+    table.validate(full=True)
+    return table
 
 
 def last_per_group(ticks: pa.Table, rows: np.ndarray) -> np.ndarray:

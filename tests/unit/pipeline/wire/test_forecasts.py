@@ -8,9 +8,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pipeline.files.sinks import FORECAST_MESSAGE_SCHEMA, decode_forecast_message
-from pipeline.live.messages import JsonNames, encode_arrow, encode_json
-from pipeline.live.partitions import PARTITION_MASK, TOPIC_SHIFT
+from pipeline.wire.forecasts import JsonNames, decode_forecast_message, encode_arrow, encode_json
+from pipeline.wire.schemas import FORECAST_MESSAGE_SCHEMA
+from pipeline.wire.ticks import PARTITION_MASK, TOPIC_SHIFT
 
 TOPICS = ["ticks-a", "ticks-b"]
 
