@@ -5,6 +5,7 @@ line at start, before anything connects."""
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 
 import pytest
@@ -118,8 +119,21 @@ def test_config_check_reports_the_candidates_and_a_model_version_twice(tmp_path,
             "each model runs once") in capsys.readouterr().out.splitlines()
 
 
+@pytest.fixture
+def logging_restored():
+    """`tickcast run` in-process configures the tickcast and kafka loggers onto this test's captured stderr:
+    put them back, or a later test's kafka client threads log into a closed stream."""
+    loggers = [logging.getLogger(name) for name in ("tickcast", "kafka", "kafka.net.selector")]
+    saved = [(lg.handlers[:], lg.level, lg.propagate) for lg in loggers]
+    yield
+    for lg, (handlers, level, propagate) in zip(loggers, saved):
+        lg.handlers[:], lg.propagate = handlers, propagate
+        lg.setLevel(level)
+
+
 @pytest.mark.parametrize("which", ["primary", "candidate", "missing"])
-def test_a_candidate_the_run_cannot_start_with_is_one_line_at_start(tmp_path, bundle, bundle2, capsys, which):
+def test_a_candidate_the_run_cannot_start_with_is_one_line_at_start(tmp_path, bundle, bundle2, capsys, which,
+                                                                     logging_restored):
     """Where `tickcast run` loads its bundles, before it listens or connects: one line, exit 2."""
     copy = tmp_path / "copy"
     shutil.copytree(bundle2.path if which == "candidate" else bundle.path, copy)
