@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from operators.bundle import Bundle
     from operators.training import TrainConfig
     from pipeline.evaluation.report import Comparison
-    from pipeline.checkpoint import PartitionInventory
+    from pipeline.checkpoint_inventory import PartitionInventory
 
 
 def format_training_start(rows: int, cfg: TrainConfig) -> str:
@@ -70,8 +70,29 @@ def format_summary(s: dict, out_dir: Path) -> str:
             (f"  R^2 vs random walk: {f(s['r2_vs_random_walk'], '+.4f')}   operator speed: "
              f"{f(s['operator_ticks_per_second'], ',.0f')} ticks/s"),
         ]
-    lines.append(f"  outputs: {out_dir}/report.html, forecasts.parquet, summary.json, per_instrument.parquet, plots/")
+    if "comparison" in s:
+        lines += format_candidates(s["comparison"])
+    lines.append(f"  outputs: {out_dir}/report.html, forecasts.parquet, summary.json, per_instrument.parquet, plots/"
+                 + (", candidates/" if "candidates" in s else ""))
     return "\n".join(lines)
+
+
+def format_candidates(c: dict) -> list[str]:
+    """The comparison of a backtest with candidates: each model's scores, each candidate's paired difference."""
+    def f(v, spec=".3e"):
+        return "-" if v is None else format(v, spec)
+
+    lines = [f"  every model on the primary's {c['window_ticks']:,} scored ticks:",
+             f"  {'model':18}{'role':11}{'MAE':>11}{'RMSE':>11}{'R^2 vs rw':>11}{'hit rate':>10}"]
+    lines += [f"  {m['model_version']:18}{m['role']:11}{f(m['mae']):>11}{f(m['rmse']):>11}"
+              f"{f(m['r2_vs_random_walk'], '+.4f'):>11}{f(m['hit_rate'], '.3f'):>10}" for m in c["models"]]
+    lines.append(f"  paired loss(candidate) - loss(primary) over {c['paired_ticks']:,} ticks, 95% moving-block "
+                 "interval:")
+    for d in c["paired_differences"]:
+        iv = f"{d['mean']:+.3e} [{d['ci95'][0]:+.3e}, {d['ci95'][1]:+.3e}]" if "ci95" in d else "-"
+        verdict = "significantly better" if d.get("significantly_better") else "not significantly better"
+        lines.append(f"  {d['candidate']:18}{d['loss']:10}{iv}  {verdict}")
+    return lines
 
 
 def format_walkforward(s: dict, folds: int, out_dir: Path) -> str:
@@ -152,6 +173,9 @@ def format_inventory(rows: list[PartitionInventory]) -> str:
         lines.append(f"{r.partition:<44} {r.offset if r.offset is not None else '-':>12} "
                      f"{r.rows if r.rows is not None else '-':>10} {size:>10} {age(r.age_s):>7} "
                      f"{r.model_version or '-':<18} {r.checkpoints}")
+        if len(r.models) > 1:  # a checkpoint of several models: each one's rows
+            lines.extend(f"    model {m.model_version:<18} {m.rows:>10} rows {m.bytes / 2**20:>8.1f}MiB state "
+                         f"{m.state}{' (primary)' if i == 0 else ''}" for i, m in enumerate(r.models))
         lines.extend(f"    UNUSABLE {problem}" for problem in r.problems)
     bad = sum(r.unusable for r in rows)
     lines.append(f"{len(rows)} partition(s), {sum(r.checkpoints for r in rows)} checkpoint(s), {bad} unusable"

@@ -2,7 +2,8 @@
 
 Prometheus conventions: prefix ``tickcast_``, base units (seconds, bytes),
 ``_total`` for counters, histograms for latencies and batch sizes, no
-per-instrument labels (labels are at most ``partition``, ``reason``, ``topic``).
+per-instrument labels (labels are at most ``partition``, ``reason``, ``topic``, and for the model comparison
+``model_version``, ``role``, ``metric``, ``candidate``, ``primary``, ``loss``, ``bound``: a few models each).
 Each ``Metrics`` owns its registry (tests build a fresh one each), with the
 process and platform collectors of prometheus-client.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prometheus_client import (
@@ -36,6 +38,12 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from operators.validation import REASON_LABELS
+
+if TYPE_CHECKING:
+    from pipeline.evaluation.compare import ComparisonSnapshot
+
+SCORE_METRICS = ("mae", "rmse", "r2_vs_random_walk", "hit_rate")  # tickcast_model_score's metric label
+BOUNDS = ("low", "mid", "high")  # tickcast_model_paired_difference's bound label
 
 # Step and batch latencies run from ~100 us to seconds.
 _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
@@ -163,6 +171,25 @@ class Metrics:
                                       namespace=ns, registry=r)
         self.transactions = Counter("transactions", "exactly_once: Kafka transactions, by result", ["result"],
                                     namespace=ns, registry=r)
+        # The model comparison (pipeline.evaluation.compare), published by publish_comparison.
+        model = ["model_version", "role"]
+        self.model_score = Gauge("model_score", "Each model's score over the comparison window, by metric: mae, "
+                                 "rmse (of the forecast log return), r2_vs_random_walk (1 - SSE/SSE of the zero "
+                                 "forecast), hit_rate (direction)", [*model, "metric"], namespace=ns, registry=r)
+        self.model_paired_difference = Gauge("model_paired_difference", "Mean loss(candidate) - loss(primary) over "
+                                             "the window's forecasts every model made (loss: absolute, squared), and "
+                                             "its 95% moving-block bootstrap interval (bound: low, mid, high); "
+                                             "high below 0: the candidate is significantly better",
+                                             ["candidate", "primary", "loss", "bound"], namespace=ns, registry=r)
+        self.model_paired_forecasts = Gauge("model_paired_forecasts", "Forecasts in the comparison window that "
+                                            "every model made (what the paired difference is over)",
+                                            namespace=ns, registry=r)
+        self.model_forecasts_scored = Counter("model_forecasts_scored", "Forecasts scored against their realised "
+                                              "return, per model", model, namespace=ns, registry=r)
+        self.model_started = Gauge("model_started_timestamp_seconds", "Unix time each model started forecasting",
+                                   model, namespace=ns, registry=r)
+        self._comparison_series: dict[Gauge, set[tuple[str, ...]]] = {}
+        self._scored_seen: dict[tuple[str, str], int] = {}
         # Known label values start at 0, so rate() and the dashboard see a series before the first event.
         for reason in REASON_LABELS:
             self.dead_letters.labels(reason)
@@ -201,6 +228,34 @@ class Metrics:
     @property
     def is_ready(self) -> bool:
         return self.ready and self.blocked is None
+
+    def publish_comparison(self, snapshot: "ComparisonSnapshot") -> None:
+        """The model comparison's series from a snapshot: a score that does not exist (None) has no series, and
+        the series of models or pairs no longer in the snapshot (removed, or promoted: a new role) are removed."""
+        values: dict[Gauge, dict[tuple[str, ...], float]] = {self.model_score: {}, self.model_paired_difference: {},
+                                                             self.model_started: {}}
+        for m in snapshot.models:
+            for metric in SCORE_METRICS:
+                if getattr(m, metric) is not None:
+                    values[self.model_score][(m.model_version, m.role, metric)] = getattr(m, metric)
+            if m.started is not None:
+                values[self.model_started][(m.model_version, m.role)] = m.started
+            key = (m.model_version, m.role)
+            seen = self._scored_seen.get(key, 0)
+            self.model_forecasts_scored.labels(*key).inc(m.scored_total - seen if m.scored_total >= seen
+                                                         else m.scored_total)  # a new scorer counts from 0
+            self._scored_seen[key] = m.scored_total
+        for d in snapshot.differences:
+            if d.interval is not None:
+                for bound, v in zip(BOUNDS, (d.interval.low, d.interval.mid, d.interval.high)):
+                    values[self.model_paired_difference][(d.candidate, d.primary, d.loss, bound)] = v
+        for gauge, series in values.items():
+            for labels in self._comparison_series.get(gauge, set()) - series.keys():
+                gauge.remove(*labels)
+            for labels, v in series.items():
+                gauge.labels(*labels).set(v)
+            self._comparison_series[gauge] = set(series)
+        self.model_paired_forecasts.set(snapshot.paired)
 
 
 # The endpoint faces whoever can reach the port (README, "Metrics"): a slow or hostile client must not take it

@@ -9,6 +9,8 @@ Outputs in ``OUT_DIR``:
 - ``per_instrument.parquet``, ``per_hour.parquet``: the same scores broken down
 - ``report.html``: headline table with bootstrap intervals, plots, breakdowns (see ``pipeline.evaluation.report``)
 - ``plots/*.png`` (see ``pipeline.evaluation.plots``)
+- with ``candidates``: ``candidates/<model_version>/`` per candidate, and the comparison in summary.json and
+  report.html (see ``pipeline.evaluation.candidates``); without, nothing of it
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +32,7 @@ from operators.bundle import Bundle
 from operators.outputs import OutputSpec
 from operators.validation import reject_labels
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS
+from pipeline.evaluation import candidates as candidate_runs
 from pipeline.evaluation.plots import plot_backtest
 from pipeline.evaluation.report import bootstrap_scores, breakdown, write_report
 from pipeline.evaluation.scores import output_view, quantile_score, realized_per_output, realized_returns, score
@@ -54,11 +58,15 @@ def run_backtest(
     plots: bool = True,
     progress: bool = True,
     undecodable: pa.Table | None = None,
+    candidates: Sequence[Bundle] = (),
 ) -> BacktestResult:
     """``ticks`` may carry ``partition`` and ``offset`` (a topic backtest): the state is kept per partition as
     live, and both columns are copied into forecasts.parquet. ``undecodable``: messages of a topic that were
-    not ticks (partition, offset, reason, detail), counted and written to undecodable.parquet."""
+    not ticks (partition, offset, reason, detail), counted and written to undecodable.parquet. ``candidates``:
+    models stepped over the same batches, each with its own state, and compared with ``bundle``."""
     out = Path(out_dir)
+    candidate_runs.check_candidates(bundle, list(candidates))
+    runs = [candidate_runs.CandidateRun.start(c, config) for c in candidates]
     # Per output: several, or one quantile (which MAE against the random walk would misjudge).
     several = bundle.outputs > 1 or bundle.output_list[0].kind != "mean"
     out.mkdir(parents=True, exist_ok=True)
@@ -82,6 +90,8 @@ def run_backtest(
             for label in labels:
                 rejected[label] = rejected.get(label, 0) + 1
             sink.add(batch.ticks, batch.first_seq, result.rows, result.forecasts, bad, labels)
+            for run in runs:
+                run.step(batch)
             bar.update(batch.ticks.num_rows)
     forecasts = sink.forecasts()
     for name in ("partition", "offset"):
@@ -127,6 +137,8 @@ def run_backtest(
         summary |= score_output(forecasts, None)
         write_parquet(breakdown(forecasts, "instrument"), out / "per_instrument.parquet")
         write_parquet(breakdown(forecasts, "hour"), out / "per_hour.parquet")
+    if runs:
+        summary |= candidate_runs.finish(runs, forecasts, bundle.model_version, ticks, out, plots)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     if plots:
         for o in bundle.output_list if several else [None]:

@@ -24,6 +24,15 @@ from operators.rows import compaction_moves, shrunk_capacity
 
 
 @dataclass(frozen=True)
+class MaturedTicks:
+    """The forecasts that matured in a batch, in the batch's tick order."""
+
+    tick: np.ndarray  # index of the maturing tick in the batch (its realised outcome arrived with it)
+    forecast: np.ndarray  # (k,) or (k, models): what was forecast ``horizon`` ticks earlier
+    realised: np.ndarray  # (k,) log(price[t + horizon] / price[t])
+
+
+@dataclass(frozen=True)
 class Matured:
     abs_error: float  # sum |forecast - realised|
     random_walk_abs_error: float  # sum |realised|
@@ -31,8 +40,10 @@ class Matured:
 
 
 class OnlineScorer:
-    def __init__(self, horizon: int, capacity: int = 1024):
+    def __init__(self, horizon: int, capacity: int = 1024, models: int | None = None):
+        """``models``: None for one forecast per tick (1-D arrays), else the width of 2-D ``forecast`` arrays."""
         self.h = horizon
+        self._width = () if models is None else (int(models),)
         self.min_capacity = max(int(capacity), 1)
         self._index: dict[tuple[int, str], int] = {}
         self._keys: list[tuple[int, str]] = []  # row -> key, rows 0..n-1
@@ -46,7 +57,7 @@ class OnlineScorer:
         return len(self._count)
 
     def _alloc(self, capacity: int, keep: int) -> None:
-        price, forecast = np.zeros((capacity, self.h)), np.zeros((capacity, self.h))
+        price, forecast = np.zeros((capacity, self.h)), np.zeros((capacity, self.h, *self._width))
         count = np.zeros(capacity, dtype=np.int64)
         if keep:
             price[:keep], forecast[:keep], count[:keep] = self._price[:keep], self._forecast[:keep], self._count[:keep]
@@ -104,9 +115,16 @@ class OnlineScorer:
 
         ``group[i]`` indexes ``keys`` for tick i; ticks of a group are in order.
         """
-        if len(group) == 0:
-            return Matured(0.0, 0.0, 0)
+        m = self.mature(keys, group, price, forecast)
+        err = float(np.abs(m.forecast - m.realised).sum())
+        return Matured(err, float(np.abs(m.realised).sum()), len(m.realised))
+
+    def mature(self, keys: list[tuple[int, str]], group: np.ndarray, price: np.ndarray,
+               forecast: np.ndarray) -> MaturedTicks:
+        """As :meth:`update`, returning each matured forecast with its realised return (batch tick order)."""
         h = self.h
+        if len(group) == 0:
+            return MaturedTicks(np.zeros(0, dtype=np.int64), np.zeros((0, *self._width)), np.zeros(0))
         rows = self._rows(keys)[group]
         order = np.argsort(group, kind="stable")
         g_sorted = group[order]
@@ -118,7 +136,7 @@ class OnlineScorer:
         has_past = total_pos >= h
         # The tick h earlier is in this batch (k >= h) or in the ring.
         past_p = np.empty(len(order))
-        past_f = np.empty(len(order))
+        past_f = np.empty((len(order), *self._width))
         in_batch = has_past & (k >= h)
         src = np.flatnonzero(in_batch) - h
         past_p[in_batch], past_f[in_batch] = p[src], f[src]
@@ -126,8 +144,10 @@ class OnlineScorer:
         slot = (total_pos[in_ring] - h) % h
         past_p[in_ring], past_f[in_ring] = self._price[r[in_ring], slot], self._forecast[r[in_ring], slot]
         realised = np.log(p[has_past] / past_p[has_past])
-        err = float(np.abs(past_f[has_past] - realised).sum())
-        rw = float(np.abs(realised).sum())
+        # Back to the batch's tick order.
+        tick = order[has_past]
+        back = np.argsort(tick, kind="stable")
+        matured = MaturedTicks(tick[back], past_f[has_past][back], realised[back])
         # Remember the last h ticks of each instrument.
         ends = np.append(starts[1:], len(order))
         keep = k >= (np.repeat(ends - starts, ends - starts) - h)
@@ -135,4 +155,4 @@ class OnlineScorer:
         self._price[r[keep], slots] = p[keep]
         self._forecast[r[keep], slots] = f[keep]
         np.add.at(self._count, r[starts], ends - starts)
-        return Matured(err, rw, int(has_past.sum()))
+        return matured

@@ -1,4 +1,5 @@
-"""The backtest plots: cumulative error against the random walk, forecast vs realised."""
+"""The backtest plots: cumulative error against the random walk, forecast vs realised, and with candidates the
+cumulative paired loss difference candidate − primary."""
 
 from __future__ import annotations
 
@@ -76,3 +77,28 @@ def _plot_backtest(forecasts: pa.Table, out_dir: Path, title: str, plt) -> list[
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
     return paths
+
+
+def plot_paired_differences(realised: np.ndarray, forecasts: np.ndarray, versions: list[str], path: Path) -> Path:
+    """Per candidate (columns 1.. of ``forecasts``; column 0 the primary), the cumulative sum of
+    loss(candidate) − loss(primary) over the ticks every model forecast, absolute and squared error: a line
+    that falls, the candidate is ahead."""
+    both = np.isfinite(realised) & np.isfinite(forecasts).all(axis=1)
+    err = forecasts[both] - realised[both, None]
+    with plain_text_pyplot() as plt:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for ax, (label, fn) in zip(axes, [("absolute", np.abs), ("squared", np.square)]):
+            step = max(1, len(err) // 4000)
+            for j, version in enumerate(versions[1:], start=1):
+                cum = np.cumsum(fn(err[:, j]) - fn(err[:, 0]))
+                ax.plot(np.arange(len(cum))[::step], cum[::step], label=version)
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_xlabel("paired tick (input order)")
+            ax.set_ylabel(f"cumulative {label} error, candidate - primary")
+            ax.set_title(f"{label} error: falling = candidate better")
+            ax.legend(title=f"primary {versions[0]}")
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+    return path

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from operators.outputs import pinball
+from pipeline.evaluation.candidates import report_section
 from pipeline.evaluation.scores import output_names, output_view, score, spearman
 
 RESAMPLES = 2000
@@ -268,7 +269,7 @@ td:first-child,th:first-child{{text-align:left}}img{{max-width:100%}}</style></h
 <h1>Backtest of model {html.escape(str(summary.get('model_version')))}</h1>
 <p>Input: <code>{html.escape(str(summary.get('input')))}</code> · {summary.get('ticks', 0):,} ticks ·
 {intro}
-{sections}
+{sections}{report_section(out_dir, summary)}
 </body></html>
 """
     path = out_dir / "report.html"

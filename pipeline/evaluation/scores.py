@@ -59,7 +59,8 @@ def spearman(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.mean((rx - rx.mean()) * (ry - ry.mean())) / (sx * sy))
 
 
-def score(forecast: np.ndarray, realized: np.ndarray) -> Score:
+def score(forecast: np.ndarray, realized: np.ndarray, ic: bool = True) -> Score:
+    """``ic=False``: no information coefficient (None), for callers that score often (a rank per call)."""
     ok = np.isfinite(forecast) & np.isfinite(realized)
     f, r = forecast[ok], realized[ok]
     n = int(len(f))
@@ -68,7 +69,8 @@ def score(forecast: np.ndarray, realized: np.ndarray) -> Score:
     err = f - r
     directional = (f != 0) & (r != 0)
     hit = float(np.mean(np.sign(f[directional]) == np.sign(r[directional]))) if directional.any() else None
-    return Score(n, float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err**2))), hit, spearman(f, r))
+    return Score(n, float(np.mean(np.abs(err))), float(np.sqrt(np.mean(err**2))), hit,
+                 spearman(f, r) if ic else None)
 
 
 def realized_returns(forecasts: pa.Table, horizon: int) -> np.ndarray:
