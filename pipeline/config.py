@@ -304,7 +304,7 @@ class RunConfig:
 
     @property
     def longest_bounded_wait_ms(self) -> int:
-        """The longest the loop waits on one broker call before giving up on it (``pipeline.live.clients.bounded``)."""
+        """The longest the loop waits on one broker call before giving up on it (``pipeline.waiting.bounded``)."""
         return 2 * self.request_timeout_ms
 
     def redacted(self) -> dict[str, Any]:

@@ -27,9 +27,8 @@ from pipeline.live import status
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.kafka.clients import KafkaClients
 from pipeline.live.clients import CachingPartitioner, Connection
-from pipeline.live.delivery import Delivery
-from pipeline.live.inflight import Outbox
-from pipeline.live.inflight import InFlight
+from pipeline.live.delivery import open_delivery
+from pipeline.live.inflight import InFlight, Outbox
 from pipeline.wire.outgoing import DeadLetter, Outgoing
 from pipeline.live.partitions import Partitions
 from pipeline.live.runner import Runner
@@ -75,9 +74,9 @@ def make_runner(producer, processing="at_least_once", **cfg) -> Runner:
     def rewind():
         r.rewinds += 1
 
-    r.delivery = Delivery(r.cfg, r.conn, KafkaClients(), CachingPartitioner(), r.metrics, r.stats, r.stopping,
-                          NullWatch(), rewind)
-    r.inflight = InFlight(r.cfg.max_batches_in_flight)
+    r.delivery = open_delivery(r.cfg, r.conn, KafkaClients(), CachingPartitioner(), r.metrics, r.stopping,
+                               NullWatch(), rewind)
+    r.inflight = InFlight(r.delivery.depth)
     return r
 
 
@@ -86,13 +85,19 @@ def _outbox(messages, dead, records, offsets=None) -> Outbox:
                   offsets or {})
 
 
+def deliver(r: Runner, outbox: Outbox) -> bool:
+    """A batch's delivery from dispatch to settling, as the loop does it. False: aborted and rewound."""
+    pending = r.delivery.dispatch(outbox)
+    return pending is not None and r.delivery.settle(outbox, pending)
+
+
 def publish(r: Runner, messages, dead, records) -> None:
     """At-least-once publishing of forecast messages and dead letters (record index, reason, detail)."""
-    r.delivery.publish(_outbox(messages, dead, records))
+    assert deliver(r, _outbox(messages, dead, records))
 
 
 def transaction(r: Runner, messages, dead, records, offsets) -> bool:
-    return r.delivery.transaction(_outbox(messages, dead, records, offsets))
+    return deliver(r, _outbox(messages, dead, records, offsets))
 
 
 def sample(r: Runner, name: str, **labels) -> float | None:
@@ -219,12 +224,8 @@ def test_commit_retries_beat_liveness():
             raise error
 
     r.consumer.commit = commit
-    sleep = time.sleep
-    time.sleep = lambda s: None
-    try:
-        r.delivery.commit({TopicPartition("ticks", 0): OffsetAndMetadata(1, "", -1)})
-    finally:
-        time.sleep = sleep
+    r.stop_event.wait = lambda s: False  # the backoff between tries, slept out at once
+    r.delivery.commit({TopicPartition("ticks", 0): OffsetAndMetadata(1, "", -1)})
     assert r.beats >= 3
 
 
