@@ -1,15 +1,32 @@
 """Checkpoints of per-partition operator state, through pyarrow.fs.
 
-A checkpoint of one input partition is two files in
-``ROOT/<topic>/<partition>/``:
+A checkpoint of one input partition is, in ``ROOT/<topic>/<partition>/``:
 
-- ``<offset:020d>-<created_ns>-<writer>.arrow``: the partition's state rows
-  (Arrow IPC file, as :meth:`operators.forecaster.Forecaster.export_partition`
-  gives them);
+- ``<offset:020d>-<created_ns>-<writer>.arrow``: the partition's state rows of
+  the primary model (Arrow IPC file, as
+  :meth:`operators.forecaster.Forecaster.export_partition` gives them);
+- ``<offset:020d>-<created_ns>-<writer>.<k>.arrow``, k = 1, 2, ...: the state
+  rows of each other model (candidates) stepped over the same records, when
+  the run has any;
 - ``<offset:020d>-<created_ns>-<writer>.json``: the manifest, written *last*:
-  the input offset the state reflects (the next offset to read), row count,
-  model version, feature spec, state shape, creation time, byte size and
-  SHA-256 of the data file.
+  the input offset every model's state reflects (the next offset to read),
+  the creation time, and per model its version, feature spec, state shape,
+  row count, byte size and SHA-256 of its data file
+  (:mod:`pipeline.checkpoint_format`: format 1 for one model, 2 for several).
+
+So every model's state in one checkpoint is at the same offset, and a model
+promoted from candidate to primary finds its own state there.
+
+The API:
+
+- ``store.write(topic, partition, state, offset, model_version, feature_spec) -> Manifest``: one model (a
+  format-1 checkpoint, as before);
+- ``store.write_models(topic, partition, models: Sequence[ModelState], offset) -> Manifest``: several, the
+  first the primary; ``ModelState(model_version, state, feature_spec)``; distinct versions;
+- ``store.latest(topic, partition, max_offset=None, ...) -> Loaded | None``: ``loaded.state`` and
+  ``loaded.manifest.model_version`` / ``.rows`` / ... are the primary's (as before); ``loaded.states`` maps
+  every model version to its table, ``loaded.manifest.models`` lists every model's :class:`ModelEntry`,
+  the primary first; ``loaded.manifest.model(version)`` finds one.
 
 ``ROOT`` is a local directory or any URI pyarrow.fs understands (``s3://``,
 ``gs://``, ``hdfs://``, ``file://``). Paths below it are joined on the URI's
@@ -41,6 +58,10 @@ What makes a checkpoint valid, on a local disk and on an object store alike:
   state; schema metadata that import can use. A checkpoint that fails any
   check is reported and the next older one is tried; nothing read from the
   store can make :meth:`CheckpointStore.latest` raise or loop.
+- Every check applies to every model's data file: a checkpoint one of whose
+  files is missing, torn or fails a check is unusable as a whole (its models'
+  states are only consistent together). Pruning deletes a manifest before
+  all its data files.
 - Two members may briefly both write one partition during a rebalance (the
   old owner's revoke checkpoint, or a member that lost the group but does not
   know it yet). Each writer's names are unique (creation time plus a random
@@ -66,7 +87,8 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
@@ -74,8 +96,9 @@ import pyarrow.fs as pafs
 import pyarrow.ipc as ipc
 
 from operators.errors import TickcastError
-from pipeline.checkpoint_format import (FORMAT, MAC_FIELD, MIN_KEY_BYTES, Manifest, authenticate, check_manifest,
-                                        check_state, join_uri, manifest_mac, path_segment, redact_uri, scrub_uri)
+from pipeline.checkpoint_format import (FORMAT, FORMAT_SEVERAL, MAC_FIELD, MIN_KEY_BYTES, Manifest, ModelEntry,
+                                        authenticate, check_manifest, check_state, checkpoint_stem, data_name,
+                                        join_uri, manifest_mac, path_segment, redact_uri, scrub_uri)
 
 log = logging.getLogger(__name__)
 
@@ -93,10 +116,26 @@ class StoreUnavailable(CheckpointError):
 
 # -- records --------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class ModelState:
+    """One model's state rows of a partition, to be checkpointed (:meth:`CheckpointStore.write_models`)."""
+
+    model_version: str
+    state: pa.Table
+    feature_spec: dict
+
+
+@dataclass(frozen=True)
 class Loaded:
+    """A verified checkpoint: ``state`` is the primary's rows; ``states`` every model's, by model version."""
+
     manifest: Manifest
     state: pa.Table
     path: str = ""  # the manifest's path in the store
+    states: dict[str, pa.Table] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.states:
+            object.__setattr__(self, "states", {self.manifest.model_version: self.state})
 
 
 @dataclass(frozen=True)
@@ -148,42 +187,59 @@ class CheckpointStore:
     # -- writing ----------------------------------------------------------------------------
     def write(self, topic: str, partition: int, state: pa.Table, offset: int, model_version: str,
               feature_spec: dict) -> Manifest:
-        """Write one partition's checkpoint (data, then manifest), then prune old ones. Raises CheckpointError.
+        """Write one model's checkpoint of a partition: :meth:`write_models` with that model alone."""
+        return self.write_models(topic, partition, [ModelState(model_version, state, feature_spec)], offset)
+
+    def write_models(self, topic: str, partition: int, models: Sequence[ModelState], offset: int) -> Manifest:
+        """Write one partition's checkpoint of every model in ``models`` (the first is the primary) at ``offset``:
+        every data file, then the manifest that names them all; then prune old ones. Raises CheckpointError.
 
         What is written passes the checks :meth:`load` applies first (a checkpoint restore would refuse is
-        never written). A failed write removes what it wrote (its temporaries, and its data file when the
-        manifest did not follow) and prunes the leftovers of older failures, so a store that ran out of
-        space holds no more than before the attempt and works again once space returns."""
-        meta = state.schema.metadata or {}
+        never written: a NaN in any model's state, two models of one version). A failed write removes what
+        it wrote (its temporaries, and its data files when the manifest did not follow) and prunes the
+        leftovers of older failures, so a store that ran out of space holds no more than before the attempt
+        and works again once space returns."""
         created = time.time_ns()
         name = f"{offset:020d}-{created}-{self._writer_id}"
         folder = self._dir(topic, partition)
-        data_path, manifest_path = f"{folder}/{name}.arrow", f"{folder}/{name}.json"
+        manifest_path = f"{folder}/{name}.json"
+        bodies: list[pa.Buffer] = []
         try:
-            sink = pa.BufferOutputStream()
-            with ipc.new_file(sink, state.schema) as writer:
-                writer.write_table(state)
-            body = sink.getvalue()
-            manifest = Manifest(FORMAT, topic, partition, int(offset), state.num_rows, model_version, feature_spec,
-                                int(meta.get(b"layers", 0)), int(meta.get(b"hidden", 0)), created / 1e9,
-                                f"{name}.arrow", body.size, hashlib.sha256(body).hexdigest())
-            raw = asdict(manifest)
+            if not models:
+                raise ValueError("no model's state given")
+            entries = []
+            for k, model in enumerate(models):
+                sink = pa.BufferOutputStream()
+                with ipc.new_file(sink, model.state.schema) as writer:
+                    writer.write_table(model.state)
+                bodies.append(sink.getvalue())
+                meta = model.state.schema.metadata or {}
+                entries.append(ModelEntry(model.model_version, model.feature_spec, int(meta.get(b"layers", 0)),
+                                          int(meta.get(b"hidden", 0)), model.state.num_rows, data_name(name, k),
+                                          bodies[-1].size, hashlib.sha256(bodies[-1]).hexdigest()))
+            p = entries[0]
+            manifest = Manifest(FORMAT if len(entries) == 1 else FORMAT_SEVERAL, topic, partition, int(offset),
+                                p.rows, p.model_version, p.feature_spec, p.layers, p.hidden, created / 1e9, p.data,
+                                p.bytes, p.sha256, tuple(entries[1:]))
+            raw = manifest.to_json()
             check_manifest(raw, manifest_path)  # the reader's checks, before anything is written
-            check_state(state, manifest)
+            for model, entry in zip(models, manifest.models):
+                check_state(model.state, manifest, entry)
         except (*DATA_ERRORS, OSError) as exc:
             raise CheckpointError(f"refusing to write a checkpoint of {topic}/{partition} that restore would "
                                   f"refuse: {exc}") from None
         if self.key is not None:
             raw[MAC_FIELD] = manifest_mac(self.key, raw)
-        written = False
+        written: list[str] = []
         try:
             self._mkdir(folder)
-            self._put(data_path, body)
-            written = True
+            for entry, body in zip(manifest.models, bodies):
+                self._put(f"{folder}/{entry.data}", body)
+                written.append(f"{folder}/{entry.data}")
             self._put(manifest_path, json.dumps(raw, sort_keys=True).encode())
         except (OSError, pa.ArrowException) as exc:
-            if written:
-                self._delete_quietly(data_path)  # no manifest: the data file would only take space
+            for path in written:  # no manifest: the data files would only take space
+                self._delete_quietly(path)
             self._prune(folder)
             raise CheckpointError(f"cannot write checkpoint of {topic}/{partition} to {folder}: {exc}") from None
         self._prune(folder)
@@ -239,30 +295,38 @@ class CheckpointStore:
 
     def _prune(self, folder: str) -> None:
         try:
-            manifests = self._manifest_paths(folder)
-            for path in manifests[: max(0, len(manifests) - self.keep)]:
-                base = path[: -len(".json")]
-                for victim in (path, f"{base}.arrow"):  # manifest first: never a manifest without data
-                    try:
-                        self.fs.delete_file(victim)
-                    except FileNotFoundError:
-                        pass
+            files = [i for i in self.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+                     if i.type == pafs.FileType.File]
+            manifests = sorted(i.path for i in files if i.base_name.endswith(".json"))
+            stale = manifests[: max(0, len(manifests) - self.keep)]
+            for path in stale:  # manifest first: never a manifest without its data
+                self._delete_missing_ok(path)
+            # Then every data file of those checkpoints: the primary's by name (a lagging listing may not show
+            # it yet), the others' as listed (any the listing missed are deleted later as orphans).
+            stale_stems = {checkpoint_stem(p.rsplit("/", 1)[1]) for p in stale}
+            data = {f"{p[: -len('.json')]}.arrow" for p in stale} | {
+                i.path for i in files if i.base_name.endswith(".arrow") and checkpoint_stem(i.base_name) in stale_stems}
+            for path in sorted(data):
+                self._delete_missing_ok(path)
             # Leftovers of writes that died: temporaries, and data files whose manifest never came (or
             # whose manifest a prune deleted just before dying), once older than orphan_age_s.
             cutoff = time.time() - self.orphan_age_s
-            infos = self.fs.get_file_info(pafs.FileSelector(folder))
-            stems = {i.base_name[: -len(".json")] for i in infos if i.base_name.endswith(".json")}
-            for info in infos:
-                if info.type != pafs.FileType.File or info.mtime is None or info.mtime.timestamp() > cutoff:
+            kept = {checkpoint_stem(p.rsplit("/", 1)[1]) for p in manifests} - stale_stems
+            for info in files:
+                if info.mtime is None or info.mtime.timestamp() > cutoff:
                     continue
-                orphan = info.base_name.endswith(".arrow") and info.base_name[: -len(".arrow")] not in stems
-                if ".tmp-" in info.base_name or orphan:
-                    try:
-                        self.fs.delete_file(info.path)
-                    except FileNotFoundError:
-                        pass
+                name = info.base_name
+                orphan = name.endswith(".arrow") and checkpoint_stem(name) not in kept | stale_stems
+                if ".tmp-" in name or orphan:
+                    self._delete_missing_ok(info.path)
         except (OSError, pa.ArrowException) as exc:
             log.warning("pruning old checkpoints failed", extra={"folder": folder, "error": str(exc)})
+
+    def _delete_missing_ok(self, path: str) -> None:
+        try:
+            self.fs.delete_file(path)
+        except FileNotFoundError:
+            pass
 
     def check_writable(self) -> str:
         """Write, read back and delete a small probe under the root; CheckpointError saying why not.
@@ -324,22 +388,29 @@ class CheckpointStore:
             raise ValueError(f"unreadable manifest: {exc}") from None
         authenticate(raw, self.key)
         manifest = check_manifest(raw, manifest_path)
-        data_path = f"{manifest_path.rsplit('/', 1)[0]}/{manifest.data}"
-        body = self._read(data_path, "data file")
-        if len(body) != manifest.bytes:
-            raise ValueError(f"data file is {len(body)} bytes, manifest says {manifest.bytes} (truncated?)")
-        if hashlib.sha256(body).hexdigest() != manifest.sha256:
-            raise ValueError("data file checksum does not match the manifest (corrupt)")
-        try:
-            state = ipc.open_file(pa.py_buffer(body)).read_all()
-        except (pa.ArrowException, OSError) as exc:  # in-memory bytes: an OSError here ("Read out of bounds")
-            raise ValueError(f"data file is not Arrow IPC: {exc}") from None  # is the file's, not the store's
-        try:  # reading checks buffer sizes only; offsets past their data crash the first kernel that follows them
-            state.validate(full=True)
-        except pa.ArrowException as exc:
-            raise ValueError(f"data file breaks Arrow's invariants: {exc}") from None
-        check_state(state, manifest)
-        return Loaded(manifest, state, manifest_path)
+        folder = manifest_path.rsplit("/", 1)[0]
+        states = {}
+        for k, entry in enumerate(manifest.models):
+            what = "data file" if k == 0 else f"data file of model {entry.model_version[:80]!r}"
+            body = self._read(f"{folder}/{entry.data}", what)
+            if len(body) != entry.bytes:
+                raise ValueError(f"{what} is {len(body)} bytes, manifest says {entry.bytes} (truncated?)")
+            if hashlib.sha256(body).hexdigest() != entry.sha256:
+                raise ValueError(f"{what} checksum does not match the manifest (corrupt)")
+            try:
+                state = ipc.open_file(pa.py_buffer(body)).read_all()
+            except (pa.ArrowException, OSError) as exc:  # in-memory bytes: an OSError here ("Read out of bounds")
+                raise ValueError(f"{what} is not Arrow IPC: {exc}") from None  # is the file's, not the store's
+            try:  # reading checks buffer sizes only; offsets past their data crash the first kernel over them
+                state.validate(full=True)
+            except pa.ArrowException as exc:
+                raise ValueError(f"{what} breaks Arrow's invariants: {exc}") from None
+            try:
+                check_state(state, manifest, entry)
+            except ValueError as exc:
+                raise ValueError(str(exc) if k == 0 else f"model {entry.model_version[:80]!r}: {exc}") from None
+            states[entry.model_version] = state
+        return Loaded(manifest, states[manifest.model_version], manifest_path, states)
 
     def latest(self, topic: str, partition: int, max_offset: int | None = None,
                problems: list[Problem] | None = None, validate=None, exclude=()) -> Loaded | None:
@@ -384,41 +455,3 @@ class CheckpointStore:
             except DATA_ERRORS as exc:
                 out.append((path, None, str(exc) or type(exc).__name__))
         return out
-
-
-@dataclass(frozen=True)
-class PartitionInventory:
-    """What a store holds for one partition folder: its newest valid checkpoint and its unusable ones."""
-
-    partition: str  # the folder below the store's root: [group/]topic/partition
-    checkpoints: int
-    unusable: int
-    offset: int | None  # of the newest valid checkpoint; None when the folder holds none
-    rows: int | None
-    bytes: int | None
-    model_version: str | None
-    age_s: float | None
-    state: str | None  # layers x hidden
-    problems: tuple[str, ...]  # "<file>: <why>" per unusable checkpoint
-
-
-def inventory_by_partition(store: CheckpointStore, now: float | None = None) -> list[PartitionInventory]:
-    """:meth:`CheckpointStore.inventory` per partition folder, sorted by folder (``tickcast state inspect``)."""
-    now = time.time() if now is None else now
-    by_folder: dict[str, list[tuple[str, Manifest | None, str | None]]] = {}
-    for path, manifest, problem in store.inventory():
-        by_folder.setdefault(path.rsplit("/", 1)[0], []).append((path, manifest, problem))
-    out = []
-    for folder, items in sorted(by_folder.items()):
-        good = [m for _, m, p in items if m is not None]
-        problems = [(path, p) for path, m, p in items if p is not None]
-        where = folder[len(store.root):].strip("/") if folder.startswith(store.root) else folder
-        newest = max(good, key=lambda m: (m.offset, m.created_at)) if good else None
-        out.append(PartitionInventory(
-            partition=where, checkpoints=len(items), unusable=len(problems),
-            offset=newest.offset if newest else None, rows=newest.rows if newest else None,
-            bytes=newest.bytes if newest else None, model_version=newest.model_version if newest else None,
-            age_s=round(now - newest.created_at, 1) if newest else None,
-            state=f"{newest.layers}x{newest.hidden}" if newest else None,
-            problems=tuple(f"{path.rsplit('/', 1)[1]}: {p}" for path, p in problems)))
-    return out

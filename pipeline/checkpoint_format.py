@@ -2,12 +2,26 @@
 
 Store URIs joined on their path and redacted for display (:func:`join_uri`,
 :func:`redact_uri`); the layout (``<topic segment>/<partition>/<name>.json``
-beside ``<name>.arrow``, :func:`path_segment` for the folder names); the
-:class:`Manifest` record; and
-:func:`check_manifest` / :func:`check_state`, which turn anything read from a
-store into a trusted manifest and state or a ValueError saying what is wrong.
-The rules they enforce are written down in :mod:`pipeline.checkpoint`, next to
-the store that writes and reads these files.
+beside ``<name>.arrow``, and ``<name>.<k>.arrow`` for the k-th other model,
+:func:`path_segment` for the folder names); the :class:`Manifest` and
+:class:`ModelEntry` records; and :func:`check_manifest` / :func:`check_state`,
+which turn anything read from a store into a trusted manifest and state or a
+ValueError saying what is wrong. The rules they enforce are written down in
+:mod:`pipeline.checkpoint`, next to the store that writes and reads these files.
+
+Two manifest formats, both read:
+
+- format 1, one model: ``format, topic, partition, offset, created_at`` and
+  the model's ``model_version, feature_spec, layers, hidden, rows, data,
+  bytes, sha256`` (what every checkpoint was before several models ran);
+- format 2, several models at the same offset: format 1's members for the
+  *primary* (the model that published when it was written), plus ``others``,
+  a list of 1 to ``MAX_MODELS - 1`` objects with the same eight model members,
+  one per other model, the k-th (from 1) with its data in ``<name>.<k>.arrow``;
+  every model version appears once.
+
+A checkpoint of one model is written in format 1, byte for byte as before, so a
+build that reads only format 1 still restores it.
 """
 
 from __future__ import annotations
@@ -25,7 +39,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-FORMAT = 1
+FORMAT = 1  # one model
+FORMAT_SEVERAL = 2  # the primary as in format 1, the other models in "others"
+MAX_MODELS = 32  # models in one checkpoint: a bound on the files one manifest makes a reader fetch
 _INT64_MAX = 2**63 - 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -88,7 +104,27 @@ def path_segment(name: str) -> str:
 
 
 @dataclass(frozen=True)
+class ModelEntry:
+    """One model's state in a checkpoint: its data file (beside the manifest) and what describes it."""
+
+    model_version: str
+    feature_spec: dict
+    layers: int
+    hidden: int
+    rows: int
+    data: str  # file name of the model's state table, beside the manifest
+    bytes: int
+    sha256: str
+
+
+_ENTRY_FIELDS = tuple(f.name for f in fields(ModelEntry))
+
+
+@dataclass(frozen=True)
 class Manifest:
+    """A checkpoint of one partition at one offset. The fields after ``offset`` (but ``created_at``) describe
+    the primary model, as format 1 did; ``others`` the other models' states at the same offset."""
+
     format: int
     topic: str
     partition: int
@@ -102,10 +138,45 @@ class Manifest:
     data: str  # file name of the state, beside the manifest
     bytes: int
     sha256: str
+    others: tuple[ModelEntry, ...] = ()  # format 2: every other model's entry (format 1: none)
 
     @property
     def name(self) -> str:
         return self.data.rsplit(".", 1)[0]
+
+    @property
+    def primary(self) -> ModelEntry:
+        return ModelEntry(**{k: getattr(self, k) for k in _ENTRY_FIELDS})
+
+    @property
+    def models(self) -> tuple[ModelEntry, ...]:
+        """Every model's entry, the primary first."""
+        return (self.primary, *self.others)
+
+    def model(self, version: str) -> ModelEntry | None:
+        return next((m for m in self.models if m.model_version == version), None)
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of every data file of the checkpoint."""
+        return sum(m.bytes for m in self.models)
+
+    def to_json(self) -> dict:
+        """The members written to storage (format 1 has no ``others``)."""
+        raw = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "others"}
+        if self.others:
+            raw["others"] = [{k: getattr(m, k) for k in _ENTRY_FIELDS} for m in self.others]
+        return raw
+
+
+def data_name(stem: str, k: int) -> str:
+    """The data file of a checkpoint's k-th model (0: the primary)."""
+    return f"{stem}.arrow" if k == 0 else f"{stem}.{k}.arrow"
+
+
+def checkpoint_stem(file_name: str) -> str:
+    """The checkpoint a manifest or data file belongs to: its name up to the first dot."""
+    return file_name.split(".", 1)[0]
 
 MAC_FIELD = "hmac_sha256"  # optional manifest member: HMAC-SHA256 of the other members (pipeline.checkpoint)
 
@@ -138,33 +209,64 @@ def authenticate(raw, key: bytes | None) -> None:
         raise ValueError("manifest MAC does not verify with the checkpoint key (tampered, or another key)")
 
 
-_TYPES = {"format": int, "topic": str, "partition": int, "offset": int, "rows": int, "model_version": str,
-          "feature_spec": dict, "layers": int, "hidden": int, "created_at": (int, float), "data": str,
-          "bytes": int, "sha256": str}
+_ENTRY_TYPES = {"model_version": str, "feature_spec": dict, "layers": int, "hidden": int, "rows": int,
+                "data": str, "bytes": int, "sha256": str}
+_TYPES = {"format": int, "topic": str, "partition": int, "offset": int, "created_at": (int, float), **_ENTRY_TYPES}
+
+
+def _check_types(raw: dict, types: dict, what: str) -> None:
+    for key, typ in types.items():
+        value = raw[key]
+        if isinstance(value, bool) or not isinstance(value, typ):
+            raise ValueError(f"{what} field {key!r} is {type(value).__name__}, not {typ}")
+        if isinstance(value, int) and not 0 <= value <= _INT64_MAX:
+            raise ValueError(f"{what} field {key!r} = {value} is out of range")
+    if not _SHA256.fullmatch(raw["sha256"]):
+        raise ValueError(f"{what} field 'sha256' is not a SHA-256 hex digest")
+
+
+def _check_others(others, stem: str, primary: str) -> tuple[ModelEntry, ...]:
+    """Format 2's ``others``: entries of distinct model versions, the k-th with its data in ``<stem>.<k>.arrow``."""
+    if not isinstance(others, list) or not 1 <= len(others) < MAX_MODELS:
+        size = len(others) if isinstance(others, list) else type(others).__name__
+        raise ValueError(f"manifest field 'others' must list 1 to {MAX_MODELS - 1} models, got {size}")
+    seen = {primary}
+    out = []
+    for k, entry in enumerate(others, start=1):
+        what = f"manifest model {k}"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{what} is a JSON {type(entry).__name__}, not an object")
+        if set(entry) != set(_ENTRY_FIELDS):
+            missing, extra = sorted(set(_ENTRY_FIELDS) - set(entry)), sorted(set(entry) - set(_ENTRY_FIELDS))
+            raise ValueError(f"{what} fields wrong: missing {missing}, unexpected {extra}")
+        _check_types(entry, _ENTRY_TYPES, what)
+        if entry["model_version"] in seen:
+            raise ValueError(f"{what}: model version {entry['model_version'][:80]!r} appears twice")
+        seen.add(entry["model_version"])
+        if entry["data"] != data_name(stem, k):
+            raise ValueError(f"{what} names data {entry['data'][:120]!r}; only {data_name(stem, k)} beside it is "
+                             f"accepted")
+        out.append(ModelEntry(**entry))
+    return tuple(out)
 
 
 def check_manifest(raw, manifest_path: str) -> Manifest:
-    """A Manifest from parsed JSON, or ValueError naming the first field that is wrong.
+    """A Manifest from parsed JSON (format 1 or 2), or ValueError naming the first field that is wrong.
 
     ``manifest_path`` is where it was found: ``.../<topic segment>/<partition>/<name>.json``."""
     if not isinstance(raw, dict):
         raise ValueError(f"manifest is a JSON {type(raw).__name__}, not an object")
-    names = {f.name for f in fields(Manifest)}
+    fmt = raw.get("format")
+    if isinstance(fmt, bool) or fmt not in (FORMAT, FORMAT_SEVERAL):
+        shown = fmt if isinstance(fmt, int) and not isinstance(fmt, bool) else f"of type {type(fmt).__name__}"
+        raise ValueError(f"checkpoint format {shown}, this build reads {FORMAT} and {FORMAT_SEVERAL}")
+    names = set(_TYPES) | ({"others"} if fmt == FORMAT_SEVERAL else set())
     if set(raw) != names:
         missing, extra = sorted(names - set(raw)), sorted(set(raw) - names)
         raise ValueError(f"manifest fields wrong: missing {missing}, unexpected {extra}")
-    for key, typ in _TYPES.items():
-        value = raw[key]
-        if isinstance(value, bool) or not isinstance(value, typ):
-            raise ValueError(f"manifest field {key!r} is {type(value).__name__}, not {typ}")
-        if isinstance(value, int) and not 0 <= value <= _INT64_MAX:
-            raise ValueError(f"manifest field {key!r} = {value} is out of range")
-    if raw["format"] != FORMAT:
-        raise ValueError(f"checkpoint format {raw['format']}, this build reads {FORMAT}")
+    _check_types(raw, _TYPES, "manifest")
     if not math.isfinite(raw["created_at"]):
         raise ValueError("manifest field 'created_at' is not finite")
-    if not _SHA256.fullmatch(raw["sha256"]):
-        raise ValueError("manifest field 'sha256' is not a SHA-256 hex digest")
     parts = manifest_path.replace("\\", "/").rsplit("/", 3)
     if len(parts) < 3:
         raise ValueError(f"manifest {manifest_path!r} is not in a <topic>/<partition>/ folder")
@@ -172,17 +274,20 @@ def check_manifest(raw, manifest_path: str) -> Manifest:
     if path_segment(raw["topic"]) != topic_dir or str(raw["partition"]) != partition_dir:
         raise ValueError(f"manifest says {raw['topic']}/{raw['partition']} but sits in {topic_dir}/{partition_dir}")
     stem = file_name[: -len(".json")] if file_name.endswith(".json") else file_name
-    if raw["data"] != f"{stem}.arrow":
-        raise ValueError(f"manifest names data {raw['data']!r}; only {stem}.arrow beside it is accepted")
-    return Manifest(**{**raw, "created_at": float(raw["created_at"])})
+    if raw["data"] != data_name(stem, 0):
+        raise ValueError(f"manifest names data {raw['data'][:120]!r}; only {stem}.arrow beside it is accepted")
+    others = _check_others(raw["others"], stem, raw["model_version"]) if fmt == FORMAT_SEVERAL else ()
+    return Manifest(**{**{k: raw[k] for k in _TYPES}, "created_at": float(raw["created_at"])}, others=others)
 
 
-def check_state(state: pa.Table, manifest: Manifest) -> None:
-    """Rows consistent with their manifest, finite, with schema metadata import can use; else ValueError."""
-    if state.num_rows != manifest.rows:
-        raise ValueError(f"data file has {state.num_rows} rows, manifest says {manifest.rows}")
+def check_state(state: pa.Table, manifest: Manifest, model: ModelEntry | None = None) -> None:
+    """Rows of ``model`` (default: the primary) consistent with its manifest entry and the checkpoint's offset,
+    finite, with schema metadata import can use; else ValueError."""
+    model = manifest.primary if model is None else model
+    if state.num_rows != model.rows:
+        raise ValueError(f"data file has {state.num_rows} rows, manifest says {model.rows}")
     meta = state.schema.metadata or {}
-    for key, want in ((b"layers", manifest.layers), (b"hidden", manifest.hidden)):
+    for key, want in ((b"layers", model.layers), (b"hidden", model.hidden)):
         if meta.get(key) != str(want).encode():
             raise ValueError(f"state metadata {key.decode()} = {meta.get(key)!r}, manifest says {want}")
     for key in (b"tickcast.watermark_ns", b"tickcast.last_sweep_ns"):

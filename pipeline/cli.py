@@ -21,8 +21,8 @@ from operators.errors import TickcastError
 from operators.features import KNOWN_FEATURES
 from pipeline import console
 from pipeline.config import DEFAULT_MAX_BATCH_TICKS, ConfigError, RunConfig, check_kafka_client, parse_duration_ns
-from pipeline.flags import (add_bench_args, add_input_args, add_run_config_args, add_train_args, choices, int_list,
-                            train_config)
+from pipeline.flags import (add_bench_args, add_candidate_arg, add_input_args, add_run_config_args, add_train_args,
+                            choices, int_list, train_config)
 from pipeline.inputs import TickInput, load_ticks
 
 
@@ -76,13 +76,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace) -> int:
     from operators.bundle import load_bundle  # noqa: PLC0415
+    from pipeline.candidates import load_candidates  # noqa: PLC0415
     from pipeline.evaluation.backtest import run_backtest  # noqa: PLC0415
 
     if args.max_batch_ticks < 1:
         raise ConfigError(f"--max-batch-ticks must be >= 1, got {args.max_batch_ticks}")
     config = _forecaster_config(args)
     bundle = load_bundle(args.model)
-    candidates = [load_bundle(d) for d in args.candidate or []]
+    candidates = load_candidates(bundle, args.candidates or [])
     source = _tick_input(args)
     loaded = load_ticks(source)
     result = run_backtest(loaded.ticks, bundle, args.out, max_batch_ticks=args.max_batch_ticks, config=config,
@@ -194,9 +195,20 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK")
     for k, v in cfg.redacted().items():
         print(f"  {k} = {json.dumps(v)}")
+    code = 0
+    if cfg.candidates:
+        from pipeline.candidates import describe_models  # noqa: PLC0415
+
+        lines, problem = describe_models(cfg.model, [c.model for c in cfg.candidates])
+        print(f"models: a primary and {len(cfg.candidates)} candidate(s), the candidates' forecasts to "
+              f"{cfg.shadow_output_topic}")
+        print("\n".join(f"  {line}" for line in lines))
+        if problem:
+            print(f"models: NOT startable: {problem}")
+            code = 1
     if not cfg.checkpoint_uri:
         print("checkpoint store: off (checkpoint_uri is empty)")
-        return 0
+        return code
     try:  # the group's folder, exactly as `tickcast run` derives it
         how = group_store(cfg.checkpoint_uri, cfg.group_id, cfg.checkpoint_keep,
                           cfg.checkpoint_key()).check_writable()
@@ -204,11 +216,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         print(f"checkpoint store: NOT writable: {exc}")
         return 1
     print(f"checkpoint store: writable: {redact_uri(cfg.checkpoint_uri)}, group {cfg.group_id} ({how})")
-    return 0
+    return code
 
 
 def cmd_state_inspect(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import CheckpointStore, inventory_by_partition, redact_uri  # noqa: PLC0415
+    from pipeline.checkpoint import CheckpointStore, redact_uri  # noqa: PLC0415
+    from pipeline.checkpoint_inventory import inventory_by_partition  # noqa: PLC0415
 
     rows = inventory_by_partition(CheckpointStore(args.dir))
     if not rows:
@@ -293,9 +306,8 @@ def _add_later_parsers(sub) -> None:
     p = sub.add_parser("backtest", help="stream a tick file through the operator and score the forecasts")
     add_input_args(p)
     p.add_argument("--model", required=True, help="model bundle directory (from `tickcast train`)")
-    p.add_argument("--candidate", action="append", metavar="DIR", help="a candidate model bundle, stepped over the "
-                   "same ticks with its own state and compared with --model (repeatable; its forecasts in "
-                   "OUT/candidates/<model_version>/)")
+    add_candidate_arg(p, help="a candidate model bundle, stepped over the same ticks with its own state and "
+                      "compared with --model (repeatable; its forecasts in OUT/candidates/<model_version>/)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--max-batch-ticks", type=int,
                    default=int(os.environ.get("TICKCAST_MAX_BATCH_TICKS", DEFAULT_MAX_BATCH_TICKS)),

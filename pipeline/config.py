@@ -5,6 +5,11 @@ variables (``TICKCAST_<KEY>``, upper case) < command-line flags. Unknown keys
 are refused with the nearest known key; every value is checked, and a bad one
 is reported in one line that names the key, the source and how to fix it.
 Secrets (passwords) are never printed: :meth:`RunConfig.redacted` masks them.
+The checks live in :mod:`pipeline.config_checks`.
+
+Candidate models (``candidates``) come as TOML tables, ``[[candidates]]`` with
+``model = "DIR"``, as ``TICKCAST_CANDIDATES=DIR,DIR``, or as ``--candidate DIR``
+(repeatable); each source replaces the list of the one before.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
-import math
 import os
 import re
 import tomllib
@@ -22,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from operators.errors import TickcastError
-from pipeline.ranges import MAX_DATE_NS, MAX_DURATION_NS, RANGES, UNITS_NS, format_ns
+from pipeline.ranges import MAX_DATE_NS, MAX_DURATION_NS, UNITS_NS, format_ns
 
 
 class ConfigError(TickcastError):
@@ -98,8 +102,34 @@ def parse_mapping(text: str | None) -> dict[str, str]:
     return out
 
 
-def _opt(default: Any, help: str, *, secret: bool = False, choices: tuple[str, ...] = ()) -> Any:
-    meta = {"help": help, "secret": secret, "choices": choices}
+@dataclass(frozen=True)
+class Candidate:
+    """A model stepped beside the primary over the same ticks, its forecasts going to the shadow topic."""
+
+    model: str  # bundle directory
+
+    @classmethod
+    def parse(cls, value: Any, where: str) -> "Candidate":
+        """From a TOML table (``{"model": "DIR"}``) or a bundle directory (env, flags); ValueError saying why not."""
+        if isinstance(value, str):
+            value = {"model": value}
+        if not isinstance(value, dict):
+            raise ValueError(f"{where} must be a table with model = \"DIR\" or a bundle directory, got "
+                             f"{type(value).__name__}")
+        known = [f.name for f in fields(cls)]
+        for key in value:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), known, n=1)
+                raise ValueError(f"{where} has unknown key {key!r}" + (f"; did you mean {near[0]!r}?" if near else
+                                                                       f"; it takes {', '.join(known)}"))
+        model = value.get("model")
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError(f"{where} needs model = \"DIR\" (a bundle directory)")
+        return cls(model=model)
+
+
+def _opt(default: Any, help: str, *, secret: bool = False, choices: tuple[str, ...] = (), flag: str = "") -> Any:
+    meta = {"help": help, "secret": secret, "choices": choices, "flag": flag}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -114,6 +144,12 @@ class RunConfig:
     input_topics: list[str] = _opt(["ticks"], "topic(s) to read ticks from, comma-separated")
     output_topic: str = _opt("forecasts", "topic to publish forecasts to")
     dead_letter_topic: str = _opt("ticks.dlq", "topic for messages that are not valid ticks")
+    candidates: list[Candidate] = _opt([], "candidate model bundle directory, stepped beside the primary over the "
+                                       "same ticks with its own state, its forecasts going to shadow_topic; "
+                                       "repeat for several (config file: [[candidates]] tables with "
+                                       "model = \"DIR\"; environment: comma-separated)", flag="--candidate")
+    shadow_topic: str = _opt("", "topic for the candidates' forecasts (empty: <output_topic>.shadow); never an "
+                             "input, output or dead-letter topic")
     group_id: str = _opt("tickcast", "Kafka consumer group id")
     group_instance_id: str = _opt("", "static group membership: this process's stable member id (e.g. the pod "
                                   "name), unique in the group; restarted with the same id it gets its partitions "
@@ -205,9 +241,10 @@ class RunConfig:
             name = f"TICKCAST_{k.upper()}"
             if name in env:
                 values[k] = (env[name], f"env {name}")
+        flag_names = {f.name: f.metadata.get("flag") or f"--{f.name.replace('_', '-')}" for f in fields(cls)}
         for k, v in (flags or {}).items():
             if v is not None:
-                values[k] = (v, f"--{k.replace('_', '-')}")
+                values[k] = (v, flag_names.get(k, f"--{k.replace('_', '-')}"))
         kwargs, problems = {}, []
         types = {f.name: f for f in fields(cls)}
         for k, (v, source) in values.items():
@@ -234,80 +271,16 @@ class RunConfig:
             raise ConfigError("\n".join(problems))
 
     def problems(self) -> list[str]:
-        """Every way this config would keep the run from starting or working, one line each; [] when none."""
-        out: list[str] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
-            if choices and value not in choices:
-                out.append(f"{f.name} = {value!r} is not one of {', '.join(repr(c) for c in choices)}")
-        out += self._range_problems()
-        if not self.model:
-            out.append("no model bundle given; set --model DIR (or model = \"DIR\" in the config file)")
-        if not self.input_topics or any(not t for t in self.input_topics):
-            out.append("input_topics is empty; name at least one topic, e.g. --input-topics ticks")
-        if self.output_topic in self.input_topics or self.dead_letter_topic in self.input_topics:
-            out.append("output_topic and dead_letter_topic must differ from the input topics")
-        if self.group_instance_id and not _GROUP_INSTANCE_ID.fullmatch(self.group_instance_id):
-            out.append(f"group_instance_id = {self.group_instance_id!r} must be 1-249 characters of ASCII "
-                       f"letters, digits, '.', '_' and '-', and not '.' or '..'")
-        if self.transaction_timeout_ms <= self.longest_bounded_wait_ms:
-            out.append(f"transaction_timeout_ms = {self.transaction_timeout_ms} must exceed the longest bounded "
-                       f"broker wait, 2 x request_timeout_ms = {self.longest_bounded_wait_ms}: otherwise a "
-                       f"stalled call gets the transaction aborted and the producer fenced first; raise "
-                       f"transaction_timeout_ms or lower request_timeout_ms")
-        if self.request_timeout_ms <= self.fetch_max_wait_ms:  # kafka-python refuses it (KafkaConfigurationError)
-            out.append(f"request_timeout_ms = {self.request_timeout_ms} must exceed fetch_max_wait_ms = "
-                       f"{self.fetch_max_wait_ms}: a fetch the broker holds would time out")
-        if self.processing == "exactly_once" and not self.checkpoint_uri:
-            out.append("processing = exactly_once needs checkpoint_uri (state must survive a restart for "
-                       "replayed forecasts to equal the first ones)")
-        if self.on_model_change == "warmup" and not self.warmup:
-            out.append("on_model_change = warmup needs warmup = DURATION (how much input to replay), e.g. 30m")
-        try:
-            parse_date_ns(self.ts_floor, "ts_floor")
-        except ConfigError as exc:
-            out.append(str(exc))
-        try:
-            if self.kafka_client in KAFKA_CLIENTS:  # an unknown one is said above, with the choices
-                check_kafka_client(self.kafka_client)
-        except ConfigError as exc:
-            out.append(str(exc))
-        host, _, port = self.metrics_address.rpartition(":")
-        if not host or not port.isdigit() or int(port) > 65535:
-            out.append(f"metrics_address {self.metrics_address!r} is not host:port, e.g. 127.0.0.1:9108")
-        if self.security_protocol.startswith("SASL") and not self.sasl_mechanism:
-            out.append(f"security_protocol {self.security_protocol} needs sasl_mechanism (PLAIN, SCRAM-SHA-256 "
-                       "or SCRAM-SHA-512)")
-        if self.sasl_password and self.sasl_password_file:
-            out.append("give sasl_password or sasl_password_file, not both")
-        try:
-            self.checkpoint_key()
-        except ConfigError as exc:
-            out.append(str(exc))
-        for name in ("sasl_password_file", "ssl_cafile", "ssl_certfile", "ssl_keyfile"):
-            path = getattr(self, name)
-            if path and not Path(path).is_file():
-                out.append(f"{name} {path!r} does not exist or is not a file")
-        return out
+        """Every way this config would keep the run from starting or working, one line each; [] when none
+        (:func:`pipeline.config_checks.problems`)."""
+        from pipeline.config_checks import problems  # noqa: PLC0415 - it reads this module's parsers
+
+        return problems(self)
 
     def _range_problems(self) -> list[str]:
-        """Each key of :data:`RANGES` that is not finite or lies outside its range (durations: parsed first)."""
-        out = []
-        for name, r in RANGES.items():
-            value = getattr(self, name)
-            if r.unit == "duration":
-                if value:
-                    try:
-                        parse_duration_ns(value, name, int(r.lo), int(r.hi))
-                    except ConfigError as exc:
-                        out.append(str(exc))
-                continue
-            if not math.isfinite(value):
-                out.append(f"{name} = {value!r} is not a finite number; give {r.describe()}")
-            elif not r.lo <= value <= r.hi:
-                out.append(f"{name} = {value!r} is outside {r.describe()} ({r.why})")
-        return out
+        from pipeline.config_checks import range_problems  # noqa: PLC0415
+
+        return range_problems(self)
 
     def checkpoint_key(self) -> bytes | None:
         """The checkpoint HMAC key (the key file's bytes, one trailing newline dropped), or None without one."""
@@ -325,8 +298,13 @@ class RunConfig:
         return key
 
     @property
+    def shadow_output_topic(self) -> str:
+        """Where candidates' forecasts go: ``shadow_topic``, or ``<output_topic>.shadow`` when it is empty."""
+        return self.shadow_topic or f"{self.output_topic}.shadow"
+
+    @property
     def longest_bounded_wait_ms(self) -> int:
-        """The longest the loop waits on one broker call before giving up on it (``pipeline.live.clients.bounded``)."""
+        """The longest the loop waits on one broker call before giving up on it (``pipeline.waiting.bounded``)."""
         return 2 * self.request_timeout_ms
 
     def redacted(self) -> dict[str, Any]:
@@ -335,6 +313,8 @@ class RunConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             out[f.name] = "***" if f.metadata.get("secret") and value else value
+        out["candidates"] = [dataclasses.asdict(c) for c in self.candidates]
+        out["shadow_topic"] = self.shadow_output_topic
         if self.checkpoint_uri:  # s3://KEY:SECRET@bucket/... and secret query options
             from pipeline.checkpoint import redact_uri  # noqa: PLC0415 - config stays importable alone
 
@@ -406,6 +386,15 @@ def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
             if isinstance(value, bool):
                 raise ValueError
             return float(value)
+        if kind == "list[Candidate]":
+            items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+            if not isinstance(items, list):
+                raise ConfigError(f"candidates from {source} must be [[candidates]] tables or bundle directories, "
+                                  f"got {type(value).__name__}")
+            try:
+                return [Candidate.parse(v, f"candidate {i} from {source}") for i, v in enumerate(items, start=1)]
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if kind == "list[str]":
             if isinstance(value, str):
                 return [v.strip() for v in value.split(",") if v.strip()]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from operators.bundle import Bundle
     from operators.training import TrainConfig
     from pipeline.evaluation.report import Comparison
-    from pipeline.checkpoint import PartitionInventory
+    from pipeline.checkpoint_inventory import PartitionInventory
 
 
 def format_training_start(rows: int, cfg: TrainConfig) -> str:
@@ -173,6 +173,9 @@ def format_inventory(rows: list[PartitionInventory]) -> str:
         lines.append(f"{r.partition:<44} {r.offset if r.offset is not None else '-':>12} "
                      f"{r.rows if r.rows is not None else '-':>10} {size:>10} {age(r.age_s):>7} "
                      f"{r.model_version or '-':<18} {r.checkpoints}")
+        if len(r.models) > 1:  # a checkpoint of several models: each one's rows
+            lines.extend(f"    model {m.model_version:<18} {m.rows:>10} rows {m.bytes / 2**20:>8.1f}MiB state "
+                         f"{m.state}{' (primary)' if i == 0 else ''}" for i, m in enumerate(r.models))
         lines.extend(f"    UNUSABLE {problem}" for problem in r.problems)
     bad = sum(r.unusable for r in rows)
     lines.append(f"{len(rows)} partition(s), {sum(r.checkpoints for r in rows)} checkpoint(s), {bad} unusable"

@@ -82,6 +82,9 @@ def add_run_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default=None, metavar="FILE",
                    help="TOML config file; environment variables override it, flags override both")
     for f in fields(RunConfig):
+        if f.name == "candidates":
+            add_candidate_arg(p)
+            continue
         default = f.default if f.default is not MISSING else f.default_factory()
         shown = ",".join(default) if isinstance(default, list) else default
         if f.metadata.get("secret"):
@@ -92,6 +95,16 @@ def add_run_config_args(p: argparse.ArgumentParser) -> None:
             extra += f" [range: {RANGES[f.name].describe()}]"
         p.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
                        help=f"{f.metadata['help']}{extra} [env: TICKCAST_{f.name.upper()}] (default: {shown!r})")
+
+
+def add_candidate_arg(p: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--candidate DIR``, repeatable, into ``args.candidates`` (a list of directories, or None when not given):
+    the one definition for every command that steps candidate models beside the primary (``run`` here, where
+    RunConfig takes the list; a command without RunConfig passes its own ``help``)."""
+    if help is None:
+        meta = next(f.metadata for f in fields(RunConfig) if f.name == "candidates")
+        help = f"{meta['help']} [env: TICKCAST_CANDIDATES] (default: none)"
+    p.add_argument("--candidate", dest="candidates", action="append", default=None, metavar="DIR", help=help)
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:

@@ -10,6 +10,7 @@ UNITS_NS = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_0
 MAX_DURATION_NS = 3650 * UNITS_NS["d"]
 MAX_DATE_NS = 7_258_118_400_000_000_000  # 2200-01-01: plus any duration above, still inside int64 nanoseconds
 INT32_MAX = 2**31 - 1  # Kafka's wire format carries byte counts and timeouts as signed 32-bit integers
+MAX_CANDIDATES = 8  # candidate models of one run: each steps every batch again (cost grows with their number)
 
 
 @dataclass(frozen=True)

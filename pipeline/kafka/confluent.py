@@ -21,7 +21,6 @@ one code path for both clients. What differs, and how it is bridged:
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import namedtuple
 
@@ -36,6 +35,7 @@ from pipeline.kafka.confluent_mapping import (
     producer_config,
     raise_kafka_error,
 )
+from pipeline.waiting import Backoff, OutOfTime, bounded, retry
 
 Record = namedtuple("Record", "topic partition offset timestamp key value headers")
 _new_record = tuple.__new__
@@ -45,26 +45,6 @@ NO_OFFSET = ck.OFFSET_INVALID  # librdkafka's "no offset" (-1001)
 
 def _ck(tp: TopicPartition, offset: int = NO_OFFSET) -> ck.TopicPartition:
     return ck.TopicPartition(tp.topic, tp.partition, offset)
-
-
-def _bounded(call, timeout_s: float, what: str):
-    """``call()`` on a helper thread, waited for at most ``timeout_s`` (KafkaTimeoutError after)."""
-    done, box = threading.Event(), {}
-
-    def run():
-        try:
-            box["result"] = call()
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True, name=f"kafka-{what}").start()
-    if not done.wait(timeout_s):
-        raise kerr.KafkaTimeoutError(f"{what} got no answer within {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 class Consumer:
@@ -213,7 +193,8 @@ class Consumer:
             except ck.KafkaException as exc:
                 raise_kafka_error(exc, commit=True)
 
-        done = _bounded(call, (timeout_ms or self._timeout_s * 1000) / 1000, "commit")
+        done = bounded(call, limit_s=(timeout_ms or self._timeout_s * 1000) / 1000, error=kerr.KafkaTimeoutError,
+                       what="commit")
         for part in done or ():
             if part.error is not None:
                 raise kafka_error(part.error, commit=True)
@@ -264,6 +245,14 @@ class Consumer:
         self._c.close()
 
 
+class _NotInMetadata(Exception):
+    pass
+
+
+_QUEUE_FULL = Backoff(0.05, 0.05)  # librdkafka's poll between tries: delivery reports make room
+_METADATA_AGAIN = Backoff(0.2, 0.2)
+
+
 class SendResult:
     """A send's outcome, completed by librdkafka's delivery report (the shape of kafka-python's future)."""
 
@@ -304,19 +293,21 @@ class Producer:
         """Queue one record; its SendResult completes at the acknowledgement. A full queue is waited out for at
         most max_block_ms (KafkaTimeoutError), as kafka-python blocks on a full buffer."""
         fut = SendResult()
-        deadline = None
-        while True:
+
+        def produce() -> None:
+            self._p.produce(topic, value, key, -1 if partition is None else partition, on_delivery=fut,
+                            timestamp=timestamp_ms or 0, headers=headers or None)
+
+        try:
             try:
-                self._p.produce(topic, value, key, -1 if partition is None else partition, on_delivery=fut,
-                                timestamp=timestamp_ms or 0, headers=headers or None)
-                break
-            except BufferError:
-                deadline = deadline or time.monotonic() + self._max_block_s
-                if time.monotonic() >= deadline:
-                    raise kerr.KafkaTimeoutError("the producer's queue stayed full for max_block_ms") from None
-                self._p.poll(0.05)
-            except ck.KafkaException as exc:
-                raise_kafka_error(exc)
+                produce()
+            except BufferError:  # a full queue: waited out by serving delivery reports, which empties it
+                retry(produce, retry_on=BufferError, backoff=_QUEUE_FULL,
+                      deadline=time.monotonic() + self._max_block_s, sleep=self._p.poll)
+        except ck.KafkaException as exc:
+            raise_kafka_error(exc)
+        except OutOfTime:
+            raise kerr.KafkaTimeoutError("the producer's queue stayed full for max_block_ms") from None
         self._unpolled += 1
         if self._unpolled >= 1000:  # serve delivery reports now and then, not only at flush
             self._unpolled = 0
@@ -341,19 +332,22 @@ class Producer:
         if hit is not None and now - hit[0] < self.METADATA_TTL_S:
             return hit[1]
         deadline = now + self._max_block_s
-        while True:
-            left = max(0.1, deadline - time.monotonic())
+
+        def known() -> set:
             try:
-                meta = self._p.list_topics(topic, timeout=left).topics.get(topic)
+                meta = self._p.list_topics(topic, timeout=max(0.1, deadline - time.monotonic())).topics.get(topic)
             except ck.KafkaException as exc:
                 raise_kafka_error(exc)
-            if meta is not None and meta.error is None and meta.partitions:
-                parts = set(meta.partitions)
-                self._topics[topic] = (time.monotonic(), parts)
-                return parts
-            if time.monotonic() >= deadline:
-                raise kerr.KafkaTimeoutError(f"topic {topic!r} not in the metadata after {self._max_block_s:g} s")
-            time.sleep(0.2)
+            if meta is None or meta.error is not None or not meta.partitions:
+                raise _NotInMetadata
+            return set(meta.partitions)
+
+        try:
+            parts = retry(known, retry_on=_NotInMetadata, backoff=_METADATA_AGAIN, deadline=deadline)
+        except OutOfTime:
+            raise kerr.KafkaTimeoutError(f"topic {topic!r} not in the metadata after {self._max_block_s:g} s") from None
+        self._topics[topic] = (time.monotonic(), parts)
+        return parts
 
     # -- transactions -----------------------------------------------------------------------
     def _tx(self, call, *args):

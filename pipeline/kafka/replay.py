@@ -19,6 +19,7 @@ from kafka import KafkaProducer
 from tqdm import tqdm
 
 from operators.validation import NUMERIC_COLUMNS
+from pipeline.waiting import pause
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,8 @@ def replay(ticks: pa.Table, topic: str, producer: KafkaProducer, speed: float = 
                 delay = due - time.monotonic()
                 if delay > 0:
                     producer.flush()
-                    time.sleep(delay)
+                    if not pause(delay, stop=stop):
+                        break
             producer.send(topic, key=key, value=value, timestamp_ms=ts_ms)
             sent += 1
             if i % 1000 == 999:

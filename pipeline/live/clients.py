@@ -1,6 +1,6 @@
 """The run's Kafka clients: how they are configured and opened (from a factory of
-``pipeline.kafka.clients``), the key partitioner, the stall watch, one retry-with-backoff helper, and calls
-bounded in time.
+``pipeline.kafka.clients``), how they are closed within the shutdown budget, the key partitioner and the
+stall watch. (Retries and bounded calls: ``pipeline.waiting``.)
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from pipeline import logs
 from pipeline.config import RunConfig
 from pipeline.kafka.clients import KafkaClients
 from pipeline.metrics import Metrics
+from pipeline.waiting import bounded
 
 log = logs.get("run")
 # How long one producer call may block on metadata or a full buffer before the loop looks again.
@@ -68,7 +69,7 @@ def open_consumer(clients: KafkaClients, cfg: RunConfig) -> Any:
 
 def open_producer(clients: KafkaClients, cfg: RunConfig, partitioner: CachingPartitioner) -> Any:
     """The output producer; under exactly-once a transactional one, initialised (which fences its predecessor)."""
-    # A missing topic is waited out (see Delivery.await_topic), never created with the broker's defaults; no call
+    # A missing topic is waited out (see Sender.await_topic), never created with the broker's defaults; no call
     # blocks longer than PRODUCER_MAX_BLOCK_MS, so the loop keeps control (liveness, shutdown).
     opts = {**client_options(cfg), "max_block_ms": min(PRODUCER_MAX_BLOCK_MS, cfg.request_timeout_ms),
             "allow_auto_create_topics": False}
@@ -122,7 +123,7 @@ def _timeout_ms(consumer, ms: int) -> dict:
 
 def _close_within(call: Callable[[], Any], limit_ms: int, what: str) -> None:
     try:
-        bounded(call, limit_ms=max(1, limit_ms), beat=lambda: None)
+        bounded(call, limit_s=max(1, limit_ms) / 1000, error=KafkaTimeoutError, what=f"{what}-close")
     except KafkaTimeoutError:
         log.warning(f"{what} close abandoned at the shutdown deadline", extra={"limit_ms": limit_ms})
     except Exception as exc:  # noqa: BLE001
@@ -151,57 +152,6 @@ def consumer_failure(exc: BaseException) -> str | None:
     if getattr(exc, "fatal", False):
         return f"the Kafka consumer failed for good ({exc}); check the log above, fix and restart"
     return None
-
-
-GIVE_UP = object()  # returned by a retry's on_error: stop retrying, quietly
-
-
-def retry(attempt: Callable[[], Any], on_error: Callable[[Exception, float], Any], *,
-          wait: Callable[[float], Any], beat: Callable[[], None] | None = None,
-          stopped: Callable[[], bool] = lambda: False, first_s: float = 0.5, cap_s: float = 10.0) -> Any:
-    """``attempt()`` until it returns, with a backoff of ``first_s`` doubling up to ``cap_s`` between tries.
-
-    ``on_error(exc, retry_in_s)`` counts and logs a failure; it raises to end the retries with an error, or
-    returns ``GIVE_UP`` to end them quietly. ``beat`` (liveness) runs before every try: waiting on the broker
-    is waiting on purpose. Returns what ``attempt`` returned, or None when given up or ``stopped()``."""
-    delay = first_s
-    while not stopped():
-        if beat is not None:
-            beat()
-        try:
-            return attempt()
-        except Exception as exc:  # noqa: BLE001 - on_error decides
-            if on_error(exc, delay) is GIVE_UP:
-                return None
-        wait(delay)
-        delay = min(delay * 2, cap_s)
-    return None
-
-
-def bounded(call, *args, limit_ms: int, beat: Callable[[], None]):
-    """kafka-python waits for transaction results without a timeout; a response lost in a broken
-    connection would block forever. Wait at most ``limit_ms`` (the config's longest bounded wait, twice the
-    request timeout, kept below transaction_timeout_ms), beating liveness meanwhile, then fail (the caller
-    aborts, replaces the producer, which fences the stuck one, and rewinds)."""
-    done, box = threading.Event(), {}
-
-    def run():
-        try:
-            box["result"] = call(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the loop's thread
-            box["error"] = exc
-        finally:
-            done.set()
-
-    threading.Thread(target=run, daemon=True, name=f"tx-{call.__name__}").start()
-    deadline = time.monotonic() + limit_ms / 1000
-    while not done.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
-        beat()  # waiting on the broker on purpose
-        if time.monotonic() >= deadline:
-            raise KafkaTimeoutError(f"{call.__name__} got no answer within {limit_ms} ms")
-    if "error" in box:
-        raise box["error"]
-    return box.get("result")
 
 
 class CachingPartitioner(DefaultPartitioner):

@@ -6,18 +6,16 @@ commit is started (exactly-once), then batch N+1 is polled, decoded and stepped 
 arrive. Batches are settled strictly oldest first, so offsets are committed in input order whatever order
 the acknowledgements come back in; a batch is only ever settled after every batch before it.
 
-On revoke, at-least-once forgets the revoked partitions' offsets of every batch in flight (their records
-may be published twice: the new owner processes them again); exactly-once waits for the open transaction's
-commit to end first, so the new owner reads committed offsets that include it (nothing twice).
+What a batch's delivery holds while in flight (``Pending``), how many batches may be in flight and what a
+revoke does to them belong to the delivery strategy (``pipeline.live.delivery``).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections import deque
 from collections.abc import Iterable
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -54,37 +52,26 @@ class Outbox:
     offsets: dict
 
 
-@dataclass
-class Transaction:
-    """One exactly-once batch's open transaction: its sends, when it began, its producer, and its commit
-    (running on the helper thread)."""
+class Pending(Protocol):
+    """A batch's delivery under way (the strategy's own: sends issued, or an open transaction)."""
 
-    sent: list
-    begun: float
-    producer: object
-    commit: Future
-    empty: bool = False  # nothing to send or commit
+    def acknowledged(self) -> bool: ...
 
 
 @dataclass
 class InFlightBatch:
-    """One batch between its dispatch and its settling: what ``Delivery`` needs to finish it (``outbox``,
-    the sends issued or the open transaction) and what the runner accounts afterwards."""
+    """One batch between its dispatch and its settling: what the delivery strategy needs to finish it
+    (``outbox``, ``pending``) and what the runner accounts afterwards."""
 
     outbox: Outbox  # its offsets shrink on revoke
     batch: Batch
     out_rows: object
     started: float  # perf_counter at the batch's start (batch duration)
-    sent: list = field(default_factory=list)  # at-least-once: (Outgoing, future) per send
-    tx: Transaction | None = None  # exactly-once: the open transaction
+    pending: Pending
 
     def acknowledged(self) -> bool:
-        """Every send answered (at-least-once) or the transaction committed (exactly-once), without waiting.
-        A failed commit is not "ready": the loop meets it where an abort may rewind (``_process``, drain)."""
-        if self.tx is not None:
-            return committed(self.tx.commit)
-        # The last send is usually the last to be answered: check it first.
-        return all(fut.is_done for _, fut in reversed(self.sent) if not isinstance(fut, BaseException))
+        """``settle`` would not wait: every send answered, or the transaction committed."""
+        return self.pending.acknowledged()
 
 
 class InFlight:
@@ -121,26 +108,11 @@ class InFlight:
         for entry in self.batches:
             entry.outbox.offsets = {tp: o for tp, o in entry.outbox.offsets.items() if tp not in gone}
 
-    def wait_commits(self, timeout_s: float) -> None:
-        """Exactly-once: let every open transaction's commit end (success or not) before going on."""
-        for entry in self.batches:
-            if entry.tx is not None:
-                with contextlib.suppress(TimeoutError):  # still running: the loop's thread judges it later
-                    entry.tx.commit.exception(timeout=timeout_s)
-
-    def all_committed(self) -> bool:
-        """Exactly-once: every batch in flight is committed (none failed, none still running)."""
-        return all(entry.tx is not None and committed(entry.tx.commit) for entry in self.batches)
-
     def clear(self) -> list[InFlightBatch]:
         """Abandon every batch in flight (their state was rewound)."""
         out = list(self.batches)
         self.batches.clear()
         return out
-
-
-def committed(commit: Future) -> bool:
-    return commit.done() and not commit.cancelled() and commit.exception() is None
 
 
 class BatchSizer:

@@ -17,16 +17,12 @@ from pipeline.checkpoint import DATA_ERRORS, Loaded, Problem, StoreUnavailable
 from pipeline.config import RunConfig, parse_duration_ns
 from pipeline.kafka.clients import KafkaClients
 from pipeline.kafka.topics import first_offsets_at
-from pipeline.live.clients import (
-    GIVE_UP,
-    Connection,
-    client_options,
-    retry,
-)
 from pipeline.live import restore_plan
+from pipeline.live.clients import Connection, client_options
 from pipeline.live.partitions import Partition, Partitions
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics
+from pipeline.waiting import GIVE_UP, retry
 
 log = logs.get("run")
 
@@ -70,9 +66,8 @@ class Recovery:
                                                                   "retry_in_s": retry_in_s})
                 return None
 
-            done = retry(lambda tp=tp: self.restore(tp) or True, on_error, wait=self.stopping.event.wait,
-                         beat=self.metrics.beat,  # waiting on the broker (or a slow store) on purpose
-                         stopped=self.stopping.event.is_set)
+            done = retry(lambda tp=tp: self.restore(tp) or True, on_error, stop=self.stopping.event,
+                         beat=self.metrics.beat)  # waiting on the broker (or a slow store) on purpose
             if done is None:
                 return False
         return True

@@ -21,12 +21,12 @@ Pipelining (``max_batches_in_flight`` > 1): steps 1-3 of the next batch run whil
 waits in step 5 (or, exactly-once, for its transaction's commit); batches are settled oldest first, so
 offsets are still committed in input order and never past a batch not yet acknowledged.
 
-Who does what: ``clients`` (Kafka clients, retries), ``partitions`` (each owned partition and where its
-state stands), ``restore_plan`` (where a restored partition's state comes from), ``recovery`` (restores and
-rewinds: the plan's facts, the plan applied), ``pipeline.wire`` (message formats), ``batch`` (steps 2-3),
-``delivery`` (steps 4-6), ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer``
-(snapshots), ``status`` (stats, what a settled batch adds to them, lag, status line). This module holds
-the lifecycle and the loop.
+Who does what: ``clients`` (Kafka clients), ``pipeline.waiting`` (retries, bounded calls), ``partitions``
+(each owned partition and where its state stands), ``restore_plan`` (where a restored partition's state comes
+from), ``recovery`` (restores and rewinds: the plan's facts, the plan applied), ``pipeline.wire`` (message
+formats), ``batch`` (steps 2-3), ``delivery`` (steps 4-6: ``at_least_once`` or ``exactly_once``),
+``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer`` (snapshots), ``status`` (stats,
+what a settled batch adds to them, lag, status line). This module holds the lifecycle and the loop.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import gc
 import signal
 import threading
 import time
+from collections.abc import Callable
 
 import numpy as np
 from kafka import ConsumerRebalanceListener
@@ -52,13 +53,14 @@ from pipeline.kafka.clients import KafkaClients, make_clients
 from pipeline.kafka.tls import check_tls
 from pipeline.live.batch import step_batch
 from pipeline.live.checkpointer import Checkpointer
-from pipeline.live.delivery import Delivery
+from pipeline.live.delivery import open_delivery
 from pipeline.live.inflight import Batch, BatchSizer, InFlight, InFlightBatch, Outbox
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
 from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
+from pipeline.waiting import Backoff, retry
 from pipeline.wire.forecasts import JsonNames, encode_arrow, encode_json, last_per_group
 from pipeline.wire.outgoing import Outgoing
 
@@ -97,11 +99,11 @@ class Runner:
                                            config.checkpoint_key()) if config.checkpoint_uri else None)
         self.recovery = Recovery(config, bundle, self.forecaster, self.store, self.partitions, self.conn,
                                  self.kafka_clients, metrics, self.stopping)
-        self.delivery = Delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics, self.stats,
-                                 self.stopping, clients.StallWatch(metrics), self.recovery.rewind)
+        self.delivery = open_delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics,
+                                      self.stopping, clients.StallWatch(metrics), self.recovery.rewind)
         self.checkpointer = Checkpointer(config, bundle, self.forecaster, self.store, self.partitions, metrics,
                                          self.stats)
-        self.inflight = InFlight(config.max_batches_in_flight)
+        self.inflight = InFlight(self.delivery.depth)
         self.sizer = BatchSizer(config.max_batch_ticks, config.max_batch_ms)
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
                                  "layers": str(bundle.shape.layers), "hidden": str(bundle.shape.hidden),
@@ -177,7 +179,7 @@ class Runner:
     def _connect(self) -> bool:
         def attempt() -> bool:
             check_tls(self.cfg.bootstrap_servers, self.cfg.kafka_security())  # a refused certificate: one line
-            self.conn.producer = self.delivery.make_producer()
+            self.conn.producer = clients.open_producer(self.kafka_clients, self.cfg, self.partitioner)
             self.conn.consumer = clients.open_consumer(self.kafka_clients, self.cfg)
             self.conn.consumer.subscribe(self.cfg.input_topics, listener=_Listener(self))
             self.metrics.broker_up.set(1)
@@ -192,10 +194,9 @@ class Runner:
             self.metrics.broker_errors.labels("connect").inc()
             log.warning("broker unreachable; retrying", extra={"bootstrap": self.cfg.bootstrap_servers,
                                                               "retry_in_s": retry_in_s, "error": repr(exc)})
-            self._close()
+            clients.close(self.conn)  # the clients only: the delivery (its committer thread) lives on
 
-        return clients.retry(attempt, on_error, wait=self.stop_event.wait, stopped=self.stop_event.is_set,
-                     cap_s=30.0) is True
+        return retry(attempt, on_error, stop=self.stop_event, backoff=Backoff(cap_s=30.0)) is True
 
     def _close(self, deadline: float | None = None) -> None:
         clients.close(self.conn, deadline)
@@ -206,13 +207,11 @@ class Runner:
     def on_revoked(self, revoked) -> None:
         """Before another member takes them: checkpoint what we hold (committed already), then forget it."""
         parts = self.partitions
-        if self.delivery.transactional:  # the open transaction's commit ends first: the next owner sees it
-            self.inflight.wait_commits(self.cfg.longest_bounded_wait_ms / 1000)
-            if self.inflight and self.inflight.all_committed():
-                for entry in self.inflight.batches:  # committed: settled (a revoke comes inside a poll)
-                    parts.settled(entry.batch.stepped)
-        else:  # abandon: never commit a revoked partition's offsets (its new owner reprocesses them)
-            self.inflight.forget_partitions(revoked)
+        # exactly-once: the open transaction's commit ends first (the next owner sees it); at-least-once:
+        # never commit a revoked partition's offsets (its new owner reprocesses them)
+        if self.delivery.revoke(self.inflight, revoked):
+            for entry in self.inflight.batches:  # committed: settled (a revoke comes inside a poll)
+                parts.settled(entry.batch.stepped)
         mine = [tp for tp in revoked if tp in parts]
         if mine:
             self.checkpointer.checkpoint_now(mine, "revoke", wait=False)  # never block the network thread
@@ -241,9 +240,10 @@ class Runner:
         records, received, first_at = [], [], None  # records, when their polls returned, the first's time
         limit = self.sizer.limit()
         while len(records) < limit and not self.stop_event.is_set():
-            polled = self._poll(self._poll_wait_ms(first_at, len(records)), limit - len(records))
+            polled = self._poll(lambda: self._poll_wait_ms(first_at, len(records)), limit - len(records))
             if polled is None:
-                continue
+                break  # stopped while the broker was away
+            self.metrics.beat()
             self._settle_acknowledged()
             now = time.monotonic()
             for recs in polled.values():
@@ -267,22 +267,23 @@ class Runner:
             return 0 if self.inflight else 200
         return max(0, int((self.sizer.close_at(first_at, n) - time.monotonic()) * 1000))
 
-    def _poll(self, wait_ms: int, max_records: int) -> dict | None:
-        """One poll; None if it failed (counted, logged, waited out). A consumer that cannot go on ends the run."""
-        try:
-            polled = self.conn.consumer.poll(timeout_ms=wait_ms, max_records=max_records)
+    def _poll(self, wait_ms: Callable[[], int], max_records: int) -> dict | None:
+        """One poll waiting at most ``wait_ms()`` (asked anew at each try), retried every second while it fails
+        (the broker away); None: stopped meanwhile."""
+        def attempt() -> dict:
+            polled = self.conn.consumer.poll(timeout_ms=wait_ms(), max_records=max_records)
             self.metrics.broker_up.set(1)
-        except Exception as exc:  # noqa: BLE001 - kafka-python raises many kinds; all retried but these
-            if (failure := clients.consumer_failure(exc)) is not None:
+            return polled
+
+        def on_error(exc: Exception, retry_in_s: float) -> None:
+            if (failure := clients.consumer_failure(exc)) is not None:  # kafka-python raises many kinds
                 raise FatalError(failure) from exc
             self.metrics.broker_errors.labels("poll").inc()
             self.metrics.broker_up.set(0)
             log.warning("poll failed; retrying", extra={"error": repr(exc)})
             self.metrics.beat()  # waiting out the broker on purpose
-            self.stop_event.wait(1.0)
-            return None
-        self.metrics.beat()
-        return polled
+
+        return retry(attempt, on_error, stop=self.stop_event, backoff=Backoff(1.0, 1.0))
 
     def _settle_acknowledged(self) -> None:
         """Settle, oldest first, the batches in flight whose acknowledgements have arrived (commits in order)."""
@@ -293,8 +294,8 @@ class Runner:
 
     def _process(self, records: list, received_at: list[float]) -> None:
         """Step and encode a batch; settle the oldest batches until there is room; dispatch this one (sends
-        issued, or its transaction opened with its commit on a helper thread). One transaction at a time:
-        exactly-once settles the open one first, and an abort there rewinds this batch's state too."""
+        issued, or its transaction opened with its commit on a helper thread). A settling that fails (an
+        aborted transaction) rewinds this batch's state too: its records come again."""
         t_batch = time.perf_counter()
         batch = step_batch(records, received_at, self.partitions, self.forecaster, self.metrics, self.stats)
         step_s = time.perf_counter() - t_batch
@@ -303,33 +304,26 @@ class Runner:
         out_rows, forecasts = self._emitted(batch)
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
         work_s = time.perf_counter() - t_batch  # and the sends issued, below (not the wait for older batches)
-        while self.inflight and (self.delivery.transactional or not self.inflight.room_for_next()):
+        while self.inflight and not self.inflight.room_for_next():
             if not self._settle_oldest():
                 return  # aborted and rewound: these records come again
-        entry = InFlightBatch(outbox, batch, out_rows, t_batch)
         t_send = time.perf_counter()
-        if self.delivery.transactional:
-            entry.tx = self.delivery.start_transaction(outbox)
-            if entry.tx is None:
-                return  # aborted and rewound: these records come again
-        else:
-            entry.sent = self.delivery.send(outbox)
+        pending = self.delivery.dispatch(outbox)
+        if pending is None:
+            return  # aborted and rewound: these records come again
+        entry = InFlightBatch(outbox, batch, out_rows, t_batch, pending)
         self.sizer.observe(len(records), step_s, work_s + time.perf_counter() - t_send)
         self.inflight.push(entry)
         while len(self.inflight) >= self.inflight.depth:
             self._settle_oldest()
 
     def _settle_oldest(self) -> bool:
-        """Settle the oldest batch in flight: its acknowledgements then its offsets (at-least-once), or its
-        transaction's commit (exactly-once); then account it. False: aborted, the state rewound and every
-        batch in flight dropped (their records come again)."""
+        """Settle the oldest batch in flight (``delivery``), then account it. False: aborted, the state rewound
+        and every batch in flight dropped (their records come again)."""
         entry = self.inflight.oldest()
-        if self.delivery.transactional:
-            if not self.delivery.finish_transaction(entry.outbox, entry.tx):
-                self.inflight.clear()
-                return False
-        else:
-            self.delivery.settle(entry.outbox, entry.sent)
+        if not self.delivery.settle(entry.outbox, entry.pending):
+            self.inflight.clear()
+            return False
         self.inflight.pop()
         self.partitions.settled(entry.batch.stepped, replayed=entry.batch.silent is not None)
         self.checkpointer.batch_done()

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import time
 
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError
 
 from pipeline import logs
 from pipeline.config import RunConfig
 from pipeline.live.clients import Connection, publish_error_reason
 from pipeline.live.inflight import Outbox
-from pipeline.live.stopping import FatalError, Stopping
+from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
+from pipeline.waiting import Backoff, OutOfTime, retry
 from pipeline.wire.outgoing import DEAD_LETTER_CUTS, DeadLetter, Outgoing, dead_letter
 
 log = logs.get("run")
@@ -102,21 +103,20 @@ class Sender:
         (publish_errors{reason="topic_missing"}), readiness false, liveness true, nothing committed meanwhile;
         PublishTimeout when a shutdown's time runs out first."""
         waited_since = None
-        while True:
+
+        def attempt() -> set:
             try:
                 partitions = self.conn.producer.partitions_for(topic)  # blocks at most max_block_ms
-            except KafkaTimeoutError as exc:
-                partitions, error = None, exc
             except KafkaError as exc:
                 if publish_error_reason(exc) == "refused":  # e.g. not authorised: waiting will not help
                     raise FatalError(f"cannot publish to topic {topic!r}: {exc!r}") from None
-                partitions, error = None, exc
-            if partitions:
-                if waited_since is not None:
-                    self.metrics.unblock()
-                    log.warning("topic exists now; publishing", extra={"topic": topic,
-                                                                       "waited_s": round(time.monotonic() - waited_since, 1)})
-                return partitions
+                raise
+            if not partitions:
+                raise _TopicMissing(f"topic {topic!r} has no partitions with a leader")
+            return partitions
+
+        def on_error(exc: Exception, retry_in_s: float) -> None:
+            nonlocal waited_since
             if waited_since is None:
                 waited_since = time.monotonic()
             self.metrics.publish_errors.labels("topic_missing").inc()
@@ -124,6 +124,19 @@ class Sender:
             self.metrics.beat()
             log.warning("topic does not exist (or has no leader); waiting for it, nothing is committed",
                         extra={"topic": topic, "waiting_s": round(time.monotonic() - waited_since, 1),
-                               "error": repr(error)})
-            self.stopping.give_up_if_past_deadline(f"topic {topic!r} still missing")
-            self.stopping.event.wait(0.5)
+                               "error": repr(exc)})
+
+        try:
+            partitions = retry(attempt, on_error, retry_on=(KafkaError, _TopicMissing), backoff=Backoff(0.5, 0.5),
+                               deadline=self.stopping.drain_deadline, wake=self.stopping.event)
+        except OutOfTime:
+            raise PublishTimeout(f"topic {topic!r} still missing") from None
+        if waited_since is not None:
+            self.metrics.unblock()
+            log.warning("topic exists now; publishing", extra={"topic": topic,
+                                                               "waited_s": round(time.monotonic() - waited_since, 1)})
+        return partitions
+
+
+class _TopicMissing(Exception):
+    pass

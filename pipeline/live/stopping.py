@@ -67,6 +67,11 @@ class Stopping:
                 return self.requested_at + share * self.shutdown_timeout_s
         raise KeyError(step)
 
+    def drain_deadline(self) -> float | None:
+        """The flush's deadline (``drain``) once a stop was requested or the shutdown began; None before: the
+        deadline of the waits that go on after a stop request (``pipeline.waiting``)."""
+        return None if self.requested_at is None else self.deadline("drain")
+
     def past_deadline(self) -> bool:
         """A stop was requested and the flush of the batches in flight is past its deadline (``drain``)."""
         return self.requested_at is not None and time.monotonic() > self.deadline("drain")

@@ -7,6 +7,11 @@ in-memory Kafka fakes until a batch is committed, hands the options the runner g
 kafka-python constructors and request encoders (which is where a 32-bit overflow or an inconsistent
 timeout set breaks), and checks the run's clocks: a shutdown that has waited `shutdown_timeout_s` is past
 its deadline, a checkpoint is due once `checkpoint_interval_s` has passed.
+
+Candidate models and the shadow topic are drawn too: candidates of another model, of a copy of the primary's
+bundle (the same model version: `config check` says the run cannot start, exit 1, and the start refuses it
+in one line), of the primary's own directory under another spelling, without a model, with an unknown key;
+shadow topics equal to the run's other topics or not a topic name. An accepted config's candidates load.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import contextlib
 import io
 import json
 import math
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +34,9 @@ from kafka.protocol.consumer import FetchRequest, JoinGroupRequest
 from kafka.protocol.producer import InitProducerIdRequest
 from prometheus_client import CollectorRegistry
 
+from pipeline.candidates import load_candidates
 from pipeline.cli import main
-from pipeline.config import RunConfig
+from pipeline.config import ConfigError, RunConfig
 from pipeline.live.runner import Runner
 from pipeline.metrics import Metrics
 from pipeline.ranges import RANGES
@@ -72,18 +80,40 @@ def configs(draw) -> dict:
     for key in sorted(chosen):
         out[key] = draw(DURATION_TEXT if key in DURATIONS else numeric(key))
     out["processing"] = draw(st.sampled_from(["at_least_once", "exactly_once"]))
+    out["candidates"] = draw(st.lists(st.sampled_from(list(CANDIDATES)), max_size=3))
+    shadow = draw(st.sampled_from([None, "ticks", "forecasts", "ticks.dlq", "forecasts.shadow", "shadows",
+                                   "a b", "x" * 250]))
+    if shadow is not None:
+        out["shadow_topic"] = shadow
     return out
 
 
-def config_check(values: dict, folder: Path) -> tuple[int, str, Path]:
+# A candidate table per kind: ``{dir}`` is the example's folder, where m is the primary's bundle (the fixture's,
+# linked), other another model's (linked) and copy a copy of the primary's (the same model version).
+CANDIDATES = {
+    "other": 'model = "{dir}/other"',
+    "copy": 'model = "{dir}/copy"',
+    "primary": 'model = "{dir}/m"',
+    "primary_spelt_otherwise": 'model = "{dir}/./m/"',
+    "no_model": 'model = ""',
+    "unknown_key": 'model = "{dir}/other"\nweight = 1',
+}
+
+
+def config_check(values: dict, folder: Path, bundle, other) -> tuple[int, str, str, Path]:
+    os.symlink(bundle.path, folder / "m")
+    os.symlink(other.path, folder / "other")
+    shutil.copytree(bundle.path, folder / "copy")
     path = folder / "tickcast.toml"
-    path.write_text('model = "m"\ngroup_id = "g"\nmetrics_address = "127.0.0.1:0"\n'
+    path.write_text(f'model = "{folder / "m"}"\ngroup_id = "g"\nmetrics_address = "127.0.0.1:0"\n'
                     f'checkpoint_uri = {json.dumps(str(folder / "ckpt"))}\n'
-                    + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items()))
+                    + "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items() if k != "candidates")
+                    + "".join(f"[[candidates]]\n{CANDIDATES[kind].format(dir=folder)}\n"
+                              for kind in values.get("candidates", ())))
     err, out = io.StringIO(), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         code = main(["config", "check", str(path), "--ignore-env"])
-    return code, err.getvalue(), path
+    return code, err.getvalue(), out.getvalue(), path
 
 
 class RecordingKafka(FakeKafka):
@@ -132,29 +162,42 @@ FOUND = [
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(values=configs())
+@example(values={"processing": "at_least_once", "candidates": ["other"], "shadow_topic": "shadows"})
+@example(values={"processing": "at_least_once", "candidates": ["copy"]})
 # a warm-up's rewind reads offsets by time (the fakes lacked offsets_for_times, and the rewind retried for ever)
 @example(values={"expire_after": "1d", "max_batch_ms": 4202, "max_batch_ticks": 1, "warmup": "65537s",
                  "processing": "at_least_once"})
-def test_what_config_check_accepts_runs_and_what_it_refuses_is_one_line_each(bundle, values):
-    accepted_config_runs(bundle, values)
+def test_what_config_check_accepts_runs_and_what_it_refuses_is_one_line_each(bundle, bundle2, values):
+    accepted_config_runs(bundle, bundle2, values)
 
 
 @pytest.mark.parametrize("values", FOUND, ids=lambda v: ",".join(f"{k}={v}" for k, v in v.items()))
-def test_the_values_that_broke_the_run_are_refused_or_run(bundle, values):
-    accepted_config_runs(bundle, values)
+def test_the_values_that_broke_the_run_are_refused_or_run(bundle, bundle2, values):
+    accepted_config_runs(bundle, bundle2, values)
 
 
-def accepted_config_runs(bundle, values: dict) -> None:
+def accepted_config_runs(bundle, other, values: dict) -> None:
     """Refused in one line per problem, or accepted and then the run works (see the module docstring)."""
     with tempfile.TemporaryDirectory() as d:
-        code, err, path = config_check(values, Path(d))
+        code, err, out, path = config_check(values, Path(d), bundle, other)
+        if code == 1:  # valid values, but the bundles found hold one model version twice
+            assert "models: NOT startable: " in out and err == "", out
+            cfg = RunConfig.load(path, env={})
+            with pytest.raises(ConfigError, match="each model runs once") as refused:
+                load_candidates(bundle, [c.model for c in cfg.candidates])
+            assert "\n" not in str(refused.value)
+            return
         if code != 0:
             lines = err.splitlines()
             assert code == 2 and lines, err
             assert all(line.startswith("tickcast: error: ") for line in lines), err
-            assert "Traceback" not in err and len(lines) <= len(values) + 1, err
+            assert "Traceback" not in err and len(lines) <= len(values) + len(values.get("candidates", ())) + 1, err
             return
         cfg = RunConfig.load(path, env={})
+        loaded = load_candidates(bundle, [c.model for c in cfg.candidates])  # the start's check of them passes
+        assert [c.model_version for c in loaded] == [other.model_version] * len(values.get("candidates", ()))
+        if cfg.candidates or cfg.shadow_topic:
+            assert cfg.shadow_output_topic not in {*cfg.input_topics, cfg.output_topic, cfg.dead_letter_topic}
         broker = new_broker()
         feed(broker, 200)
         fake = RecordingKafka(broker)

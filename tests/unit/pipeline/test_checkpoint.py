@@ -573,7 +573,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow
                      lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner,
                                                                                   max_size=3), max_leaves=8)
 _FIELDS = ["format", "topic", "partition", "offset", "rows", "model_version", "feature_spec", "layers", "hidden",
-           "created_at", "data", "bytes", "sha256"]
+           "created_at", "data", "bytes", "sha256", "others"]  # others: format 2's list of the other models
 _manifest_edits = st.one_of(
     st.tuples(st.just("set"), st.sampled_from(_FIELDS), _json),
     st.tuples(st.just("drop"), st.sampled_from(_FIELDS), st.none()),

@@ -81,8 +81,10 @@ def test_the_command_line_takes_repeated_candidates_and_refuses_what_cannot_be_c
     out = capsys.readouterr().out
     assert "paired loss(candidate) - loss(primary)" in out and bundle2.model_version in out
     assert main([*args, "--out", str(tmp_path / "same"), "--candidate", str(bundle.path)]) == 2
-    assert "given already" in capsys.readouterr().err
+    assert (f"candidate 1 ({bundle.path}) is model version {bundle.model_version}, the same as the primary model; "
+            "each model runs once") in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "twice"), "--candidate", str(bundle2.path), "--candidate",
                  str(bundle2.path)]) == 2
+    assert "the same as candidate 1" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "multi"), "--candidate", str(multi_bundle.path)]) == 2
     assert "one mean output" in capsys.readouterr().err

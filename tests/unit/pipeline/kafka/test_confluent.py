@@ -383,7 +383,7 @@ def test_a_transaction_carries_the_offsets_and_fencing_is_kafka_pythons_fenced(f
 
 def test_a_failed_commit_leaves_the_sends_judged_by_their_delivery_reports(fakes):
     """A record the broker refused for size in a transaction: by the time commit_transaction raises, its
-    future says so (delivery.py cuts a dead letter refused for size in the redo)."""
+    future says so (exactly_once.py cuts a dead letter refused for size in the redo)."""
     p = confluent.Producer(transactional_id="x")
     p.init_transactions()
     fut = p.send("dlq", value=b"big")

@@ -299,3 +299,20 @@ def test_every_latency_of_a_run_is_start_up_or_steady_state(bundle):
     assert run_until(runner, all_committed(broker)) == 0
     s = runner.stats
     assert len(s.startup_latencies) + len(s.steady_latencies) == len(s.latencies) == 400
+
+
+def test_exactly_once_runs_after_a_first_connect_that_failed(bundle, tmp_path):
+    """A connect retried (broker not up yet) closes the clients it made, not the delivery: the transaction
+    committer still takes the first commit."""
+    broker = new_broker()
+    feed(broker, 100)
+    runner, fake = make_runner(bundle, broker, processing="exactly_once", checkpoint_uri=str(tmp_path))
+    failures = [KafkaConnectionError("broker not up yet")]
+
+    def first_fails(_consumer):
+        if failures:
+            raise failures.pop()
+
+    fake.on_consumer = first_fails
+    assert run_until(runner, all_committed(broker)) == 0
+    assert len(fake.consumers) == 1, "the first consumer failed; the second one ran"

@@ -76,6 +76,30 @@ def test_at_most_max_batches_in_flight_are_stepped_and_not_committed(bundle, dep
     assert len(forecasts(broker)) == 400
 
 
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_exactly_once_keeps_one_transaction_open_at_a_time_whatever_the_depth(bundle, tmp_path, depth):
+    """The open transaction is settled before the next one begins; with depth > 1 its commit runs while the
+    next batch is stepped, never two open."""
+    broker = new_broker()
+    feed(broker)
+    runner, fake = make_runner(bundle, broker, processing="exactly_once", checkpoint_uri=str(tmp_path),
+                               max_batches_in_flight=depth, max_batch_ticks=50, max_batch_ms=60_000)
+    events = []
+
+    def watch(producer):
+        begin, commit = producer.begin_transaction, producer.commit_transaction
+        producer.begin_transaction = lambda: (events.append("begin"), begin())[1]
+        producer.commit_transaction = lambda: (time.sleep(0.02), commit(), events.append("committed"))[1]
+
+    fake.on_producer = watch
+    in_flight_at_step = []
+    watch_steps(runner, before=lambda _n: in_flight_at_step.append(len(runner.inflight)))
+    assert run_until(runner, all_committed(broker)) == 0
+    assert events == ["begin", "committed"] * 8, "a transaction began before the one before it was committed"
+    assert max(in_flight_at_step) == min(depth, 2) - 1
+    assert len(forecasts(broker)) == 400
+
+
 def test_acknowledgements_handed_over_only_when_asked_for_are_asked_for_while_the_next_batch_is_collected(bundle):
     """librdkafka completes a send's future only inside ``poll`` or ``flush`` (the confluent adapter's
     ``serve_deliveries``). Pipelined, the loop asks while it collects the next batch, so a batch whose
@@ -107,7 +131,7 @@ def test_offsets_are_committed_in_order_when_acknowledgements_arrive_out_of_orde
         # The newest batch in flight is acknowledged before the older one: a newer batch's acks come first.
         if len(runner.inflight) == 2:
             older, newer = runner.inflight.batches[0], runner.inflight.batches[1]
-            fake.producers[-1].release(f for _, f in newer.sent)
+            fake.producers[-1].release(f for _, f in newer.pending)
             out_of_order.append(newer.acknowledged() and not older.acknowledged())
 
     watch_steps(runner, before=ack_newest_first)

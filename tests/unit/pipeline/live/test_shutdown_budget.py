@@ -196,3 +196,10 @@ def test_a_transaction_commit_the_broker_never_answers_ends_at_the_flush_deadlin
         thread.join(30)
     assert code == [0]
     assert not all_committed(broker)(), "the unanswered batch was committed"
+
+
+def test_the_waits_that_go_on_after_a_stop_end_at_the_flushs_deadline_which_exists_only_once_asked():
+    stopping = Stopping(20.0)
+    assert stopping.drain_deadline() is None, "no stop asked: waits keep their own limits"
+    stopping.request()
+    assert stopping.drain_deadline() == stopping.deadline("drain") == pytest.approx(stopping.requested_at + 10.0)
