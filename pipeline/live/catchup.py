@@ -139,11 +139,9 @@ class CatchUp:
                         extra={"candidate": self.candidate, "error": repr(exc)})
             return self._finish(done)
         if taken:
-            try:
-                step(taken)
-            except BaseException:
-                self._placed = False
-                raise
+            self._placed = False  # until step returns: the records of a step that raised are read again
+            step(taken)
+            self._placed = True
             self.metrics.candidate_catchup_records.labels(self.candidate).inc(len(taken))
         self._next.update(moved)
         return self._finish(done | {tp for tp, nxt in moved.items() if nxt >= targets[tp]})
@@ -156,9 +154,8 @@ class CatchUp:
 
     def _finish(self, done: set[TopicPartition]) -> set[TopicPartition]:
         for tp in done:
-            log.info("catch-up reached its target", extra={"candidate": self.candidate,
-                                                             "partition": f"{tp.topic}/{tp.partition}",
-                                                             "offset": self._next.pop(tp)})
+            log.info("catch-up reached its target", extra={
+                "candidate": self.candidate, "partition": f"{tp.topic}/{tp.partition}", "offset": self._next.pop(tp)})
         if done:
             self._placed = False
             self._gauge()
