@@ -84,7 +84,8 @@ def measure_candidates(case: Case, sides: dict[int, list[Forecaster]], rounds: i
 
 
 def _line(row: dict) -> str:
-    cost = f"{row['candidate_cost_in_primary_steps']:>9.2f}" if "candidate_cost_in_primary_steps" in row else f"{'-':>9}"
+    cost = row.get("candidate_cost_in_primary_steps")
+    cost = f"{cost:>9.2f}" if cost is not None else f"{'-':>9}"
     return (f"{row['instruments']:>11,} {row['activity']:>8} {row['layers']:>2}x{row['hidden']:<3} "
             f"{row['batch_ticks']:>6,} {row['mean_instruments_per_batch']:>10,.0f} {row['candidates']:>10} "
             f"{row['ticks_per_second']:>12,.0f} {row['over_no_candidates_paired_median']:>8.3f} "

@@ -66,7 +66,8 @@ def case_options(args: argparse.Namespace) -> dict:
             candidates = (-1,)
         if min(candidates) < 0:
             raise ConfigError(f"--candidates takes comma-separated counts >= 0, got {args.candidates!r}")
-    return {"hidden": int_list(args.hidden, "--hidden"), "peers": peers, "candidates": candidates, "ort_threads": args.ort_threads,
+    return {"hidden": int_list(args.hidden, "--hidden"), "peers": peers, "candidates": candidates,
+            "ort_threads": args.ort_threads,
             "cases_only": args.cases_only, "ticks": args.ticks, "topic": not args.skip_topic, "data": args.data}
 
 
@@ -80,8 +81,9 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int | None = N
     """Run one benchmark (``quick``: fewer, shorter runs) and return its figures. ``sizes``, ``layers``,
     ``activities``, ``hidden`` and ``batch_ticks`` select the operator benchmark's cases (None: each case
     family's defaults, :mod:`benchmarks.operator_cases`); ``peers``, ``ort_threads`` and ``cases_only`` what
-    it measures; ``candidates`` (candidate counts) measures the cost of candidate models instead. The backtest benchmark takes ``ticks``, ``instruments``, ``batch_ticks``, the first of
-    ``hidden`` and ``layers``, ``topic`` and ``data``."""
+    it measures; ``candidates`` (candidate counts) measures the cost of candidate models instead. The backtest
+    benchmark takes ``ticks``, ``instruments``, ``batch_ticks``, the first of ``hidden`` and ``layers``,
+    ``topic`` and ``data``."""
     if what == "operator":
         from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
