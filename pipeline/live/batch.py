@@ -33,11 +33,10 @@ def step_batch(records: list, received_at: list[float], partitions: Partitions, 
     ticks, idx = decoded.ticks, decoded.index
     # Records a recovery replays (before the committed offset) update state and emit nothing.
     silent = partitions.silent_mask(part_ids, offs, stamps)
+    stepped = partitions.stepped(part_ids, offs)  # before the step: one that raises leaves the state dirty
     t_step = time.perf_counter()
-    partitions.dirty = True
     result = forecaster.step(ticks)
     metrics.step_seconds.observe(time.perf_counter() - t_step)
-    partitions.advance(part_ids, offs)
 
     # Dead letters: decode failures and operator refusals, with the original bytes.
     dead = [(i, reason.label, detail) for i, reason, detail in decoded.rejected]
@@ -52,4 +51,4 @@ def step_batch(records: list, received_at: list[float], partitions: Partitions, 
         stats.replayed += n_silent
         metrics.replayed_ticks.inc(n_silent)
     return Batch(records, received_at, ticks, part_ids, offs, idx, result, rows, forecasts,
-                 [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent)
+                 [DeadLetter(records[i], reason, detail) for i, reason, detail in dead], silent, stepped)

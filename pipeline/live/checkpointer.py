@@ -1,7 +1,10 @@
 """When and what to snapshot: periodic checkpoints written by a background writer between batches, one on
 revoke (snapshot taken at once, written by the background writer) and one at shutdown, waited for until its
 deadline. Only state that matches the committed offsets is written: never mid-batch (``Partitions.dirty``),
-never a partition mid-replay, never one unchanged since its last checkpoint.
+never a partition mid-replay, never one unchanged since its last checkpoint (``Partition.snapshot``).
+
+The writer hands back what it wrote; the loop's thread tells each partition (``Partition.checkpointed_at``)
+before it next decides what to snapshot.
 
 The writer is one daemon thread: a write stalled on the store (an S3 endpoint that stops answering) is
 abandoned at the shutdown deadline and the process exits anyway; the store writes data, then the manifest,
@@ -13,18 +16,17 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
 import pyarrow as pa
-from kafka.structs import TopicPartition
-
 from operators.forecaster import Forecaster
 from operators.bundle import Bundle
 from pipeline import logs
 from pipeline.checkpoint import CheckpointError
 from pipeline.config import RunConfig
-from pipeline.live.partitions import Partitions
+from pipeline.live.partitions import Partition, Partitions
 from pipeline.live.status import RunStats
 from pipeline.metrics import Metrics
 
@@ -44,7 +46,8 @@ class Checkpointer:
         self.last_checkpoint = time.monotonic()
         self.batches_since = 0
         self.writer = Writer() if store else None
-        self.pending_write: Future | None = None
+        self.pending_write: Future | None = None  # the newest write
+        self.unapplied: deque[Future] = deque()  # writes whose results the partitions have not been told yet
         self.abandoned = False  # a write was left running at the shutdown deadline
 
     def batch_done(self) -> None:
@@ -66,7 +69,7 @@ class Checkpointer:
         snapshots = self.snapshots(self.partitions.assigned)
         self.last_checkpoint = time.monotonic()
         self.batches_since = 0
-        self.pending_write = self.writer.submit(self.write, snapshots, "periodic")
+        self._submit(snapshots, "periodic")
 
     def checkpoint_now(self, partitions, why: str, wait: bool = True, deadline: float | None = None) -> None:
         """Checkpoint partitions whose state matches their committed offsets: the snapshot is taken now; the
@@ -85,9 +88,9 @@ class Checkpointer:
         snapshots = self.snapshots(partitions)
         if not wait:
             if snapshots:
-                self.pending_write = self.writer.submit(self.write, snapshots, why)
+                self._submit(snapshots, why)
             return
-        written = self.writer.submit(self.write, snapshots, why)  # after any write queued before it
+        written = self._submit(snapshots, why)  # after any write queued before it
         try:
             written.result(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
         except FutureTimeout:
@@ -102,19 +105,36 @@ class Checkpointer:
         if self.writer is not None:
             self.writer.shutdown()
 
-    def snapshots(self, partitions) -> list[tuple[TopicPartition, pa.Table, int]]:
-        """Copies of the state of partitions that moved since their last checkpoint (not mid-replay)."""
+    def _submit(self, snapshots, why: str) -> Future:
+        self.pending_write = self.writer.submit(self.write, snapshots, why)
+        self.unapplied.append(self.pending_write)
+        return self.pending_write
+
+    def take_written(self) -> None:
+        """Tell each partition the checkpoints the writer has finished since (in the order written)."""
+        while self.unapplied and self.unapplied[0].done():
+            future = self.unapplied.popleft()
+            if not future.cancelled() and future.exception() is None:
+                for partition, offset in future.result():
+                    partition.checkpointed_at(offset)
+
+    def snapshots(self, partitions) -> list[tuple[Partition, pa.Table, int]]:
+        """Copies of the state of owned partitions that moved since their last checkpoint (``Partition.snapshot``)."""
+        self.take_written()
         out = []
         for tp in sorted(partitions):
-            st = self.partitions.get(tp)
-            if st.next_offset is not None and not st.replaying and st.checkpointed != st.next_offset:
-                out.append((tp, self.forecaster.export_partition(self.partitions.part_id(tp.topic, tp.partition)),
-                            st.next_offset))
+            partition = self.partitions.find(tp)
+            offset = partition.snapshot() if partition is not None else None
+            if offset is not None:
+                out.append((partition, self.forecaster.export_partition(partition.part_id), offset))
         return out
 
-    def write(self, snapshots, why: str) -> None:
+    def write(self, snapshots, why: str) -> list[tuple[Partition, int]]:
+        """On the writer's thread: each snapshot to the store; (partition, offset) of those written."""
         spec = self.bundle.feature_spec.to_dict()
-        for tp, table, offset in snapshots:
+        written = []
+        for partition, table, offset in snapshots:
+            tp = partition.tp
             started = time.perf_counter()
             try:
                 m = self.store.write(tp.topic, tp.partition, table, offset, self.bundle.model_version, spec)
@@ -124,9 +144,7 @@ class Checkpointer:
                 log.error("checkpoint failed; processing goes on, recovery would replay from an older one",
                           extra={"why": why, "error": str(exc)})
                 continue
-            st = self.partitions.states.get(tp)  # this runs on the writer's thread: never add an entry here
-            if st is not None:  # (a partition revoked meanwhile is restored anew if it comes back)
-                st.checkpointed = offset
+            written.append((partition, offset))
             self.stats.checkpoints += 1
             self.metrics.checkpoint_writes.labels("ok").inc()
             self.metrics.checkpoint_seconds.observe(time.perf_counter() - started)
@@ -134,7 +152,7 @@ class Checkpointer:
             self.metrics.checkpoint_last_success.set_to_current_time()
             log.debug("checkpoint written", extra={"partition": f"{tp.topic}/{tp.partition}", "offset": offset,
                                                    "rows": m.rows, "bytes": m.bytes, "why": why})
-
+        return written
 
 
 class Writer:

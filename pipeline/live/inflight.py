@@ -39,6 +39,7 @@ class Batch:
     forecasts: np.ndarray
     dead: list[DeadLetter]
     silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
+    stepped: dict  # TopicPartition -> highest offset stepped (``Partitions.settled`` once settled)
 
 
 @dataclass

@@ -1,9 +1,7 @@
-"""The restore policy: what state a partition starts with when this process starts to own it, and the
-rewind to the committed offsets after a failed transaction.
-
-In order of preference: the newest valid checkpoint at or before the committed offset, replayed silently up
-to it; a warm-up window of input (``warmup``); a replay from the partition's start (checkpoints on, none
-usable yet); or, loudly, empty state.
+"""Restoring a partition this process starts to own, and the rewind to the committed offsets after a failed
+transaction: what is known (the committed offset, the newest usable checkpoint; the log start and the warm-up
+window when a plan needs them), the plan made from it (``restore_plan``: checkpoint, warm-up, replay from the
+start or empty), and the plan applied, retried while the broker or the store is away.
 """
 
 from __future__ import annotations
@@ -15,12 +13,13 @@ from kafka.structs import TopicPartition
 from operators.forecaster import Forecaster
 from operators.bundle import Bundle
 from pipeline import logs
-from pipeline.checkpoint import DATA_ERRORS, Problem, StoreUnavailable
+from pipeline.checkpoint import DATA_ERRORS, Loaded, Problem, StoreUnavailable
 from pipeline.config import RunConfig, parse_duration_ns
 from pipeline.kafka.clients import KafkaClients
 from pipeline.kafka.topics import first_offsets_at
+from pipeline.live import restore_plan
 from pipeline.live.clients import Connection, client_options
-from pipeline.live.partitions import Partitions
+from pipeline.live.partitions import Partition, Partitions
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics
 from pipeline.waiting import GIVE_UP, retry
@@ -43,11 +42,10 @@ class Recovery:
         self.started_ms = int(time.time() * 1000)
 
     def rewind(self) -> None:
-        """Back to the committed offsets with the state that goes with them (checkpoint + silent replay)."""
-        self.partitions.dirty = False
-        if not self.restore_with_retry(sorted(self.partitions.assigned)):
-            # Stopped before the rewind finished: the state does not match; never checkpoint it.
-            self.partitions.dirty = True
+        """Back to the committed offsets with the state that goes with them (checkpoint + silent replay).
+        Stopped before it finished, the partitions it did not reach keep state stepped past their committed
+        offsets: dirty, never checkpointed."""
+        self.restore_with_retry(sorted(self.partitions.assigned))
 
     def restore_with_retry(self, pending: list) -> bool:
         """Restore each partition, retrying while the broker or the checkpoint store is away; False if
@@ -75,121 +73,90 @@ class Recovery:
         return True
 
     def restore(self, tp: TopicPartition) -> None:
-        """State for a newly assigned partition: newest valid checkpoint at or before the committed offset,
-        then a silent replay from the checkpoint's offset up to the committed one; or a warm-up window;
-        or, loudly, empty state.
+        """State for a newly owned partition (``restore_plan``): what is known, the plan made from it, applied.
 
         Raises on broker or store trouble (the caller retries); a checkpoint that cannot be used, whatever
         its bytes, is skipped and counted here, and the next older one tried."""
         started = time.perf_counter()
-        consumer = self.conn.consumer
-        where = f"{tp.topic}/{tp.partition}"
-        part_id = self.partitions.part_id(tp.topic, tp.partition)
-        self.forecaster.drop_partition(part_id)
-        # Whatever the state reflected before is gone: every path below says anew where it stands.
-        st = self.partitions[tp]
-        st.next_offset = st.checkpointed = st.replay_until = st.replay_until_ts = None
-        committed = consumer.committed(tp, timeout_ms=self.cfg.request_timeout_ms)
-        loaded = None
-        if self.store is not None and committed is None:
-            # Checkpoints belong to committed offsets: without any (a new group, expired offsets, a recreated
-            # topic) they cannot be placed, so the partition starts per auto_offset_reset (or warm-up).
-            log.info("group has no committed offset for this partition; not using checkpoints",
-                     extra={"partition": where})
-        elif self.store is not None:
-            loaded = self._load_checkpoint(tp, part_id, committed)
-        if loaded is not None:
-            rows = loaded.state.num_rows
-            start = loaded.manifest.offset
-            if start < committed:
-                first = consumer.beginning_offsets([tp]).get(tp, 0)
-                if first > start:
-                    # Retention deleted records the replay needs: the state misses them for good. Replay
-                    # what is left; the instruments those records touched carry older state.
-                    log.warning("checkpoint is older than the partition's log start; records in between were "
-                                "deleted by retention and are missing from the restored state",
-                                extra={"partition": where, "checkpoint_offset": start,
-                                       "log_start": first, "missing": first - start, "committed": committed})
-                    start = min(first, committed)
-            st.checkpointed = loaded.manifest.offset
-            self._seek(tp, start, committed)
-            self.metrics.restores.labels("checkpoint").inc()
-            self.metrics.restore_seconds.observe(time.perf_counter() - started)
-            log.info("partition restored from checkpoint",
-                     extra={"partition": where, "rows": rows,
-                            "checkpoint_offset": loaded.manifest.offset, "committed": committed,
-                            "replay": max(0, (committed or start) - start),
-                            "age_s": round(time.time() - loaded.manifest.created_at, 1)})
+        partition = self.partitions.find(tp)
+        if partition is None:  # not ours any more: nothing to restore
             return
-        window = self._warmup_start(tp, committed) if self.cfg.warmup else None
-        if window is not None:
-            start, emit_from = window
-            self._seek(tp, start, emit_from)
-            if emit_from is None:  # a fresh group: silent up to the records produced before this run started
-                st.replay_until_ts = self.started_ms
-            self.metrics.restores.labels("warmup").inc()
-            log.info("partition warming up from input", extra={
-                "partition": where, "from_offset": start,
-                "emit_from": emit_from if emit_from is not None else f"record timestamp {self.started_ms} ms"})
-            return
-        if self.store is not None and committed:
-            # No checkpoint yet (a kill before the first one): rebuild from the start of the partition.
-            start = consumer.beginning_offsets([tp]).get(tp, 0)
-            if start < committed:
-                self._seek(tp, start, committed)
-                self.metrics.restores.labels("replay_from_start").inc()
-                log.warning("no usable checkpoint; rebuilding state by replaying the partition from its start",
-                            extra={"partition": where, "from_offset": start, "emit_from": committed})
-                return
-        # Position explicitly: records this poll already returned for the partition were dropped.
-        if committed is not None:
-            consumer.seek(tp, committed)
-        elif self.cfg.auto_offset_reset == "earliest":
-            consumer.seek_to_beginning(tp)
-        else:
-            consumer.seek_to_end(tp)
-        self.metrics.restores.labels("empty").inc()
-        # Loud when state is lost (a restart or rebalance without a checkpoint); a new group starts empty anyway.
-        (log.warning if committed is not None else log.info)(
-            "partition assigned with EMPTY state: its instruments start from zero state",
-            extra={"partition": where, "committed": committed,
-                   "why": ("new group" if committed is None else
-                           "no usable checkpoint" if self.store else "checkpoints are off (checkpoint_uri)")})
-
-    def _load_checkpoint(self, tp: TopicPartition, part_id: int, committed: int):
-        """The newest checkpoint that is valid *and* imports into the operator (now holding its rows), or
-        None. Each manifest is tried at most once; StoreUnavailable propagates (the caller retries)."""
+        self.forecaster.drop_partition(partition.part_id)
+        partition.restart()  # whatever the state reflected before is gone
+        committed = self.conn.consumer.committed(tp, timeout_ms=self.cfg.request_timeout_ms)
         tried: set[str] = set()
         while True:
-            problems: list[Problem] = []
-            loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems,
-                                       validate=self._usable, exclude=tried)
-            for _ in problems:
-                self.metrics.checkpoint_load_failures.inc()
-            tried |= {p.path for p in problems}
-            if loaded is None:
-                return None
-            tried.add(loaded.path)
-            if loaded.manifest.model_version != self.bundle.model_version:
-                if self.cfg.on_model_change == "refuse":
-                    raise FatalError(
-                        f"the checkpoint of {tp.topic}/{tp.partition} was written by model version "
-                        f"{loaded.manifest.model_version}, this run serves {self.bundle.model_version}; serve that "
-                        f"model, or set on_model_change = warmup (with warmup = DURATION) to rebuild state from "
-                        f"input, or point checkpoint_uri elsewhere")
-                log.warning("checkpoint from another model version ignored; warming up from input instead",
-                            extra={"partition": f"{tp.topic}/{tp.partition}",
-                                   "checkpoint_model": loaded.manifest.model_version})
-                return None
-            try:
-                self.forecaster.import_partition(part_id, loaded.state)
-            except DATA_ERRORS as exc:  # the store's checks passed it, the operator did not: skip it too
-                self.forecaster.drop_partition(part_id)
-                self.metrics.checkpoint_load_failures.inc()
-                log.warning("skipping unusable checkpoint", extra={"path": loaded.path,
-                                                                   "reason": str(exc) or type(exc).__name__})
-                continue
-            return loaded
+            loaded = self._newest_checkpoint(tp, committed, tried) \
+                if self.store is not None and committed is not None else None
+            plan = restore_plan.plan(self._known(partition, committed, loaded))
+            if self._apply(partition, plan, loaded, started):
+                return
+
+    def _known(self, partition: Partition, committed: int | None, loaded: Loaded | None) -> restore_plan.Known:
+        tp = partition.tp
+        return restore_plan.Known(
+            partition.where, committed, self.store is not None,
+            checkpoint=None if loaded is None else loaded.manifest,
+            checkpoint_rows=0 if loaded is None else loaded.state.num_rows,
+            log_start=lambda: self.conn.consumer.beginning_offsets([tp]).get(tp, 0),
+            warmup=self.cfg.warmup, warmup_start=lambda: self._warmup_start(tp), started_ms=self.started_ms,
+            auto_offset_reset=self.cfg.auto_offset_reset, now_s=time.time())
+
+    def _apply(self, partition: Partition, plan: restore_plan.Plan, loaded: Loaded | None, started: float) -> bool:
+        """The checkpoint's rows into the operator, the consumer positioned, the partition resumed. False: the
+        operator refused the rows (skipped and counted; nothing else done)."""
+        if loaded is not None and not self._import(partition, loaded):
+            return False
+        consumer, tp = self.conn.consumer, partition.tp
+        if plan.seek == "beginning":
+            consumer.seek_to_beginning(tp)
+        elif plan.seek == "end":
+            consumer.seek_to_end(tp)
+        else:
+            consumer.seek(tp, plan.seek)
+        partition.resume(plan.resume)
+        self.metrics.restores.labels(plan.source).inc()
+        if loaded is not None:
+            self.metrics.restore_seconds.observe(time.perf_counter() - started)
+        for note in plan.notes:
+            log.log(note.level, note.message, extra=note.extra)
+        return True
+
+    def _import(self, partition: Partition, loaded: Loaded) -> bool:
+        try:
+            self.forecaster.import_partition(partition.part_id, loaded.state)
+        except DATA_ERRORS as exc:  # the store's checks passed it, the operator did not: skip it too
+            self.forecaster.drop_partition(partition.part_id)
+            self.metrics.checkpoint_load_failures.inc()
+            log.warning("skipping unusable checkpoint", extra={"path": loaded.path,
+                                                               "reason": str(exc) or type(exc).__name__})
+            return False
+        return True
+
+    def _newest_checkpoint(self, tp: TopicPartition, committed: int, tried: set[str]) -> Loaded | None:
+        """The newest valid checkpoint at or before ``committed`` not in ``tried`` (which it joins), or None.
+        Each manifest is tried at most once; StoreUnavailable propagates (the caller retries)."""
+        problems: list[Problem] = []
+        loaded = self.store.latest(tp.topic, tp.partition, max_offset=committed, problems=problems,
+                                   validate=self._usable, exclude=tried)
+        for _ in problems:
+            self.metrics.checkpoint_load_failures.inc()
+        tried |= {p.path for p in problems}
+        if loaded is None:
+            return None
+        tried.add(loaded.path)
+        if loaded.manifest.model_version != self.bundle.model_version:
+            if self.cfg.on_model_change == "refuse":
+                raise FatalError(
+                    f"the checkpoint of {tp.topic}/{tp.partition} was written by model version "
+                    f"{loaded.manifest.model_version}, this run serves {self.bundle.model_version}; serve that "
+                    f"model, or set on_model_change = warmup (with warmup = DURATION) to rebuild state from "
+                    f"input, or point checkpoint_uri elsewhere")
+            log.warning("checkpoint from another model version ignored; warming up from input instead",
+                        extra={"partition": f"{tp.topic}/{tp.partition}",
+                               "checkpoint_model": loaded.manifest.model_version})
+            return None
+        return loaded
 
     def _usable(self, loaded) -> None:
         """Rows this model can serve. Another model's checkpoint passes here: the caller refuses it by name
@@ -197,34 +164,11 @@ class Recovery:
         if loaded.manifest.model_version == self.bundle.model_version:
             self.forecaster.state.check_rows(loaded.state)
 
-    def _seek(self, tp: TopicPartition, start: int, emit_from: int | None) -> None:
-        """Read from ``start``; records before ``emit_from`` only update state."""
-        self.conn.consumer.seek(tp, start)
-        st = self.partitions[tp]
-        st.next_offset = start
-        if emit_from is not None and emit_from > start:
-            st.replay_until = emit_from
-
-    def _warmup_start(self, tp: TopicPartition, committed: int | None) -> tuple[int, int | None] | None:
-        """(first offset of the warm-up window, offset to emit from), or None when there is nothing to replay.
-
-        A fresh group has no committed offset: it emits from the records produced after this run started
-        (None), judged by record timestamp rather than by the end offset, which some brokers report late."""
-        if committed == 0:
-            return None
+    def _warmup_start(self, tp: TopicPartition) -> int | None:
+        """The first offset stamped at or after this run's start minus the warm-up window, or None (none)."""
         window_ms = parse_duration_ns(self.cfg.warmup, "warmup") // 1_000_000
         probe = self.clients.consumer(group_id=None, enable_auto_commit=False, **client_options(self.cfg))
         try:  # a separate consumer: the group's own cannot be assigned partitions by hand
-            found = first_offsets_at(probe, [tp], self.started_ms - window_ms).get(tp)
+            return first_offsets_at(probe, [tp], self.started_ms - window_ms).get(tp)
         finally:
             probe.close(autocommit=False)
-        if found is None:
-            # The window is measured on record timestamps against the wall clock. A historical topic (records
-            # stamped long ago) has nothing in it: no warm-up; the partition goes on as without one.
-            log.warning("warm-up window holds no records (an empty partition, or every record is stamped "
-                        "before now - warmup: a historical topic?); not warming up",
-                        extra={"partition": f"{tp.topic}/{tp.partition}", "warmup": self.cfg.warmup})
-            return None
-        if committed is not None and found >= committed:
-            return None
-        return found, committed

@@ -6,17 +6,15 @@ Order of one batch (at-least-once), written down because it is the contract:
    more than ``max_batch_ms`` after its first record's receipt (``inflight.BatchSizer``);
 2. decode the batch into columns; messages that are not ticks get a reason;
 3. ``Forecaster.step`` on the valid ticks; ticks it refuses get a reason;
-4. send every forecast to the output topic and every refused message, with its
-   original key and value and the reason in headers, to the dead-letter topic;
-5. flush the producer and check every send was acknowledged (retry until it is,
-   or until shutdown gives up: then nothing is committed and the batch is
-   processed again after restart);
+4. send every forecast to the output topic and every refused message, with its original key and value and
+   the reason in headers, to the dead-letter topic;
+5. flush the producer and check every send was acknowledged (retry until it is, or until shutdown gives up:
+   then nothing is committed and the batch is processed again after restart);
 6. commit the offsets after the batch's last records.
 
-A restart (or a partition moving to another process) resumes at the committed
-offsets. A partition this process starts to own is restored from its newest
-valid checkpoint and replayed silently up to the committed offset; with
-checkpoints off it begins with empty state, and the log says so loudly.
+A restart (or a partition moving to another process) resumes at the committed offsets. A partition this
+process starts to own is restored from its newest valid checkpoint and replayed silently up to the committed
+offset; with checkpoints off it begins with empty state, and the log says so loudly.
 ``processing = exactly_once`` replaces steps 4-6 with one Kafka transaction.
 
 Pipelining (``max_batches_in_flight`` > 1): steps 1-3 of the next batch run while the previous batch
@@ -24,7 +22,8 @@ waits in step 5 (or, exactly-once, for its transaction's commit); batches are se
 offsets are still committed in input order and never past a batch not yet acknowledged.
 
 Who does what: ``clients`` (Kafka clients), ``pipeline.waiting`` (retries, bounded calls), ``partitions``
-(what each owned partition's state reflects), ``recovery`` (restores and rewinds), ``pipeline.wire`` (message
+(each owned partition and where its state stands), ``restore_plan`` (where a restored partition's state comes
+from), ``recovery`` (restores and rewinds: the plan's facts, the plan applied), ``pipeline.wire`` (message
 formats), ``batch`` (steps 2-3), ``delivery`` (steps 4-6: ``at_least_once`` or ``exactly_once``),
 ``inflight`` (batches between steps 4 and 6, batch sizes), ``checkpointer`` (snapshots), ``status`` (stats,
 what a settled batch adds to them, lag, status line). This module holds the lifecycle and the loop.
@@ -41,13 +40,12 @@ from collections.abc import Callable
 import numpy as np
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
-from kafka.structs import TopicPartition
 
 from operators.forecaster import Forecaster, ForecasterConfig
 from operators.bundle import Bundle
 from operators.engines import compiled_line
 from pipeline import logs
-from pipeline.checkpoint import group_store
+from pipeline.checkpoint import CheckpointStore, group_store
 from pipeline.config import RunConfig, parse_date_ns, parse_duration_ns
 from pipeline.evaluation.online import OnlineScorer
 from pipeline.live import clients, status
@@ -70,8 +68,10 @@ log = logs.get("run")
 
 
 class Runner:
+    """The live runtime from its config; its Kafka client factory and checkpoint store may be given instead."""
+
     def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics,
-                 kafka_clients: KafkaClients | None = None):
+                 kafka_clients: KafkaClients | None = None, store: CheckpointStore | None = None):
         self.cfg = config
         self.bundle = bundle
         self.metrics = metrics
@@ -95,9 +95,8 @@ class Runner:
         # shared by every producer this run makes; memoises the forecast topic's keys (instruments) only
         self.partitioner = clients.CachingPartitioner(cached_topics=frozenset({config.output_topic}))
         self.partitions = Partitions(config.input_topics)
-        self.store = (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
-                                  config.checkpoint_key())
-                      if config.checkpoint_uri else None)
+        self.store = store or (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
+                                           config.checkpoint_key()) if config.checkpoint_uri else None)
         self.recovery = Recovery(config, bundle, self.forecaster, self.store, self.partitions, self.conn,
                                  self.kafka_clients, metrics, self.stopping)
         self.delivery = open_delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics,
@@ -113,18 +112,6 @@ class Runner:
     @property
     def stop_event(self) -> threading.Event:
         return self.stopping.event
-
-    @property
-    def consumer(self):
-        return self.conn.consumer
-
-    @consumer.setter
-    def consumer(self, value) -> None:
-        self.conn.consumer = value
-
-    @property
-    def producer(self):
-        return self.conn.producer
 
     # -- lifecycle --------------------------------------------------------------------
     def request_stop(self, *_args) -> None:
@@ -223,82 +210,62 @@ class Runner:
         # exactly-once: the open transaction's commit ends first (the next owner sees it); at-least-once:
         # never commit a revoked partition's offsets (its new owner reprocesses them)
         if self.delivery.revoke(self.inflight, revoked):
-            parts.dirty = False  # nothing stepped is uncommitted (a revoke comes inside a poll)
-        mine = [tp for tp in revoked if tp in parts.assigned]
+            for entry in self.inflight.batches:  # committed: settled (a revoke comes inside a poll)
+                parts.settled(entry.batch.stepped)
+        mine = [tp for tp in revoked if tp in parts]
         if mine:
             self.checkpointer.checkpoint_now(mine, "revoke", wait=False)  # never block the network thread
-        parts.revoked |= set(revoked)
+        parts.revoke(revoked)
         for tp in revoked:
             part_id = parts.part_id(tp.topic, tp.partition)
             self.forecaster.drop_partition(part_id)
             self.scorer.drop_partition(part_id)
-            parts.forget(tp)
             status.drop_lag(self.metrics, tp)
-        parts.assigned -= set(revoked)
-        self.metrics.assigned_partitions.set(len(parts.assigned))
+        self.metrics.assigned_partitions.set(len(parts))
         self.metrics.rebalances.inc()
         log.info("partitions revoked", extra={"partitions": describe(revoked)})
 
     def on_assigned(self, assigned) -> None:
         # Runs on kafka-python's I/O thread, where blocking consumer calls are not allowed: the
         # restore (committed offsets, seek) happens on the loop's thread right after this poll.
-        parts = self.partitions
-        parts.assigned |= set(assigned)
-        parts.revoked -= set(assigned)
-        parts.to_restore |= set(assigned)
-        self.metrics.assigned_partitions.set(len(parts.assigned))
-        if not parts.to_restore:  # nothing to restore (an idle member of a group with few partitions): ready
-            self.metrics.ready = True
-
-    def _restore_assigned(self) -> None:
-        parts = self.partitions
-        pending, parts.to_restore = sorted(parts.to_restore & parts.assigned), set()
-        if self.recovery.restore_with_retry(pending):
+        self.partitions.assign(assigned)
+        self.metrics.assigned_partitions.set(len(self.partitions))
+        if not self.partitions.pending():  # nothing to restore (an idle member of a group with few partitions)
             self.metrics.ready = True
 
     # -- one batch ------------------------------------------------------------------------
     def _collect(self) -> tuple[list, list[float]]:
-        """Records of one micro-batch, with the time each poll returned them. Partitions assigned by a poll
-        are restored here, before their records are kept."""
-        records: list = []
-        received: list[float] = []
-        first_at = None
+        """Records of one micro-batch and when each poll returned them, polled until the batch window closes;
+        older batches settle as their acknowledgements arrive, partitions a poll assigns are restored."""
+        records, received, first_at = [], [], None  # records, when their polls returned, the first's time
         limit = self.sizer.limit()
-        parts = self.partitions
-
-        def wait_ms() -> int:
-            # With batches in flight, an empty poll returns at once: the loop then settles them.
-            idle_ms = 0 if self.inflight else 200
-            return idle_ms if first_at is None else max(0, int(
-                (self.sizer.close_at(first_at, len(records)) - time.monotonic()) * 1000))
-
         while len(records) < limit and not self.stop_event.is_set():
-            polled = self._poll(wait_ms, limit - len(records))
+            polled = self._poll(lambda: self._poll_wait_ms(first_at, len(records)), limit - len(records))
             if polled is None:
                 break  # stopped while the broker was away
             self.metrics.beat()
-            if self.inflight:
-                clients.serve_deliveries(self.conn.producer)
-            while self.inflight.ready():  # commit in order as acknowledgements arrive
-                self._settle_oldest()
+            self._settle_acknowledged()
             now = time.monotonic()
             for recs in polled.values():
                 records.extend(recs)
                 received.extend([now] * len(recs))
-            drop = parts.revoked | parts.to_restore
-            if drop and records:  # fetched before a rebalance: the new owner (or the restore's seek) reads them again
-                kept = [(r, t) for r, t in zip(records, received) if TopicPartition(r.topic, r.partition) not in drop]
-                records, received = [r for r, _ in kept], [t for _, t in kept]
-            parts.revoked.clear()
-            if parts.to_restore:
-                self._restore_assigned()
-                if self.stopping.fatal:
+            records, received = self.partitions.keep_ready(records, received)
+            if pending := self.partitions.pending():  # assigned by this poll: restored before their records
+                if self.recovery.restore_with_retry(pending):
+                    self.metrics.ready = True
+                elif self.stopping.fatal:
                     break
             if records and first_at is None:
                 first_at = now
             if not records or time.monotonic() >= self.sizer.close_at(first_at, len(records)):
                 break
         return records, received
+
+    def _poll_wait_ms(self, first_at: float | None, n: int) -> int:
+        """Until the batch window closes; before its first record 200 ms, or 0 with batches in flight to settle."""
+        if first_at is None:
+            return 0 if self.inflight else 200
+        return max(0, int((self.sizer.close_at(first_at, n) - time.monotonic()) * 1000))
 
     def _poll(self, wait_ms: Callable[[], int], max_records: int) -> dict | None:
         """One poll waiting at most ``wait_ms()`` (asked anew at each try), retried every second while it fails
@@ -318,6 +285,13 @@ class Runner:
 
         return retry(attempt, on_error, stop=self.stop_event, backoff=Backoff(1.0, 1.0))
 
+    def _settle_acknowledged(self) -> None:
+        """Settle, oldest first, the batches in flight whose acknowledgements have arrived (commits in order)."""
+        if self.inflight:
+            clients.serve_deliveries(self.conn.producer)
+        while self.inflight.ready():
+            self._settle_oldest()
+
     def _process(self, records: list, received_at: list[float]) -> None:
         """Step and encode a batch; settle the oldest batches until there is room; dispatch this one (sends
         issued, or its transaction opened with its commit on a helper thread). A settling that fails (an
@@ -331,7 +305,7 @@ class Runner:
         outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
         work_s = time.perf_counter() - t_batch  # and the sends issued, below (not the wait for older batches)
         while self.inflight and not self.inflight.room_for_next():
-            if not self._settle_oldest(stepped=True):
+            if not self._settle_oldest():
                 return  # aborted and rewound: these records come again
         t_send = time.perf_counter()
         pending = self.delivery.dispatch(outbox)
@@ -343,19 +317,16 @@ class Runner:
         while len(self.inflight) >= self.inflight.depth:
             self._settle_oldest()
 
-    def _settle_oldest(self, stepped: bool = False) -> bool:
+    def _settle_oldest(self) -> bool:
         """Settle the oldest batch in flight (``delivery``), then account it. False: aborted, the state rewound
-        and every batch in flight dropped (their records come again). ``stepped``: a newer batch is stepped,
-        not yet dispatched (the state stays ahead of the committed offsets)."""
+        and every batch in flight dropped (their records come again)."""
         entry = self.inflight.oldest()
         if not self.delivery.settle(entry.outbox, entry.pending):
             self.inflight.clear()
             return False
         self.inflight.pop()
-        self.partitions.dirty = stepped or bool(self.inflight)
+        self.partitions.settled(entry.batch.stepped, replayed=entry.batch.silent is not None)
         self.checkpointer.batch_done()
-        if entry.batch.silent is not None:
-            self.partitions.end_replays()
         status.account(self.metrics, self.stats, self.scorer, self.forecaster.state, entry.batch, entry.out_rows,
                        entry.started)
         self.forget_expired(entry.batch.result.expired)

@@ -79,17 +79,17 @@ def count_received(metrics: Metrics, partitions: Partitions, part_ids: np.ndarra
 
 def update_lag(metrics: Metrics, partitions: Partitions, consumer) -> None:
     """Fetch high-watermark minus position per assigned partition (a revoke drops a partition's series)."""
-    for tp in list(partitions.assigned):
-        hw = consumer.highwater(tp)
+    for p in partitions:
+        hw = consumer.highwater(p.tp)
         if hw is None:
             continue
         try:
-            pos = consumer.position(tp, timeout_ms=100)
+            pos = consumer.position(p.tp, timeout_ms=100)
         except Exception:  # noqa: BLE001 - lag is best effort
             continue
         if pos is not None:
-            lag = partitions[tp].lag = max(hw - pos, 0)
-            metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+            p.saw_lag(max(hw - pos, 0))
+            metrics.lag.labels(p.tp.topic, str(p.tp.partition)).set(p.lag)
 
 
 def drop_lag(metrics: Metrics, tp) -> None:
@@ -105,11 +105,11 @@ def report_status(stats: RunStats, partitions: Partitions, n_instruments: int) -
     s = stats
     elapsed = max(time.monotonic() - s.started, 1e-9)
     pct = s.percentiles()
-    lag = sum(partitions.get(tp).lag or 0 for tp in partitions.assigned)  # as of the last batch
+    lag = sum(p.lag or 0 for p in partitions)  # as of the last batch
     p99 = f"{pct['p99_ms']:.1f}ms" if pct["p99_ms"] is not None else "-"
     line = (f"ticks {s.ticks:,} ({s.ticks / elapsed:,.0f}/s)  forecasts {s.forecasts:,}  "
             f"dead letters {s.dead_letters:,}  lag {lag:,}  p99 {p99}  "
-            f"instruments {n_instruments:,}  partitions {len(partitions.assigned)}")
+            f"instruments {n_instruments:,}  partitions {len(partitions)}")
     if sys.stderr.isatty():
         print(f"\r\x1b[2K{line}", end="", file=sys.stderr, flush=True)
     else:

@@ -34,11 +34,11 @@ def feed(broker: FakeBroker, n: int = 400, start: int = 0) -> None:
         broker.append("ticks", zlib.crc32(key) % 2, key, value, timestamp=ts_ms)
 
 
-def make_runner(bundle, broker: FakeBroker, **flags) -> tuple[Runner, FakeKafka]:
+def make_runner(bundle, broker: FakeBroker, store=None, **flags) -> tuple[Runner, FakeKafka]:
     fake = FakeKafka(broker)
     cfg = RunConfig.load(env={}, flags={"model": "m", "group_id": "g", "checkpoint_uri": "", "status_interval_s": 0,
                                         **flags})
-    return Runner(cfg, bundle, Metrics(CollectorRegistry()), kafka_clients=fake), fake
+    return Runner(cfg, bundle, Metrics(CollectorRegistry()), kafka_clients=fake, store=store), fake
 
 
 def run_until(runner: Runner, done, timeout_s: float = 60.0) -> int:

@@ -691,7 +691,8 @@ def _runner(bundle, root, consumer, **flags):
 
     cfg = RunConfig.load(env={}, flags={"model": "m", "checkpoint_uri": root, "group_id": "g", **flags})
     runner = Runner(cfg, bundle, Metrics(CollectorRegistry()))
-    runner.consumer = consumer
+    runner.conn.consumer = consumer
+    runner.on_assigned([TP])
     return runner
 
 
@@ -705,12 +706,16 @@ TP = TopicPartition("ticks", 0)
 def test_empty_restore_forgets_where_the_old_state_stood(bundle, tmp_path):
     """Defect 9: the state was at offset 500, a rewind finds no checkpoint and no committed offset and
     starts from empty state: nothing may label a checkpoint 500 until records are stepped again."""
+    from pipeline.live.partitions import Resume
+
     runner = _runner(bundle, str(tmp_path), FakeConsumer(committed=None))
-    runner.partitions.assigned = {TP}
-    runner.partitions[TP].next_offset = 500
-    runner.partitions[TP].checkpointed = 400
+    partition = runner.partitions.find(TP)
+    partition.resume(Resume(400, checkpointed=400))
+    partition.step(499)
+    partition.settle(499)
+    assert partition.snapshot() == 500
     runner.recovery.restore(TP)
-    assert runner.partitions.get(TP).next_offset is None
+    assert runner.partitions.find(TP).stepped_to is None
     assert runner.checkpointer.snapshots([TP]) == [], "a checkpoint would be labelled with an offset its state does not reflect"
 
 
@@ -732,7 +737,7 @@ def test_a_wrong_typed_manifest_is_skipped_not_retried_forever(bundle, tmp_path,
     waits = []
     runner.stop_event.wait = lambda s: (waits.append(s), len(waits) >= 3 and runner.stop_event.set())[0]
     assert runner.recovery.restore_with_retry([TP]) is True and waits == []
-    assert runner.consumer.seeks == [100] and runner.partitions.get(TP).replay_until == 300
+    assert runner.conn.consumer.seeks == [100] and runner.partitions.find(TP).replay_until == 300
     assert _load_failures(runner) == 1
 
 
@@ -752,7 +757,7 @@ def test_a_checkpoint_the_operator_cannot_import_is_skipped(bundle, tmp_path, st
 
     monkeypatch.setattr(runner.forecaster, "import_partition", refuse_first)
     assert runner.recovery.restore_with_retry([TP]) is True
-    assert len(calls) == 2 and runner.consumer.seeks == [100]
+    assert len(calls) == 2 and runner.conn.consumer.seeks == [100]
     assert _load_failures(runner) == 1
 
 
@@ -764,7 +769,7 @@ def test_store_trouble_is_retried_not_skipped(bundle, tmp_path, state, monkeypat
     waits = []
     runner.stop_event.wait = waits.append
     assert runner.recovery.restore_with_retry([TP]) is True
-    assert len(waits) == 2 and runner.consumer.seeks == [200], "the newest checkpoint, once the store answered"
+    assert len(waits) == 2 and runner.conn.consumer.seeks == [200], "the newest checkpoint, once the store answered"
     assert _load_failures(runner) == 0
 
 
@@ -775,8 +780,8 @@ def test_checkpoint_older_than_the_log_start_replays_what_retention_left(bundle,
     root, _ = _bad_then_good(bundle, tmp_path, state)
     runner = _runner(bundle, root, FakeConsumer(committed=300, log_start=250))
     runner.recovery.restore(TP)
-    assert runner.consumer.seeks == [250] and runner.partitions.get(TP).replay_until == 300
-    assert runner.partitions.get(TP).checkpointed == 200 and runner.partitions.get(TP).next_offset == 250
+    assert runner.conn.consumer.seeks == [250] and runner.partitions.find(TP).replay_until == 300
+    assert runner.partitions.find(TP).checkpointed == 200 and runner.partitions.find(TP).stepped_to == 250
     warned = [r for r in caplog.records if "deleted by retention" in r.getMessage()]
     assert warned and warned[0].missing == 50
 
@@ -785,4 +790,4 @@ def test_checkpoint_behind_a_log_start_past_the_committed_offset(bundle, tmp_pat
     root, _ = _bad_then_good(bundle, tmp_path, state)
     runner = _runner(bundle, root, FakeConsumer(committed=300, log_start=400))
     runner.recovery.restore(TP)
-    assert runner.consumer.seeks == [300] and runner.partitions.get(TP).replay_until is None
+    assert runner.conn.consumer.seeks == [300] and runner.partitions.find(TP).replay_until is None

@@ -12,7 +12,7 @@ from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from pipeline.live.checkpointer import Checkpointer
-from pipeline.live.partitions import Partitions
+from pipeline.live.partitions import Partitions, Resume
 from pipeline.live.status import RunStats
 from pipeline.metrics import Metrics
 
@@ -34,8 +34,8 @@ class SlowStore:
 
 def _checkpointer(store) -> Checkpointer:
     parts = Partitions(["ticks"])
-    parts.assigned = {TP}
-    parts[TP].next_offset = 42
+    parts.assign([TP])
+    parts.find(TP).resume(Resume(42))  # its state reflects every record before 42, none checkpointed yet
     forecaster = SimpleNamespace(export_partition=lambda part_id: pa.table({"instrument": ["A"]}))
     bundle = SimpleNamespace(model_version="v", feature_spec=SimpleNamespace(to_dict=lambda: {}))
     cfg = SimpleNamespace(checkpoint_interval_s=0, checkpoint_every_batches=0)
@@ -49,10 +49,22 @@ def test_a_revoke_checkpoint_is_snapshotted_at_once_and_written_in_the_backgroun
     ck.checkpoint_now([TP], "revoke", wait=False)
     assert time.monotonic() - started < 5, "the revoke waited for the store"
     assert store.written == []
-    ck.partitions.forget(TP)  # the revoke goes on to drop the partition's state; the snapshot is already taken
+    ck.partitions.revoke([TP])  # the revoke goes on to drop the partition; the snapshot is already taken
     store.release.set()
     ck.pending_write.result(timeout=30)
     assert store.written == [("ticks", 0, 42)]
+    ck.close()
+
+
+def test_the_writer_hands_back_what_it_wrote_and_the_partition_learns_it_on_the_loops_thread():
+    store = SlowStore()
+    store.release.set()
+    ck = _checkpointer(store)
+    ck.checkpoint_now([TP], "shutdown")
+    assert store.written == [("ticks", 0, 42)]
+    assert ck.partitions.find(TP).checkpointed is None, "the writer's thread never writes a partition's state"
+    assert ck.snapshots([TP]) == [], "told before the next snapshot: unchanged since its checkpoint"
+    assert ck.partitions.find(TP).checkpointed == 42
     ck.close()
 
 

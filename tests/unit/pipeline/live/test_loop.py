@@ -104,7 +104,7 @@ def test_a_rebalance_mid_run_drops_the_revoked_partitions_state(bundle):
     held = set(state.column("partition")[: len(state)].tolist())
     assert pid1 not in held and 0 in held, "the revoked partition's rows are gone, the kept one's stay"
     assert all(p != pid1 for p, _ in runner.scorer._keys)
-    assert TP1 not in runner.partitions.states
+    assert TP1 not in runner.partitions
     assert sample(runner, "tickcast_consumer_lag_records", topic="ticks", partition="1") is None
     assert broker.committed[TP1] < broker.end(TP1), "records of a revoked partition are not processed here"
     assert not [s for s in forecasts(broker) if s[0] == 1 and s[1] >= broker.committed[TP1]]

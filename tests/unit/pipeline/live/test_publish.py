@@ -22,41 +22,33 @@ from kafka.errors import (
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from prometheus_client import CollectorRegistry
 
+from operators.features import FEATURE_NAMES
 from pipeline.config import ConfigError, RunConfig
 from pipeline.live import status
-from pipeline.live.checkpointer import Checkpointer
 from pipeline.kafka.clients import KafkaClients
-from pipeline.live.clients import CachingPartitioner, Connection
-from pipeline.live.delivery import open_delivery
-from pipeline.live.inflight import InFlight, Outbox
+from pipeline.live.inflight import Outbox
 from pipeline.wire.outgoing import DeadLetter, Outgoing
-from pipeline.live.partitions import Partitions
 from pipeline.live.runner import Runner
-from pipeline.live.status import RunStats
-from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
+from pipeline.live.stopping import FatalError, PublishTimeout
 from pipeline.metrics import Metrics
 from tests.support.fake_kafka import FakeConsumer, FakeProducer
+from tests.support.features import numpy_bundle
+from tests.support.live_loop import feed, new_broker
+from tests.support.live_loop import make_runner as make_live_runner
 
 Record = namedtuple("Record", "topic partition offset key value timestamp")
 DEPLOY = Path(__file__).resolve().parents[4] / "deploy"
 
 
-class NullWatch:
-    def __call__(self, _op):
-        return self
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
+BUNDLE = numpy_bundle(FEATURE_NAMES)
 
 
 def make_runner(producer, processing="at_least_once", **cfg) -> Runner:
-    """A Runner with only the parts the publish path touches (no model, no Kafka)."""
-    r = Runner.__new__(Runner)
-    r.cfg = RunConfig(model="m", processing=processing, checkpoint_uri="ckpt", **cfg)
-    r.metrics = Metrics(CollectorRegistry())
+    """A Runner made as ``tickcast run`` makes it, its clients in-memory fakes set in place of a connection
+    (no broker: only the publish path is used), its liveness beats and its rewinds counted."""
+    r = Runner(RunConfig(model="m", processing=processing, checkpoint_uri="ckpt", **cfg), BUNDLE,
+               Metrics(CollectorRegistry()), kafka_clients=KafkaClients())
+    r.conn.consumer, r.conn.producer = FakeConsumer(), producer
     r.beats = 0
     beat = r.metrics.beat
 
@@ -65,18 +57,15 @@ def make_runner(producer, processing="at_least_once", **cfg) -> Runner:
         beat()
 
     r.metrics.beat = counting_beat
-    r.conn = Connection(consumer=FakeConsumer(), producer=producer)
-    r.stopping = Stopping(r.cfg.shutdown_timeout_s)
-    r.stats = RunStats()
-    r.partitions = Partitions(r.cfg.input_topics)
     r.rewinds = 0
+    if processing == "exactly_once":  # the strategy that rewinds
+        rewind = r.delivery.rewind
 
-    def rewind():
-        r.rewinds += 1
+        def counting_rewind():
+            r.rewinds += 1
+            rewind()
 
-    r.delivery = open_delivery(r.cfg, r.conn, KafkaClients(), CachingPartitioner(), r.metrics, r.stopping,
-                               NullWatch(), rewind)
-    r.inflight = InFlight(r.delivery.depth)
+        r.delivery.rewind = counting_rewind
     return r
 
 
@@ -149,7 +138,7 @@ def test_dead_letter_refused_even_when_empty_stops_the_run():
     r = make_runner(producer)
     with pytest.raises(FatalError, match="refuses a dead letter"):
         publish(r, [], [(0, "bad_json", "")], [dead_record(b"z" * 100)])
-    assert r.consumer.commits == []
+    assert r.conn.consumer.commits == []
 
 
 @pytest.mark.parametrize("error", [TopicAuthorizationFailedError(), MessageSizeTooLargeError()],
@@ -160,7 +149,7 @@ def test_forecast_refused_for_good_stops_the_run_with_nothing_committed(error):
     with pytest.raises(FatalError, match="refuses a forecast message"):
         publish(r, [FORECAST], [], [])
     assert sample(r, "tickcast_publish_errors_total", reason="refused") == 1
-    assert r.consumer.commits == []
+    assert r.conn.consumer.commits == []
 
 
 def test_retriable_failures_are_resent_with_liveness_beating_and_readiness_false_meanwhile():
@@ -223,7 +212,7 @@ def test_commit_retries_beat_liveness():
         if error:
             raise error
 
-    r.consumer.commit = commit
+    r.conn.consumer.commit = commit
     r.stop_event.wait = lambda s: False  # the backoff between tries, slept out at once
     r.delivery.commit({TopicPartition("ticks", 0): OffsetAndMetadata(1, "", -1)})
     assert r.beats >= 3
@@ -252,7 +241,7 @@ def test_fenced_after_our_transaction_outlived_its_timeout_replaces_the_producer
     fresh = FakeProducer()
     r.delivery.make_producer = lambda: fresh
     assert transaction(r, [FORECAST], [], [], {}) is False
-    assert r.producer is fresh and r.rewinds == 1
+    assert r.conn.producer is fresh and r.rewinds == 1
     assert sample(r, "tickcast_publish_errors_total", reason="fenced_by_timeout") == 1
     assert transaction(r, [FORECAST], [], [], {}) is True
 
@@ -301,7 +290,7 @@ def test_transaction_timeout_must_exceed_the_longest_bounded_wait():
     assert RunConfig.load(env={}, flags={"model": "m"}).transaction_timeout_ms > 2 * 30000
 
 
-def test_systemd_restart_policy_matches_the_exit_codes():
+def test_systemd_restart_policy_matches_the_exit_codes(bundle):
     """1 (a transient failure: shutdown gave up on the broker) restarts; 2 (needs an operator: fenced by another
     process, a topic refusing records, a model mismatch) does not; 0 is a requested stop."""
     unit = configparser.ConfigParser(strict=False, interpolation=None)
@@ -311,13 +300,15 @@ def test_systemd_restart_policy_matches_the_exit_codes():
     assert set(service["RestartPreventExitStatus"].split()) == {"2"}
 
     def code_for(error: BaseException) -> int:
-        r = make_runner(FakeProducer())
-        r._connect = lambda: True
-        r._collect = lambda: (_ for _ in ()).throw(error)
-        r.checkpointer = Checkpointer(r.cfg, None, None, None, r.partitions, r.metrics, r.stats)  # no store
-        r.checkpointer.checkpoint_now = lambda *a, **k: None
-        r._close = lambda *a, **k: None
-        r.stats = RunStats()
+        """The exit code of a run whose first batch meets ``error`` (raised where the loop steps it)."""
+        broker = new_broker()
+        feed(broker, 10)
+        r, _ = make_live_runner(bundle, broker)
+
+        def step(_ticks):
+            raise error
+
+        r.forecaster.step = step
         return r.run()
 
     assert code_for(PublishTimeout("3 messages unacknowledged")) == 1
@@ -326,19 +317,10 @@ def test_systemd_restart_policy_matches_the_exit_codes():
 
 # -- metrics of revoked partitions and of several input topics ----------------------------------------
 
-class _Drops:
-    def drop_partition(self, pid):
-        pass
-
-
 def test_revoked_partition_lag_series_is_removed_and_ticks_are_counted_per_topic():
     r = make_runner(FakeProducer(), input_topics=["a", "b"])
-    r.store = None
-    r.checkpointer = Checkpointer(r.cfg, None, None, None, r.partitions, r.metrics, r.stats)
-    r.forecaster = r.scorer = _Drops()
-    r.partitions.assigned = {TopicPartition("a", 0), TopicPartition("b", 0)}
+    r.on_assigned([TopicPartition("a", 0), TopicPartition("b", 0)])
     for tp in r.partitions.assigned:
-        r.partitions[tp].lag = 5
         r.metrics.lag.labels(tp.topic, str(tp.partition)).set(5)
     r.on_revoked([TopicPartition("a", 0)])
     assert sample(r, "tickcast_consumer_lag_records", topic="a", partition="0") is None

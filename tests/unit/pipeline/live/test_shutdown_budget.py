@@ -113,9 +113,8 @@ def test_a_store_that_stops_answering_is_abandoned_at_the_checkpoint_deadline(bu
     store = CheckpointStore("ckpt", filesystem=pafs.PyFileSystem(handler))
     broker = new_broker()
     feed(broker, 200)
-    runner, _ = make_runner(bundle, broker, shutdown_timeout_s=TIMEOUT_S, checkpoint_every_batches=1,
+    runner, _ = make_runner(bundle, broker, store=store, shutdown_timeout_s=TIMEOUT_S, checkpoint_every_batches=1,
                             checkpoint_interval_s=0, max_batch_ticks=50, checkpoint_uri=str(tmp_path / "unused"))
-    runner.store = runner.checkpointer.store = runner.recovery.store = store
     thread, code = run_in_thread(runner)
     try:
         wait(all_committed(broker))
