@@ -36,7 +36,8 @@ import numpy as np
 import pyarrow as pa
 
 from benchmarks.limits import GemmLimit, ScheduleLimit, schedule_blas
-from benchmarks.operator_cases import Case, cases, measure_against_peers
+from benchmarks.operator_candidates import run_candidates
+from benchmarks.operator_cases import Case, case_batches, cases, measure_against_peers
 from benchmarks.peers import BucketedKeras, check_peer
 from benchmarks.workload import HIDDEN, bench_bundle, tick_batches, tick_counts
 from operators.bundle import Bundle, shape_of
@@ -162,9 +163,7 @@ def _peers(names: tuple[str, ...], ort_threads: int) -> dict:
 def measure_case(case: Case, bundle: Bundle, peers: dict, rounds: int, batches_per_round: int,
                  cell_ticks: int) -> dict:
     """One case: the operator against each peer (paired), the per-tick Keras cell, both limits."""
-    n_batches = 1 + rounds * batches_per_round
-    batches = tick_batches(case.instruments, case.activity, n_batches, case.batch_ticks,
-                      seed=case.instruments + case.layers)
+    batches = case_batches(case, 1 + rounds * batches_per_round)
     m = measure_against_peers(bundle, batches, case.instruments, rounds, peers, {
         "schedule": lambda chunks: ScheduleLimit([[tick_counts(b) for b in c] for c in chunks], case.layers,
                                                  case.hidden),
@@ -215,11 +214,13 @@ def run(quick: bool = False, batch_ticks: int | None = None, printer=print, inst
         layer_counts: list[int] | None = None, rounds: int = 8, batches_per_round: int = 2,
         skip: tuple[tuple[int, int], ...] = (), activities: tuple[str, ...] | None = None,
         hidden: tuple[int, ...] | None = None, peers: tuple[str, ...] | None = None, ort_threads: int = 1,
-        cases_only: bool = False) -> dict:
+        cases_only: bool = False, candidates: tuple[int, ...] | None = None) -> dict:
     """Every case (:func:`benchmarks.operator_cases.cases`): the operator against the bucketed peers
     (alternated, paired), the per-tick Keras cell, the schedule and GEMM limits. ``skip`` lists
     (instruments, layers) cases left out; ``peers``: "keras", "onnx" (default: both, the ONNX Runtime one
-    when it is installed); ``cases_only``: leave out memory, GRU and custom models."""
+    when it is installed); ``cases_only``: leave out memory, GRU and custom models. ``candidates`` (candidate
+    counts, e.g. (0, 1, 2)): instead of all that, the cost of stepping candidate models beside the primary
+    over the same cases (:mod:`benchmarks.operator_candidates`)."""
     if peers is None:
         peers = ("onnx", "keras") if onnx_runtime_available() else ("keras",)
     if quick:
@@ -227,6 +228,10 @@ def run(quick: bool = False, batch_ticks: int | None = None, printer=print, inst
     cell_ticks = 60 if quick else 300
     selected = [c for c in cases(tuple(instrument_counts or ()) or None, tuple(layer_counts or ()) or None,
                                  activities, hidden, batch_ticks, quick) if (c.instruments, c.layers) not in skip]
+    if candidates is not None:
+        rows = run_candidates(selected, candidates, rounds, batches_per_round, printer)
+        return {"candidates": rows, "machine": {"cpus": os.cpu_count(), "load_average": list(os.getloadavg())},
+                "quick": quick}
     # Memory first: an RSS difference means little once TensorFlow and the cases have come and gone.
     memory = None if cases_only else measure_memory(100_000 if quick else 1_000_000)
     factories = _peers(peers, ort_threads)

@@ -18,7 +18,7 @@ from typing import Callable
 import numpy as np
 import pyarrow as pa
 
-from benchmarks.workload import warm_table
+from benchmarks.workload import tick_batches, warm_table
 from operators.bundle import Bundle
 from operators.forecaster import Forecaster
 
@@ -54,6 +54,12 @@ def cases(sizes: tuple[int, ...] | None = None, layers: tuple[int, ...] | None =
                 for activity in activities or ACTIVITIES:
                     out.append(Case(n, activity, n_layers, units, batch_ticks or (5_000 if narrow else 10_000)))
     return sorted(out, key=lambda c: (c.layers, c.hidden))
+
+
+def case_batches(case: Case, n_batches: int) -> list[pa.Table]:
+    """The case's stream of micro-batches: the same ticks for every side measured on it."""
+    return tick_batches(case.instruments, case.activity, n_batches, case.batch_ticks,
+                        seed=case.instruments + case.layers)
 
 
 PeerFactory = Callable[[Bundle, int], object]

@@ -20,6 +20,9 @@ def add_case_args(p: argparse.ArgumentParser) -> None:
                    help="operator: intra-op threads of the ONNX Runtime peer, 1 or 2 (default: 1)")
     p.add_argument("--cases-only", action="store_true",
                    help="operator: only the cases' table (no memory, GRU or custom-model figures)")
+    p.add_argument("--candidates", default=None, metavar="K,...",
+                   help="operator: instead of the peers, the cost of candidate models: the primary alone and with K "
+                        "candidates of its shape, over the same cases (e.g. 0,1,2; 0 is always measured)")
     p.add_argument("--ticks", type=int, default=None,
                    help="backtest: ticks in the file, synthetic over --instruments instruments (default: 300000; "
                         "--quick: 100000)")
@@ -55,7 +58,16 @@ def case_options(args: argparse.Namespace) -> dict:
     for flag, value in (("--batch-ticks", args.batch_ticks), ("--ticks", args.ticks)):
         if value is not None and value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
-    return {"hidden": int_list(args.hidden, "--hidden"), "peers": peers, "ort_threads": args.ort_threads,
+    candidates = None
+    if args.candidates is not None:  # int_list takes positive integers; here 0 (the primary alone) is a count too
+        try:
+            candidates = tuple(int(v) for v in args.candidates.split(","))
+        except ValueError:
+            candidates = (-1,)
+        if min(candidates) < 0:
+            raise ConfigError(f"--candidates takes comma-separated counts >= 0, got {args.candidates!r}")
+    return {"hidden": int_list(args.hidden, "--hidden"), "peers": peers, "candidates": candidates,
+            "ort_threads": args.ort_threads,
             "cases_only": args.cases_only, "ticks": args.ticks, "topic": not args.skip_topic, "data": args.data}
 
 
@@ -65,18 +77,19 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int | None = N
                   layers: tuple[int, ...] | None = None, activities: tuple[str, ...] | None = None,
                   pin_cores: bool = False, hidden: tuple[int, ...] | None = None, peers: tuple[str, ...] | None = None,
                   ort_threads: int = 1, cases_only: bool = False, ticks: int | None = None, topic: bool = True,
-                  data: str | None = None) -> dict:
+                  data: str | None = None, candidates: tuple[int, ...] | None = None) -> dict:
     """Run one benchmark (``quick``: fewer, shorter runs) and return its figures. ``sizes``, ``layers``,
     ``activities``, ``hidden`` and ``batch_ticks`` select the operator benchmark's cases (None: each case
     family's defaults, :mod:`benchmarks.operator_cases`); ``peers``, ``ort_threads`` and ``cases_only`` what
-    it measures. The backtest benchmark takes ``ticks``, ``instruments``, ``batch_ticks``, the first of
-    ``hidden`` and ``layers``, ``topic`` and ``data``."""
+    it measures; ``candidates`` (candidate counts) measures the cost of candidate models instead. The backtest
+    benchmark takes ``ticks``, ``instruments``, ``batch_ticks``, the first of ``hidden`` and ``layers``,
+    ``topic`` and ``data``."""
     if what == "operator":
         from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
         return bench_operator(quick=quick, batch_ticks=batch_ticks, instrument_counts=list(sizes) if sizes else None,
                               layer_counts=list(layers) if layers else None, activities=activities, hidden=hidden,
-                              peers=peers, ort_threads=ort_threads, cases_only=cases_only)
+                              peers=peers, ort_threads=ort_threads, cases_only=cases_only, candidates=candidates)
     if what == "operator-profile":
         from benchmarks.operator_profile import run as bench_profile  # noqa: PLC0415
 

@@ -19,11 +19,13 @@ HIDDEN = 64
 T0 = 1_767_225_600_000_000_000
 
 
-def bench_bundle(layers: int, hidden: int = HIDDEN) -> Bundle:
-    """A built-in stacked LSTM + Dense(1) bundle with Keras' initial weights (seeded by ``layers``)."""
-    model = build_keras_model(N_FEATURES, layers, hidden, seed=layers)
+def bench_bundle(layers: int, hidden: int = HIDDEN, seed: int | None = None) -> Bundle:
+    """A built-in stacked LSTM + Dense(1) bundle with Keras' initial weights, seeded by ``seed`` (default:
+    ``layers``). Another seed gives a model of the same shape with other weights and its own model version."""
+    model = build_keras_model(N_FEATURES, layers, hidden, seed=layers if seed is None else seed)
     norm = Normalisation(np.zeros(N_FEATURES), np.ones(N_FEATURES), 0.0, 1e-3)
-    return Bundle(None, f"bench-{layers}x{hidden}", FeatureSpec(), norm, 10, StateShape(layers, hidden),
+    version = f"bench-{layers}x{hidden}" + ("" if seed is None else f"-seed{seed}")
+    return Bundle(None, version, FeatureSpec(), norm, 10, StateShape(layers, hidden),
                   weights_from_keras(model, layers), {}, model)
 
 

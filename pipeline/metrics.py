@@ -169,6 +169,12 @@ class Metrics:
                                          namespace=ns, registry=r, buckets=_LATENCY_BUCKETS)
         self.replayed_ticks = Counter("replayed_ticks", "Ticks stepped silently to rebuild state (no output)",
                                       namespace=ns, registry=r)
+        self.candidate_catchup_records = Counter("candidate_catchup_records", "Records stepped into a candidate's "
+                                                 "state alone to warm it up (no output), by candidate model version",
+                                                 ["candidate"], namespace=ns, registry=r)
+        self.candidate_catchup_partitions = Gauge("candidate_catchup_partitions", "Partitions whose candidate state "
+                                                  "is being rebuilt from input, by candidate model version",
+                                                  ["candidate"], namespace=ns, registry=r)
         self.transactions = Counter("transactions", "exactly_once: Kafka transactions, by result", ["result"],
                                     namespace=ns, registry=r)
         # The model comparison (pipeline.evaluation.compare), published by publish_comparison.

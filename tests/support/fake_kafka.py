@@ -173,6 +173,7 @@ class FakeConsumer:
         self.topics: list[str] = []
         self.assigned: set[TopicPartition] = set()
         self.positions: dict[TopicPartition, int] = {}
+        self.paused: set[TopicPartition] = set()
         self.closed = False
 
     def subscribe(self, topics, listener=None):
@@ -191,7 +192,7 @@ class FakeConsumer:
             self.assigned -= gone
         out, room = {}, max_records or 500
         with b.lock:
-            for tp in sorted(self.assigned):
+            for tp in sorted(self.assigned - self.paused):
                 pos = self.positions.setdefault(tp, self._reset(tp))
                 recs = b.topics[tp.topic][tp.partition][pos:pos + room]
                 if recs:
@@ -223,6 +224,13 @@ class FakeConsumer:
 
     def assign(self, tps):
         self.assigned = set(tps)
+        self.paused &= self.assigned
+
+    def pause(self, *tps):
+        self.paused |= set(tps) & self.assigned
+
+    def resume(self, *tps):
+        self.paused -= set(tps)
 
     def offsets_for_times(self, timestamps):
         """As Kafka answers: per partition the first record with a timestamp at or after the one asked, or None."""
