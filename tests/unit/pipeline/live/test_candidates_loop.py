@@ -13,6 +13,7 @@ from kafka.errors import KafkaTimeoutError
 
 from operators.forecaster import Forecaster
 from pipeline.checkpoint import group_store
+from pipeline.wire.forecasts import decode_forecast_message
 from pipeline.wire.ticks import decode_batch
 from tests.support.live_loop import (TP0, TP1, all_committed, assert_same_forecasts, feed, forecasts, make_runner,
                                      new_broker, run_until, sample)
@@ -247,3 +248,19 @@ def test_every_model_is_scored_on_the_same_realised_outcomes_as_the_primarys_onl
         assert sample(runner, "tickcast_model_score", model_version=model.version, role=model.role,
                       metric="mae") > 0
     assert sample(runner, "tickcast_model_paired_forecasts") == scored
+
+
+def test_arrow_output_encodes_the_shadow_forecasts_the_same_way_with_the_candidates_version(bundle, bundle2):
+    broker = new_broker()
+    feed(broker)
+    runner, _ = make_runner(bundle, broker, candidates=(bundle2,), output_format="arrow")
+    assert run_until(runner, all_committed(broker)) == 0
+    got = {}
+    for topic, b in (("forecasts", bundle), (SHADOW, bundle2)):
+        tables = [decode_forecast_message(r.value) for r in broker.records(topic)]
+        assert {t.schema.metadata[b"model_version"].decode() for t in tables} == {b.model_version}
+        got[topic] = {(p, o): f for t in tables for p, o, f in zip(t.column("partition").to_pylist(),
+                                                                      t.column("offset").to_pylist(),
+                                                                      t.column("forecast").to_pylist())}
+    assert_same_forecasts(bundle, got["forecasts"], stepped_once(bundle, broker))
+    assert_same_forecasts(bundle2, got[SHADOW], stepped_once(bundle2, broker))
