@@ -194,6 +194,12 @@ class Metrics:
                                               "return, per model", model, namespace=ns, registry=r)
         self.model_started = Gauge("model_started_timestamp_seconds", "Unix time each model started forecasting",
                                    model, namespace=ns, registry=r)
+        self.models_info = Gauge("models_info", "1 per model the run steps: its version, role (primary publishes, "
+                                 "candidate in shadow) and horizon", [*model, "horizon_ticks"], namespace=ns,
+                                 registry=r)
+        self.candidate_refused_ticks = Counter("candidate_refused_ticks", "Ticks a candidate model refused (no "
+                                               "dead letter: the primary's cover bad input)", ["model_version"],
+                                               namespace=ns, registry=r)
         self._comparison_series: dict[Gauge, set[tuple[str, ...]]] = {}
         self._scored_seen: dict[tuple[str, str], int] = {}
         # Known label values start at 0, so rate() and the dashboard see a series before the first event.

@@ -32,10 +32,7 @@ def run_live(cfg: RunConfig) -> int:
                                    ("bootstrap_servers", "group_id", "output_topic", "dead_letter_topic",
                                     "max_batch_ticks", "max_batch_ms", "max_batches_in_flight", "output_mode",
                                     "output_format", "processing", "kafka_client")}})
-    if candidates:  # loaded and checked at start; the live loop steps the primary
-        log.warning("candidate models are loaded and checked, not stepped: the live loop runs the primary only",
-                    extra={"candidates": ",".join(c.model_version for c in candidates)})
-    runner = Runner(cfg, bundle, metrics)
+    runner = Runner(cfg, bundle, metrics, candidates=candidates)
     runner.install_signal_handlers()
     try:
         code = runner.run()

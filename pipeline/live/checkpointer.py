@@ -20,12 +20,10 @@ from collections import deque
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 
-import pyarrow as pa
-from operators.forecaster import Forecaster
-from operators.bundle import Bundle
 from pipeline import logs
-from pipeline.checkpoint import CheckpointError
+from pipeline.checkpoint import CheckpointError, ModelState
 from pipeline.config import RunConfig
+from pipeline.live.models import Models
 from pipeline.live.partitions import Partition, Partitions
 from pipeline.live.status import RunStats
 from pipeline.metrics import Metrics
@@ -34,11 +32,10 @@ log = logs.get("run")
 
 
 class Checkpointer:
-    def __init__(self, cfg: RunConfig, bundle: Bundle, forecaster: Forecaster, store, partitions: Partitions,
-                 metrics: Metrics, stats: RunStats):
+    def __init__(self, cfg: RunConfig, models: Models, store, partitions: Partitions, metrics: Metrics,
+                 stats: RunStats):
         self.cfg = cfg
-        self.bundle = bundle
-        self.forecaster = forecaster
+        self.models = models
         self.store = store
         self.partitions = partitions
         self.metrics = metrics
@@ -118,26 +115,26 @@ class Checkpointer:
                 for partition, offset in future.result():
                     partition.checkpointed_at(offset)
 
-    def snapshots(self, partitions) -> list[tuple[Partition, pa.Table, int]]:
-        """Copies of the state of owned partitions that moved since their last checkpoint (``Partition.snapshot``)."""
+    def snapshots(self, partitions) -> list[tuple[Partition, list[ModelState], int]]:
+        """Copies of every model's state of owned partitions that moved since their last checkpoint
+        (``Partition.snapshot``), the primary's first."""
         self.take_written()
         out = []
         for tp in sorted(partitions):
             partition = self.partitions.find(tp)
             offset = partition.snapshot() if partition is not None else None
             if offset is not None:
-                out.append((partition, self.forecaster.export_partition(partition.part_id), offset))
+                out.append((partition, self.models.export_partition(partition.part_id), offset))
         return out
 
     def write(self, snapshots, why: str) -> list[tuple[Partition, int]]:
         """On the writer's thread: each snapshot to the store; (partition, offset) of those written."""
-        spec = self.bundle.feature_spec.to_dict()
         written = []
-        for partition, table, offset in snapshots:
+        for partition, states, offset in snapshots:
             tp = partition.tp
             started = time.perf_counter()
             try:
-                m = self.store.write(tp.topic, tp.partition, table, offset, self.bundle.model_version, spec)
+                m = self.store.write_models(tp.topic, tp.partition, states, offset)
             except CheckpointError as exc:
                 self.stats.checkpoint_failures += 1
                 self.metrics.checkpoint_writes.labels("failed").inc()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -40,6 +40,7 @@ class Batch:
     dead: list[DeadLetter]
     silent: np.ndarray | None  # records replayed to rebuild state (per record), None: none
     stepped: dict  # TopicPartition -> highest offset stepped (``Partitions.settled`` once settled)
+    shadows: list = field(default_factory=list)  # each candidate's forecasts (``models.Shadow``)
 
 
 @dataclass

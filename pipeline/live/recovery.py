@@ -10,8 +10,6 @@ import time
 
 from kafka.structs import TopicPartition
 
-from operators.forecaster import Forecaster
-from operators.bundle import Bundle
 from pipeline import logs
 from pipeline.checkpoint import DATA_ERRORS, Loaded, Problem, StoreUnavailable
 from pipeline.config import RunConfig, parse_duration_ns
@@ -19,6 +17,7 @@ from pipeline.kafka.clients import KafkaClients
 from pipeline.kafka.topics import first_offsets_at
 from pipeline.live import restore_plan
 from pipeline.live.clients import Connection, client_options
+from pipeline.live.models import Models
 from pipeline.live.partitions import Partition, Partitions
 from pipeline.live.stopping import FatalError, Stopping
 from pipeline.metrics import Metrics
@@ -28,11 +27,12 @@ log = logs.get("run")
 
 
 class Recovery:
-    def __init__(self, cfg: RunConfig, bundle: Bundle, forecaster: Forecaster, store, partitions: Partitions,
+    def __init__(self, cfg: RunConfig, models: Models, store, partitions: Partitions,
                  conn: Connection, clients: KafkaClients, metrics: Metrics, stopping: Stopping):
         self.cfg = cfg
-        self.bundle = bundle
-        self.forecaster = forecaster
+        self.models = models
+        self.bundle = models.primary.bundle
+        self.forecaster = models.primary.forecaster
         self.store = store
         self.partitions = partitions
         self.conn = conn
@@ -81,7 +81,7 @@ class Recovery:
         partition = self.partitions.find(tp)
         if partition is None:  # not ours any more: nothing to restore
             return
-        self.forecaster.drop_partition(partition.part_id)
+        self.models.drop_partition(partition.part_id)
         partition.restart()  # whatever the state reflected before is gone
         committed = self.conn.consumer.committed(tp, timeout_ms=self.cfg.request_timeout_ms)
         tried: set[str] = set()
@@ -97,7 +97,7 @@ class Recovery:
         return restore_plan.Known(
             partition.where, committed, self.store is not None,
             checkpoint=None if loaded is None else loaded.manifest,
-            checkpoint_rows=0 if loaded is None else loaded.state.num_rows,
+            checkpoint_rows=0 if loaded is None else loaded.states[self.bundle.model_version].num_rows,
             log_start=lambda: self.conn.consumer.beginning_offsets([tp]).get(tp, 0),
             warmup=self.cfg.warmup, warmup_start=lambda: self._warmup_start(tp), started_ms=self.started_ms,
             auto_offset_reset=self.cfg.auto_offset_reset, now_s=time.time())
@@ -107,6 +107,7 @@ class Recovery:
         operator refused the rows (skipped and counted; nothing else done)."""
         if loaded is not None and not self._import(partition, loaded):
             return False
+        self.models.restore_candidates(partition, loaded)
         consumer, tp = self.conn.consumer, partition.tp
         if plan.seek == "beginning":
             consumer.seek_to_beginning(tp)
@@ -124,7 +125,7 @@ class Recovery:
 
     def _import(self, partition: Partition, loaded: Loaded) -> bool:
         try:
-            self.forecaster.import_partition(partition.part_id, loaded.state)
+            self.forecaster.import_partition(partition.part_id, loaded.states[self.bundle.model_version])
         except DATA_ERRORS as exc:  # the store's checks passed it, the operator did not: skip it too
             self.forecaster.drop_partition(partition.part_id)
             self.metrics.checkpoint_load_failures.inc()
@@ -145,7 +146,7 @@ class Recovery:
         if loaded is None:
             return None
         tried.add(loaded.path)
-        if loaded.manifest.model_version != self.bundle.model_version:
+        if self.bundle.model_version not in loaded.states:  # the primary's own state, whatever role wrote it
             if self.cfg.on_model_change == "refuse":
                 raise FatalError(
                     f"the checkpoint of {tp.topic}/{tp.partition} was written by model version "
@@ -161,8 +162,8 @@ class Recovery:
     def _usable(self, loaded) -> None:
         """Rows this model can serve. Another model's checkpoint passes here: the caller refuses it by name
         (on_model_change) instead of silently skipping it."""
-        if loaded.manifest.model_version == self.bundle.model_version:
-            self.forecaster.state.check_rows(loaded.state)
+        if self.bundle.model_version in loaded.states:
+            self.forecaster.state.check_rows(loaded.states[self.bundle.model_version])
 
     def _warmup_start(self, tp: TopicPartition) -> int | None:
         """The first offset stamped at or after this run's start minus the warm-up window, or None (none)."""

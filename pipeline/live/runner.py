@@ -17,6 +17,9 @@ process starts to own is restored from its newest valid checkpoint and replayed 
 offset; with checkpoints off it begins with empty state, and the log says so loudly.
 ``processing = exactly_once`` replaces steps 4-6 with one Kafka transaction.
 
+Candidates (``models``): step 3 steps every model over the same ticks; their forecasts go to the shadow topic
+in the batch's own sends (step 4, or its transaction); promotion is a config change and a restart.
+
 Pipelining (``max_batches_in_flight`` > 1): steps 1-3 of the next batch run while the previous batch
 waits in step 5 (or, exactly-once, for its transaction's commit); batches are settled oldest first, so
 offsets are still committed in input order and never past a batch not yet acknowledged.
@@ -35,13 +38,13 @@ import gc
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from kafka import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 
-from operators.forecaster import Forecaster, ForecasterConfig
+from operators.forecaster import ForecasterConfig
 from operators.bundle import Bundle
 from operators.engines import compiled_line
 from pipeline import logs
@@ -55,6 +58,7 @@ from pipeline.live.batch import step_batch
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.delivery import open_delivery
 from pipeline.live.inflight import Batch, BatchSizer, InFlight, InFlightBatch, Outbox
+from pipeline.live.models import Models
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
@@ -71,17 +75,19 @@ class Runner:
     """The live runtime from its config; its Kafka client factory and checkpoint store may be given instead."""
 
     def __init__(self, config: RunConfig, bundle: Bundle, metrics: Metrics,
-                 kafka_clients: KafkaClients | None = None, store: CheckpointStore | None = None):
+                 kafka_clients: KafkaClients | None = None, store: CheckpointStore | None = None,
+                 candidates: Sequence[Bundle] = ()):
         self.cfg = config
         self.bundle = bundle
         self.metrics = metrics
         self.kafka_clients = kafka_clients or make_clients(config.kafka_client)
-        self.forecaster = Forecaster(bundle, ForecasterConfig(
+        self.models = Models(bundle, candidates, ForecasterConfig(
             reset_gap_ns=parse_duration_ns(config.reset_gap) if config.reset_gap else None,
             expire_after_ns=parse_duration_ns(config.expire_after) if config.expire_after else None,
             ts_floor_ns=parse_date_ns(config.ts_floor), max_ts_ahead_ns=parse_duration_ns(config.max_ts_ahead),
             max_instruments=config.max_instruments or None, engine=config.engine,
-        ))
+        ), metrics)
+        self.forecaster = self.models.primary.forecaster
         log.info(self.forecaster.engine.line)
         fast, line = compiled_line(self.forecaster.kernel)
         (log.info if fast or self.forecaster.engine.engine == "keras" else log.warning)(line)
@@ -97,12 +103,11 @@ class Runner:
         self.partitions = Partitions(config.input_topics)
         self.store = store or (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
                                            config.checkpoint_key()) if config.checkpoint_uri else None)
-        self.recovery = Recovery(config, bundle, self.forecaster, self.store, self.partitions, self.conn,
+        self.recovery = Recovery(config, self.models, self.store, self.partitions, self.conn,
                                  self.kafka_clients, metrics, self.stopping)
         self.delivery = open_delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics,
                                       self.stopping, clients.StallWatch(metrics), self.recovery.rewind)
-        self.checkpointer = Checkpointer(config, bundle, self.forecaster, self.store, self.partitions, metrics,
-                                         self.stats)
+        self.checkpointer = Checkpointer(config, self.models, self.store, self.partitions, metrics, self.stats)
         self.inflight = InFlight(self.delivery.depth)
         self.sizer = BatchSizer(config.max_batch_ticks, config.max_batch_ms)
         metrics.model_info.info({"version": bundle.model_version, "horizon_ticks": str(bundle.horizon),
@@ -168,6 +173,7 @@ class Runner:
             now = time.monotonic()
             if self.cfg.status_interval_s and now - last_status >= self.cfg.status_interval_s:
                 status.report_status(self.stats, self.partitions, len(self.forecaster.state))
+                self.models.publish()
                 last_status = now
         if self.stopping.fatal:
             raise FatalError(self.stopping.fatal)
@@ -218,7 +224,7 @@ class Runner:
         parts.revoke(revoked)
         for tp in revoked:
             part_id = parts.part_id(tp.topic, tp.partition)
-            self.forecaster.drop_partition(part_id)
+            self.models.drop_partition(part_id)
             self.scorer.drop_partition(part_id)
             status.drop_lag(self.metrics, tp)
         self.metrics.assigned_partitions.set(len(parts))
@@ -301,8 +307,14 @@ class Runner:
         step_s = time.perf_counter() - t_batch
         offsets = self.partitions.commit_offsets(batch.part_ids, batch.offs,
                                                  None if batch.silent is None else ~batch.silent)
-        out_rows, forecasts = self._emitted(batch)
-        outbox = Outbox(self._encode(batch, out_rows, forecasts), batch.dead, records, offsets)
+        keep = self._select(batch.ticks, batch.rows)
+        out_rows, forecasts = batch.rows[keep], batch.forecasts[keep]
+        batch.shadows = self.models.step_candidates(batch, self._select)
+        messages = self._encode(batch, self.bundle, self.cfg.output_topic, out_rows, forecasts)
+        for shadow in batch.shadows:  # never to the primary's topic
+            messages += self._encode(batch, shadow.model.bundle, self.cfg.shadow_output_topic, shadow.out_rows,
+                                     shadow.out_forecasts)
+        outbox = Outbox(messages, batch.dead, records, offsets)
         work_s = time.perf_counter() - t_batch  # and the sends issued, below (not the wait for older batches)
         while self.inflight and not self.inflight.room_for_next():
             if not self._settle_oldest():
@@ -329,6 +341,7 @@ class Runner:
         self.checkpointer.batch_done()
         status.account(self.metrics, self.stats, self.scorer, self.forecaster.state, entry.batch, entry.out_rows,
                        entry.started)
+        self.models.score(entry.batch)
         self.forget_expired(entry.batch.result.expired)
         status.update_lag(self.metrics, self.partitions, self.conn.consumer)
         return True
@@ -346,25 +359,23 @@ class Runner:
         while self.inflight and self._settle_oldest():
             pass
 
-    def _emitted(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
-        """Tick rows to publish and their forecasts: all, or the last per instrument (``output_mode``)."""
-        if self.cfg.output_mode == "last_per_instrument" and len(batch.rows):
-            keep = last_per_group(batch.ticks, batch.rows)
-        else:
-            keep = np.arange(len(batch.rows))
-        return batch.rows[keep], batch.forecasts[keep]
+    def _select(self, ticks, rows: np.ndarray) -> np.ndarray:
+        """Positions in ``rows`` to publish: all, or the last per instrument (``output_mode``)."""
+        if self.cfg.output_mode == "last_per_instrument" and len(rows):
+            return last_per_group(ticks, rows)
+        return np.arange(len(rows))
 
-    def _encode(self, batch: Batch, out_rows: np.ndarray, forecasts: np.ndarray) -> list[Outgoing]:
+    def _encode(self, batch: Batch, bundle: Bundle, topic: str, out_rows: np.ndarray,
+                forecasts: np.ndarray) -> list[Outgoing]:
         msg_index = batch.idx[out_rows]
         if self.cfg.output_format == "arrow":
             if len(out_rows) == 0:
                 return []
-            topic = self.cfg.output_topic
             partitions = self.delivery.sender.await_topic(topic)
-            return encode_arrow(self.bundle, self.cfg.input_topics, topic, partitions,
+            return encode_arrow(bundle, self.cfg.input_topics, topic, partitions,
                                 self.partitioner.of_key, batch.ticks, out_rows, forecasts, msg_index,
                                 batch.part_ids, batch.offs)
-        return encode_json(self.bundle, self.json_names, self.cfg.output_topic, batch.ticks, out_rows,
+        return encode_json(bundle, self.json_names, topic, batch.ticks, out_rows,
                            forecasts, msg_index, [r.topic for r in batch.records], batch.part_ids,
                            batch.offs)
 

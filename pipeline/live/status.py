@@ -128,18 +128,7 @@ def _score_batch(scorer: OnlineScorer, metrics: Metrics, ticks: pa.Table, rows: 
                  forecasts: np.ndarray) -> None:
     if len(rows) == 0:
         return
-    take = pa.array(rows)
-    names = ticks.column("instrument").take(take)
-    parts = ticks.column("partition").take(take).to_numpy()
-    enc = names.combine_chunks().dictionary_encode() if isinstance(names, pa.ChunkedArray) \
-        else names.dictionary_encode()
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    n_codes = len(enc.dictionary)
-    composite = parts.astype(np.int64) * n_codes + codes
-    uniq, group = np.unique(composite, return_inverse=True)
-    dictionary = enc.dictionary.to_pylist()
-    keys = [(int(u // n_codes), dictionary[int(u % n_codes)]) for u in uniq]
-    price = ticks.column("price").take(take).to_numpy()
+    keys, group, price = instrument_groups(ticks, rows)
     if forecasts.ndim == 2:  # several outputs: the online error is the first output's (its horizon: bundle.horizon)
         forecasts = forecasts[:, 0]
     m = scorer.update(keys, group, price, forecasts)
@@ -179,3 +168,20 @@ def account(metrics: Metrics, stats: RunStats, scorer: OnlineScorer, state, batc
     m.state_bytes.set(state.nbytes)
     m.batch_seconds.observe(time.perf_counter() - t_batch)
     m.last_progress.set_to_current_time()
+
+
+def instrument_groups(ticks: pa.Table, rows: np.ndarray) -> tuple[list[tuple[int, str]], np.ndarray, np.ndarray]:
+    """For the scorers: the distinct (partition, instrument) keys of these tick rows, each row's key index and
+    its price."""
+    take = pa.array(rows)
+    names = ticks.column("instrument").take(take)
+    parts = ticks.column("partition").take(take).to_numpy()
+    enc = names.combine_chunks().dictionary_encode() if isinstance(names, pa.ChunkedArray) \
+        else names.dictionary_encode()
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    n_codes = len(enc.dictionary)
+    composite = parts.astype(np.int64) * n_codes + codes
+    uniq, group = np.unique(composite, return_inverse=True)
+    dictionary = enc.dictionary.to_pylist()
+    keys = [(int(u // n_codes), dictionary[int(u % n_codes)]) for u in uniq]
+    return keys, group, ticks.column("price").take(take).to_numpy()

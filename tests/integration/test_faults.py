@@ -27,7 +27,11 @@ from pipeline.files.synthetic import generate_ticks
 from pipeline.kafka.broker import create_topics
 from tests.support.faults import (
     PARTITIONS,
+    assert_checkpointed_state,
     assert_exactly_the_reference,
+    assert_forecasts_equal,
+    assert_topic_holds,
+    committed_forecasts,
     reference,
     run_args,
     wait_drained,
@@ -76,13 +80,21 @@ def test_sigkill_crash_loop_with_checkpoints_on_s3_and_the_confluent_client(kafk
     _crash_loop(kafka_bootstrap, bundle, s3_server.bucket("tickcast/prod"), 3, "confluent")
 
 
-def _crash_loop(kafka_bootstrap, bundle, store, kills: int, kafka_client: str) -> None:
+def _crash_loop(kafka_bootstrap, bundle, store, kills: int, kafka_client: str, candidate=None,
+                held_back: int = 0) -> dict:
+    """``kills`` SIGKILLs of `tickcast run` processes while ticks flow, then a last process drained and
+    stopped: the output topic holds exactly the undisturbed primary-only answer; with a ``candidate``, the
+    shadow topic exactly the candidate's (each partition's ticks stepped once, in offset order, by it). The
+    last ``held_back`` ticks are not produced: returned (``later``) for what follows."""
     u = uuid.uuid4().hex[:8]
     tin, tout, dlq, group = f"crash-in-{u}", f"crash-out-{u}", f"crash-dlq-{u}", f"crash-g-{u}"
-    create_topics(kafka_bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1})
-    ticks = generate_ticks(16, 400 * kills + 1500, seed=kills, bad_fraction=0.01)
+    shadow = f"{tout}.shadow"
+    create_topics(kafka_bootstrap, {tin: PARTITIONS, tout: 1, dlq: 1, **({shadow: 1} if candidate else {})})
+    ticks = generate_ticks(16, 400 * kills + 1500 + held_back, seed=kills, bad_fraction=0.01)
     messages = tick_messages(ticks)
-    args = run_args(store, f"tx-{u}", "--kafka-client", kafka_client)
+    messages, later = messages[:len(messages) - held_back], messages[len(messages) - held_back:]
+    args = run_args(store, f"tx-{u}", "--kafka-client", kafka_client,
+                    *(("--candidate", str(candidate.path)) if candidate else ()))
     rng = random.Random(kills)
     feeder = Feeder(kafka_bootstrap, tin, messages, seconds=5.0 * kills)  # ticks flow through most kill cycles
     feeder.start()
@@ -108,6 +120,9 @@ def _crash_loop(kafka_bootstrap, bundle, store, kills: int, kafka_client: str) -
         assert len(inputs) == len(messages)
         forecasts_ref, states_ref, dead_ref = reference(bundle, inputs)
         wait_drained(kafka_bootstrap, tout, len(forecasts_ref))
+        if candidate:
+            shadow_ref, shadow_states_ref, _ = reference(candidate, inputs)
+            wait_drained(kafka_bootstrap, shadow, len(shadow_ref))
         time.sleep(2)  # a duplicate would be published by now
     finally:
         assert final.stop(signal.SIGTERM) == 0
@@ -115,6 +130,52 @@ def _crash_loop(kafka_bootstrap, bundle, store, kills: int, kafka_client: str) -
         f"too few restarts found a checkpoint to recover from ({sources}); the test proved little"
     assert_exactly_the_reference(bundle, kafka_bootstrap, tin, tout, dlq, store, group, forecasts_ref, states_ref,
                                  dead_ref)
+    if candidate:
+        assert_topic_holds(candidate, kafka_bootstrap, shadow, shadow_ref)
+        assert_checkpointed_state(candidate, store, group, tin, shadow_states_ref)
+    return {"tin": tin, "tout": tout, "shadow": shadow, "dlq": dlq, "group": group, "args": args,
+            "messages": len(messages), "later": later}
+
+
+def test_sigkill_crash_loop_with_a_candidate_then_its_promotion(kafka_bootstrap, bundle, bundle2, tmp_path):
+    """A primary and a candidate under exactly-once through 3 SIGKILLs: the output topic equals the
+    primary-only reference, the shadow topic the candidate's, each forecast once. Then the promotion (a restart
+    with model and candidate swapped): the new primary's forecasts on the output topic continue its shadow
+    ones exactly, as if it had stepped every tick once, and the old primary goes on in shadow."""
+    store = tmp_path / "ckpt"
+    run = _crash_loop(kafka_bootstrap, bundle, store, 3, "kafka-python", candidate=bundle2, held_back=600)
+    tin, tout, shadow, dlq, group = run["tin"], run["tout"], run["shadow"], run["dlq"], run["group"]
+    before_out, before_shadow = (committed_forecasts(kafka_bootstrap, t) for t in (tout, shadow))
+    args = [a if a != str(bundle2.path) else str(bundle.path) for a in run["args"]]  # the old primary in shadow
+    promoted = RunProcess.start(kafka_bootstrap, str(bundle2.path), tin, tout, dlq, group, *args)
+    try:
+        restored = [promoted.wait_for("partition restored from checkpoint", partition=f"{tin}/{p}")
+                    for p in range(PARTITIONS)]
+        assert all(r["replay"] == 0 for r in restored), "the promoted model resumes from its own state"
+        produce(kafka_bootstrap, tin, run["later"])
+        inputs = read_all(kafka_bootstrap, tin, PARTITIONS, timeout=3)
+        assert len(inputs) == run["messages"] + 600
+        new_ref, new_states_ref, _ = reference(bundle2, inputs)
+        old_ref, _, _ = reference(bundle, inputs)
+        wait_drained(kafka_bootstrap, tout, len(new_ref))
+        wait_drained(kafka_bootstrap, shadow, len(old_ref))
+        time.sleep(2)  # a duplicate would be published by now
+    finally:
+        assert promoted.stop(signal.SIGTERM) == 0
+    assert "starts empty" not in "".join(promoted.raw), "every model's state was in the checkpoint"
+    out, shade = committed_forecasts(kafka_bootstrap, tout), committed_forecasts(kafka_bootstrap, shadow)
+    assert set(out) == set(shade) == {bundle.model_version, bundle2.model_version}
+    assert out[bundle.model_version] == before_out[bundle.model_version], "the old primary's output unchanged"
+    assert shade[bundle2.model_version] == before_shadow[bundle2.model_version]
+    # The promoted model's shadow forecasts, then its primary ones: one sequence, each tick once, equal to
+    # the candidate stepping each partition's ticks once.
+    shadowed, published = shade[bundle2.model_version], out[bundle2.model_version]
+    assert not set(shadowed) & set(published)
+    assert len(published) >= 500, "the promoted model published the later ticks' forecasts"
+    assert_forecasts_equal(bundle2, {**shadowed, **published}, new_ref, "promoted model: ")
+    assert_forecasts_equal(bundle, {**out[bundle.model_version], **shade[bundle.model_version]}, old_ref,
+                           "old primary: ")
+    assert_checkpointed_state(bundle2, store, group, tin, new_states_ref)
 
 
 DAMAGES = ("corrupt", "truncate", "delete")  # one per partition, all in one run

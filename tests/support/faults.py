@@ -52,23 +52,50 @@ def _duplicates(out, keys) -> str:
 
 def assert_exactly_the_reference(bundle, bootstrap, tin, tout, dlq, store_dir, group, forecasts_ref, states_ref,
                                  dead_ref, partitions: int = PARTITIONS):
-    out = read_committed(bootstrap, tout, 1)
+    assert_topic_holds(bundle, bootstrap, tout, forecasts_ref)
+    assert len(read_committed(bootstrap, dlq, 1, timeout=3)) == dead_ref
+    assert_checkpointed_state(bundle, store_dir, group, tin, states_ref, partitions)
+
+
+def committed_forecasts(bootstrap, topic) -> dict[str, dict[tuple[int, int], float]]:
+    """A forecast topic as a read_committed reader sees it: forecasts by model version, then by source
+    (partition, offset); a forecast published twice fails."""
+    out = read_committed(bootstrap, topic, 1)
     keys = [(json.loads(m.value())["partition"], json.loads(m.value())["offset"]) for m in out]
     if len(keys) != len(set(keys)):
         raise AssertionError(f"{len(keys) - len(set(keys))} forecasts published twice: {_duplicates(out, keys)}")
-    missing = set(forecasts_ref) - set(keys)
-    assert not missing, f"{len(missing)} forecasts missing, e.g. {sorted(missing)[:5]}"
-    assert set(keys) == set(forecasts_ref)
-    scale = bundle.normalisation.target_std
+    by_version: dict[str, dict[tuple[int, int], float]] = {}
     for m, key in zip(out, keys):
-        got = json.loads(m.value())["forecast"] / scale
-        assert got == pytest.approx(forecasts_ref[key] / scale, rel=1e-5, abs=1e-5), key
-    assert len(read_committed(bootstrap, dlq, 1, timeout=3)) == dead_ref
+        body = json.loads(m.value())
+        by_version.setdefault(body["model_version"], {})[key] = body["forecast"]
+    return by_version
+
+
+def assert_forecasts_equal(bundle, got: dict, expected: dict, what: str = "") -> None:
+    """The same sources, nothing missing or extra, the same numbers to float32 tolerance."""
+    missing = set(expected) - set(got)
+    assert not missing, f"{what}{len(missing)} forecasts missing, e.g. {sorted(missing)[:5]}"
+    assert set(got) == set(expected), f"{what}{len(set(got) - set(expected))} forecasts not in the reference"
+    scale = bundle.normalisation.target_std
+    for key, value in got.items():
+        assert value / scale == pytest.approx(expected[key] / scale, rel=1e-5, abs=1e-5), (what, key)
+
+
+def assert_topic_holds(bundle, bootstrap, topic, forecasts_ref) -> None:
+    """``topic`` holds exactly ``forecasts_ref``, each once, all by ``bundle``'s model version."""
+    by_version = committed_forecasts(bootstrap, topic)
+    assert set(by_version) <= {bundle.model_version}, f"other models' forecasts in {topic}: {set(by_version)}"
+    assert_forecasts_equal(bundle, by_version.get(bundle.model_version, {}), forecasts_ref, f"{topic}: ")
+
+
+def assert_checkpointed_state(bundle, store_dir, group, tin, states_ref, partitions: int = PARTITIONS) -> None:
+    """The newest checkpoint of every partition holds ``bundle``'s state equal to the reference's."""
     store = group_store(str(store_dir), group)  # a directory or a URI (s3://...?endpoint_override=...)
     for p in range(partitions):
         final = store.latest(tin, p)
         assert final is not None, f"no checkpoint for partition {p}"
-        a = final.state.sort_by("instrument")
+        assert bundle.model_version in final.states, f"partition {p}: no state of {bundle.model_version}"
+        a = final.states[bundle.model_version].sort_by("instrument")
         b = states_ref[p].sort_by("instrument")
         assert a.column("instrument").equals(b.column("instrument"))
         for name in ("tick_count", "last_ts", "last_price"):

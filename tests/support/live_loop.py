@@ -25,7 +25,7 @@ TICKS = encode_ticks(generate_ticks(6, 1000, seed=5, bad_fraction=0.0))
 
 
 def new_broker() -> FakeBroker:
-    return FakeBroker({"ticks": 2, "forecasts": 1, "ticks.dlq": 1})
+    return FakeBroker({"ticks": 2, "forecasts": 1, "forecasts.shadow": 1, "ticks.dlq": 1})
 
 
 def feed(broker: FakeBroker, n: int = 400, start: int = 0) -> None:
@@ -34,11 +34,12 @@ def feed(broker: FakeBroker, n: int = 400, start: int = 0) -> None:
         broker.append("ticks", zlib.crc32(key) % 2, key, value, timestamp=ts_ms)
 
 
-def make_runner(bundle, broker: FakeBroker, store=None, **flags) -> tuple[Runner, FakeKafka]:
+def make_runner(bundle, broker: FakeBroker, store=None, candidates=(), **flags) -> tuple[Runner, FakeKafka]:
     fake = FakeKafka(broker)
     cfg = RunConfig.load(env={}, flags={"model": "m", "group_id": "g", "checkpoint_uri": "", "status_interval_s": 0,
                                         **flags})
-    return Runner(cfg, bundle, Metrics(CollectorRegistry()), kafka_clients=fake, store=store), fake
+    return Runner(cfg, bundle, Metrics(CollectorRegistry()), kafka_clients=fake, store=store,
+                  candidates=candidates), fake
 
 
 def run_until(runner: Runner, done, timeout_s: float = 60.0) -> int:
@@ -62,10 +63,10 @@ def all_committed(broker: FakeBroker):
                        for p in range(2))
 
 
-def forecasts(broker: FakeBroker) -> dict[tuple[int, int], float]:
+def forecasts(broker: FakeBroker, topic: str = "forecasts") -> dict[tuple[int, int], float]:
     """Published forecasts by source (partition, offset); a duplicate fails."""
     out = {}
-    for r in broker.records("forecasts"):
+    for r in broker.records(topic):
         m = json.loads(r.value)
         source = (m["partition"], m["offset"])
         assert source not in out, f"forecast for {source} published twice"

@@ -11,6 +11,7 @@ import pyarrow as pa
 from kafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from pipeline.checkpoint import ModelState
 from pipeline.live.checkpointer import Checkpointer
 from pipeline.live.partitions import Partitions, Resume
 from pipeline.live.status import RunStats
@@ -26,20 +27,19 @@ class SlowStore:
         self.release = threading.Event()
         self.written: list[tuple[str, int, int]] = []
 
-    def write(self, topic, partition, table, offset, version, spec):
+    def write_models(self, topic, partition, models, offset):
         assert self.release.wait(30), "never released"
         self.written.append((topic, partition, offset))
-        return SimpleNamespace(bytes=1, rows=table.num_rows)
+        return SimpleNamespace(bytes=1, rows=models[0].state.num_rows)
 
 
 def _checkpointer(store) -> Checkpointer:
     parts = Partitions(["ticks"])
     parts.assign([TP])
     parts.find(TP).resume(Resume(42))  # its state reflects every record before 42, none checkpointed yet
-    forecaster = SimpleNamespace(export_partition=lambda part_id: pa.table({"instrument": ["A"]}))
-    bundle = SimpleNamespace(model_version="v", feature_spec=SimpleNamespace(to_dict=lambda: {}))
+    models = SimpleNamespace(export_partition=lambda part_id: [ModelState("v", pa.table({"instrument": ["A"]}), {})])
     cfg = SimpleNamespace(checkpoint_interval_s=0, checkpoint_every_batches=0)
-    return Checkpointer(cfg, bundle, forecaster, store, parts, Metrics(CollectorRegistry()), RunStats())
+    return Checkpointer(cfg, models, store, parts, Metrics(CollectorRegistry()), RunStats())
 
 
 def test_a_revoke_checkpoint_is_snapshotted_at_once_and_written_in_the_background():
