@@ -24,7 +24,7 @@ import uuid
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from benchmarks.e2e import DEPTHS, measure_pipeline, produce_ticks
+from benchmarks.e2e import BROKER_CPUS, DEPTHS, measure_pipeline, pin, produce_ticks
 from benchmarks.operator_candidates import candidate_bundles
 from benchmarks.workload import bench_bundle
 from pipeline.files.synthetic import generate_ticks
@@ -96,12 +96,15 @@ def measure(bootstrap: str, counts: tuple[int, ...], n: int, instruments: int, b
 
 
 def run(counts: tuple[int, ...], quick: bool = False, instruments: int = 1000, bootstrap: str | None = None,
-        printer=print) -> dict:
+        pin_cores: bool = False, printer=print) -> dict:
     n = 20_000 if quick else 60_000
     broker = None
     if bootstrap is None:
         broker = EmbeddedBroker()
         bootstrap = broker.start()
+    if pin_cores:  # the CLI checked: 2 or more CPUs, and the embedded broker
+        pin(broker)
+        printer(f"  pinned: broker on CPU {sorted(BROKER_CPUS)}, pipeline on CPU {sorted(os.sched_getaffinity(0))}")
     try:
         load_start = os.getloadavg()
         printer(f"e2e candidate models: {n:,} ticks over {instruments:,} instruments, broker {bootstrap}, "
@@ -113,7 +116,7 @@ def run(counts: tuple[int, ...], quick: bool = False, instruments: int = 1000, b
             printer(f"{row['candidates']:>10} {row['ticks_per_second']:>10,.0f} "
                     f"{row['output_messages_per_second']:>14,.0f} {row['shadow_messages_per_second']:>14,.0f} "
                     f"{row['over_no_candidates']:>6.3f} {row['ideal_over_no_candidates']:>6.3f}")
-        return {"ticks": n, "instruments": instruments, "load_average_at_start": load_start,
+        return {"ticks": n, "instruments": instruments, "pinned_cores": pin_cores, "load_average_at_start": load_start,
                 "load_average_at_end": os.getloadavg(), "candidates": rows}
     finally:
         if broker is not None:

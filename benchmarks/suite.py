@@ -127,7 +127,8 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int | None = N
     if candidates is not None:
         from benchmarks.e2e_candidates import run as bench_e2e_candidates  # noqa: PLC0415
 
-        return bench_e2e_candidates(candidates, quick=quick, instruments=instruments, bootstrap=bootstrap_servers)
+        return bench_e2e_candidates(candidates, quick=quick, instruments=instruments, bootstrap=bootstrap_servers,
+                                    pin_cores=pin_cores)
     from benchmarks.e2e import run as bench_e2e  # noqa: PLC0415
 
     return bench_e2e(quick=quick, instruments=instruments, drain_minutes=drain_minutes, bootstrap=bootstrap_servers,
