@@ -77,7 +77,7 @@ class Warming:
 
     def waiting(self, version: str) -> set[int]:
         """The partition ids (state table) ``version`` is still catching up on: not stepped by the batches."""
-        return {self.partitions.part_id(tp.topic, tp.partition) for v, tp in self._start if v == version}
+        return {self.partitions.part_id(tp.topic, tp.partition) for v, tp in list(self._start) if v == version}
 
     def cancel(self, tp: TopicPartition) -> None:
         """Stop every candidate's catch-up of ``tp`` (its records already stepped stay in the candidate's rows,

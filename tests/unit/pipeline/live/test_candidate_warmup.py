@@ -59,6 +59,18 @@ def primary_only_reference(bundle, n: int) -> dict:
     return forecasts(broker)
 
 
+def catchup_never_reads(consumer):
+    """The catch-up's reads fail (its probe for the window's start, one record at a time, does not)."""
+    if consumer.config.get("group_id", "g") is None and "isolation_level" in consumer.config:
+        poll = consumer.poll
+
+        def failing(timeout_ms=0, max_records=None):
+            if max_records != 1:
+                raise KafkaConnectionError("away")
+            return poll(timeout_ms=timeout_ms, max_records=max_records)
+        consumer.poll = failing
+
+
 def joined(runner, bundle2) -> dict[int, int]:
     return {tp.partition: at for (v, tp), at in runner.models.warming.joined.items() if v == bundle2.model_version}
 
@@ -119,17 +131,6 @@ def test_a_checkpoint_written_while_the_candidate_catches_up_does_not_hold_it(bu
 
     second, fake = make_runner(bundle, broker, candidates=(bundle2,), checkpoint_uri=str(tmp_path), warmup="5h")
 
-    def catchup_never_reads(consumer):
-        """The catch-up's reads fail (its probe for the window's start, one record at a time, does not)."""
-        if consumer.config.get("group_id", "g") is None and "isolation_level" in consumer.config:
-            poll = consumer.poll
-
-            def failing(timeout_ms=0, max_records=None):
-                if max_records != 1:
-                    raise KafkaConnectionError("away")
-                return poll(timeout_ms=timeout_ms, max_records=max_records)
-            consumer.poll = failing
-
     fake.on_consumer = catchup_never_reads
     fed = []
 
@@ -149,3 +150,29 @@ def test_a_checkpoint_written_while_the_candidate_catches_up_does_not_hold_it(bu
         loaded = store.latest("ticks", p)
         assert loaded.manifest.offset == broker.end(tp), "a checkpoint written after the restart"
         assert list(loaded.states) == [bundle.model_version]
+
+
+def test_a_revoke_cancels_the_catch_up_of_that_partition(bundle, bundle2, tmp_path):
+    broker = new_broker()
+    feed(broker, 0, 400)
+    first, _ = make_runner(bundle, broker, checkpoint_uri=str(tmp_path))
+    assert run_until(first, all_committed(broker)) == 0
+    second, fake = make_runner(bundle, broker, candidates=(bundle2,), checkpoint_uri=str(tmp_path), warmup="5h")
+    fake.on_consumer = catchup_never_reads
+    pid0, pid1 = (second.partitions.part_id("ticks", p) for p in range(2))
+    seen = []
+
+    def revoked_while_catching_up():
+        warming = second.models.warming
+        if not seen:
+            if warming.waiting(bundle2.model_version) != {pid0, pid1}:
+                return False
+            broker.revoke(TP1)
+            seen.append(None)
+        if TP1 in second.partitions.assigned:
+            return False
+        seen.append((warming.waiting(bundle2.model_version), warming._catchups[bundle2.model_version].pending()))
+        return True
+
+    assert run_until(second, revoked_while_catching_up) == 0
+    assert seen[-1] == ({pid0}, {TP0}), "TP1's catch-up ends with the revoke, TP0's goes on"
