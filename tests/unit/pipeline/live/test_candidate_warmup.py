@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 import zlib
 
-from kafka.errors import KafkaConnectionError
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError
 
 from operators.forecaster import Forecaster
 from pipeline.checkpoint import group_store
@@ -176,3 +176,42 @@ def test_a_revoke_cancels_the_catch_up_of_that_partition(bundle, bundle2, tmp_pa
 
     assert run_until(second, revoked_while_catching_up) == 0
     assert seen[-1] == ({pid0}, {TP0}), "TP1's catch-up ends with the revoke, TP0's goes on"
+
+
+def test_exactly_once_a_rewind_begins_the_catch_up_again_and_every_forecast_is_published_once(
+        bundle, bundle2, tmp_path):
+    """An aborted transaction rewinds every partition (restore from the checkpoint, which lacks the candidate):
+    its catch-up begins again from the window; each topic holds each forecast once, the references'."""
+    broker = new_broker()
+    feed(broker, 0, 400)
+    first, _ = make_runner(bundle, broker, checkpoint_uri=str(tmp_path), processing="exactly_once")
+    assert run_until(first, all_committed(broker)) == 0
+    starts = {p: window_start(broker, p) for p in range(2)}
+    feed(broker, 400, 700)
+    second, fake = make_runner(bundle, broker, candidates=(bundle2,), checkpoint_uri=str(tmp_path), warmup="5h",
+                               processing="exactly_once", max_batch_ticks=40)
+
+    def fail_third_commit(producer):
+        if not fake.producers:
+            producer.fail_commits.extend([None, None, KafkaTimeoutError("no answer")])
+
+    fake.on_producer = fail_third_commit
+    fed = []
+
+    def joined_then_more():
+        if not fed:
+            if (sample(second, "tickcast_transactions_total", result="aborted") or 0) < 1 \
+                    or len(joined(second, bundle2)) < 2:
+                return False
+            feed(broker, 700, 800)
+            fed.append(True)
+        return all_committed(broker)()
+
+    assert run_until(second, joined_then_more) == 0
+    assert sample(second, "tickcast_transactions_total", result="aborted") == 1
+    assert_same_forecasts(bundle, forecasts(broker), primary_only_reference(bundle, 800))
+    expected = stepped_from(bundle2, broker, starts)
+    shadow = forecasts(broker, SHADOW)  # each once
+    at = joined(second, bundle2)
+    assert {k for k in expected if k[1] >= at[k[0]]} <= shadow.keys()
+    assert_same_forecasts(bundle2, shadow, {k: expected[k] for k in shadow})
