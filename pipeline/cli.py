@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from pathlib import Path
 
 from operators.errors import TickcastError
@@ -190,48 +190,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import CheckpointError, group_store, redact_uri  # noqa: PLC0415
-    cfg = RunConfig.load(args.file, env={} if args.ignore_env else None)
-    print(f"{args.file}: OK")
-    for k, v in cfg.redacted().items():
-        print(f"  {k} = {json.dumps(v)}")
-    code = 0
-    if cfg.candidates:
-        from pipeline.candidates import describe_models  # noqa: PLC0415
+    from pipeline.config_command import check_config  # noqa: PLC0415
 
-        lines, problem = describe_models(cfg.model, [c.model for c in cfg.candidates])
-        print(f"models: a primary and {len(cfg.candidates)} candidate(s), the candidates' forecasts to "
-              f"{cfg.shadow_output_topic}")
-        print("\n".join(f"  {line}" for line in lines))
-        if problem:
-            print(f"models: NOT startable: {problem}")
-            code = 1
-    if not cfg.checkpoint_uri:
-        print("checkpoint store: off (checkpoint_uri is empty)")
-        return code
-    try:  # the group's folder, exactly as `tickcast run` derives it
-        how = group_store(cfg.checkpoint_uri, cfg.group_id, cfg.checkpoint_keep,
-                          cfg.checkpoint_key()).check_writable()
-    except CheckpointError as exc:
-        print(f"checkpoint store: NOT writable: {exc}")
-        return 1
-    print(f"checkpoint store: writable: {redact_uri(cfg.checkpoint_uri)}, group {cfg.group_id} ({how})")
-    return code
+    return check_config(args.file, ignore_env=args.ignore_env)
 
 
 def cmd_state_inspect(args: argparse.Namespace) -> int:
-    from pipeline.checkpoint import CheckpointStore, redact_uri  # noqa: PLC0415
-    from pipeline.checkpoint_inventory import inventory_by_partition  # noqa: PLC0415
+    from pipeline.state_command import inspect_store  # noqa: PLC0415
 
-    rows = inventory_by_partition(CheckpointStore(args.dir))
-    if not rows:
-        print(f"{redact_uri(args.dir)}: no checkpoints (expected <dir>/<group>/<topic>/<partition>/*.json)")
-        return 1
-    if args.json:
-        print(json.dumps([asdict(r) for r in rows], indent=2))
-    else:
-        print(console.format_inventory(rows))
-    return 0 if not any(r.unusable for r in rows) else 1
+    return inspect_store(args.dir, as_json=args.json)
 
 
 def cmd_models_status(args: argparse.Namespace) -> int:
