@@ -162,21 +162,23 @@ class Models:
         for model in self.candidates:
             state = loaded.states.get(model.version)
             if state is None:
-                self.without_state(model, partition, "the checkpoint has no state of this model")
+                self.without_state(model, partition, "the checkpoint has no state of this model",
+                                   loaded.manifest.offset)
                 continue
             try:
                 model.forecaster.import_partition(partition.part_id, state)
             except DATA_ERRORS as exc:
                 model.forecaster.drop_partition(partition.part_id)
-                self.without_state(model, partition, f"its state in the checkpoint is unusable: {exc}")
+                self.without_state(model, partition, f"its state in the checkpoint is unusable: {exc}",
+                                   loaded.manifest.offset)
 
-    def without_state(self, model: Model, partition: Partition, why: str) -> None:
+    def without_state(self, model: Model, partition: Partition, why: str, resume_at: int | None = None) -> None:
         """The seam for a candidate that has no state for a partition the run resumes from a checkpoint: with
         ``warmup`` set (``warm_with``), a catch-up replays the warm-up window for this candidate alone and it
         joins the batches once it reached the primary; else (or the window holds no record) it starts EMPTY at
-        the resume offset (and steps what the partition replays and reads from there on)."""
+        the resume offset ``resume_at`` (and steps what the partition replays and reads from there on)."""
         model.forecaster.drop_partition(partition.part_id)
-        if self.warming is not None and self.warming.begin(model, partition):
+        if self.warming is not None and self.warming.begin(model, partition, resume_at):
             return
         log.warning(f"candidate {model.version} has no state for {partition.where}: starts empty",
                     extra={"partition": partition.where, "model_version": model.version, "why": why})

@@ -57,10 +57,10 @@ class Warming:
             self._models[model.version] = model
         return self._catchups[model.version]
 
-    def begin(self, model, partition: Partition) -> bool:
-        """Start warming ``model`` on ``partition`` (its rows there are dropped already); False: the window holds
-        no record (nothing to replay), the candidate starts empty at the resume point. Broker errors raise (the
-        restore is retried)."""
+    def begin(self, model, partition: Partition, resume_at: int | None = None) -> bool:
+        """Start warming ``model`` on ``partition`` (its rows there are dropped already; the primary resumes at
+        offset ``resume_at``); False: the window holds no record (nothing to replay), the candidate starts empty
+        at the resume point. Broker errors raise (the restore is retried)."""
         catchup, tp = self._catchup(model), partition.tp
         catchup.cancel(tp)
         self._start.pop((model.version, tp), None)
@@ -70,9 +70,10 @@ class Warming:
         catchup.begin(tp, start)
         self._start[(model.version, tp)] = start
         log.info(f"candidate {model.version} warms up on {partition.where}: replaying {self.cfg.warmup} of input "
-                 f"from offset {start}", extra={
+                 f"from offset {start} ({max(0, (resume_at or start) - start)} records before the resume point, "
+                 f"then up to the primary's position)", extra={
                      "partition": partition.where, "model_version": model.version, "start_offset": start,
-                     "records": max(0, (partition.stepped_to or 0) - start)})
+                     "records": max(0, (resume_at or start) - start)})
         return True
 
     def waiting(self, version: str) -> set[int]:

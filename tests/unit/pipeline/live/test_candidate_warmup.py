@@ -4,6 +4,7 @@ batches once it reached the primary (``pipeline.live.warming``), on the real liv
 
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 
@@ -76,7 +77,7 @@ def joined(runner, bundle2) -> dict[int, int]:
 
 
 def test_a_candidate_added_is_warmed_on_the_window_while_the_primary_publishes_without_a_gap(
-        bundle, bundle2, tmp_path):
+        bundle, bundle2, tmp_path, caplog):
     broker = new_broker()
     feed(broker, 0, 400)
     first, _ = make_runner(bundle, broker, checkpoint_uri=str(tmp_path))
@@ -98,8 +99,14 @@ def test_a_candidate_added_is_warmed_on_the_window_while_the_primary_publishes_w
             fed.append(True)
         return all_committed(broker)()
 
-    assert run_until(second, joined_then_more) == 0
+    with caplog.at_level(logging.INFO, logger="tickcast.run"):
+        assert run_until(second, joined_then_more) == 0
     at = joined(second, bundle2)
+    for p in range(2):
+        assert f"candidate {bundle2.model_version} warms up on ticks/{p}: replaying 5h of input from offset " \
+               f"{starts[p]} ({resumed[p] - starts[p]} records before the resume point" in caplog.text
+        assert f"candidate {bundle2.model_version} joined ticks/{p}: warm, stepped with the primary from offset " \
+               f"{at[p]}" in caplog.text
     assert all(resumed[p] <= at[p] <= broker.end(TP0) + broker.end(TP1) for p in range(2)), at
 
     # the primary across the restart: exactly the primary-only run's forecasts, each once (no gap)
