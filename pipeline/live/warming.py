@@ -64,6 +64,7 @@ class Warming:
         catchup, tp = self._catchup(model), partition.tp
         catchup.cancel(tp)
         self._start.pop((model.version, tp), None)
+        self.joined.pop((model.version, tp), None)
         start = catchup.start_offsets([tp], int(time.time() * 1000), self.cfg.warmup).get(tp)
         if start is None:
             return False
@@ -84,6 +85,7 @@ class Warming:
         """Stop every candidate's catch-up of ``tp`` (its records already stepped stay in the candidate's rows,
         which the caller drops)."""
         for version, catchup in self._catchups.items():
+            self.joined.pop((version, tp), None)
             if self._start.pop((version, tp), None) is not None:
                 catchup.cancel(tp)
 
