@@ -12,7 +12,9 @@ every guarantee of the primary (batch invariance, exactly-once, recovery) holds 
 Checkpoints hold every model's state at one offset (:meth:`Models.export_partition`, the primary first), and a
 restore gives each model its own (:meth:`Models.restore_partition`). A candidate whose version the checkpoint
 does not hold goes through :meth:`Models.without_state`: the one place that decides how a candidate without
-state begins a partition (today: EMPTY state at the resume offset, loudly).
+state begins a partition: with ``warmup`` set, warmed by a catch-up of the window for it alone
+(``warming``), not stepped by the batches on that partition (nor checkpointed there) until it has caught up
+with the primary; without, EMPTY state at the resume offset, loudly.
 
 Promotion is a configuration change and a restart: swap ``model`` and a ``candidates`` entry and restart.
 Chosen over a live command (a control topic, a signal) because it is auditable (the config says which model
@@ -87,6 +89,7 @@ class Models:
                                            [c.version for c in self.candidates],
                                            started_at={m.version: m.started for m in self.all}) \
             if self.candidates else None
+        self.warming = None  # warming.Warming: candidates without state catch up (``warm_with``)
         for m in self.all:
             metrics.models_info.labels(m.version, m.role, str(m.bundle.horizon)).set(1)
             metrics.model_started.labels(m.version, m.role).set(m.started)
@@ -94,17 +97,38 @@ class Models:
     def __len__(self) -> int:
         return len(self.all)
 
+    def warm_with(self, warming) -> None:
+        """Candidates without state for a partition are warmed by ``warming`` (a ``warming.Warming``)."""
+        self.warming = warming
+
+    def advance_warmup(self, max_records: int) -> None:
+        """One bounded round of the candidates' catch-ups (between batches, on the loop's thread)."""
+        if self.warming is not None:
+            self.warming.advance(max_records)
+
+    def close(self) -> None:
+        if self.warming is not None:
+            self.warming.close()
+
     # -- stepping -----------------------------------------------------------------------------
     def step_candidates(self, batch: Batch, select) -> list[Shadow]:
         """Step every candidate over the batch's ticks (after the primary); each one's forecasts with the
         batch's silent mask and ``select(ticks, rows) -> positions`` (``output_mode``) applied."""
         shadows = []
         for model in self.candidates:
-            result = model.forecaster.step(batch.ticks)
+            waiting = self.warming.waiting(model.version) if self.warming is not None else set()
+            ticks, positions = batch.ticks, None
+            if waiting:  # partitions it is still catching up on: not stepped here
+                mine = ~np.isin(batch.ticks.column("partition").to_numpy(), list(waiting))
+                if not mine.all():
+                    ticks, positions = batch.ticks.filter(mine), np.flatnonzero(mine)
+            result = model.forecaster.step(ticks)
             refused = int(np.count_nonzero(result.reasons))
             if refused:
                 self.metrics.candidate_refused_ticks.labels(model.version).inc(refused)
             rows, forecasts = result.rows, result.forecasts
+            if positions is not None:  # rows of the filtered table -> rows of batch.ticks
+                rows = positions[rows]
             if batch.silent is not None:
                 loud = ~batch.silent[batch.idx[rows]]
                 rows, forecasts = rows[loud], forecasts[loud]
@@ -114,12 +138,16 @@ class Models:
 
     # -- one partition's state ------------------------------------------------------------------
     def export_partition(self, part_id: int) -> list[ModelState]:
-        """Every model's state rows of a partition, the primary first (``CheckpointStore.write_models``)."""
+        """Every model's state rows of a partition, the primary first (``CheckpointStore.write_models``); not a
+        candidate still catching up there (its state is not at the checkpoint's offset)."""
         return [ModelState(m.version, m.forecaster.export_partition(part_id), m.bundle.feature_spec.to_dict())
-                for m in self.all]
+                for m in self.all if m.role == PRIMARY or self.warming is None
+                or part_id not in self.warming.waiting(m.version)]
 
     def drop_partition(self, part_id: int) -> None:
-        """Forget a partition in every model (and in the comparison)."""
+        """Forget a partition in every model (and in the comparison); a candidate's catch-up of it ends."""
+        if self.warming is not None:
+            self.warming.cancel(self.warming.partitions.tp_of(part_id))
         for m in self.all:
             m.forecaster.drop_partition(part_id)
         if self.comparison is not None:
@@ -134,19 +162,24 @@ class Models:
         for model in self.candidates:
             state = loaded.states.get(model.version)
             if state is None:
-                self.without_state(model, partition, "the checkpoint has no state of this model")
+                self.without_state(model, partition, "the checkpoint has no state of this model",
+                                   loaded.manifest.offset)
                 continue
             try:
                 model.forecaster.import_partition(partition.part_id, state)
             except DATA_ERRORS as exc:
                 model.forecaster.drop_partition(partition.part_id)
-                self.without_state(model, partition, f"its state in the checkpoint is unusable: {exc}")
+                self.without_state(model, partition, f"its state in the checkpoint is unusable: {exc}",
+                                   loaded.manifest.offset)
 
-    def without_state(self, model: Model, partition: Partition, why: str) -> None:
-        """The seam for a candidate that has no state for a partition the run resumes from a checkpoint: it
-        starts EMPTY at the resume offset (and steps what the partition replays and reads from there on).
-        A catch-up that replays the warm-up window for this candidate alone plugs in here."""
+    def without_state(self, model: Model, partition: Partition, why: str, resume_at: int | None = None) -> None:
+        """The seam for a candidate that has no state for a partition the run resumes from a checkpoint: with
+        ``warmup`` set (``warm_with``), a catch-up replays the warm-up window for this candidate alone and it
+        joins the batches once it reached the primary; else (or the window holds no record) it starts EMPTY at
+        the resume offset ``resume_at`` (and steps what the partition replays and reads from there on)."""
         model.forecaster.drop_partition(partition.part_id)
+        if self.warming is not None and self.warming.begin(model, partition, resume_at):
+            return
         log.warning(f"candidate {model.version} has no state for {partition.where}: starts empty",
                     extra={"partition": partition.where, "model_version": model.version, "why": why})
 

@@ -62,6 +62,7 @@ from pipeline.live.models import Models
 from pipeline.live.partitions import Partitions, describe
 from pipeline.live.recovery import Recovery
 from pipeline.live.status import RunStats
+from pipeline.live.warming import Warming
 from pipeline.live.stopping import FatalError, PublishTimeout, Stopping
 from pipeline.metrics import Metrics
 from pipeline.waiting import Backoff, retry
@@ -103,6 +104,8 @@ class Runner:
         self.partitions = Partitions(config.input_topics)
         self.store = store or (group_store(config.checkpoint_uri, config.group_id, config.checkpoint_keep,
                                            config.checkpoint_key()) if config.checkpoint_uri else None)
+        if candidates and config.warmup:  # a candidate without state catches up on the warm-up window
+            self.models.warm_with(Warming(config, self.kafka_clients, self.partitions, metrics))
         self.recovery = Recovery(config, self.models, self.store, self.partitions, self.conn,
                                  self.kafka_clients, metrics, self.stopping)
         self.delivery = open_delivery(config, self.conn, self.kafka_clients, self.partitioner, metrics,
@@ -167,6 +170,7 @@ class Runner:
                 if first_batch:  # and what the first batch imported or compiled
                     freeze_long_lived_objects()
                     first_batch = False
+            self.models.advance_warmup(self.cfg.max_batch_ticks)  # candidates catching up: a bounded round
             if not records or self.checkpointer.due():
                 self._drain()  # idle, or only committed state is checkpointed
             self.checkpointer.maybe_checkpoint()
@@ -206,6 +210,7 @@ class Runner:
 
     def _close(self, deadline: float | None = None) -> None:
         clients.close(self.conn, deadline)
+        self.models.close()
         self.delivery.close()
         self.metrics.ready = False
 
