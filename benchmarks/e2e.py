@@ -202,7 +202,7 @@ DEPTHS = {"sequential": 1, "pipelined": 2}
 
 
 def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode: str, batch: int,
-            depth: int = 1) -> Runner:
+            depth: int = 1, candidates: tuple[Bundle, ...] = (), shadow: str = "") -> Runner:
     output_mode, output_format, processing, kafka_client = MODES[mode]
     exactly_once = processing == "exactly_once"
     cfg = RunConfig.load(env={}, flags=dict(
@@ -212,8 +212,9 @@ def _runner(bundle: Bundle, bootstrap: str, tin: str, tout: str, dlq: str, mode:
         processing=processing, max_batches_in_flight=depth, kafka_client=kafka_client,
         # exactly-once needs checkpoints; the interval keeps them out of the measurement
         checkpoint_uri=tempfile.mkdtemp(prefix="tickcast-bench-e2e-") if exactly_once else "",
-        checkpoint_interval_s=3600, transactional_id=f"bench-{uuid.uuid4().hex[:8]}" if exactly_once else ""))
-    return Runner(cfg, bundle, Metrics())
+        checkpoint_interval_s=3600, transactional_id=f"bench-{uuid.uuid4().hex[:8]}" if exactly_once else "",
+        shadow_topic=shadow))
+    return Runner(cfg, bundle, Metrics(), candidates=candidates)
 
 
 def _cleanup(runner: Runner) -> None:
@@ -222,9 +223,11 @@ def _cleanup(runner: Runner) -> None:
 
 
 def measure_pipeline(bundle, bootstrap, tin, tout, dlq, n: int, mode: str, batch: int, depth: int = 1,
-                     rss_samples: list | None = None, max_seconds: float | None = None) -> dict:
-    """``Runner`` draining ``n`` ticks (or for ``max_seconds``, if given, whichever ends first)."""
-    runner = _runner(bundle, bootstrap, tin, tout, dlq, mode, batch, depth)
+                     rss_samples: list | None = None, max_seconds: float | None = None,
+                     candidates: tuple[Bundle, ...] = (), shadow: str = "") -> dict:
+    """``Runner`` draining ``n`` ticks (or for ``max_seconds``, if given, whichever ends first); ``candidates``
+    stepped beside ``bundle``, their forecasts going to ``shadow`` (empty: ``<tout>.shadow``)."""
+    runner = _runner(bundle, bootstrap, tin, tout, dlq, mode, batch, depth, candidates, shadow)
     deadline = None if max_seconds is None else time.monotonic() + max_seconds
 
     def watch():

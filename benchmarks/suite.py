@@ -22,7 +22,9 @@ def add_case_args(p: argparse.ArgumentParser) -> None:
                    help="operator: only the cases' table (no memory, GRU or custom-model figures)")
     p.add_argument("--candidates", default=None, metavar="K,...",
                    help="operator: instead of the peers, the cost of candidate models: the primary alone and with K "
-                        "candidates of its shape, over the same cases (e.g. 0,1,2; 0 is always measured)")
+                        "candidates of its shape, over the same cases (e.g. 0,1,2; 0 is always measured); e2e: "
+                        "instead of the e2e figures, the live loop draining the same backlog with K candidates "
+                        "(their forecasts on a shadow topic)")
     p.add_argument("--ticks", type=int, default=None,
                    help="backtest: ticks in the file, synthetic over --instruments instruments (default: 300000; "
                         "--quick: 100000)")
@@ -83,7 +85,8 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int | None = N
     family's defaults, :mod:`benchmarks.operator_cases`); ``peers``, ``ort_threads`` and ``cases_only`` what
     it measures; ``candidates`` (candidate counts) measures the cost of candidate models instead. The backtest
     benchmark takes ``ticks``, ``instruments``, ``batch_ticks``, the first of ``hidden`` and ``layers``,
-    ``topic`` and ``data``."""
+    ``topic`` and ``data``. The e2e benchmark takes ``candidates`` too (the live loop with that many candidate
+    models instead of its other figures)."""
     if what == "operator":
         from benchmarks.operator import run as bench_operator  # noqa: PLC0415
 
@@ -120,8 +123,13 @@ def run_benchmark(what: str, *, quick: bool = False, batch_ticks: int | None = N
         results = bench_checkpoint((10_000, 100_000) if quick else (10_000, 100_000, 1_000_000))
         results["exactly_once"] = exactly_once_cost(20_000 if quick else 60_000)
         return results
+    logs.configure("text", "warning")
+    if candidates is not None:
+        from benchmarks.e2e_candidates import run as bench_e2e_candidates  # noqa: PLC0415
+
+        return bench_e2e_candidates(candidates, quick=quick, instruments=instruments, bootstrap=bootstrap_servers,
+                                    pin_cores=pin_cores)
     from benchmarks.e2e import run as bench_e2e  # noqa: PLC0415
 
-    logs.configure("text", "warning")
     return bench_e2e(quick=quick, instruments=instruments, drain_minutes=drain_minutes, bootstrap=bootstrap_servers,
                      pin_cores=pin_cores)
