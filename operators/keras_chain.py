@@ -198,6 +198,12 @@ def _from_keras(module: str) -> bool:
     return module == "keras" or module.startswith("keras.")
 
 
+# Where Keras finds its own layer classes when it loads a file (``keras.layers`` is what it writes). Keras
+# refuses a layer under any other name (``keras``, ``keras.src``, a misspelt ``keras.layerz``), so tickcast
+# refuses it too rather than serve a file Keras cannot read.
+LAYER_MODULES = ("keras.layers", "keras.src.layers")
+
+
 def _check_code(layer: KerasLayer, keras_layers: bool = False) -> None:
     if layer.class_name in _WHY and _from_keras(layer.module):
         raise _refuse(layer, _WHY[layer.class_name])
@@ -211,6 +217,9 @@ def _check_code(layer: KerasLayer, keras_layers: bool = False) -> None:
                                  f"(it serves LSTM, GRU, SimpleRNN and {', '.join(KERAS_PER_TICK)})")
         raise _refuse(layer, f"the NumPy kernel does not compute {layer.class_name} layers "
                              f"(it serves {', '.join(s for s in SUPPORTED if s != 'InputLayer')})")
+    if layer.module not in LAYER_MODULES:
+        raise _refuse(layer, f"its module {layer.module!r} is not where Keras finds its {layer.class_name} "
+                             f"layer ({' or '.join(LAYER_MODULES)}): Keras would refuse to load it")
     why = config_refusal(layer.class_name, layer.config, layer.registered_name)
     if why:
         raise _refuse(layer, why)

@@ -235,13 +235,19 @@ def _read_config(archive: zipfile.ZipFile) -> dict:
     return config
 
 
+# Where Keras finds the model class when it loads a file (the first name is what it writes): under any other
+# module name (``keras.models`` for a Functional model, a misspelt ``keras.src.modelg.functional``) Keras
+# refuses the file, and so does tickcast.
+MODEL_MODULES = {"Functional": ("keras.src.models.functional",),
+                 "Sequential": ("keras", "keras.models", "keras.src.models", "keras.src.models.sequential")}
+
+
 def _layer_entries(config: dict) -> list[dict]:
     kind = config.get("class_name")
     if kind not in ("Functional", "Sequential"):
         raise KerasFileError(f"the model is a {kind!r}; only Functional and Sequential models are read")
     module = config.get("module")
-    if not (isinstance(module, str) and (module == "keras" or module.startswith("keras."))) or \
-            config.get("registered_name") not in (None, kind):
+    if module not in MODEL_MODULES[kind] or config.get("registered_name") not in (None, kind):
         raise KerasFileError(f"the model's class is {module!r}.{config.get('registered_name')!r}, "
                              f"not Keras' own {kind}")
     inner = config.get("config")

@@ -225,3 +225,37 @@ def test_a_config_value_of_the_wrong_type_is_a_one_line_refusal(tmp_path, value)
     path = edit_config(_save(build("gru"), tmp_path), tmp_path / "edited.keras",
                        lambda c: c["config"]["layers"][1]["config"].__setitem__("units", value))
     _refusal(path)
+
+
+def _set_module(where: str, module: str):
+    def edit(c):
+        if where == "model":
+            c["module"] = module
+        else:
+            c["config"]["layers"][int(where)]["module"] = module
+    return edit
+
+
+@pytest.mark.parametrize("kind, where, module", [
+    ("functional", "model", "keras.src.modelg.functional"),  # a flipped byte Keras cannot import
+    ("functional", "model", "keras.models"),
+    ("lstm", "model", "keras.modelz"),
+    ("lstm", "1", "keras"),
+    ("lstm", "1", "keras.layerz"),
+    ("lstm", "2", "keras.src"),
+])
+def test_a_keras_class_under_a_module_keras_cannot_load_it_from_is_refused_as_keras_refuses_it(
+        tmp_path, kind, where, module):
+    """A Keras class named under a module Keras does not find it in (a misspelling, a package instead of the
+    module): Keras refuses the file, so tickcast refuses it too, in one line, instead of serving it."""
+    from tests.support.keras_files import edit_config, keras_weights
+
+    if kind == "functional":
+        keras = _keras()
+        inp = keras.Input((None, N))
+        model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.LSTM(3, return_sequences=True)(inp)))
+    else:
+        model = build(kind)
+    path = edit_config(_save(model, tmp_path), tmp_path / "edited.keras", _set_module(where, module))
+    assert module in _refusal(path)
+    assert isinstance(keras_weights([path])[0], str), "Keras loads it: the refusal is stricter than Keras"
