@@ -353,6 +353,20 @@ def rss_summary(samples: list) -> dict:
             "rss_slope_mib_per_minute_second_half": float(np.polyfit(t[half:], rss[half:], 1)[0] * 60)}
 
 
+def start_broker(bootstrap: str | None, pin_cores: bool, printer, pinned_what: str = "broker"):
+    """The embedded broker when no ``bootstrap`` is given (the caller stops it), and the benchmark's cores pinned
+    when asked: ``(broker or None, bootstrap)``."""
+    broker = None
+    if bootstrap is None:
+        broker = EmbeddedBroker()
+        bootstrap = broker.start()
+    if pin_cores:  # the CLI checked: 2 or more CPUs, and the embedded broker
+        pin(broker)
+        printer(f"  pinned: {pinned_what} on CPU {sorted(BROKER_CPUS)}, "
+                f"pipeline on CPU {sorted(os.sched_getaffinity(0))}")
+    return broker, bootstrap
+
+
 def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None, drain_minutes: float = 0.0,
         bootstrap: str | None = None, bundle: Bundle | None = None, printer=print, pin_cores: bool = False) -> dict:
     from benchmarks.workload import bench_bundle  # noqa: PLC0415
@@ -360,14 +374,7 @@ def run(quick: bool = False, instruments: int = 1000, n_ticks: int | None = None
     n = n_ticks or (30_000 if quick else 150_000)
     batch = 5000
     bundle = bundle or bench_bundle(1, 32)
-    broker = None
-    if bootstrap is None:
-        broker = EmbeddedBroker()
-        bootstrap = broker.start()
-    if pin_cores:  # the CLI checked: 2 or more CPUs, and the embedded broker
-        pin(broker)
-        printer(f"  pinned: broker and load generator on CPU {sorted(BROKER_CPUS)}, "
-                f"pipeline on CPU {sorted(os.sched_getaffinity(0))}")
+    broker, bootstrap = start_broker(bootstrap, pin_cores, printer, "broker and load generator")
     try:
         u = uuid.uuid4().hex[:6]
         tin, tout, dlq = f"bench-in-{u}", f"bench-out-{u}", f"bench-dlq-{u}"

@@ -24,11 +24,11 @@ import uuid
 from kafka import KafkaConsumer
 from kafka.structs import TopicPartition
 
-from benchmarks.e2e import BROKER_CPUS, DEPTHS, measure_pipeline, pin, produce_ticks
+from benchmarks.e2e import DEPTHS, measure_pipeline, produce_ticks, start_broker
 from benchmarks.operator_candidates import candidate_bundles
 from benchmarks.workload import bench_bundle
 from pipeline.files.synthetic import generate_ticks
-from pipeline.kafka.broker import EmbeddedBroker, create_topics
+from pipeline.kafka.broker import create_topics
 from pipeline.kafka.replay import encode_ticks
 from pipeline.live.runner import freeze_long_lived_objects
 
@@ -98,13 +98,7 @@ def measure(bootstrap: str, counts: tuple[int, ...], n: int, instruments: int, b
 def run(counts: tuple[int, ...], quick: bool = False, instruments: int = 1000, bootstrap: str | None = None,
         pin_cores: bool = False, printer=print) -> dict:
     n = 20_000 if quick else 60_000
-    broker = None
-    if bootstrap is None:
-        broker = EmbeddedBroker()
-        bootstrap = broker.start()
-    if pin_cores:  # the CLI checked: 2 or more CPUs, and the embedded broker
-        pin(broker)
-        printer(f"  pinned: broker on CPU {sorted(BROKER_CPUS)}, pipeline on CPU {sorted(os.sched_getaffinity(0))}")
+    broker, bootstrap = start_broker(bootstrap, pin_cores, printer)
     try:
         load_start = os.getloadavg()
         printer(f"e2e candidate models: {n:,} ticks over {instruments:,} instruments, broker {bootstrap}, "
